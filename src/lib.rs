@@ -1,0 +1,46 @@
+//! # parjob
+//!
+//! joblib-style parallelism for Rust on a work-stealing scheduler written from scratch.
+//!
+//! The scheduler: one thread per core, each with a Chase–Lev deque (`crossbeam-deque`), plus a
+//! global injector for work from outside the pool. Idle workers steal, then sleep without burning
+//! CPU, and are woken (one at a time) when work appears. On top of it: the fork-join primitives
+//! [`join`] and [`scope`], which may borrow from the caller's stack and nest freely.
+//!
+//! ```
+//! // Fork-join: split, recurse, combine. Nested calls run on the same pool.
+//! fn sum(xs: &[u64]) -> u64 {
+//!     if xs.len() <= 1024 {
+//!         return xs.iter().sum();
+//!     }
+//!     let (left, right) = xs.split_at(xs.len() / 2);
+//!     let (a, b) = parjob::join(|| sum(left), || sum(right));
+//!     a + b
+//! }
+//! let data: Vec<u64> = (1..=100_000).collect();
+//! assert_eq!(sum(&data), 5_000_050_000);
+//! ```
+//!
+//! A pool of your own, with metrics:
+//!
+//! ```
+//! let pool = parjob::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+//! let total: u64 = pool.install(|| (0..1000u64).map(|i| parjob::join(|| i, || 1).0).sum());
+//! assert_eq!(total, 499_500);
+//! println!("{}", pool.metrics());
+//! ```
+//!
+//! See `docs/architecture.md` for the design and `docs/verification.md` for how it is checked.
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
+
+mod pool;
+mod sync;
+
+pub use pool::builder::{BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS};
+pub use pool::metrics::{Metrics, WorkerMetrics};
+pub use pool::scope::Scope;
+pub use pool::thread_pool::{cpu_count, current_thread_index, join, scope, ThreadPool};

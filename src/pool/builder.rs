@@ -1,0 +1,250 @@
+//! `ThreadPoolBuilder`, scheduling policies and `BuildError`.
+
+use super::registry::Registry;
+use super::thread_pool::ThreadPool;
+use std::fmt;
+
+/// How a worker makes its forks (the second halves of `join`) available to thieves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SharePolicy {
+    /// Forks stay in a private list, with no atomic operations, until a thief that found this
+    /// worker's deque empty flags it as hungry; at its next fork the worker then publishes its
+    /// oldest private fork (the biggest piece of work). The default: a `join` nobody wants costs
+    /// a few plain loads and stores. Trade-off: a worker deep inside a long leaf computation does
+    /// not publish until its next fork (or until it waits for something).
+    #[default]
+    Lazy,
+    /// Every fork is pushed to the stealable deque at once, and each push checks for sleepers
+    /// (a `fence(SeqCst)`), as rayon does. Costs more per `join`; shares work sooner.
+    Eager,
+}
+
+/// In which order a thief visits its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum VictimPolicy {
+    /// Start at a random peer each round (xorshift, per worker). The default.
+    #[default]
+    Random,
+    /// Start at the peer after the one visited first last time.
+    RoundRobin,
+    /// Start at the peer of the last successful steal.
+    LastSuccessful,
+}
+
+/// Resolved scheduling knobs, shared by every worker of a pool.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub(crate) share: SharePolicy,
+    pub(crate) victims: VictimPolicy,
+    pub(crate) spin_rounds: u32,
+    pub(crate) max_searchers: usize,
+}
+
+/// Default spin rounds before an idle worker parks. Round `r` spins `2^min(r, 6)` pause
+/// instructions, so 32 rounds are about 1,800 pauses: tens of microseconds, long enough to catch
+/// the next fork of a running computation, short enough that an idle pool costs nothing measurable.
+pub const DEFAULT_SPIN_ROUNDS: u32 = if cfg!(loom) { 0 } else { 32 };
+
+/// Configures and builds a [`ThreadPool`].
+///
+/// ```
+/// let pool = parjob::ThreadPoolBuilder::new()
+///     .num_threads(2)
+///     .thread_name(|i| format!("worker-{i}"))
+///     .build()
+///     .expect("spawning threads");
+/// assert_eq!(pool.num_threads(), 2);
+/// assert_eq!(pool.install(|| std::thread::current().name().map(str::to_owned)).as_deref().map(|n| n.starts_with("worker-")), Some(true));
+/// ```
+pub struct ThreadPoolBuilder {
+    num_threads: usize,
+    pub(crate) pin_threads: bool,
+    thread_name: Option<Box<dyn FnMut(usize) -> String>>,
+    pub(crate) stack_size: Option<usize>,
+    share: SharePolicy,
+    victims: VictimPolicy,
+    spin_rounds: u32,
+    max_searchers: Option<usize>,
+}
+
+impl Default for ThreadPoolBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ThreadPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPoolBuilder")
+            .field("num_threads", &self.num_threads)
+            .field("pin_threads", &self.pin_threads)
+            .field("stack_size", &self.stack_size)
+            .field("share", &self.share)
+            .field("victims", &self.victims)
+            .field("spin_rounds", &self.spin_rounds)
+            .field("max_searchers", &self.max_searchers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThreadPoolBuilder {
+    /// A builder with the defaults: one thread per available core, no pinning, threads named
+    /// `parjob-worker-{i}`, lazy sharing, random victims.
+    pub fn new() -> Self {
+        ThreadPoolBuilder {
+            num_threads: 0,
+            pin_threads: false,
+            thread_name: None,
+            stack_size: None,
+            share: SharePolicy::default(),
+            victims: VictimPolicy::default(),
+            spin_rounds: DEFAULT_SPIN_ROUNDS,
+            max_searchers: None,
+        }
+    }
+
+    /// Number of worker threads. `0` (the default) means [`cpu_count`](crate::cpu_count): the
+    /// cores this process may use (cgroup quota and affinity mask taken into account). More threads
+    /// than cores is allowed.
+    pub fn num_threads(mut self, num_threads: usize) -> Self {
+        self.num_threads = num_threads;
+        self
+    }
+
+    /// Pin worker `i` to core `i mod cores` (with `core_affinity`). `build` fails with an error for
+    /// which [`BuildError::is_pinning_unsupported`] is true where the platform cannot report its
+    /// cores. The core each worker got is in [`WorkerMetrics::core`](crate::WorkerMetrics::core).
+    pub fn pin_threads(mut self, pin: bool) -> Self {
+        self.pin_threads = pin;
+        self
+    }
+
+    /// Names worker threads (the default is `parjob-worker-{i}`).
+    pub fn thread_name<F: FnMut(usize) -> String + 'static>(mut self, name: F) -> Self {
+        self.thread_name = Some(Box::new(name));
+        self
+    }
+
+    /// Stack size of each worker thread, in bytes (the default is std's).
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// How forks are shared with thieves (see [`SharePolicy`]).
+    pub fn share_policy(mut self, policy: SharePolicy) -> Self {
+        self.share = policy;
+        self
+    }
+
+    /// In which order thieves visit their peers (see [`VictimPolicy`]).
+    pub fn victim_policy(mut self, policy: VictimPolicy) -> Self {
+        self.victims = policy;
+        self
+    }
+
+    /// Spin rounds an idle worker makes before it parks (`0`: park as soon as a search fails).
+    /// The default is [`DEFAULT_SPIN_ROUNDS`].
+    pub fn spin_rounds(mut self, rounds: u32) -> Self {
+        self.spin_rounds = rounds;
+        self
+    }
+
+    /// How many workers may search for work at once (at least 1). The default is half the
+    /// workers, rounded up: more searchers only contend on the same empty deques.
+    pub fn max_searchers(mut self, max: usize) -> Self {
+        self.max_searchers = Some(max);
+        self
+    }
+
+    pub(crate) fn resolved_num_threads(&self) -> usize {
+        if self.num_threads == 0 {
+            crate::cpu_count()
+        } else {
+            self.num_threads
+        }
+    }
+
+    pub(crate) fn policy(&self, num_threads: usize) -> Policy {
+        Policy {
+            share: self.share,
+            victims: self.victims,
+            spin_rounds: self.spin_rounds,
+            max_searchers: self.max_searchers.unwrap_or(num_threads.div_ceil(2)).max(1),
+        }
+    }
+
+    pub(crate) fn name_for(&mut self, index: usize) -> String {
+        match &mut self.thread_name {
+            Some(name) => name(index),
+            None => format!("parjob-worker-{index}"),
+        }
+    }
+
+    /// Spawns the workers.
+    ///
+    /// # Errors
+    /// [`BuildError`] if a thread cannot be spawned (the threads already started are stopped and
+    /// joined) or pinning was asked for where it is unsupported.
+    pub fn build(mut self) -> Result<ThreadPool, BuildError> {
+        Registry::new(&mut self).map(ThreadPool::from_registry)
+    }
+}
+
+/// Why a pool could not be built.
+///
+/// ```
+/// let err = parjob::ThreadPoolBuilder::new().stack_size(usize::MAX).build().unwrap_err();
+/// assert!(err.is_spawn_failure());
+/// println!("{err}");
+/// ```
+#[derive(Debug)]
+pub struct BuildError {
+    kind: ErrorKind,
+}
+
+#[derive(Debug)]
+enum ErrorKind {
+    Spawn(std::io::Error),
+    PinningUnsupported,
+}
+
+impl BuildError {
+    pub(crate) fn spawn(error: std::io::Error) -> Self {
+        BuildError { kind: ErrorKind::Spawn(error) }
+    }
+    pub(crate) fn pinning_unsupported() -> Self {
+        BuildError { kind: ErrorKind::PinningUnsupported }
+    }
+    /// The operating system refused to spawn a worker thread (see `source()` for its error).
+    pub fn is_spawn_failure(&self) -> bool {
+        matches!(self.kind, ErrorKind::Spawn(_))
+    }
+    /// `pin_threads(true)` was asked for, but this platform cannot list or pin cores.
+    pub fn is_pinning_unsupported(&self) -> bool {
+        matches!(self.kind, ErrorKind::PinningUnsupported)
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            // The io::Error is the `source()`; not repeated here so error reports don't print it twice.
+            ErrorKind::Spawn(_) => f.write_str("could not spawn a worker thread"),
+            ErrorKind::PinningUnsupported => {
+                f.write_str("thread pinning was requested but this platform cannot list or pin cores")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Spawn(e) => Some(e),
+            ErrorKind::PinningUnsupported => None,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Latches: one-shot "this is done" signals that a waiter can sleep on.
+//!
+//! Every latch owes two guarantees:
+//! 1. a `set` *synchronizes-with* the `probe` that observes it (Release/Acquire), so whatever the
+//!    setter wrote before setting (a job's result) is visible to the waiter;
+//! 2. the waiter may free the latch the moment it observes it set, so `set` takes `*const Self`
+//!    and must read everything it needs (registry, owner index) **before** the store that sets it.
+
+use super::registry::Registry;
+use crate::sync::mutant;
+use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
+
+/// Something that can be set once.
+pub(crate) trait Latch {
+    /// # Safety
+    /// `this` must be valid on entry; it may be freed by its waiter as soon as it is set, so the
+    /// implementation must not touch `*this` after the setting store.
+    unsafe fn set(this: *const Self);
+}
+
+const UNSET: usize = 0;
+const SLEEPING: usize = 1;
+const SET: usize = 2;
+
+/// The latch state machine that a *worker* waits on: `UNSET → SLEEPING → UNSET` while its owner
+/// naps, and `→ SET` exactly once, by the setter.
+///
+/// The owner marks `SLEEPING` (CAS) before parking; the setter's `swap(SET)` returns the old state,
+/// so a setter that sees `SLEEPING` knows it must unpark the owner, and a setter that sees `UNSET`
+/// knows the owner's CAS will fail and it will not park. Both are RMWs on one location, so exactly
+/// one of those two stories happens: the wake-up cannot be lost.
+#[derive(Debug)]
+pub(crate) struct CoreLatch {
+    state: AtomicUsize,
+}
+
+impl CoreLatch {
+    #[inline]
+    pub(crate) fn new() -> Self {
+        CoreLatch { state: AtomicUsize::new(UNSET) }
+    }
+
+    /// Has the latch been set? Acquire: pairs with the Release in `set`, making the job's result
+    /// visible.
+    #[inline]
+    pub(crate) fn probe(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SET
+    }
+
+    /// Owner only: announce that it is about to park. Returns `false` if the latch is already set
+    /// (then the owner must not park).
+    #[inline]
+    pub(crate) fn fall_asleep(&self) -> bool {
+        self.state.compare_exchange(UNSET, SLEEPING, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// Owner only: back from parking (or from deciding not to park).
+    #[inline]
+    pub(crate) fn wake_up(&self) {
+        let _ = self.state.compare_exchange(SLEEPING, UNSET, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Sets the latch; returns `true` if the owner was (about to be) asleep and must be unparked.
+    ///
+    /// # Safety
+    /// See [`Latch::set`]: `this` may be freed once this returns.
+    #[inline]
+    pub(crate) unsafe fn set(this: *const Self) -> bool {
+        let order = if mutant::LATCH_SET_RELAXED { Ordering::Relaxed } else { Ordering::AcqRel };
+        // SAFETY: `this` is valid on entry (caller contract); the swap is our last access.
+        let old = unsafe { (*this).state.swap(SET, order) };
+        old == SLEEPING
+    }
+}
+
+/// The latch a worker waits on for work of its own pool (a `join`'s stolen half, a scope).
+///
+/// Holds the owner's index and registry so the setter can unpark exactly that worker.
+pub(crate) struct SpinLatch<'r> {
+    core: CoreLatch,
+    registry: &'r Arc<Registry>,
+    owner: usize,
+    /// Set when the setter may belong to another pool: it then keeps the owner's registry alive
+    /// across the wake-up itself.
+    cross: bool,
+}
+
+impl<'r> SpinLatch<'r> {
+    #[inline]
+    pub(crate) fn new(registry: &'r Arc<Registry>, owner: usize) -> Self {
+        SpinLatch { core: CoreLatch::new(), registry, owner, cross: false }
+    }
+
+    /// For a job that a worker of *another* pool may set.
+    #[inline]
+    pub(crate) fn cross(registry: &'r Arc<Registry>, owner: usize) -> Self {
+        SpinLatch { cross: true, ..SpinLatch::new(registry, owner) }
+    }
+
+    #[inline]
+    pub(crate) fn core(&self) -> &CoreLatch {
+        &self.core
+    }
+}
+
+impl Latch for SpinLatch<'_> {
+    #[inline]
+    unsafe fn set(this: *const Self) {
+        // Read everything before setting: the owner may return and pop its frame right after.
+        // SAFETY: `this` is valid until the `CoreLatch::set` below.
+        let (cross, owner) = unsafe { ((*this).cross, (*this).owner) };
+        // A worker of the same pool already keeps the registry alive for the whole call; a setter
+        // from elsewhere must take its own reference, because the owner's may vanish with its frame.
+        // SAFETY: as above, `this` is still valid here.
+        let kept_alive: Option<Arc<Registry>> = if cross { Some(Arc::clone(unsafe { (*this).registry })) } else { None };
+        // SAFETY: deref of the `&Arc` happens before the set; the `Registry` itself lives in the
+        // Arc's heap block, which outlives this call (see above), not in the owner's frame.
+        let registry: *const Registry = match &kept_alive {
+            Some(arc) => &**arc,
+            None => unsafe { &**(*this).registry },
+        };
+        // SAFETY: `this` valid on entry; the core latch is a field of it.
+        if unsafe { CoreLatch::set(&(*this).core) } {
+            // SAFETY: the registry outlives this call (same pool: the caller is one of its workers;
+            // cross: `kept_alive`).
+            unsafe { (*registry).sleep.wake_specific(owner) };
+        }
+    }
+}
+
+/// A latch for threads outside any pool: spin briefly, then block on a condition variable.
+///
+/// Once the waiter has announced `SLEEPING` it leaves only after the setter has flipped `notified`
+/// under the lock, so the setter never touches a latch whose waiter already returned.
+pub(crate) struct LockLatch {
+    state: AtomicUsize,
+    notified: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl LockLatch {
+    pub(crate) fn new() -> Self {
+        LockLatch { state: AtomicUsize::new(UNSET), notified: Mutex::new(false), cond: Condvar::new() }
+    }
+
+    #[inline]
+    pub(crate) fn probe(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SET
+    }
+
+    /// Blocks until set. Spins a little first: the jobs an outside caller waits for are often short.
+    pub(crate) fn wait(&self) {
+        for _ in 0..OUTSIDE_SPINS {
+            if self.probe() {
+                return;
+            }
+            crate::sync::spin_loop();
+        }
+        let mut notified = self.notified.lock().unwrap();
+        // The CAS fails only if the latch is already SET, and then the setter saw UNSET and will
+        // not come for the lock: we may leave at once.
+        if self.state.compare_exchange(UNSET, SLEEPING, Ordering::Acquire, Ordering::Acquire).is_err() {
+            return;
+        }
+        while !*notified {
+            notified = self.cond.wait(notified).unwrap();
+        }
+    }
+}
+
+/// Spins an outside waiter makes before blocking (each spin is a `pause`, tens of ns).
+const OUTSIDE_SPINS: u32 = if cfg!(loom) { 1 } else { 200 };
+
+impl Latch for LockLatch {
+    unsafe fn set(this: *const Self) {
+        // SAFETY: `this` is valid on entry. If the old state is SLEEPING the waiter cannot leave
+        // before it sees `notified == true` under the lock, which we write while holding the lock,
+        // so the mutex and condvar stay valid until our guard is released (our last access).
+        unsafe {
+            let old = (*this).state.swap(SET, Ordering::AcqRel);
+            if old == SLEEPING {
+                let mut notified = (*this).notified.lock().unwrap();
+                *notified = true;
+                (*this).cond.notify_all();
+            }
+        }
+    }
+}

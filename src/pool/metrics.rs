@@ -1,0 +1,252 @@
+//! Scheduler counters, per worker, and the public snapshot types.
+//!
+//! Each counter is written by exactly one thread (its worker; `wakeups_sent` by whoever wakes), with
+//! a relaxed load and store rather than a read-modify-write: no `lock` prefix on the hot path, and
+//! each worker's block is cache-padded so workers never share a line. A snapshot reads them with
+//! relaxed loads, so it is a consistent view of each counter, not of the set: take it when the pool
+//! is quiet if you need the columns to add up exactly.
+//!
+//! These atomics bypass the `sync` facade on purpose: they are observations, not part of a protocol,
+//! and loom does not need to interleave them.
+
+use crossbeam_utils::CachePadded;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Live counters of one worker. Single writer per field except `wakeups_sent` (an RMW).
+#[derive(Default)]
+pub(crate) struct WorkerCounters {
+    tasks_executed: AtomicU64,
+    local_pops: AtomicU64,
+    steals: AtomicU64,
+    injector_pops: AtomicU64,
+    failed_steals: AtomicU64,
+    sleeps: AtomicU64,
+    wakeups: AtomicU64,
+    wakeups_sent: AtomicU64,
+    publishes: AtomicU64,
+    /// Core this worker was pinned to, plus one (0 = not pinned).
+    core_plus_one: AtomicUsize,
+}
+
+#[inline]
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+impl WorkerCounters {
+    #[inline]
+    pub(crate) fn bump_tasks_executed(&self) {
+        bump(&self.tasks_executed)
+    }
+    #[inline]
+    pub(crate) fn bump_local_pops(&self) {
+        bump(&self.local_pops)
+    }
+    #[inline]
+    pub(crate) fn bump_steals(&self) {
+        bump(&self.steals)
+    }
+    #[inline]
+    pub(crate) fn bump_injector_pops(&self) {
+        bump(&self.injector_pops)
+    }
+    #[inline]
+    pub(crate) fn bump_failed_steals(&self) {
+        bump(&self.failed_steals)
+    }
+    #[inline]
+    pub(crate) fn bump_sleeps(&self) {
+        bump(&self.sleeps)
+    }
+    #[inline]
+    pub(crate) fn bump_wakeups(&self) {
+        bump(&self.wakeups)
+    }
+    #[inline]
+    pub(crate) fn bump_publishes(&self) {
+        bump(&self.publishes)
+    }
+    /// Several threads may wake others on behalf of one counter block, so this one is an RMW.
+    #[inline]
+    pub(crate) fn bump_wakeups_sent(&self) {
+        self.wakeups_sent.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn set_core(&self, core: usize) {
+        self.core_plus_one.store(core + 1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> WorkerMetrics {
+        let core = self.core_plus_one.load(Ordering::Relaxed);
+        WorkerMetrics {
+            tasks_executed: self.tasks_executed.load(Ordering::Relaxed),
+            local_pops: self.local_pops.load(Ordering::Relaxed),
+            steals: self.steals.load(Ordering::Relaxed),
+            injector_pops: self.injector_pops.load(Ordering::Relaxed),
+            failed_steals: self.failed_steals.load(Ordering::Relaxed),
+            sleeps: self.sleeps.load(Ordering::Relaxed),
+            wakeups: self.wakeups.load(Ordering::Relaxed),
+            wakeups_sent: self.wakeups_sent.load(Ordering::Relaxed),
+            publishes: self.publishes.load(Ordering::Relaxed),
+            core: core.checked_sub(1),
+        }
+    }
+}
+
+/// The counters of every worker of a pool, plus one block for threads outside the pool.
+pub(crate) struct PoolCounters {
+    workers: Box<[CachePadded<WorkerCounters>]>,
+    outside: CachePadded<WorkerCounters>,
+}
+
+impl PoolCounters {
+    pub(crate) fn new(num_workers: usize) -> Self {
+        PoolCounters {
+            workers: (0..num_workers).map(|_| CachePadded::new(WorkerCounters::default())).collect(),
+            outside: CachePadded::new(WorkerCounters::default()),
+        }
+    }
+    #[inline]
+    pub(crate) fn worker(&self, index: usize) -> &WorkerCounters {
+        &self.workers[index]
+    }
+    /// Counters charged to threads outside the pool (only `wakeups_sent` moves there).
+    #[inline]
+    pub(crate) fn outside(&self) -> &WorkerCounters {
+        &self.outside
+    }
+    pub(crate) fn snapshot(&self) -> Metrics {
+        Metrics { workers: self.workers.iter().map(|w| w.snapshot()).collect() }
+    }
+}
+
+/// Counters of one worker thread, as of a [`Metrics`] snapshot.
+///
+/// Every counter starts at 0 when the pool is built and only grows (it is never reset); take two
+/// snapshots and subtract to measure one piece of work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerMetrics {
+    /// Jobs this worker took from a queue (its own deque, the injector, a peer) and ran. The second
+    /// half of a `join` that the forking worker runs inline never enters a queue and is not counted:
+    /// counting it would cost a store per `join`.
+    pub tasks_executed: u64,
+    /// Jobs popped from this worker's own deque.
+    pub local_pops: u64,
+    /// Jobs stolen from a peer's deque.
+    pub steals: u64,
+    /// Jobs taken from the pool's injector (work submitted from outside the pool).
+    pub injector_pops: u64,
+    /// Steal rounds over every peer that came back empty-handed.
+    pub failed_steals: u64,
+    /// Times this worker parked its thread.
+    pub sleeps: u64,
+    /// Times this worker came back from parking.
+    pub wakeups: u64,
+    /// Times this worker woke a sleeping peer because it published work or handed off searching.
+    pub wakeups_sent: u64,
+    /// Forks this worker made stealable (with the lazy share policy, only when a thief was hungry).
+    pub publishes: u64,
+    /// The core this worker was pinned to, if the pool was built with `pin_threads(true)`.
+    pub core: Option<usize>,
+}
+
+impl WorkerMetrics {
+    fn add(&mut self, other: &WorkerMetrics) {
+        self.tasks_executed += other.tasks_executed;
+        self.local_pops += other.local_pops;
+        self.steals += other.steals;
+        self.injector_pops += other.injector_pops;
+        self.failed_steals += other.failed_steals;
+        self.sleeps += other.sleeps;
+        self.wakeups += other.wakeups;
+        self.wakeups_sent += other.wakeups_sent;
+        self.publishes += other.publishes;
+    }
+
+    /// Counter-wise difference `self - earlier` (saturating), to measure one piece of work.
+    ///
+    /// ```
+    /// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    /// let before = pool.metrics().totals();
+    /// pool.install(|| parjob::join(|| 1, || 2));
+    /// let delta = pool.metrics().totals().since(&before);
+    /// assert!(delta.tasks_executed >= 1); // at least the `install` job itself
+    /// ```
+    pub fn since(&self, earlier: &WorkerMetrics) -> WorkerMetrics {
+        WorkerMetrics {
+            tasks_executed: self.tasks_executed.saturating_sub(earlier.tasks_executed),
+            local_pops: self.local_pops.saturating_sub(earlier.local_pops),
+            steals: self.steals.saturating_sub(earlier.steals),
+            injector_pops: self.injector_pops.saturating_sub(earlier.injector_pops),
+            failed_steals: self.failed_steals.saturating_sub(earlier.failed_steals),
+            sleeps: self.sleeps.saturating_sub(earlier.sleeps),
+            wakeups: self.wakeups.saturating_sub(earlier.wakeups),
+            wakeups_sent: self.wakeups_sent.saturating_sub(earlier.wakeups_sent),
+            publishes: self.publishes.saturating_sub(earlier.publishes),
+            core: self.core,
+        }
+    }
+}
+
+/// A snapshot of a pool's scheduler counters ([`ThreadPool::metrics`](crate::ThreadPool::metrics)).
+///
+/// ```
+/// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+/// pool.install(|| (0..100).map(|i| parjob::join(|| i, || i).0).sum::<i32>());
+/// let metrics = pool.metrics();
+/// assert_eq!(metrics.workers().len(), 2);
+/// println!("{metrics}"); // a table, one row per worker
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    workers: Vec<WorkerMetrics>,
+}
+
+impl Metrics {
+    /// One entry per worker, indexed like [`current_thread_index`](crate::current_thread_index).
+    pub fn workers(&self) -> &[WorkerMetrics] {
+        &self.workers
+    }
+
+    /// The sum over all workers (`core` is `None`).
+    pub fn totals(&self) -> WorkerMetrics {
+        let mut total = WorkerMetrics::default();
+        for w in &self.workers {
+            total.add(w);
+        }
+        total
+    }
+}
+
+impl fmt::Display for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>5}",
+            "worker", "tasks", "local", "steals", "injector", "failed", "sleeps", "wakeups", "woke", "publishes", "core"
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, w: &WorkerMetrics| {
+            let core = w.core.map_or_else(|| "-".to_string(), |c| c.to_string());
+            writeln!(
+                f,
+                "{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>5}",
+                name,
+                w.tasks_executed,
+                w.local_pops,
+                w.steals,
+                w.injector_pops,
+                w.failed_steals,
+                w.sleeps,
+                w.wakeups,
+                w.wakeups_sent,
+                w.publishes,
+                core
+            )
+        };
+        for (i, w) in self.workers.iter().enumerate() {
+            row(f, &i.to_string(), w)?;
+        }
+        row(f, "total", &self.totals())
+    }
+}

@@ -1,0 +1,239 @@
+//! The state a pool's workers share: queues, sleep state, counters, policy, threads.
+
+use super::builder::{BuildError, Policy, SharePolicy, ThreadPoolBuilder};
+use super::job::{HeapJob, JobRef, StackJob};
+use super::latch::{LockLatch, SpinLatch};
+use super::metrics::PoolCounters;
+use super::sleep::Sleep;
+use super::unwind;
+use super::worker::{self, WorkerThread};
+use crate::sync::deque::{Injector, Stealer, Worker};
+use crate::sync::mutant;
+use crate::sync::{thread, Arc, AtomicBool, Mutex, Ordering};
+use crossbeam_utils::CachePadded;
+
+pub(crate) struct Registry {
+    /// Work that arrives from outside the pool (FIFO). Workers look here after their own deque.
+    pub(crate) injector: Injector<JobRef>,
+    /// Thief ends of every worker's deque, indexed by worker.
+    pub(crate) stealers: Box<[Stealer<JobRef>]>,
+    /// Per worker: a thief found this worker's deque empty and would like it to publish a private
+    /// fork (lazy share policy). Written by thieves, read by the owner at each fork.
+    pub(crate) hungry: Box<[CachePadded<AtomicBool>]>,
+    pub(crate) sleep: Sleep,
+    pub(crate) counters: PoolCounters,
+    pub(crate) policy: Policy,
+    terminating: AtomicBool,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl Registry {
+    pub(crate) fn new(builder: &mut ThreadPoolBuilder) -> Result<Arc<Registry>, BuildError> {
+        let num_threads = builder.resolved_num_threads();
+        let policy = builder.policy(num_threads);
+        let cores = if builder.pin_threads {
+            pinning_cores()?
+        } else {
+            Vec::new()
+        };
+        let deques: Vec<Worker<JobRef>> = (0..num_threads).map(|_| Worker::new_lifo()).collect();
+        let registry = Arc::new(Registry {
+            injector: Injector::new(),
+            stealers: deques.iter().map(|d| d.stealer()).collect(),
+            hungry: (0..num_threads).map(|_| CachePadded::new(AtomicBool::new(false))).collect(),
+            sleep: Sleep::new(num_threads, policy.max_searchers),
+            counters: PoolCounters::new(num_threads),
+            policy,
+            terminating: AtomicBool::new(false),
+            threads: Mutex::new(Vec::with_capacity(num_threads)),
+        });
+        for (index, deque) in deques.into_iter().enumerate() {
+            let core = if cores.is_empty() { None } else { Some(cores[index % cores.len()]) };
+            let mut thread_builder = thread::Builder::new().name(builder.name_for(index));
+            if let Some(size) = builder.stack_size {
+                thread_builder = thread_builder.stack_size(size);
+            }
+            let for_thread = Arc::clone(&registry);
+            let spawned = thread_builder.spawn(move || worker::main_loop(for_thread, index, deque, core));
+            match spawned {
+                Ok(handle) => registry.threads.lock().unwrap().push(handle),
+                Err(error) => {
+                    registry.terminate_and_join();
+                    return Err(BuildError::spawn(error));
+                }
+            }
+        }
+        Ok(registry)
+    }
+
+    #[inline]
+    pub(crate) fn num_threads(&self) -> usize {
+        self.stealers.len()
+    }
+
+    #[inline]
+    pub(crate) fn eager(&self) -> bool {
+        self.policy.share == SharePolicy::Eager
+    }
+
+    #[inline]
+    pub(crate) fn is_terminating(&self) -> bool {
+        self.terminating.load(Ordering::Acquire)
+    }
+
+    /// Is there visible work anywhere? A sleeper's re-check after its fence.
+    pub(crate) fn has_visible_work(&self) -> bool {
+        !self.injector.is_empty() || self.stealers.iter().any(|s| !s.is_empty())
+    }
+
+    /// Pushes a job from outside the pool (or from another pool) and wakes a worker if needed.
+    pub(crate) fn inject(&self, job: JobRef) {
+        self.injector.push(job);
+        self.sleep.new_work(self.counters.outside());
+    }
+
+    /// Marks worker `victim` as wanted: at its next fork it publishes its oldest private fork.
+    #[inline]
+    pub(crate) fn mark_hungry(&self, victim: usize) {
+        let flag = &self.hungry[victim];
+        // Read first: writing an already-set flag would bounce the victim's cache line for nothing.
+        if !flag.load(Ordering::Relaxed) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `op` on a worker of this pool and blocks the calling (non-worker) thread until done.
+    #[cold]
+    pub(crate) fn in_worker_cold<OP, R>(self: &Arc<Self>, op: OP) -> R
+    where
+        OP: FnOnce(&WorkerThread) -> R + Send,
+        R: Send,
+    {
+        let job = StackJob::new(
+            || {
+                let worker = WorkerThread::current().expect("parjob: injected job ran outside a worker");
+                op(worker)
+            },
+            LockLatch::new(),
+        );
+        // SAFETY: `job` lives in this frame, which we leave only after `wait` saw its latch set,
+        // i.e. after the job finished its last access.
+        self.inject(unsafe { job.as_job_ref() });
+        job.latch.wait();
+        job.into_result().into_return_value()
+    }
+
+    /// Runs `op` on a worker of this pool while `current`, a worker of another pool, keeps working
+    /// for its own pool until the result is in (so pools calling into each other cannot deadlock).
+    #[cold]
+    pub(crate) fn in_worker_cross<OP, R>(self: &Arc<Self>, current: &WorkerThread, op: OP) -> R
+    where
+        OP: FnOnce(&WorkerThread) -> R + Send,
+        R: Send,
+    {
+        let job = StackJob::new(
+            || {
+                let worker = WorkerThread::current().expect("parjob: injected job ran outside a worker");
+                op(worker)
+            },
+            SpinLatch::cross(current.registry(), current.index()),
+        );
+        // SAFETY: as in `in_worker_cold`: we return only after the latch is set.
+        self.inject(unsafe { job.as_job_ref() });
+        current.wait_until(job.latch.core());
+        job.into_result().into_return_value()
+    }
+
+    /// `join` called from a thread outside any pool.
+    ///
+    /// B goes to the injector wrapped in a heap-allocated ticket; the caller runs A, then tries to
+    /// claim the ticket back. Whoever claims it first (a worker, or the caller) runs B; a worker
+    /// that pops an already-claimed ticket only drops it, so the stack job is never touched after
+    /// the caller reclaimed it. The caller thus does its own work instead of paying two context
+    /// switches, and blocks only if a worker really took B.
+    pub(crate) fn join_outside<A, B, RA, RB>(self: &Arc<Self>, a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        let job_b = StackJob::new(b, LockLatch::new());
+        // SAFETY: the JobRef is executed only by whoever wins the ticket; if that is a worker, we
+        // wait for the latch below before leaving this frame.
+        let ticket = Arc::new(Ticket { claimed: AtomicBool::new(false), job: unsafe { job_b.as_job_ref() } });
+        let for_worker = Arc::clone(&ticket);
+        let heap = HeapJob::new(move || {
+            if !for_worker.claimed.swap(true, Ordering::AcqRel) {
+                // SAFETY: we won the ticket, so the owner is now blocked on the latch and the
+                // stack job is live until we set it.
+                unsafe { for_worker.job.execute() }
+            }
+        });
+        // SAFETY: the heap job only holds an Arc and a JobRef whose liveness the ticket protects.
+        self.inject(unsafe { heap.into_job_ref() });
+        let result_a = unwind::halt_unwinding(a);
+        if !ticket.claimed.swap(true, Ordering::AcqRel) {
+            let b = job_b.take_func();
+            return match result_a {
+                Ok(ra) => (ra, b()),
+                Err(payload) => {
+                    let _ = unwind::halt_unwinding(b);
+                    unwind::resume_unwinding(payload)
+                }
+            };
+        }
+        job_b.latch.wait();
+        let result_b = job_b.into_result();
+        match result_a {
+            Ok(ra) => (ra, result_b.into_return_value()),
+            Err(payload) => unwind::resume_unwinding(payload),
+        }
+    }
+
+    /// Tells workers to exit once the queues are drained, and wakes them all.
+    pub(crate) fn terminate(&self) {
+        self.terminating.store(true, Ordering::Release);
+        self.sleep.wake_all();
+    }
+
+    /// `terminate`, then joins the worker threads, unless called from one of them (a task that held
+    /// the last handle): a thread cannot join itself, so then the workers exit on their own.
+    pub(crate) fn terminate_and_join(&self) {
+        self.terminate();
+        let on_own_worker = WorkerThread::current().is_some_and(|w| std::ptr::eq(&**w.registry(), self));
+        if on_own_worker {
+            return;
+        }
+        let handles = std::mem::take(&mut *self.threads.lock().unwrap());
+        for handle in handles {
+            // Task panics never unwind a worker, so an Err here would be a scheduler bug; the
+            // thread is gone either way, which is all shutdown needs.
+            let _ = handle.join();
+        }
+    }
+
+    /// Under the `SHUTDOWN_SKIPS_DRAIN` mutant, workers leave as soon as they see the flag.
+    #[inline]
+    pub(crate) fn exits_without_draining(&self) -> bool {
+        mutant::SHUTDOWN_SKIPS_DRAIN && self.is_terminating()
+    }
+}
+
+struct Ticket {
+    claimed: AtomicBool,
+    job: JobRef,
+}
+
+#[cfg(not(loom))]
+fn pinning_cores() -> Result<Vec<usize>, BuildError> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => Ok(ids.into_iter().map(|c| c.id).collect()),
+        _ => Err(BuildError::pinning_unsupported()),
+    }
+}
+
+#[cfg(loom)]
+fn pinning_cores() -> Result<Vec<usize>, BuildError> {
+    Err(BuildError::pinning_unsupported())
+}

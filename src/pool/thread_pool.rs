@@ -1,0 +1,252 @@
+//! The public `ThreadPool` handle, and the global pool.
+
+use super::builder::ThreadPoolBuilder;
+use super::join;
+use super::metrics::Metrics;
+use super::registry::Registry;
+use super::scope::{self, Scope};
+use super::worker::WorkerThread;
+use crate::sync::Arc;
+use std::fmt;
+
+/// A handle to a work-stealing thread pool. Cheap to clone (`Arc`), `Send + Sync`.
+///
+/// Dropping the last handle stops the workers once the work already queued is done, and joins them
+/// (unless the last handle is dropped on one of the pool's own workers, which cannot join itself;
+/// those threads then exit on their own).
+///
+/// ```
+/// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+/// let data = vec![1, 2, 3, 4];
+/// let (left, right) = pool.join(|| data[..2].iter().sum::<i32>(), || data[2..].iter().sum::<i32>());
+/// assert_eq!(left + right, 10);
+/// ```
+#[derive(Clone)]
+pub struct ThreadPool {
+    inner: Arc<PoolHandle>,
+}
+
+/// Owns the registry on behalf of every user handle; its drop is the shutdown.
+struct PoolHandle {
+    registry: Arc<Registry>,
+    /// The global pool is never shut down.
+    shut_down_on_drop: bool,
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        if self.shut_down_on_drop {
+            self.registry.terminate_and_join();
+        }
+    }
+}
+
+impl fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPool").field("num_threads", &self.num_threads()).finish()
+    }
+}
+
+impl ThreadPool {
+    pub(crate) fn from_registry(registry: Arc<Registry>) -> Self {
+        ThreadPool { inner: Arc::new(PoolHandle { registry, shut_down_on_drop: true }) }
+    }
+
+    #[inline]
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// Number of worker threads.
+    pub fn num_threads(&self) -> usize {
+        self.registry().num_threads()
+    }
+
+    /// Runs `op` on a worker of this pool and returns its result; `join`, `scope` and `Parallel`
+    /// calls inside it use this pool. If called from a worker of this pool, runs `op` directly.
+    /// From another pool's worker, that worker keeps running its own pool's work while it waits.
+    ///
+    /// # Panics
+    /// Resumes `op`'s panic, with its original payload, in the caller.
+    ///
+    /// ```
+    /// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    /// let index = pool.install(parjob::current_thread_index);
+    /// assert!(index.unwrap() < 2);
+    /// ```
+    pub fn install<OP, R>(&self, op: OP) -> R
+    where
+        OP: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let registry = self.registry();
+        match WorkerThread::current() {
+            Some(worker) if Arc::ptr_eq(worker.registry(), registry) => op(),
+            Some(worker) => registry.in_worker_cross(worker, |_| op()),
+            None => registry.in_worker_cold(|_| op()),
+        }
+    }
+
+    /// Runs `a` and `b`, potentially in parallel, on this pool, and returns both results.
+    ///
+    /// Called from outside the pool, the calling thread runs `a` itself and offers `b` to the
+    /// workers, taking it back if none has started it by then.
+    ///
+    /// # Panics
+    /// Both closures always run to completion (or panic), even if the other panicked. Then `a`'s
+    /// panic is resumed if it had one, else `b`'s.
+    pub fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        join::join_on(self.registry(), a, b)
+    }
+
+    /// Creates a [`Scope`] on this pool, runs `op` in it and waits for every task spawned in it.
+    ///
+    /// # Panics
+    /// After every task has finished: resumes `op`'s panic if it had one, else the first task panic.
+    ///
+    /// ```
+    /// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    /// let mut halves = [0u64; 2];
+    /// let (low, high) = halves.split_at_mut(1);
+    /// pool.scope(|s| {
+    ///     s.spawn(|_| low[0] = (0..500).sum());
+    ///     s.spawn(|_| high[0] = (500..1000).sum());
+    /// });
+    /// assert_eq!(halves[0] + halves[1], 499_500);
+    /// ```
+    pub fn scope<'scope, OP, R>(&self, op: OP) -> R
+    where
+        OP: FnOnce(&Scope<'scope>) -> R + Send,
+        R: Send,
+    {
+        let registry = self.registry();
+        match WorkerThread::current() {
+            Some(worker) if Arc::ptr_eq(worker.registry(), registry) => scope::scope_in_worker(worker, op),
+            Some(worker) => registry.in_worker_cross(worker, |w| scope::scope_in_worker(w, op)),
+            None => registry.in_worker_cold(|w| scope::scope_in_worker(w, op)),
+        }
+    }
+
+    /// A snapshot of the scheduler counters, one entry per worker.
+    pub fn metrics(&self) -> Metrics {
+        self.registry().counters.snapshot()
+    }
+
+    /// Queues a `'static` job on this pool without waiting for it (used by the streaming
+    /// `Parallel` iterators). The job must not panic: wrap it with `catch_unwind` first.
+    pub(crate) fn spawn_detached<F: FnOnce() + Send + 'static>(&self, job: F) {
+        let job = super::job::HeapJob::new(job);
+        // SAFETY: the job is 'static and owns everything it uses.
+        let job_ref = unsafe { job.into_job_ref() };
+        match WorkerThread::current() {
+            Some(worker) if Arc::ptr_eq(worker.registry(), self.registry()) => worker.push_shared(job_ref),
+            _ => self.registry().inject(job_ref),
+        }
+    }
+}
+
+/// The pool that `join`, `scope` and `Parallel` use outside any pool. Built on first use with
+/// [`cpu_count`](crate::cpu_count) threads (or `PARJOB_NUM_THREADS`, if set to a positive number);
+/// never shut down.
+pub(crate) fn global_pool() -> &'static ThreadPool {
+    use std::sync::OnceLock;
+    static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        let threads = std::env::var("PARJOB_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let registry = Registry::new(&mut ThreadPoolBuilder::new().num_threads(threads))
+            .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
+        ThreadPool { inner: Arc::new(PoolHandle { registry, shut_down_on_drop: false }) }
+    })
+}
+
+/// The registry of the pool the current thread works for, else of the global pool.
+pub(crate) fn current_registry() -> Arc<Registry> {
+    match WorkerThread::current() {
+        Some(worker) => Arc::clone(worker.registry()),
+        None => Arc::clone(global_pool().registry()),
+    }
+}
+
+/// Runs `a` and `b`, potentially in parallel, and returns both results.
+///
+/// On a worker thread this uses that worker's pool; elsewhere, the global pool (the calling thread
+/// runs `a` itself and takes `b` back if no worker started it). Closures may borrow from the
+/// caller's stack.
+///
+/// # Panics
+/// Both closures always run (or panic); then `a`'s panic is resumed if it had one, else `b`'s.
+///
+/// ```
+/// fn fib(n: u64) -> u64 {
+///     if n < 2 { return n; }
+///     let (a, b) = parjob::join(|| fib(n - 1), || fib(n - 2));
+///     a + b
+/// }
+/// assert_eq!(fib(20), 6765);
+/// ```
+#[inline]
+pub fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    match WorkerThread::current() {
+        Some(worker) => join::join_in_worker(worker, a, b),
+        None => global_pool().registry().join_outside(a, b),
+    }
+}
+
+/// Creates a [`Scope`] on the current pool (or the global pool), runs `op` in it and returns once
+/// every task spawned in the scope has finished.
+///
+/// # Panics
+/// After every task has finished: resumes `op`'s panic if it had one, else the first task panic.
+///
+/// ```
+/// let data = [1, 2, 3, 4, 5, 6];
+/// let mut sums = [0; 2];
+/// let (a, b) = sums.split_at_mut(1);
+/// parjob::scope(|s| {
+///     s.spawn(|_| a[0] = data[..3].iter().sum());
+///     s.spawn(|s| {
+///         s.spawn(|_| println!("tasks may spawn more tasks"));
+///         b[0] = data[3..].iter().sum();
+///     });
+/// });
+/// assert_eq!(sums, [6, 15]);
+/// ```
+pub fn scope<'scope, OP, R>(op: OP) -> R
+where
+    OP: FnOnce(&Scope<'scope>) -> R + Send,
+    R: Send,
+{
+    match WorkerThread::current() {
+        Some(worker) => scope::scope_in_worker(worker, op),
+        None => global_pool().scope(op),
+    }
+}
+
+/// The index of the current thread within the pool it works for, or `None` outside any pool.
+///
+/// ```
+/// assert_eq!(parjob::current_thread_index(), None);
+/// let pool = parjob::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+/// assert!(pool.install(|| parjob::current_thread_index()).is_some());
+/// ```
+pub fn current_thread_index() -> Option<usize> {
+    WorkerThread::current().map(|w| w.index())
+}
+
+/// The number of cores this process may use: std's `available_parallelism`, which on Linux takes
+/// the cgroup CPU quota and the affinity mask into account. At least 1.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

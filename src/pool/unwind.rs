@@ -1,0 +1,36 @@
+//! Catching and resuming panics across the scheduler.
+
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+
+/// A caught panic payload.
+pub(crate) type Panic = Box<dyn Any + Send + 'static>;
+
+/// Runs `f`, catching a panic so the scheduler can finish its bookkeeping before resuming it.
+///
+/// `AssertUnwindSafe` is sound here in the sense `UnwindSafe` cares about: every payload we catch
+/// is resumed in the caller (or, for a second panic, dropped) after the tasks that could observe a
+/// half-updated value have finished, which is exactly what would happen without the catch.
+#[inline]
+pub(crate) fn halt_unwinding<F: FnOnce() -> R, R>(f: F) -> Result<R, Panic> {
+    panic::catch_unwind(AssertUnwindSafe(f))
+}
+
+/// Resumes a caught panic with its original payload.
+#[inline]
+pub(crate) fn resume_unwinding(payload: Panic) -> ! {
+    panic::resume_unwind(payload)
+}
+
+/// Aborts the process if dropped during unwinding.
+///
+/// Guards code that must not unwind: a worker's bookkeeping after a job (a panic there would leave a
+/// latch unset and its waiter blocked forever).
+pub(crate) struct AbortIfPanic;
+
+impl Drop for AbortIfPanic {
+    fn drop(&mut self) {
+        eprintln!("parjob: unexpected panic inside the scheduler; aborting");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,352 @@
+//! A worker thread: its deque, its private forks, its main loop, and how it waits.
+
+use super::builder::VictimPolicy;
+use super::job::JobRef;
+use super::latch::CoreLatch;
+use super::metrics::WorkerCounters;
+use super::registry::Registry;
+use super::sleep::Woken;
+use crate::sync::deque::{Steal, Worker};
+use crate::sync::{spin_loop, Arc, AtomicBool, Ordering};
+use std::cell::{Cell, UnsafeCell};
+use std::ptr;
+
+/// Forks that only this worker can see, oldest first.
+///
+/// `jobs[bottom..]` are private; `jobs[..bottom]` were published to the deque (oldest first, so a
+/// thief always gets the biggest piece of work this worker has). A `join` remembers the index of
+/// its fork; when its first half returns, everything above that index has been consumed, so the
+/// fork is either still at `idx >= bottom` (run it inline, no atomics at all) or was published.
+struct PrivateForks {
+    jobs: Vec<JobRef>,
+    bottom: usize,
+}
+
+/// The per-thread state of a worker. Lives on the worker's stack for the thread's whole life;
+/// other threads reach it only through the registry (stealers, sleep state), never directly.
+pub(crate) struct WorkerThread {
+    deque: Worker<JobRef>,
+    /// Touched only by this thread, never across a call into user code (see `push_fork`/`pop_fork`).
+    private: UnsafeCell<PrivateForks>,
+    index: usize,
+    registry: Arc<Registry>,
+    /// Points into `registry.hungry[index]`, which the `Arc` above keeps alive.
+    hungry: *const AtomicBool,
+    eager: bool,
+    rng: Cell<u64>,
+    last_victim: Cell<usize>,
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static CURRENT: Cell<*const WorkerThread> = const { Cell::new(ptr::null()) };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static CURRENT: Cell<*const WorkerThread> = Cell::new(ptr::null());
+}
+
+/// Spin rounds cap the doubling of pauses per round (2^6 = 64 `pause`s).
+const MAX_SPIN_SHIFT: u32 = 6;
+
+impl WorkerThread {
+    /// The worker running on this thread, if any.
+    #[inline]
+    pub(crate) fn current() -> Option<&'static WorkerThread> {
+        let ptr = CURRENT.with(|c| c.get());
+        // SAFETY: CURRENT is set in `main_loop` to a WorkerThread on that thread's stack and reset
+        // before it is dropped; a non-null value read on this thread therefore points to a live
+        // worker for as long as this thread runs code called from `main_loop`, which is the only
+        // place such a reference can be used. ('static is a white lie confined to this crate: no
+        // reference escapes to user code.)
+        unsafe { ptr.as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    #[inline]
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    #[inline]
+    pub(crate) fn counters(&self) -> &WorkerCounters {
+        self.registry.counters.worker(self.index)
+    }
+
+    /// Records a `join`'s second half. Returns its index for `pop_fork`.
+    #[inline]
+    pub(crate) fn push_fork(&self, job: JobRef) -> usize {
+        // SAFETY: `private` is only accessed by this thread, and no other borrow of it is live:
+        // every access is a short block like this one that calls no user code.
+        let index = unsafe {
+            let private = &mut *self.private.get();
+            private.jobs.push(job);
+            private.jobs.len() - 1
+        };
+        // SAFETY: `hungry` points into the registry, kept alive by `self.registry`.
+        if self.eager || unsafe { (*self.hungry).load(Ordering::Relaxed) } {
+            self.publish_oldest();
+        }
+        index
+    }
+
+    /// Forgets the fork at `index` and everything above it. Returns `true` if it was still private
+    /// (the caller runs it inline); `false` if it was published (the caller must reclaim or wait).
+    #[inline]
+    pub(crate) fn pop_fork(&self, index: usize) -> bool {
+        // SAFETY: as in `push_fork`.
+        unsafe {
+            let private = &mut *self.private.get();
+            private.jobs.truncate(index);
+            if index >= private.bottom {
+                true
+            } else {
+                private.bottom = index;
+                false
+            }
+        }
+    }
+
+    /// Moves the oldest private fork to the stealable deque and wakes a sleeper if needed.
+    #[cold]
+    fn publish_oldest(&self) {
+        // SAFETY: see `push_fork`.
+        unsafe { (*self.hungry).store(false, Ordering::Relaxed) };
+        // SAFETY: as in `push_fork`.
+        let job = unsafe {
+            let private = &mut *self.private.get();
+            if private.bottom == private.jobs.len() {
+                return;
+            }
+            private.bottom += 1;
+            private.jobs[private.bottom - 1]
+        };
+        self.deque.push(job);
+        self.counters().bump_publishes();
+        self.registry.sleep.new_work(self.counters());
+    }
+
+    /// Publishes every private fork: called before this worker waits, so its pending forks never
+    /// sit invisible while it is blocked on something else.
+    fn publish_all_private(&self) {
+        // SAFETY: as in `push_fork`.
+        while unsafe {
+            let private = &*self.private.get();
+            private.bottom < private.jobs.len()
+        } {
+            self.publish_oldest();
+        }
+    }
+
+    /// Pushes a job that is stealable at once (a scope spawn).
+    #[inline]
+    pub(crate) fn push_shared(&self, job: JobRef) {
+        self.deque.push(job);
+        self.registry.sleep.new_work(self.counters());
+    }
+
+    #[inline]
+    pub(crate) fn execute(&self, job: JobRef) {
+        self.counters().bump_tasks_executed();
+        // SAFETY: every JobRef in our queues is live until executed, and each is popped/stolen by
+        // exactly one thread (crossbeam's guarantee), so this is its single execution.
+        unsafe { job.execute() }
+    }
+
+    /// Waits for a `join`'s published second half `job_b`: pop it back if no one stole it, else
+    /// help with other work until its latch is set.
+    pub(crate) fn wait_for_fork(&self, job_b: JobRef, latch: &CoreLatch) {
+        while !latch.probe() {
+            match self.deque.pop() {
+                Some(job) => {
+                    self.counters().bump_local_pops();
+                    if job == job_b {
+                        // SAFETY: we popped it, so no one else can run it; it is live (our frame).
+                        unsafe { job.execute() };
+                        return;
+                    }
+                    // An older fork of ours (B was stolen): run it rather than let it wait.
+                    self.execute(job);
+                }
+                None => return self.wait_until(latch),
+            }
+        }
+    }
+
+    /// Runs other work of this pool until `latch` is set, sleeping when there is none.
+    #[cold]
+    pub(crate) fn wait_until(&self, latch: &CoreLatch) {
+        self.run_until(Some(latch));
+    }
+
+    /// The scheduling loop: find work and run it; when there is none, search for a while, then
+    /// sleep. With a latch it returns once the latch is set; without, once the pool terminates and
+    /// no work is left (shutdown drains the queues).
+    fn run_until(&self, latch: Option<&CoreLatch>) {
+        self.publish_all_private();
+        let sleep = &self.registry.sleep;
+        let mut searching = false;
+        let mut spins = 0u32;
+        loop {
+            if latch.is_some_and(|l| l.probe()) || self.registry.exits_without_draining() {
+                break;
+            }
+            if let Some(job) = self.find_work() {
+                if searching {
+                    sleep.stop_searching_found_work(self.counters());
+                    searching = false;
+                }
+                spins = 0;
+                self.execute(job);
+                continue;
+            }
+            if latch.is_none() && self.registry.is_terminating() {
+                break;
+            }
+            if !searching {
+                searching = sleep.start_searching();
+            }
+            if spins < self.registry.policy.spin_rounds {
+                for _ in 0..(1u32 << spins.min(MAX_SPIN_SHIFT)) {
+                    spin_loop();
+                }
+                spins += 1;
+                continue;
+            }
+            // Nothing to do: give up searching and sleep.
+            if searching {
+                sleep.stop_searching_idle();
+                searching = false;
+            }
+            if let Some(l) = latch {
+                if !l.fall_asleep() {
+                    continue; // set meanwhile
+                }
+            }
+            let woken = sleep.sleep(
+                self.index,
+                self.counters(),
+                || self.registry.has_visible_work(),
+                || match latch {
+                    Some(l) => !l.probe(),
+                    None => !self.registry.is_terminating(),
+                },
+            );
+            if let Some(l) = latch {
+                l.wake_up();
+            }
+            searching = woken == Woken::AsSearcher;
+            spins = 0;
+        }
+        if searching {
+            // We were counted as a searcher but are leaving: hand the search on, in case the
+            // waker woke us for work we will not take.
+            sleep.stop_searching_found_work(self.counters());
+        }
+    }
+
+    /// Own deque (LIFO), then the injector, then peers.
+    #[inline]
+    fn find_work(&self) -> Option<JobRef> {
+        if let Some(job) = self.deque.pop() {
+            self.counters().bump_local_pops();
+            return Some(job);
+        }
+        loop {
+            match self.registry.injector.steal_batch_and_pop(&self.deque) {
+                Steal::Success(job) => {
+                    self.counters().bump_injector_pops();
+                    return Some(job);
+                }
+                Steal::Empty => break,
+                Steal::Retry => continue,
+            }
+        }
+        self.steal_from_peers()
+    }
+
+    fn steal_from_peers(&self) -> Option<JobRef> {
+        let registry = &*self.registry;
+        let n = registry.num_threads();
+        if n <= 1 {
+            return None;
+        }
+        let start = match registry.policy.victims {
+            VictimPolicy::Random => self.next_random() as usize % n,
+            VictimPolicy::RoundRobin => (self.last_victim.get() + 1) % n,
+            VictimPolicy::LastSuccessful => self.last_victim.get() % n,
+        };
+        loop {
+            let mut retry = false;
+            for offset in 0..n {
+                let victim = (start + offset) % n;
+                if victim == self.index {
+                    continue;
+                }
+                match registry.stealers[victim].steal() {
+                    Steal::Success(job) => {
+                        self.counters().bump_steals();
+                        self.last_victim.set(victim);
+                        return Some(job);
+                    }
+                    Steal::Retry => retry = true,
+                    Steal::Empty => {
+                        if !self.eager {
+                            registry.mark_hungry(victim);
+                        }
+                    }
+                }
+            }
+            if !retry {
+                break;
+            }
+        }
+        if registry.policy.victims == VictimPolicy::RoundRobin {
+            self.last_victim.set((start + n - 1) % n);
+        }
+        self.counters().bump_failed_steals();
+        None
+    }
+
+    /// xorshift64*: victim order only needs to differ between workers and rounds.
+    #[inline]
+    fn next_random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Body of every worker thread.
+pub(crate) fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>, core: Option<usize>) {
+    #[cfg(not(loom))]
+    if let Some(core) = core {
+        if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            registry.counters.worker(index).set_core(core);
+        }
+    }
+    #[cfg(loom)]
+    let _ = core;
+    let hungry: *const AtomicBool = &*registry.hungry[index];
+    let worker = WorkerThread {
+        deque,
+        private: UnsafeCell::new(PrivateForks { jobs: Vec::with_capacity(64), bottom: 0 }),
+        index,
+        eager: registry.eager(),
+        registry,
+        hungry,
+        rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) << 17)),
+        last_victim: Cell::new(index),
+    };
+    CURRENT.with(|c| c.set(&worker));
+    worker.registry.sleep.register_current_thread(index);
+    worker.run_until(None);
+    CURRENT.with(|c| c.set(ptr::null()));
+}

@@ -1,0 +1,27 @@
+//! Deliberately broken variants of the scheduler's protocols, for the loom models' broken twins.
+//!
+//! Each constant is `true` only in a loom build with `--cfg parjob_mutant="NAME"`, so no ordinary
+//! build can ever be mutated. Each removes exactly one line of a protocol (a fence or a re-check);
+//! `scripts/loom.sh` runs every model against its mutant and requires loom to fail it. A model whose
+//! twin passed would prove nothing.
+
+/// The sleeper announces itself but skips the `fence(SeqCst)` before re-checking the queues.
+pub(crate) const SLEEP_SKIPS_FENCE: bool = cfg!(all(loom, parjob_mutant = "sleep_skips_fence"));
+/// The sleeper parks without re-checking the queues after announcing itself.
+pub(crate) const SLEEP_SKIPS_RECHECK: bool = cfg!(all(loom, parjob_mutant = "sleep_skips_recheck"));
+/// A publisher skips the `fence(SeqCst)` between pushing work and reading the sleeper count.
+pub(crate) const PUBLISH_SKIPS_FENCE: bool = cfg!(all(loom, parjob_mutant = "publish_skips_fence"));
+/// A latch owner parks without re-checking its latch after announcing sleep.
+pub(crate) const LATCH_SKIPS_RECHECK: bool = cfg!(all(loom, parjob_mutant = "latch_skips_recheck"));
+/// A stack job's result is published to the waiter with a `Relaxed` latch store.
+pub(crate) const LATCH_SET_RELAXED: bool = cfg!(all(loom, parjob_mutant = "latch_set_relaxed"));
+/// `join` returns A's panic without waiting for a stolen B to finish.
+pub(crate) const JOIN_SKIPS_WAIT_ON_PANIC: bool = cfg!(all(loom, parjob_mutant = "join_skips_wait_on_panic"));
+/// The scope counter is decremented before the task's panic is recorded.
+pub(crate) const SCOPE_COUNTS_BEFORE_PANIC: bool = cfg!(all(loom, parjob_mutant = "scope_counts_before_panic"));
+/// Shutdown lets workers exit without draining the queues.
+pub(crate) const SHUTDOWN_SKIPS_DRAIN: bool = cfg!(all(loom, parjob_mutant = "shutdown_skips_drain"));
+/// The last searcher to find work does not wake a sleeper (no hand-off).
+pub(crate) const SEARCHER_SKIPS_HANDOFF: bool = cfg!(all(loom, parjob_mutant = "searcher_skips_handoff"));
+/// A fork is published to thieves without the wake-up check that follows every publication.
+pub(crate) const PUBLISH_SKIPS_NOTIFY: bool = cfg!(all(loom, parjob_mutant = "publish_skips_notify"));
