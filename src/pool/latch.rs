@@ -47,6 +47,13 @@ impl CoreLatch {
         self.state.load(Ordering::Acquire) == SET
     }
 
+    /// Owner only: re-arm a latch that is used as a repeatable signal (see `signal.rs`). Acquire:
+    /// whatever a setter wrote before its `set` is visible after the reset.
+    #[inline]
+    pub(crate) fn reset(&self) {
+        self.state.swap(UNSET, Ordering::AcqRel);
+    }
+
     /// Owner only: announce that it is about to park. Returns `false` if the latch is already set
     /// (then the owner must not park).
     #[inline]

@@ -21,6 +21,7 @@ pub(crate) mod latch;
 pub(crate) mod metrics;
 pub(crate) mod registry;
 pub(crate) mod scope;
+pub(crate) mod signal;
 pub(crate) mod sleep;
 pub(crate) mod thread_pool;
 pub(crate) mod unwind;

@@ -139,16 +139,39 @@ impl ThreadPool {
     }
 
     /// Queues a `'static` job on this pool without waiting for it (used by the streaming
-    /// `Parallel` iterators). The job must not panic: wrap it with `catch_unwind` first.
+    /// `Parallel` iterators). The job must not panic: catch panics inside it.
     pub(crate) fn spawn_detached<F: FnOnce() + Send + 'static>(&self, job: F) {
-        let job = super::job::HeapJob::new(job);
         // SAFETY: the job is 'static and owns everything it uses.
+        unsafe { self.spawn_unchecked(job) }
+    }
+
+    /// Queues a job that may borrow non-`'static` data, without waiting for it.
+    ///
+    /// # Safety
+    /// The caller must keep everything `job` borrows alive until the job has finished, even if the
+    /// caller panics (e.g. by waiting for a completion counter in a drop guard that it owns and
+    /// never hands out), and `job` must not panic (catch panics inside it).
+    pub(crate) unsafe fn spawn_unchecked<F: FnOnce() + Send>(&self, job: F) {
+        let job = super::job::HeapJob::new(job);
+        // SAFETY: forwarded to the caller.
         let job_ref = unsafe { job.into_job_ref() };
         match WorkerThread::current() {
             Some(worker) if Arc::ptr_eq(worker.registry(), self.registry()) => worker.push_shared(job_ref),
             _ => self.registry().inject(job_ref),
         }
     }
+
+    /// Is the current thread one of this pool's workers?
+    pub(crate) fn is_current(&self) -> bool {
+        WorkerThread::current().is_some_and(|w| Arc::ptr_eq(w.registry(), self.registry()))
+    }
+}
+
+/// A non-owning handle to the pool the current thread works for (dropping it shuts nothing down).
+pub(crate) fn current_pool() -> Option<ThreadPool> {
+    WorkerThread::current().map(|worker| ThreadPool {
+        inner: Arc::new(PoolHandle { registry: Arc::clone(worker.registry()), shut_down_on_drop: false }),
+    })
 }
 
 /// The pool that `join`, `scope` and `Parallel` use outside any pool. Built on first use with
@@ -163,14 +186,6 @@ pub(crate) fn global_pool() -> &'static ThreadPool {
             .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
         ThreadPool { inner: Arc::new(PoolHandle { registry, shut_down_on_drop: false }) }
     })
-}
-
-/// The registry of the pool the current thread works for, else of the global pool.
-pub(crate) fn current_registry() -> Arc<Registry> {
-    match WorkerThread::current() {
-        Some(worker) => Arc::clone(worker.registry()),
-        None => Arc::clone(global_pool().registry()),
-    }
 }
 
 /// Runs `a` and `b`, potentially in parallel, and returns both results.
