@@ -1,0 +1,80 @@
+//! Helpers shared by the scheduler's integration tests.
+#![allow(dead_code)]
+
+/// Tests scale their iteration counts down under Miri (which is ~1000× slower).
+pub const fn iterations(normal: usize, miri: usize) -> usize {
+    if cfg!(miri) {
+        miri
+    } else {
+        normal
+    }
+}
+
+/// A small deterministic PRNG (splitmix64) so failures reproduce from the seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+pub fn fib_seq(n: u64) -> u64 {
+    if n < 2 {
+        n
+    } else {
+        fib_seq(n - 1) + fib_seq(n - 2)
+    }
+}
+
+pub fn fib_join(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let (a, b) = parjob::join(|| fib_join(n - 1), || fib_join(n - 2));
+    a + b
+}
+
+pub fn quicksort<T: PartialOrd + Send>(v: &mut [T]) {
+    if v.len() <= 16 {
+        // insertion sort for small slices
+        for i in 1..v.len() {
+            let mut j = i;
+            while j > 0 && v[j - 1] > v[j] {
+                v.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        return;
+    }
+    let mid = partition(v);
+    let (lo, hi) = v.split_at_mut(mid);
+    parjob::join(|| quicksort(lo), || quicksort(&mut hi[1..]));
+}
+
+fn partition<T: PartialOrd>(v: &mut [T]) -> usize {
+    let pivot = v.len() - 1;
+    v.swap(v.len() / 2, pivot);
+    let mut store = 0;
+    for i in 0..pivot {
+        if v[i] <= v[pivot] {
+            v.swap(i, store);
+            store += 1;
+        }
+    }
+    v.swap(store, pivot);
+    store
+}
+
+/// Number of threads in this process (Linux: /proc/self/status).
+pub fn process_thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+}
