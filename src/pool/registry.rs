@@ -9,7 +9,7 @@ use super::unwind;
 use super::worker::{self, WorkerThread};
 use crate::sync::deque::{Injector, Stealer, Worker};
 use crate::sync::mutant;
-use crate::sync::{thread, Arc, AtomicBool, Mutex, Ordering};
+use crate::sync::{thread, Arc, AtomicBool, Condvar, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 
 pub(crate) struct Registry {
@@ -25,6 +25,10 @@ pub(crate) struct Registry {
     pub(crate) policy: Policy,
     terminating: AtomicBool,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// Workers that have finished starting (pinned, registered for unpark); `build` returns only
+    /// once all have, so the pool is fully formed (and its metrics complete) when the user gets it.
+    started: Mutex<usize>,
+    all_started: Condvar,
 }
 
 impl Registry {
@@ -46,6 +50,8 @@ impl Registry {
             policy,
             terminating: AtomicBool::new(false),
             threads: Mutex::new(Vec::with_capacity(num_threads)),
+            started: Mutex::new(0),
+            all_started: Condvar::new(),
         });
         for (index, deque) in deques.into_iter().enumerate() {
             let core = if cores.is_empty() { None } else { Some(cores[index % cores.len()]) };
@@ -63,7 +69,18 @@ impl Registry {
                 }
             }
         }
+        let mut started = registry.started.lock().unwrap();
+        while *started < num_threads {
+            started = registry.all_started.wait(started).unwrap();
+        }
+        drop(started);
         Ok(registry)
+    }
+
+    /// Called by each worker once it is ready to run and to be woken.
+    pub(crate) fn worker_started(&self) {
+        *self.started.lock().unwrap() += 1;
+        self.all_started.notify_all();
     }
 
     #[inline]

@@ -347,6 +347,7 @@ pub(crate) fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<Job
     };
     CURRENT.with(|c| c.set(&worker));
     worker.registry.sleep.register_current_thread(index);
+    worker.registry.worker_started();
     worker.run_until(None);
     CURRENT.with(|c| c.set(ptr::null()));
 }
