@@ -24,7 +24,7 @@ where
     RA: Send,
     RB: Send,
 {
-    let job_b = StackJob::new(b, SpinLatch::new(worker.registry(), worker.index()));
+    let job_b = StackJob::new(b, SpinLatch::new(worker));
     // SAFETY: `job_b` stays in this frame until either we reclaim it unexecuted (`pop_fork` says it
     // was never published, so no JobRef to it exists anywhere else) or its latch is set.
     let job_b_ref = unsafe { job_b.as_job_ref() };

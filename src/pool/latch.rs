@@ -7,6 +7,7 @@
 //!    and must read everything it needs (registry, owner index) **before** the store that sets it.
 
 use super::registry::Registry;
+use super::worker::WorkerThread;
 use crate::sync::mutant;
 use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
@@ -80,28 +81,20 @@ impl CoreLatch {
     }
 }
 
-/// The latch a worker waits on for work of its own pool (a `join`'s stolen half, a scope).
+/// The latch a worker waits on for work of its own pool (a `join`'s stolen half).
 ///
-/// Holds the owner's index and registry so the setter can unpark exactly that worker.
-pub(crate) struct SpinLatch<'r> {
+/// Two words: the state and the owner. The setter is always a worker of the owner's pool, so the
+/// registry outlives the set (the setter's own `Arc` keeps it), and the owner cannot exit while it
+/// waits on this latch, so reading its fields before the set is sound.
+pub(crate) struct SpinLatch<'w> {
     core: CoreLatch,
-    registry: &'r Arc<Registry>,
-    owner: usize,
-    /// Set when the setter may belong to another pool: it then keeps the owner's registry alive
-    /// across the wake-up itself.
-    cross: bool,
+    owner: &'w WorkerThread,
 }
 
-impl<'r> SpinLatch<'r> {
+impl<'w> SpinLatch<'w> {
     #[inline]
-    pub(crate) fn new(registry: &'r Arc<Registry>, owner: usize) -> Self {
-        SpinLatch { core: CoreLatch::new(), registry, owner, cross: false }
-    }
-
-    /// For a job that a worker of *another* pool may set.
-    #[inline]
-    pub(crate) fn cross(registry: &'r Arc<Registry>, owner: usize) -> Self {
-        SpinLatch { cross: true, ..SpinLatch::new(registry, owner) }
+    pub(crate) fn new(owner: &'w WorkerThread) -> Self {
+        SpinLatch { core: CoreLatch::new(), owner }
     }
 
     #[inline]
@@ -114,23 +107,45 @@ impl Latch for SpinLatch<'_> {
     #[inline]
     unsafe fn set(this: *const Self) {
         // Read everything before setting: the owner may return and pop its frame right after.
-        // SAFETY: `this` is valid until the `CoreLatch::set` below.
-        let (cross, owner) = unsafe { ((*this).cross, (*this).owner) };
-        // A worker of the same pool already keeps the registry alive for the whole call; a setter
-        // from elsewhere must take its own reference, because the owner's may vanish with its frame.
-        // SAFETY: as above, `this` is still valid here.
-        let kept_alive: Option<Arc<Registry>> = if cross { Some(Arc::clone(unsafe { (*this).registry })) } else { None };
-        // SAFETY: deref of the `&Arc` happens before the set; the `Registry` itself lives in the
-        // Arc's heap block, which outlives this call (see above), not in the owner's frame.
-        let registry: *const Registry = match &kept_alive {
-            Some(arc) => &**arc,
-            None => unsafe { &**(*this).registry },
-        };
+        // SAFETY: `this` is valid until the `CoreLatch::set` below; the owner is blocked on it.
+        let (registry, index): (*const Registry, usize) =
+            unsafe { (&**(*this).owner.registry(), (*this).owner.index()) };
         // SAFETY: `this` valid on entry; the core latch is a field of it.
         if unsafe { CoreLatch::set(&(*this).core) } {
-            // SAFETY: the registry outlives this call (same pool: the caller is one of its workers;
-            // cross: `kept_alive`).
-            unsafe { (*registry).sleep.wake_specific(owner) };
+            // SAFETY: the registry lives in its Arc's heap block, kept alive by the setter (a
+            // worker of the same pool), not in the owner's frame.
+            unsafe { (*registry).sleep.wake_specific(index) };
+        }
+    }
+}
+
+/// The latch a worker of one pool waits on while its call runs on *another* pool: the setter is a
+/// worker of that other pool, so it takes its own reference to the owner's registry before setting.
+pub(crate) struct CrossLatch {
+    core: CoreLatch,
+    registry: Arc<Registry>,
+    owner: usize,
+}
+
+impl CrossLatch {
+    pub(crate) fn new(owner: &WorkerThread) -> Self {
+        CrossLatch { core: CoreLatch::new(), registry: Arc::clone(owner.registry()), owner: owner.index() }
+    }
+
+    #[inline]
+    pub(crate) fn core(&self) -> &CoreLatch {
+        &self.core
+    }
+}
+
+impl Latch for CrossLatch {
+    unsafe fn set(this: *const Self) {
+        // SAFETY: `this` is valid until the set; we copy out what the wake-up needs first, and the
+        // cloned Arc keeps the owner's registry alive even if the owner's pool shuts down.
+        let (registry, owner) = unsafe { (Arc::clone(&(*this).registry), (*this).owner) };
+        // SAFETY: as above.
+        if unsafe { CoreLatch::set(&(*this).core) } {
+            registry.sleep.wake_specific(owner);
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! job.rs      JobRef / StackJob / HeapJob   what the queues carry (executed exactly once)
-//! latch.rs    CoreLatch / SpinLatch / LockLatch   "done" signals a waiter can sleep on
+//! latch.rs    CoreLatch / SpinLatch / CrossLatch / LockLatch  "done" signals a waiter can sleep on
 //! sleep.rs    searching / sleeping counters, park and targeted unpark
 //! registry.rs the shared pool state: injector, stealers, hunger flags, threads, inject/terminate
 //! worker.rs   a worker: deque + private forks, find work, wait by helping, main loop

@@ -2,7 +2,7 @@
 
 use super::builder::{BuildError, Policy, SharePolicy, ThreadPoolBuilder};
 use super::job::{HeapJob, JobRef, StackJob};
-use super::latch::{LockLatch, SpinLatch};
+use super::latch::{CrossLatch, LockLatch};
 use super::metrics::PoolCounters;
 use super::sleep::Sleep;
 use super::unwind;
@@ -18,7 +18,8 @@ pub(crate) struct Registry {
     /// Thief ends of every worker's deque, indexed by worker.
     pub(crate) stealers: Box<[Stealer<JobRef>]>,
     /// Per worker: a thief found this worker's deque empty and would like it to publish a private
-    /// fork (lazy share policy). Written by thieves, read by the owner at each fork.
+    /// fork (lazy share policy). Written by thieves, read by the owner at each fork. Under the eager
+    /// policy it is set from the start and never cleared, so the fork path has one check for both.
     pub(crate) hungry: Box<[CachePadded<AtomicBool>]>,
     pub(crate) sleep: Sleep,
     pub(crate) counters: PoolCounters,
@@ -44,7 +45,7 @@ impl Registry {
         let registry = Arc::new(Registry {
             injector: Injector::new(),
             stealers: deques.iter().map(|d| d.stealer()).collect(),
-            hungry: (0..num_threads).map(|_| CachePadded::new(AtomicBool::new(false))).collect(),
+            hungry: (0..num_threads).map(|_| CachePadded::new(AtomicBool::new(policy.share == SharePolicy::Eager))).collect(),
             sleep: Sleep::new(num_threads, policy.max_searchers),
             counters: PoolCounters::new(num_threads),
             policy,
@@ -153,7 +154,7 @@ impl Registry {
                 let worker = WorkerThread::current().expect("parjob: injected job ran outside a worker");
                 op(worker)
             },
-            SpinLatch::cross(current.registry(), current.index()),
+            CrossLatch::new(current),
         );
         // SAFETY: as in `in_worker_cold`: we return only after the latch is set.
         self.inject(unsafe { job.as_job_ref() });

@@ -87,8 +87,9 @@ impl WorkerThread {
             private.jobs.push(job);
             private.jobs.len() - 1
         };
-        // SAFETY: `hungry` points into the registry, kept alive by `self.registry`.
-        if self.eager || unsafe { (*self.hungry).load(Ordering::Relaxed) } {
+        // SAFETY: `hungry` points into the registry, kept alive by `self.registry`. (Under the
+        // eager policy the flag is never cleared, so every fork is published.)
+        if unsafe { (*self.hungry).load(Ordering::Relaxed) } {
             self.publish_oldest();
         }
         index
@@ -114,8 +115,10 @@ impl WorkerThread {
     /// Moves the oldest private fork to the stealable deque and wakes a sleeper if needed.
     #[cold]
     fn publish_oldest(&self) {
-        // SAFETY: see `push_fork`.
-        unsafe { (*self.hungry).store(false, Ordering::Relaxed) };
+        if !self.eager {
+            // SAFETY: see `push_fork`.
+            unsafe { (*self.hungry).store(false, Ordering::Relaxed) };
+        }
         // SAFETY: as in `push_fork`.
         let job = unsafe {
             let private = &mut *self.private.get();
