@@ -213,10 +213,14 @@ enum ErrorKind {
 
 impl BuildError {
     pub(crate) fn spawn(error: std::io::Error) -> Self {
-        BuildError { kind: ErrorKind::Spawn(error) }
+        BuildError {
+            kind: ErrorKind::Spawn(error),
+        }
     }
     pub(crate) fn pinning_unsupported() -> Self {
-        BuildError { kind: ErrorKind::PinningUnsupported }
+        BuildError {
+            kind: ErrorKind::PinningUnsupported,
+        }
     }
     /// The operating system refused to spawn a worker thread (see `source()` for its error).
     pub fn is_spawn_failure(&self) -> bool {
@@ -233,9 +237,9 @@ impl fmt::Display for BuildError {
         match self.kind {
             // The io::Error is the `source()`; not repeated here so error reports don't print it twice.
             ErrorKind::Spawn(_) => f.write_str("could not spawn a worker thread"),
-            ErrorKind::PinningUnsupported => {
-                f.write_str("thread pinning was requested but this platform cannot list or pin cores")
-            }
+            ErrorKind::PinningUnsupported => f.write_str(
+                "thread pinning was requested but this platform cannot list or pin cores",
+            ),
         }
     }
 }

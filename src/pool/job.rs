@@ -48,8 +48,12 @@ impl JobRef {
     pub(crate) unsafe fn new<T: Job>(data: *const T) -> JobRef {
         // SAFETY: `T::execute` takes `*const T`; erasing it to `*const ()` is a plain pointer cast
         // with the same ABI, and we only ever call it with the `data` pointer it was paired with.
-        let execute_fn: unsafe fn(*const ()) = unsafe { mem::transmute(T::execute as unsafe fn(*const T)) };
-        JobRef { pointer: data.cast(), execute_fn }
+        let execute_fn: unsafe fn(*const ()) =
+            unsafe { mem::transmute(T::execute as unsafe fn(*const T)) };
+        JobRef {
+            pointer: data.cast(),
+            execute_fn,
+        }
     }
 
     /// # Safety
@@ -92,7 +96,11 @@ pub(crate) struct StackJob<L: Latch, F, R> {
 impl<L: Latch, F: FnOnce() -> R, R> StackJob<L, F, R> {
     #[inline]
     pub(crate) fn new(func: F, latch: L) -> Self {
-        StackJob { latch, func: UnsafeCell::new(Some(func)), result: UnsafeCell::new(JobResult::None) }
+        StackJob {
+            latch,
+            func: UnsafeCell::new(Some(func)),
+            result: UnsafeCell::new(JobResult::None),
+        }
     }
 
     /// # Safety
@@ -109,7 +117,9 @@ impl<L: Latch, F: FnOnce() -> R, R> StackJob<L, F, R> {
     pub(crate) fn take_func(&self) -> F {
         // SAFETY: the caller owns the job exclusively at this point (see above), so no other
         // thread accesses `func`.
-        self.func.with_mut(|f| unsafe { (*f).take() }).expect("parjob: stack job ran twice")
+        self.func
+            .with_mut(|f| unsafe { (*f).take() })
+            .expect("parjob: stack job ran twice")
     }
 
     /// Reads the result after the latch was observed set (or the job ran on this thread).

@@ -38,7 +38,9 @@ pub(crate) struct CoreLatch {
 impl CoreLatch {
     #[inline]
     pub(crate) fn new() -> Self {
-        CoreLatch { state: AtomicUsize::new(UNSET) }
+        CoreLatch {
+            state: AtomicUsize::new(UNSET),
+        }
     }
 
     /// Has the latch been set? Acquire: pairs with the Release in `set`, making the job's result
@@ -59,13 +61,17 @@ impl CoreLatch {
     /// (then the owner must not park).
     #[inline]
     pub(crate) fn fall_asleep(&self) -> bool {
-        self.state.compare_exchange(UNSET, SLEEPING, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        self.state
+            .compare_exchange(UNSET, SLEEPING, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Owner only: back from parking (or from deciding not to park).
     #[inline]
     pub(crate) fn wake_up(&self) {
-        let _ = self.state.compare_exchange(SLEEPING, UNSET, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self
+            .state
+            .compare_exchange(SLEEPING, UNSET, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Sets the latch; returns `true` if the owner was (about to be) asleep and must be unparked.
@@ -74,7 +80,11 @@ impl CoreLatch {
     /// See [`Latch::set`]: `this` may be freed once this returns.
     #[inline]
     pub(crate) unsafe fn set(this: *const Self) -> bool {
-        let order = if mutant::LATCH_SET_RELAXED { Ordering::Relaxed } else { Ordering::AcqRel };
+        let order = if mutant::LATCH_SET_RELAXED {
+            Ordering::Relaxed
+        } else {
+            Ordering::AcqRel
+        };
         // SAFETY: `this` is valid on entry (caller contract); the swap is our last access.
         let old = unsafe { (*this).state.swap(SET, order) };
         old == SLEEPING
@@ -94,7 +104,10 @@ pub(crate) struct SpinLatch<'w> {
 impl<'w> SpinLatch<'w> {
     #[inline]
     pub(crate) fn new(owner: &'w WorkerThread) -> Self {
-        SpinLatch { core: CoreLatch::new(), owner }
+        SpinLatch {
+            core: CoreLatch::new(),
+            owner,
+        }
     }
 
     #[inline]
@@ -129,7 +142,11 @@ pub(crate) struct CrossLatch {
 
 impl CrossLatch {
     pub(crate) fn new(owner: &WorkerThread) -> Self {
-        CrossLatch { core: CoreLatch::new(), registry: Arc::clone(owner.registry()), owner: owner.index() }
+        CrossLatch {
+            core: CoreLatch::new(),
+            registry: Arc::clone(owner.registry()),
+            owner: owner.index(),
+        }
     }
 
     #[inline]
@@ -162,7 +179,11 @@ pub(crate) struct LockLatch {
 
 impl LockLatch {
     pub(crate) fn new() -> Self {
-        LockLatch { state: AtomicUsize::new(UNSET), notified: Mutex::new(false), cond: Condvar::new() }
+        LockLatch {
+            state: AtomicUsize::new(UNSET),
+            notified: Mutex::new(false),
+            cond: Condvar::new(),
+        }
     }
 
     #[inline]
@@ -181,7 +202,11 @@ impl LockLatch {
         let mut notified = self.notified.lock().unwrap();
         // The CAS fails only if the latch is already SET, and then the setter saw UNSET and will
         // not come for the lock: we may leave at once.
-        if self.state.compare_exchange(UNSET, SLEEPING, Ordering::Acquire, Ordering::Acquire).is_err() {
+        if self
+            .state
+            .compare_exchange(UNSET, SLEEPING, Ordering::Acquire, Ordering::Acquire)
+            .is_err()
+        {
             return;
         }
         while !*notified {

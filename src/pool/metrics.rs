@@ -31,7 +31,10 @@ pub(crate) struct WorkerCounters {
 
 #[inline]
 fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 impl WorkerCounters {
@@ -102,7 +105,9 @@ pub(crate) struct PoolCounters {
 impl PoolCounters {
     pub(crate) fn new(num_workers: usize) -> Self {
         PoolCounters {
-            workers: (0..num_workers).map(|_| CachePadded::new(WorkerCounters::default())).collect(),
+            workers: (0..num_workers)
+                .map(|_| CachePadded::new(WorkerCounters::default()))
+                .collect(),
             outside: CachePadded::new(WorkerCounters::default()),
         }
     }
@@ -116,7 +121,9 @@ impl PoolCounters {
         &self.outside
     }
     pub(crate) fn snapshot(&self) -> Metrics {
-        Metrics { workers: self.workers.iter().map(|w| w.snapshot()).collect() }
+        Metrics {
+            workers: self.workers.iter().map(|w| w.snapshot()).collect(),
+        }
     }
 }
 
@@ -224,7 +231,17 @@ impl fmt::Display for Metrics {
         writeln!(
             f,
             "{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>5}",
-            "worker", "tasks", "local", "steals", "injector", "failed", "sleeps", "wakeups", "woke", "publishes", "core"
+            "worker",
+            "tasks",
+            "local",
+            "steals",
+            "injector",
+            "failed",
+            "sleeps",
+            "wakeups",
+            "woke",
+            "publishes",
+            "core"
         )?;
         let row = |f: &mut fmt::Formatter<'_>, name: &str, w: &WorkerMetrics| {
             let core = w.core.map_or_else(|| "-".to_string(), |c| c.to_string());

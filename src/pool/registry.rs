@@ -45,7 +45,9 @@ impl Registry {
         let registry = Arc::new(Registry {
             injector: Injector::new(),
             stealers: deques.iter().map(|d| d.stealer()).collect(),
-            hungry: (0..num_threads).map(|_| CachePadded::new(AtomicBool::new(policy.share == SharePolicy::Eager))).collect(),
+            hungry: (0..num_threads)
+                .map(|_| CachePadded::new(AtomicBool::new(policy.share == SharePolicy::Eager)))
+                .collect(),
             sleep: Sleep::new(num_threads, policy.max_searchers),
             counters: PoolCounters::new(num_threads),
             policy,
@@ -55,13 +57,18 @@ impl Registry {
             all_started: Condvar::new(),
         });
         for (index, deque) in deques.into_iter().enumerate() {
-            let core = if cores.is_empty() { None } else { Some(cores[index % cores.len()]) };
+            let core = if cores.is_empty() {
+                None
+            } else {
+                Some(cores[index % cores.len()])
+            };
             let mut thread_builder = thread::Builder::new().name(builder.name_for(index));
             if let Some(size) = builder.stack_size {
                 thread_builder = thread_builder.stack_size(size);
             }
             let for_thread = Arc::clone(&registry);
-            let spawned = thread_builder.spawn(move || worker::main_loop(for_thread, index, deque, core));
+            let spawned =
+                thread_builder.spawn(move || worker::main_loop(for_thread, index, deque, core));
             match spawned {
                 Ok(handle) => registry.threads.lock().unwrap().push(handle),
                 Err(error) => {
@@ -129,7 +136,8 @@ impl Registry {
     {
         let job = StackJob::new(
             || {
-                let worker = WorkerThread::current().expect("parjob: injected job ran outside a worker");
+                let worker =
+                    WorkerThread::current().expect("parjob: injected job ran outside a worker");
                 op(worker)
             },
             LockLatch::new(),
@@ -151,7 +159,8 @@ impl Registry {
     {
         let job = StackJob::new(
             || {
-                let worker = WorkerThread::current().expect("parjob: injected job ran outside a worker");
+                let worker =
+                    WorkerThread::current().expect("parjob: injected job ran outside a worker");
                 op(worker)
             },
             CrossLatch::new(current),
@@ -179,7 +188,10 @@ impl Registry {
         let job_b = StackJob::new(b, LockLatch::new());
         // SAFETY: the JobRef is executed only by whoever wins the ticket; if that is a worker, we
         // wait for the latch below before leaving this frame.
-        let ticket = Arc::new(Ticket { claimed: AtomicBool::new(false), job: unsafe { job_b.as_job_ref() } });
+        let ticket = Arc::new(Ticket {
+            claimed: AtomicBool::new(false),
+            job: unsafe { job_b.as_job_ref() },
+        });
         let for_worker = Arc::clone(&ticket);
         let heap = HeapJob::new(move || {
             if !for_worker.claimed.swap(true, Ordering::AcqRel) {
@@ -219,7 +231,8 @@ impl Registry {
     /// the last handle): a thread cannot join itself, so then the workers exit on their own.
     pub(crate) fn terminate_and_join(&self) {
         self.terminate();
-        let on_own_worker = WorkerThread::current().is_some_and(|w| std::ptr::eq(&**w.registry(), self));
+        let on_own_worker =
+            WorkerThread::current().is_some_and(|w| std::ptr::eq(&**w.registry(), self));
         if on_own_worker {
             return;
         }

@@ -41,7 +41,9 @@ pub struct Scope<'scope> {
 
 impl std::fmt::Debug for Scope<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scope").field("pending", &self.pending.load(Ordering::Relaxed)).finish_non_exhaustive()
+        f.debug_struct("Scope")
+            .field("pending", &self.pending.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -86,7 +88,9 @@ impl<'scope> Scope<'scope> {
         // it waits for `pending`, which this job decrements only as its very last action.
         let job_ref = unsafe { job.into_job_ref() };
         match WorkerThread::current() {
-            Some(worker) if Arc::ptr_eq(worker.registry(), &self.registry) => worker.push_shared(job_ref),
+            Some(worker) if Arc::ptr_eq(worker.registry(), &self.registry) => {
+                worker.push_shared(job_ref)
+            }
             _ => self.registry.inject(job_ref),
         }
     }

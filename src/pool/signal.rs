@@ -19,7 +19,7 @@
 use super::latch::CoreLatch;
 use super::registry::Registry;
 use super::worker::WorkerThread;
-use crate::sync::{Arc, Condvar, Mutex, Ordering, AtomicBool};
+use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering};
 
 /// See the module docs.
 pub(crate) struct Signal {
@@ -28,9 +28,17 @@ pub(crate) struct Signal {
 
 enum Waiter {
     /// The waiter is worker `index` of `registry`; it helps with that pool's work while it waits.
-    Worker { registry: Arc<Registry>, index: usize, latch: CoreLatch },
+    Worker {
+        registry: Arc<Registry>,
+        index: usize,
+        latch: CoreLatch,
+    },
     /// The waiter is a thread outside any pool.
-    Thread { lock: Mutex<bool>, cond: Condvar, waiting: AtomicBool },
+    Thread {
+        lock: Mutex<bool>,
+        cond: Condvar,
+        waiting: AtomicBool,
+    },
 }
 
 /// Spins an outside waiter makes before blocking.
@@ -45,7 +53,11 @@ impl Signal {
                 index: worker.index(),
                 latch: CoreLatch::new(),
             },
-            None => Waiter::Thread { lock: Mutex::new(false), cond: Condvar::new(), waiting: AtomicBool::new(false) },
+            None => Waiter::Thread {
+                lock: Mutex::new(false),
+                cond: Condvar::new(),
+                waiting: AtomicBool::new(false),
+            },
         };
         Signal { waiter }
     }
@@ -53,13 +65,21 @@ impl Signal {
     /// Wakes the waiter if it waits. Call after changing what its condition reads.
     pub(crate) fn notify(&self) {
         match &self.waiter {
-            Waiter::Worker { registry, index, latch } => {
+            Waiter::Worker {
+                registry,
+                index,
+                latch,
+            } => {
                 // SAFETY: `latch` lives as long as `self`, which the caller keeps alive (an Arc).
                 if unsafe { CoreLatch::set(latch) } {
                     registry.sleep.wake_specific(*index);
                 }
             }
-            Waiter::Thread { lock, cond, waiting } => {
+            Waiter::Thread {
+                lock,
+                cond,
+                waiting,
+            } => {
                 // Skip the lock while the waiter is spinning or working: it will re-check anyway.
                 // Pairs with the SeqCst store of `waiting` in `wait_while` (a Dekker pair: we
                 // changed the state, then read `waiting`; it set `waiting`, then reads the state).
@@ -77,7 +97,8 @@ impl Signal {
     pub(crate) fn wait_while(&self, condition: impl Fn() -> bool) {
         match &self.waiter {
             Waiter::Worker { latch, .. } => {
-                let worker = WorkerThread::current().expect("parjob: Signal waited on from another thread");
+                let worker =
+                    WorkerThread::current().expect("parjob: Signal waited on from another thread");
                 loop {
                     latch.reset();
                     if !condition() {
@@ -86,7 +107,11 @@ impl Signal {
                     worker.wait_until(latch);
                 }
             }
-            Waiter::Thread { lock, cond, waiting } => {
+            Waiter::Thread {
+                lock,
+                cond,
+                waiting,
+            } => {
                 for _ in 0..OUTSIDE_SPINS {
                     if !condition() {
                         return;

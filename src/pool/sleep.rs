@@ -62,7 +62,12 @@ pub(crate) enum Woken {
 impl Sleep {
     pub(crate) fn new(num_workers: usize, max_searchers: usize) -> Self {
         let workers = (0..num_workers)
-            .map(|_| CachePadded::new(WorkerSleepState { state: AtomicU8::new(AWAKE), thread: Mutex::new(None) }))
+            .map(|_| {
+                CachePadded::new(WorkerSleepState {
+                    state: AtomicU8::new(AWAKE),
+                    thread: Mutex::new(None),
+                })
+            })
             .collect();
         Sleep {
             counters: CachePadded::new(AtomicU64::new(0)),
@@ -142,7 +147,8 @@ impl Sleep {
             {
                 // One step: one fewer sleeper, one more searcher, so other publishers leave this
                 // wake-up alone instead of waking a herd.
-                self.counters.fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::AcqRel);
+                self.counters
+                    .fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::AcqRel);
                 counters.bump_wakeups_sent();
                 self.unpark(index);
                 return true;
@@ -191,7 +197,9 @@ impl Sleep {
             // Pairs with the publisher's fence in `new_work`.
             fence(Ordering::SeqCst);
         }
-        if (!mutant::SLEEP_SKIPS_RECHECK && has_work()) || (!mutant::LATCH_SKIPS_RECHECK && !keep_sleeping()) {
+        if (!mutant::SLEEP_SKIPS_RECHECK && has_work())
+            || (!mutant::LATCH_SKIPS_RECHECK && !keep_sleeping())
+        {
             return self.cancel_sleep(index);
         }
         counters.bump_sleeps();
@@ -212,7 +220,11 @@ impl Sleep {
     /// Takes back our own announcement, unless a waker claimed us in the meantime.
     fn cancel_sleep(&self, index: usize) -> Woken {
         let me = &self.workers[index];
-        if me.state.compare_exchange(SLEEPING, AWAKE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if me
+            .state
+            .compare_exchange(SLEEPING, AWAKE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             self.counters.fetch_sub(SLEEPING_ONE, Ordering::AcqRel);
             Woken::Idle
         } else {

@@ -43,13 +43,20 @@ impl Drop for PoolHandle {
 
 impl fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ThreadPool").field("num_threads", &self.num_threads()).finish()
+        f.debug_struct("ThreadPool")
+            .field("num_threads", &self.num_threads())
+            .finish()
     }
 }
 
 impl ThreadPool {
     pub(crate) fn from_registry(registry: Arc<Registry>) -> Self {
-        ThreadPool { inner: Arc::new(PoolHandle { registry, shut_down_on_drop: true }) }
+        ThreadPool {
+            inner: Arc::new(PoolHandle {
+                registry,
+                shut_down_on_drop: true,
+            }),
+        }
     }
 
     #[inline]
@@ -127,7 +134,9 @@ impl ThreadPool {
     {
         let registry = self.registry();
         match WorkerThread::current() {
-            Some(worker) if Arc::ptr_eq(worker.registry(), registry) => scope::scope_in_worker(worker, op),
+            Some(worker) if Arc::ptr_eq(worker.registry(), registry) => {
+                scope::scope_in_worker(worker, op)
+            }
             Some(worker) => registry.in_worker_cross(worker, |w| scope::scope_in_worker(w, op)),
             None => registry.in_worker_cold(|w| scope::scope_in_worker(w, op)),
         }
@@ -156,7 +165,9 @@ impl ThreadPool {
         // SAFETY: forwarded to the caller.
         let job_ref = unsafe { job.into_job_ref() };
         match WorkerThread::current() {
-            Some(worker) if Arc::ptr_eq(worker.registry(), self.registry()) => worker.push_shared(job_ref),
+            Some(worker) if Arc::ptr_eq(worker.registry(), self.registry()) => {
+                worker.push_shared(job_ref)
+            }
             _ => self.registry().inject(job_ref),
         }
     }
@@ -170,7 +181,10 @@ impl ThreadPool {
 /// A non-owning handle to the pool the current thread works for (dropping it shuts nothing down).
 pub(crate) fn current_pool() -> Option<ThreadPool> {
     WorkerThread::current().map(|worker| ThreadPool {
-        inner: Arc::new(PoolHandle { registry: Arc::clone(worker.registry()), shut_down_on_drop: false }),
+        inner: Arc::new(PoolHandle {
+            registry: Arc::clone(worker.registry()),
+            shut_down_on_drop: false,
+        }),
     })
 }
 
@@ -181,10 +195,18 @@ pub(crate) fn global_pool() -> &'static ThreadPool {
     use std::sync::OnceLock;
     static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
     GLOBAL.get_or_init(|| {
-        let threads = std::env::var("PARJOB_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let threads = std::env::var("PARJOB_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         let registry = Registry::new(&mut ThreadPoolBuilder::new().num_threads(threads))
             .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
-        ThreadPool { inner: Arc::new(PoolHandle { registry, shut_down_on_drop: false }) }
+        ThreadPool {
+            inner: Arc::new(PoolHandle {
+                registry,
+                shut_down_on_drop: false,
+            }),
+        }
     })
 }
 

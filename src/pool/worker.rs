@@ -328,7 +328,12 @@ impl WorkerThread {
 }
 
 /// Body of every worker thread.
-pub(crate) fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<JobRef>, core: Option<usize>) {
+pub(crate) fn main_loop(
+    registry: Arc<Registry>,
+    index: usize,
+    deque: Worker<JobRef>,
+    core: Option<usize>,
+) {
     #[cfg(not(loom))]
     if let Some(core) = core {
         if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -340,7 +345,10 @@ pub(crate) fn main_loop(registry: Arc<Registry>, index: usize, deque: Worker<Job
     let hungry: *const AtomicBool = &*registry.hungry[index];
     let worker = WorkerThread {
         deque,
-        private: UnsafeCell::new(PrivateForks { jobs: Vec::with_capacity(64), bottom: 0 }),
+        private: UnsafeCell::new(PrivateForks {
+            jobs: Vec::with_capacity(64),
+            bottom: 0,
+        }),
         index,
         eager: registry.eager(),
         registry,

@@ -1,0 +1,81 @@
+//! Criterion: fork-join workloads, sequential vs parjob vs rayon vs chili (vs a static 2-way
+//! split), each on 1 thread and on all cores, in one group per workload so criterion's report puts
+//! them side by side. `cargo bench --bench fork_join`.
+
+mod workloads;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::time::Duration;
+use workloads::fork_join::{Fib, JoinLatency, Quicksort, TreeSum};
+use workloads::{Contender, Pools, Workload};
+
+fn thread_counts() -> Vec<usize> {
+    let all = parjob::cpu_count();
+    if all > 1 {
+        vec![1, all]
+    } else {
+        vec![1]
+    }
+}
+
+fn bench_workload(c: &mut Criterion, workload: &mut dyn Workload, pools: &[Pools]) {
+    let mut group = c.benchmark_group(workload.name());
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    workload.setup();
+    let expected = workload.run(Contender::Sequential, &pools[0]);
+    group.bench_function("sequential", |b| {
+        b.iter(|| {
+            workload.setup();
+            workload.run(Contender::Sequential, &pools[0])
+        })
+    });
+    for p in pools {
+        for contender in [
+            Contender::Parjob,
+            Contender::Rayon,
+            Contender::Chili,
+            Contender::StaticSplit,
+        ] {
+            workload.setup();
+            let got = workload.run(contender, p);
+            if got.is_none() {
+                continue;
+            }
+            assert_eq!(
+                got,
+                expected,
+                "{} gave a wrong answer on {}",
+                contender.name(),
+                workload.name()
+            );
+            group.bench_with_input(
+                BenchmarkId::new(contender.name(), format!("{}t", p.threads)),
+                p,
+                |b, p| {
+                    b.iter(|| {
+                        workload.setup();
+                        workload.run(contender, p)
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+fn fork_join(c: &mut Criterion) {
+    let pools: Vec<Pools> = thread_counts().into_iter().map(Pools::new).collect();
+    bench_workload(c, &mut Fib(30), &pools);
+    bench_workload(c, &mut Fib(35), &pools);
+    bench_workload(c, &mut TreeSum::new(20, false), &pools);
+    bench_workload(c, &mut TreeSum::new(23, false), &pools);
+    bench_workload(c, &mut TreeSum::new(23, true), &pools);
+    bench_workload(c, &mut Quicksort::new(1_000_000), &pools);
+    bench_workload(c, &mut JoinLatency { calls: 1000 }, &pools);
+}
+
+criterion_group!(benches, fork_join);
+criterion_main!(benches);
