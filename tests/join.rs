@@ -10,7 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 fn pools(threads: usize) -> Vec<(String, ThreadPool)> {
     let mut pools = Vec::new();
     for share in [SharePolicy::Lazy, SharePolicy::Eager] {
-        for victims in [VictimPolicy::Random, VictimPolicy::RoundRobin, VictimPolicy::LastSuccessful] {
+        for victims in [
+            VictimPolicy::Random,
+            VictimPolicy::RoundRobin,
+            VictimPolicy::LastSuccessful,
+        ] {
             for spin in [0, parjob::DEFAULT_SPIN_ROUNDS] {
                 let pool = ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -19,7 +23,10 @@ fn pools(threads: usize) -> Vec<(String, ThreadPool)> {
                     .spin_rounds(spin)
                     .build()
                     .unwrap();
-                pools.push((format!("{share:?}/{victims:?}/spin={spin}/threads={threads}"), pool));
+                pools.push((
+                    format!("{share:?}/{victims:?}/spin={spin}/threads={threads}"),
+                    pool,
+                ));
             }
         }
     }
@@ -62,7 +69,10 @@ fn join_borrows_from_the_stack_and_mutates_disjoint_halves() {
     let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let mut data = vec![1u64; 1000];
     let (left, right) = data.split_at_mut(500);
-    pool.join(|| left.iter_mut().for_each(|x| *x += 1), || right.iter_mut().for_each(|x| *x *= 3));
+    pool.join(
+        || left.iter_mut().for_each(|x| *x += 1),
+        || right.iter_mut().for_each(|x| *x *= 3),
+    );
     assert!(data[..500].iter().all(|&x| x == 2));
     assert!(data[500..].iter().all(|&x| x == 3));
 }
@@ -83,7 +93,11 @@ fn panic_in_first_half_propagates_after_second_half_ran() {
         }));
         let payload = result.expect_err("panic must propagate");
         assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom in A"), "{name}");
-        assert_eq!(ran_b.load(Ordering::SeqCst), 1, "{name}: B must run even though A panicked");
+        assert_eq!(
+            ran_b.load(Ordering::SeqCst),
+            1,
+            "{name}: B must run even though A panicked"
+        );
         // The pool survives.
         assert_eq!(pool.install(|| fib_join(10)), 55, "{name}");
     }
@@ -126,7 +140,10 @@ fn panics_deep_in_nested_joins_reach_the_caller_and_the_pool_stays_usable() {
             }
             return 1;
         }
-        let (a, b) = parjob::join(|| tree(depth - 1, bomb.wrapping_sub(1)), || tree(depth - 1, bomb.wrapping_sub(2)));
+        let (a, b) = parjob::join(
+            || tree(depth - 1, bomb.wrapping_sub(1)),
+            || tree(depth - 1, bomb.wrapping_sub(2)),
+        );
         a + b
     }
     let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
@@ -143,7 +160,8 @@ fn panics_deep_in_nested_joins_reach_the_caller_and_the_pool_stays_usable() {
 #[test]
 fn one_thread_pool_runs_everything_on_its_worker() {
     let pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let (a, b) = pool.install(|| parjob::join(parjob::current_thread_index, parjob::current_thread_index));
+    let (a, b) =
+        pool.install(|| parjob::join(parjob::current_thread_index, parjob::current_thread_index));
     assert_eq!((a, b), (Some(0), Some(0)));
     assert_eq!(pool.install(|| fib_join(18)), fib_seq(18));
 }
@@ -151,7 +169,10 @@ fn one_thread_pool_runs_everything_on_its_worker() {
 #[test]
 fn more_threads_than_cores() {
     let threads = parjob::cpu_count() * 4 + 1;
-    let pool = ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     assert_eq!(pool.num_threads(), threads);
     assert_eq!(pool.install(|| fib_join(20)), fib_seq(20));
 }

@@ -21,7 +21,10 @@ fn install_runs_on_a_worker_and_returns_the_value() {
 fn install_propagates_panics_and_the_pool_survives() {
     let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     for _ in 0..iterations(10, 2) {
-        let err = catch_unwind(AssertUnwindSafe(|| pool.install(|| -> u8 { panic!("install boom") }))).unwrap_err();
+        let err = catch_unwind(AssertUnwindSafe(|| {
+            pool.install(|| -> u8 { panic!("install boom") })
+        }))
+        .unwrap_err();
         assert_eq!(err.downcast_ref::<&str>(), Some(&"install boom"));
     }
     assert_eq!(pool.install(|| 7), 7);
@@ -29,15 +32,24 @@ fn install_propagates_panics_and_the_pool_survives() {
 
 #[test]
 fn thread_names_and_default_thread_count() {
-    let pool = ThreadPoolBuilder::new().thread_name(|i| format!("custom-{i}")).build().unwrap();
+    let pool = ThreadPoolBuilder::new()
+        .thread_name(|i| format!("custom-{i}"))
+        .build()
+        .unwrap();
     assert_eq!(pool.num_threads(), parjob::cpu_count());
-    let name = pool.install(|| std::thread::current().name().map(str::to_owned)).unwrap();
+    let name = pool
+        .install(|| std::thread::current().name().map(str::to_owned))
+        .unwrap();
     assert!(name.starts_with("custom-"), "{name}");
 }
 
 #[test]
 fn pinning_either_works_or_reports_a_typed_error() {
-    match ThreadPoolBuilder::new().num_threads(2).pin_threads(true).build() {
+    match ThreadPoolBuilder::new()
+        .num_threads(2)
+        .pin_threads(true)
+        .build()
+    {
         Ok(pool) => {
             pool.install(|| parjob::join(|| 1, || 2));
             let metrics = pool.metrics();
@@ -52,7 +64,11 @@ fn pinning_either_works_or_reports_a_typed_error() {
 
 #[test]
 fn spawn_failure_is_a_typed_error() {
-    let err = ThreadPoolBuilder::new().num_threads(2).stack_size(usize::MAX).build().unwrap_err();
+    let err = ThreadPoolBuilder::new()
+        .num_threads(2)
+        .stack_size(usize::MAX)
+        .build()
+        .unwrap_err();
     assert!(err.is_spawn_failure());
     assert!(std::error::Error::source(&err).is_some());
 }
@@ -70,19 +86,30 @@ fn metrics_count_what_happened() {
     assert!(delta.tasks_executed >= delta.injector_pops, "{delta:?}");
     assert_eq!(pool.metrics().workers().len(), 2);
     let table = pool.metrics().to_string();
-    assert!(table.contains("steals") && table.contains("total"), "{table}");
+    assert!(
+        table.contains("steals") && table.contains("total"),
+        "{table}"
+    );
 }
 
 #[test]
 fn idle_workers_sleep() {
-    let pool = ThreadPoolBuilder::new().num_threads(2).spin_rounds(0).build().unwrap();
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(2)
+        .spin_rounds(0)
+        .build()
+        .unwrap();
     pool.install(|| fib_join(15));
     // Wait (without timing assumptions) until both workers have parked at least once.
     let mut spins = 0u64;
     while pool.metrics().totals().sleeps < 2 {
         std::thread::yield_now();
         spins += 1;
-        assert!(spins < 50_000_000, "workers never slept: {}", pool.metrics());
+        assert!(
+            spins < 50_000_000,
+            "workers never slept: {}",
+            pool.metrics()
+        );
     }
 }
 
@@ -118,21 +145,29 @@ fn pools_calling_into_each_other_do_not_deadlock() {
     // Single-threaded pools are the hardest case: the only worker of A waits on B while B calls
     // back into A.
     for threads in [1, 2] {
-        let a = ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        let b = ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let a = ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let b = ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         let hit = AtomicUsize::new(0);
         let total = a.install(|| {
             let (x, y) = parjob::join(
                 || b.install(|| a.install(|| fib_join(10)) + b.join(|| 1, || 2).1),
-                || b.scope(|s| {
-                    s.spawn(|_| {
-                        a.install(|| hit.fetch_add(1, Ordering::SeqCst));
-                    });
-                    s.spawn(|_| {
-                        hit.fetch_add(1, Ordering::SeqCst);
-                    });
-                    0
-                }),
+                || {
+                    b.scope(|s| {
+                        s.spawn(|_| {
+                            a.install(|| hit.fetch_add(1, Ordering::SeqCst));
+                        });
+                        s.spawn(|_| {
+                            hit.fetch_add(1, Ordering::SeqCst);
+                        });
+                        0
+                    })
+                },
             );
             x + y
         });
@@ -210,7 +245,10 @@ fn building_and_dropping_many_pools_leaks_no_threads() {
     let rounds = iterations(1000, 5);
     let before = process_thread_count();
     for i in 0..rounds {
-        let pool = ThreadPoolBuilder::new().num_threads(1 + i % 3).build().unwrap();
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(1 + i % 3)
+            .build()
+            .unwrap();
         if i % 10 == 0 {
             assert_eq!(pool.install(|| fib_join(8)), 21);
         }
@@ -218,6 +256,9 @@ fn building_and_dropping_many_pools_leaks_no_threads() {
     // Other tests run in parallel in this process and start their own pools, so compare with
     // slack for them, but not for a thousand leaked pools' worth of threads.
     if let (Some(before), Some(after)) = (before, process_thread_count()) {
-        assert!(after <= before + 64, "threads before {before}, after {after}");
+        assert!(
+            after <= before + 64,
+            "threads before {before}, after {after}"
+        );
     }
 }

@@ -63,7 +63,11 @@ fn a_spawned_panic_waits_for_every_other_task_then_propagates() {
             })
         }));
         assert_eq!(result.unwrap_err().downcast_ref::<&str>(), Some(&"task 3"));
-        assert_eq!(finished.load(Ordering::SeqCst), 7, "every other task ran to completion");
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            7,
+            "every other task ran to completion"
+        );
     }
     assert_eq!(pool.install(|| fib_join(10)), 55);
 }

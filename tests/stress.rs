@@ -28,7 +28,10 @@ fn random_tree(rng_seed: u64, depth: u32, pools: &[ThreadPool], sink: &AtomicU64
                 for seed in [s1, s2, s1 ^ s2] {
                     let total = &total;
                     s.spawn(move |_| {
-                        total.fetch_add(random_tree(seed, depth - 1, pools, sink), Ordering::Relaxed);
+                        total.fetch_add(
+                            random_tree(seed, depth - 1, pools, sink),
+                            Ordering::Relaxed,
+                        );
                     });
                 }
             });
@@ -50,7 +53,10 @@ fn expected_leaves(rng_seed: u64, depth: u32, pools: usize) -> u64 {
     let (s1, s2) = (rng.next_u64(), rng.next_u64());
     match rng.below(6) {
         0 | 1 | 2 => expected_leaves(s1, depth - 1, pools) + expected_leaves(s2, depth - 1, pools),
-        3 => [s1, s2, s1 ^ s2].iter().map(|&s| expected_leaves(s, depth - 1, pools)).sum(),
+        3 => [s1, s2, s1 ^ s2]
+            .iter()
+            .map(|&s| expected_leaves(s, depth - 1, pools))
+            .sum(),
         4 => {
             rng.below(pools as u64);
             expected_leaves(s1, depth - 1, pools)
@@ -64,7 +70,12 @@ fn random_nested_fork_join_trees() {
     let pools = vec![
         ThreadPoolBuilder::new().num_threads(2).build().unwrap(),
         ThreadPoolBuilder::new().num_threads(1).build().unwrap(),
-        ThreadPoolBuilder::new().num_threads(3).share_policy(SharePolicy::Eager).spin_rounds(0).build().unwrap(),
+        ThreadPoolBuilder::new()
+            .num_threads(3)
+            .share_policy(SharePolicy::Eager)
+            .spin_rounds(0)
+            .build()
+            .unwrap(),
     ];
     let iterations = iterations(3000, 4);
     let depth = if cfg!(miri) { 3 } else { 7 };
@@ -80,7 +91,11 @@ fn random_nested_fork_join_trees() {
 
 #[test]
 fn outside_joins_race_with_busy_workers() {
-    let pool = ThreadPoolBuilder::new().num_threads(2).spin_rounds(0).build().unwrap();
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(2)
+        .spin_rounds(0)
+        .build()
+        .unwrap();
     std::thread::scope(|s| {
         for t in 0..4u64 {
             let pool = &pool;

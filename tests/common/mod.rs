@@ -76,5 +76,8 @@ fn partition<T: PartialOrd>(v: &mut [T]) -> usize {
 /// Number of threads in this process (Linux: /proc/self/status).
 pub fn process_thread_count() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
 }
