@@ -47,7 +47,10 @@ mod stand_in {
 
     impl<T> Inner<T> {
         fn new() -> Self {
-            Inner { queue: Mutex::new(VecDeque::new()), len: AtomicUsize::new(0) }
+            Inner {
+                queue: Mutex::new(VecDeque::new()),
+                len: AtomicUsize::new(0),
+            }
         }
         fn push_back(&self, t: T) {
             let mut q = self.queue.lock().unwrap();
@@ -82,13 +85,17 @@ mod stand_in {
     }
     impl<T> Clone for Stealer<T> {
         fn clone(&self) -> Self {
-            Stealer { inner: self.inner.clone() }
+            Stealer {
+                inner: self.inner.clone(),
+            }
         }
     }
 
     impl<T> Worker<T> {
         pub(crate) fn new_lifo() -> Self {
-            Worker { inner: Arc::new(Inner::new()) }
+            Worker {
+                inner: Arc::new(Inner::new()),
+            }
         }
         pub(crate) fn push(&self, t: T) {
             self.inner.push_back(t)
@@ -97,7 +104,9 @@ mod stand_in {
             self.inner.pop_back()
         }
         pub(crate) fn stealer(&self) -> Stealer<T> {
-            Stealer { inner: self.inner.clone() }
+            Stealer {
+                inner: self.inner.clone(),
+            }
         }
         pub(crate) fn is_empty(&self) -> bool {
             self.inner.is_empty()
@@ -123,7 +132,9 @@ mod stand_in {
 
     impl<T> Injector<T> {
         pub(crate) fn new() -> Self {
-            Injector { inner: Inner::new() }
+            Injector {
+                inner: Inner::new(),
+            }
         }
         pub(crate) fn push(&self, t: T) {
             self.inner.push_back(t)

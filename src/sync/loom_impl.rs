@@ -1,7 +1,9 @@
 //! `--cfg loom` builds: loom's instrumented primitives.
 
 pub(crate) use loom::cell::UnsafeCell;
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 pub(crate) use loom::sync::{Arc, Condvar, Mutex};
 pub(crate) use loom::thread;
 

@@ -16,12 +16,17 @@ pub(crate) const LATCH_SKIPS_RECHECK: bool = cfg!(all(loom, parjob_mutant = "lat
 /// A stack job's result is published to the waiter with a `Relaxed` latch store.
 pub(crate) const LATCH_SET_RELAXED: bool = cfg!(all(loom, parjob_mutant = "latch_set_relaxed"));
 /// `join` returns A's panic without waiting for a stolen B to finish.
-pub(crate) const JOIN_SKIPS_WAIT_ON_PANIC: bool = cfg!(all(loom, parjob_mutant = "join_skips_wait_on_panic"));
+pub(crate) const JOIN_SKIPS_WAIT_ON_PANIC: bool =
+    cfg!(all(loom, parjob_mutant = "join_skips_wait_on_panic"));
 /// The scope counter is decremented before the task's panic is recorded.
-pub(crate) const SCOPE_COUNTS_BEFORE_PANIC: bool = cfg!(all(loom, parjob_mutant = "scope_counts_before_panic"));
+pub(crate) const SCOPE_COUNTS_BEFORE_PANIC: bool =
+    cfg!(all(loom, parjob_mutant = "scope_counts_before_panic"));
 /// Shutdown lets workers exit without draining the queues.
-pub(crate) const SHUTDOWN_SKIPS_DRAIN: bool = cfg!(all(loom, parjob_mutant = "shutdown_skips_drain"));
+pub(crate) const SHUTDOWN_SKIPS_DRAIN: bool =
+    cfg!(all(loom, parjob_mutant = "shutdown_skips_drain"));
 /// The last searcher to find work does not wake a sleeper (no hand-off).
-pub(crate) const SEARCHER_SKIPS_HANDOFF: bool = cfg!(all(loom, parjob_mutant = "searcher_skips_handoff"));
+pub(crate) const SEARCHER_SKIPS_HANDOFF: bool =
+    cfg!(all(loom, parjob_mutant = "searcher_skips_handoff"));
 /// A fork is published to thieves without the wake-up check that follows every publication.
-pub(crate) const PUBLISH_SKIPS_NOTIFY: bool = cfg!(all(loom, parjob_mutant = "publish_skips_notify"));
+pub(crate) const PUBLISH_SKIPS_NOTIFY: bool =
+    cfg!(all(loom, parjob_mutant = "publish_skips_notify"));

@@ -1,7 +1,9 @@
 //! Normal builds: std's primitives, plus an `UnsafeCell` with loom's closure API so call sites are
 //! the same in both builds.
 
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 pub(crate) use std::sync::{Arc, Condvar, Mutex};
 pub(crate) use std::thread;
 
