@@ -43,6 +43,7 @@ mod sync;
 pub use pool::builder::{
     BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS,
 };
-pub use pool::metrics::{Metrics, WorkerMetrics};
+pub use pool::metrics::{LatencySummary, Metrics, WorkerMetrics};
 pub use pool::scope::Scope;
 pub use pool::thread_pool::{cpu_count, current_thread_index, join, scope, ThreadPool};
+pub use pool::trace::{EventKind, Trace, TraceEvent, TraceSummary, WorkerTime, TRACE_CAPACITY};

@@ -24,5 +24,6 @@ pub(crate) mod scope;
 pub(crate) mod signal;
 pub(crate) mod sleep;
 pub(crate) mod thread_pool;
+pub(crate) mod trace;
 pub(crate) mod unwind;
 pub(crate) mod worker;

@@ -23,6 +23,8 @@ pub(crate) struct Registry {
     pub(crate) hungry: Box<[CachePadded<AtomicBool>]>,
     pub(crate) sleep: Sleep,
     pub(crate) counters: PoolCounters,
+    #[cfg(feature = "trace")]
+    pub(crate) trace: super::trace::PoolTrace,
     pub(crate) policy: Policy,
     terminating: AtomicBool,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
@@ -42,14 +44,17 @@ impl Registry {
             Vec::new()
         };
         let deques: Vec<Worker<JobRef>> = (0..num_threads).map(|_| Worker::new_lifo()).collect();
+        let counters = PoolCounters::new(num_threads);
         let registry = Arc::new(Registry {
             injector: Injector::new(),
             stealers: deques.iter().map(|d| d.stealer()).collect(),
             hungry: (0..num_threads)
                 .map(|_| CachePadded::new(AtomicBool::new(policy.share == SharePolicy::Eager)))
                 .collect(),
-            sleep: Sleep::new(num_threads, policy.max_searchers),
-            counters: PoolCounters::new(num_threads),
+            sleep: Sleep::new(num_threads, policy.max_searchers, counters.epoch),
+            counters,
+            #[cfg(feature = "trace")]
+            trace: super::trace::PoolTrace::new(num_threads),
             policy,
             terminating: AtomicBool::new(false),
             threads: Mutex::new(Vec::with_capacity(num_threads)),
@@ -113,8 +118,34 @@ impl Registry {
 
     /// Pushes a job from outside the pool (or from another pool) and wakes a worker if needed.
     pub(crate) fn inject(&self, job: JobRef) {
+        #[cfg(feature = "trace")]
+        let job = self.timed(job);
         self.injector.push(job);
         self.sleep.new_work(self.counters.outside());
+    }
+
+    /// Wraps an injected job so that starting it records its inject-to-start latency.
+    #[cfg(feature = "trace")]
+    fn timed(&self, job: JobRef) -> JobRef {
+        struct RegistryPtr(*const Registry);
+        // SAFETY: `Registry` is `Sync`; the pointer is only dereferenced by a worker of this
+        // registry, which keeps it alive through its own `Arc`.
+        unsafe impl Send for RegistryPtr {}
+        let submitted = super::trace::now_ns(self.counters.epoch);
+        let registry = RegistryPtr(self);
+        let timed = HeapJob::new(move || {
+            let registry = registry;
+            // SAFETY: a worker of this registry runs the job, so the registry is alive.
+            let registry = unsafe { &*registry.0 };
+            let waited = super::trace::now_ns(registry.counters.epoch).saturating_sub(submitted);
+            registry.counters.inject_latency.record(waited);
+            // SAFETY: the wrapped job is executed exactly once, here, while still live (the
+            // wrapper inherits its liveness contract).
+            unsafe { job.execute() }
+        });
+        // SAFETY: the wrapper owns only a JobRef (whose own contract is unchanged) and a pointer
+        // to the registry, which outlives every job queued on it.
+        unsafe { timed.into_job_ref() }
     }
 
     /// Marks worker `victim` as wanted: at its next fork it publishes its oldest private fork.
@@ -129,7 +160,7 @@ impl Registry {
 
     /// Runs `op` on a worker of this pool and blocks the calling (non-worker) thread until done.
     #[cold]
-    pub(crate) fn in_worker_cold<OP, R>(self: &Arc<Self>, op: OP) -> R
+    pub(crate) fn in_worker_cold<OP, R>(&self, op: OP) -> R
     where
         OP: FnOnce(&WorkerThread) -> R + Send,
         R: Send,
@@ -152,7 +183,7 @@ impl Registry {
     /// Runs `op` on a worker of this pool while `current`, a worker of another pool, keeps working
     /// for its own pool until the result is in (so pools calling into each other cannot deadlock).
     #[cold]
-    pub(crate) fn in_worker_cross<OP, R>(self: &Arc<Self>, current: &WorkerThread, op: OP) -> R
+    pub(crate) fn in_worker_cross<OP, R>(&self, current: &WorkerThread, op: OP) -> R
     where
         OP: FnOnce(&WorkerThread) -> R + Send,
         R: Send,
@@ -178,7 +209,7 @@ impl Registry {
     /// that pops an already-claimed ticket only drops it, so the stack job is never touched after
     /// the caller reclaimed it. The caller thus does its own work instead of paying two context
     /// switches, and blocks only if a worker really took B.
-    pub(crate) fn join_outside<A, B, RA, RB>(self: &Arc<Self>, a: A, b: B) -> (RA, RB)
+    pub(crate) fn join_outside<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
     where
         A: FnOnce() -> RA + Send,
         B: FnOnce() -> RB + Send,

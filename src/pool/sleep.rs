@@ -12,10 +12,12 @@
 //! finds work (and, if it was the last searcher, wakes one more: the hand-off) or goes to sleep
 //! through the same fence-and-re-check, and so finds this work.
 
-use super::metrics::WorkerCounters;
+use super::metrics::{LatencyHistogram, WorkerCounters};
+use super::trace::now_ns;
 use crate::sync::mutant;
 use crate::sync::{fence, thread, AtomicU64, AtomicU8, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
+use std::time::Instant;
 
 const AWAKE: u8 = 0;
 const SLEEPING: u8 = 1;
@@ -40,6 +42,9 @@ struct WorkerSleepState {
     state: AtomicU8,
     /// Filled in by the worker before it can ever be `SLEEPING`; read only to unpark.
     thread: Mutex<Option<thread::Thread>>,
+    /// When someone last asked to wake this worker (ns since `epoch`; 0 = no request pending), for
+    /// the wake-up latency histogram. An observation, not protocol: std atomics, not the facade.
+    wake_requested_ns: std::sync::atomic::AtomicU64,
 }
 
 /// The sleep state of one pool.
@@ -48,6 +53,7 @@ pub(crate) struct Sleep {
     workers: Box<[CachePadded<WorkerSleepState>]>,
     /// Cap on concurrently searching workers (at least 1).
     max_searchers: u64,
+    epoch: Instant,
 }
 
 /// How a worker came back from [`Sleep::sleep`].
@@ -60,12 +66,13 @@ pub(crate) enum Woken {
 }
 
 impl Sleep {
-    pub(crate) fn new(num_workers: usize, max_searchers: usize) -> Self {
+    pub(crate) fn new(num_workers: usize, max_searchers: usize, epoch: Instant) -> Self {
         let workers = (0..num_workers)
             .map(|_| {
                 CachePadded::new(WorkerSleepState {
                     state: AtomicU8::new(AWAKE),
                     thread: Mutex::new(None),
+                    wake_requested_ns: std::sync::atomic::AtomicU64::new(0),
                 })
             })
             .collect();
@@ -73,6 +80,7 @@ impl Sleep {
             counters: CachePadded::new(AtomicU64::new(0)),
             workers,
             max_searchers: max_searchers.max(1) as u64,
+            epoch,
         }
     }
 
@@ -172,6 +180,14 @@ impl Sleep {
     }
 
     fn unpark(&self, index: usize) {
+        // `max(1)`: 0 means "no request pending".
+        let now = now_ns(self.epoch).max(1);
+        let _ = self.workers[index].wake_requested_ns.compare_exchange(
+            0,
+            now,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Some(thread) = self.workers[index].thread.lock().unwrap().as_ref() {
             thread.unpark();
         }
@@ -186,6 +202,7 @@ impl Sleep {
         &self,
         index: usize,
         counters: &WorkerCounters,
+        wake_latency: &LatencyHistogram,
         has_work: impl Fn() -> bool,
         keep_sleeping: impl Fn() -> bool,
     ) -> Woken {
@@ -203,8 +220,17 @@ impl Sleep {
             return self.cancel_sleep(index);
         }
         counters.bump_sleeps();
+        // A request left over from before this sleep (its wake-up found us awake) is not ours.
+        me.wake_requested_ns
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         loop {
             thread::park();
+            let requested = me
+                .wake_requested_ns
+                .swap(0, std::sync::atomic::Ordering::Relaxed);
+            if requested != 0 {
+                wake_latency.record(now_ns(self.epoch).saturating_sub(requested));
+            }
             if me.state.load(Ordering::Acquire) == AWAKE {
                 // A waker claimed us and did the accounting.
                 counters.bump_wakeups();
@@ -254,7 +280,7 @@ mod tests {
 
     #[test]
     fn searcher_cap_is_enforced() {
-        let sleep = Sleep::new(4, 2);
+        let sleep = Sleep::new(4, 2, Instant::now());
         assert!(sleep.start_searching());
         assert!(sleep.start_searching());
         assert!(!sleep.start_searching());

@@ -147,6 +147,35 @@ impl ThreadPool {
         self.registry().counters.snapshot()
     }
 
+    /// Starts recording a scheduler trace (cargo feature `trace`): every worker appends
+    /// timestamped events (task start/end, steal with its victim, injector pop, publication,
+    /// sleep, wake) to its own bounded buffer, without locks. Starting again discards the previous
+    /// recording.
+    ///
+    /// ```
+    /// # #[cfg(feature = "trace")] {
+    /// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    /// pool.start_trace();
+    /// pool.scope(|s| for _ in 0..4 { s.spawn(|_| { std::hint::black_box(1 + 1); }); });
+    /// let trace = pool.stop_trace();
+    /// let tasks: usize = (0..2).map(|w| trace.events(w).iter()
+    ///     .filter(|e| e.kind == parjob::EventKind::TaskStart).count()).sum();
+    /// assert_eq!(tasks, 5); // the scope body (an injected job) and its 4 spawns
+    /// println!("{}", trace.summary());
+    /// # }
+    /// ```
+    #[cfg(feature = "trace")]
+    pub fn start_trace(&self) {
+        self.registry().trace.start();
+    }
+
+    /// Stops recording and returns what was recorded since [`start_trace`](Self::start_trace)
+    /// (feature `trace`).
+    #[cfg(feature = "trace")]
+    pub fn stop_trace(&self) -> super::trace::Trace {
+        self.registry().trace.stop()
+    }
+
     /// Queues a `'static` job on this pool without waiting for it (used by the streaming
     /// `Parallel` iterators). The job must not panic: catch panics inside it.
     pub(crate) fn spawn_detached<F: FnOnce() + Send + 'static>(&self, job: F) {

@@ -6,6 +6,7 @@ use super::latch::CoreLatch;
 use super::metrics::WorkerCounters;
 use super::registry::Registry;
 use super::sleep::Woken;
+use super::trace::{now_ns, EventKind};
 use crate::sync::deque::{Steal, Worker};
 use crate::sync::{spin_loop, Arc, AtomicBool, Ordering};
 use std::cell::{Cell, UnsafeCell};
@@ -130,6 +131,7 @@ impl WorkerThread {
         };
         self.deque.push(job);
         self.counters().bump_publishes();
+        self.trace(EventKind::Publish, 0);
         self.registry.sleep.new_work(self.counters());
     }
 
@@ -155,9 +157,22 @@ impl WorkerThread {
     #[inline]
     pub(crate) fn execute(&self, job: JobRef) {
         self.counters().bump_tasks_executed();
+        self.trace(EventKind::TaskStart, 0);
         // SAFETY: every JobRef in our queues is live until executed, and each is popped/stolen by
         // exactly one thread (crossbeam's guarantee), so this is its single execution.
         unsafe { job.execute() }
+        self.trace(EventKind::TaskEnd, 0);
+    }
+
+    /// Records a trace event (feature `trace`; otherwise nothing at all).
+    #[inline(always)]
+    fn trace(&self, kind: EventKind, arg: u32) {
+        #[cfg(feature = "trace")]
+        self.registry
+            .trace
+            .record(self.index, self.registry.counters.epoch, kind, arg);
+        #[cfg(not(feature = "trace"))]
+        let _ = (kind, arg);
     }
 
     /// Waits for a `join`'s published second half `job_b`: pop it back if no one stole it, else
@@ -192,13 +207,23 @@ impl WorkerThread {
     fn run_until(&self, latch: Option<&CoreLatch>) {
         self.publish_all_private();
         let sleep = &self.registry.sleep;
+        let epoch = self.registry.counters.epoch;
         let mut searching = false;
         let mut spins = 0u32;
+        // When the current fruitless search began (for the searching-time metric).
+        let mut search_began: Option<u64> = None;
+        let end_search = |began: &mut Option<u64>| {
+            if let Some(start) = began.take() {
+                self.counters()
+                    .add_searching_ns(now_ns(epoch).saturating_sub(start));
+            }
+        };
         loop {
             if latch.is_some_and(|l| l.probe()) || self.registry.exits_without_draining() {
                 break;
             }
             if let Some(job) = self.find_work() {
+                end_search(&mut search_began);
                 if searching {
                     sleep.stop_searching_found_work(self.counters());
                     searching = false;
@@ -206,6 +231,9 @@ impl WorkerThread {
                 spins = 0;
                 self.execute(job);
                 continue;
+            }
+            if search_began.is_none() {
+                search_began = Some(now_ns(epoch));
             }
             if latch.is_none() && self.registry.is_terminating() {
                 break;
@@ -230,21 +258,29 @@ impl WorkerThread {
                     continue; // set meanwhile
                 }
             }
+            end_search(&mut search_began);
+            let sleep_began = now_ns(epoch);
+            self.trace(EventKind::Sleep, 0);
             let woken = sleep.sleep(
                 self.index,
                 self.counters(),
+                &self.registry.counters.wake_latency,
                 || self.registry.has_visible_work(),
                 || match latch {
                     Some(l) => !l.probe(),
                     None => !self.registry.is_terminating(),
                 },
             );
+            self.trace(EventKind::Wake, 0);
+            self.counters()
+                .add_sleeping_ns(now_ns(epoch).saturating_sub(sleep_began));
             if let Some(l) = latch {
                 l.wake_up();
             }
             searching = woken == Woken::AsSearcher;
             spins = 0;
         }
+        end_search(&mut search_began);
         if searching {
             // We were counted as a searcher but are leaving: hand the search on, in case the
             // waker woke us for work we will not take.
@@ -263,6 +299,7 @@ impl WorkerThread {
             match self.registry.injector.steal_batch_and_pop(&self.deque) {
                 Steal::Success(job) => {
                     self.counters().bump_injector_pops();
+                    self.trace(EventKind::InjectorPop, 0);
                     return Some(job);
                 }
                 Steal::Empty => break,
@@ -293,6 +330,7 @@ impl WorkerThread {
                 match registry.stealers[victim].steal() {
                     Steal::Success(job) => {
                         self.counters().bump_steals();
+                        self.trace(EventKind::Steal, victim as u32);
                         self.last_victim.set(victim);
                         return Some(job);
                     }
@@ -342,6 +380,10 @@ pub(crate) fn main_loop(
     }
     #[cfg(loom)]
     let _ = core;
+    registry
+        .counters
+        .worker(index)
+        .set_started_ns(now_ns(registry.counters.epoch));
     let hungry: *const AtomicBool = &*registry.hungry[index];
     let worker = WorkerThread {
         deque,
