@@ -277,12 +277,13 @@ mod enabled {
     use std::cell::UnsafeCell;
     use std::mem::MaybeUninit;
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Mutex, OnceLock};
     use std::time::Instant;
 
     /// One worker's buffer. Single writer (the worker), readers only under `PoolTrace::control`.
     pub(crate) struct WorkerTrace {
-        slots: Box<[UnsafeCell<MaybeUninit<TraceEvent>>]>,
+        /// Allocated by the first `start_trace` (so pools that are never traced cost nothing).
+        slots: OnceLock<Box<[UnsafeCell<MaybeUninit<TraceEvent>>]>>,
         len: AtomicUsize,
         generation: AtomicU64,
         dropped: AtomicU64,
@@ -295,9 +296,7 @@ mod enabled {
     impl WorkerTrace {
         fn new() -> Self {
             WorkerTrace {
-                slots: (0..TRACE_CAPACITY)
-                    .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-                    .collect(),
+                slots: OnceLock::new(),
                 len: AtomicUsize::new(0),
                 generation: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
@@ -329,6 +328,10 @@ mod enabled {
                 return;
             }
             let buffer = &self.workers[index];
+            // Acquire (inside `get`): pairs with the initialisation in `start`.
+            let Some(slots) = buffer.slots.get() else {
+                return;
+            };
             let generation = self.generation.load(Ordering::Acquire);
             if buffer.generation.load(Ordering::Relaxed) != generation {
                 // Only the owner resets its buffer; readers are excluded by the control mutex
@@ -339,7 +342,7 @@ mod enabled {
                 buffer.generation.store(generation, Ordering::Release);
             }
             let len = buffer.len.load(Ordering::Relaxed);
-            if len >= buffer.slots.len() {
+            if len >= slots.len() {
                 buffer.dropped.store(
                     buffer.dropped.load(Ordering::Relaxed) + 1,
                     Ordering::Relaxed,
@@ -352,12 +355,19 @@ mod enabled {
                 arg,
             };
             // SAFETY: slot `len` is unpublished, and only this worker (the owner) writes it.
-            unsafe { (*buffer.slots[len].get()).write(event) };
+            unsafe { (*slots[len].get()).write(event) };
             buffer.len.store(len + 1, Ordering::Release);
         }
 
         pub(crate) fn start(&self) {
             let _control = self.control.lock().unwrap();
+            for buffer in self.workers.iter() {
+                buffer.slots.get_or_init(|| {
+                    (0..TRACE_CAPACITY)
+                        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+                        .collect()
+                });
+            }
             self.generation.fetch_add(1, Ordering::AcqRel);
             self.enabled.store(true, Ordering::Release);
         }
@@ -374,12 +384,15 @@ mod enabled {
                     if buffer.generation.load(Ordering::Acquire) != generation {
                         return Vec::new(); // this worker recorded nothing in this trace
                     }
+                    let Some(slots) = buffer.slots.get() else {
+                        return Vec::new();
+                    };
                     let len = buffer.len.load(Ordering::Acquire);
                     dropped += buffer.dropped.load(Ordering::Relaxed);
                     (0..len)
                         // SAFETY: slots below the published `len` are initialised and no
                         // longer written (see the module docs).
-                        .map(|i| unsafe { (*buffer.slots[i].get()).assume_init() })
+                        .map(|i| unsafe { (*slots[i].get()).assume_init() })
                         .collect()
                 })
                 .collect();
