@@ -13,7 +13,9 @@
 //! Options: `--threads LIST` (default `1,<cores>`), `--workload NAME` (substring match, repeatable),
 //! `--quick`, `--reps N` (repetitions per measurement; default adaptive), `--format
 //! markdown|csv|json`, `--out DIR` (writes `results.md`/`.csv`/`.json` and `speedup.svg`), `--policy
-//! LIST` (run parjob under several share policies side by side: `lazy`, `eager`).
+//! LIST` (run parjob under several policies side by side: `lazy` (the default), `eager`,
+//! `round-robin`, `last-victim`, `no-spin`), `--trace DIR` (with `--features trace`: one Chrome
+//! trace per workload and thread count, of parjob's timed runs).
 
 #[path = "../benches/workloads/mod.rs"]
 mod workloads;
@@ -38,13 +40,49 @@ struct Options {
     reps: Option<usize>,
     format: Format,
     out: Option<std::path::PathBuf>,
-    policies: Vec<(String, parjob::SharePolicy)>,
+    policies: Vec<(String, Policy)>,
+    trace_dir: Option<std::path::PathBuf>,
+}
+
+/// A parjob scheduling policy to run side by side with the others (`--policy`).
+#[derive(Debug, Clone, Copy)]
+enum Policy {
+    Lazy,
+    Eager,
+    RoundRobin,
+    LastVictim,
+    NoSpin,
+}
+
+impl Policy {
+    fn parse(name: &str) -> Option<Policy> {
+        Some(match name {
+            "lazy" | "default" => Policy::Lazy,
+            "eager" => Policy::Eager,
+            "round-robin" => Policy::RoundRobin,
+            "last-victim" => Policy::LastVictim,
+            "no-spin" => Policy::NoSpin,
+            _ => return None,
+        })
+    }
+
+    fn builder(self, threads: usize) -> parjob::ThreadPoolBuilder {
+        let builder = parjob::ThreadPoolBuilder::new().num_threads(threads);
+        match self {
+            Policy::Lazy => builder,
+            Policy::Eager => builder.share_policy(parjob::SharePolicy::Eager),
+            Policy::RoundRobin => builder.victim_policy(parjob::VictimPolicy::RoundRobin),
+            Policy::LastVictim => builder.victim_policy(parjob::VictimPolicy::LastSuccessful),
+            Policy::NoSpin => builder.spin_rounds(0),
+        }
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: compare [--quick] [--threads 1,2] [--workload NAME]... [--reps N] \
-         [--format markdown|csv|json] [--out DIR] [--policy lazy,eager]"
+         [--format markdown|csv|json] [--out DIR] [--policy lazy,eager,round-robin,last-victim,no-spin] \
+         [--trace DIR]"
     );
     std::process::exit(2)
 }
@@ -58,7 +96,8 @@ fn parse_options() -> Options {
         reps: None,
         format: Format::Markdown,
         out: None,
-        policies: vec![("parjob".to_string(), parjob::SharePolicy::Lazy)],
+        policies: vec![("parjob".to_string(), Policy::Lazy)],
+        trace_dir: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -107,15 +146,25 @@ fn parse_options() -> Options {
             "--policy" => {
                 options.policies = value("--policy")
                     .split(',')
-                    .map(|p| match p.trim() {
-                        "lazy" => ("parjob[lazy]".to_string(), parjob::SharePolicy::Lazy),
-                        "eager" => ("parjob[eager]".to_string(), parjob::SharePolicy::Eager),
-                        other => {
-                            eprintln!("compare: unknown policy {other:?} (lazy, eager)");
+                    .map(|p| match Policy::parse(p.trim()) {
+                        Some(policy) => (format!("parjob[{}]", p.trim()), policy),
+                        None => {
+                            eprintln!(
+                                "compare: unknown policy {p:?} (lazy, eager, round-robin, last-victim, no-spin)"
+                            );
                             usage()
                         }
                     })
                     .collect()
+            }
+            "--trace" => {
+                if cfg!(not(feature = "trace")) {
+                    eprintln!(
+                        "compare: --trace needs the trace feature: cargo run --release --features trace --example compare -- --trace DIR"
+                    );
+                    std::process::exit(2);
+                }
+                options.trace_dir = Some(value("--trace").into());
             }
             "--help" | "-h" => usage(),
             other => {
@@ -226,12 +275,7 @@ fn main() {
             options
                 .policies
                 .iter()
-                .map(|(label, share)| {
-                    let builder = parjob::ThreadPoolBuilder::new()
-                        .num_threads(t)
-                        .share_policy(*share);
-                    (label.clone(), Pools::with_parjob(t, builder))
-                })
+                .map(|(label, policy)| (label.clone(), Pools::with_parjob(t, policy.builder(t))))
                 .collect()
         })
         .collect();
@@ -298,7 +342,22 @@ fn main() {
                         continue;
                     }
                     let before = pools.parjob.metrics().totals();
+                    #[cfg(feature = "trace")]
+                    let tracing = contender == Contender::Parjob && options.trace_dir.is_some();
+                    #[cfg(feature = "trace")]
+                    if tracing {
+                        pools.parjob.start_trace();
+                    }
                     let times = measure(workload.as_mut(), contender, pools, reps);
+                    #[cfg(feature = "trace")]
+                    if tracing {
+                        write_trace(
+                            options.trace_dir.as_deref().expect("trace dir"),
+                            &name,
+                            &label,
+                            pools,
+                        );
+                    }
                     let median = times[times.len() / 2];
                     let (steals, sleeps) = if contender == Contender::Parjob {
                         let delta = pools.parjob.metrics().totals().since(&before);
@@ -337,6 +396,31 @@ fn main() {
         write_outputs(dir, &rows, &idle, &options);
     }
     eprintln!("compare: done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Writes the trace of one workload's timed runs as Chrome JSON (`--trace DIR`).
+#[cfg(feature = "trace")]
+fn write_trace(dir: &std::path::Path, workload: &str, label: &str, pools: &Pools) {
+    let trace = pools.parjob.stop_trace();
+    let slug: String = format!("{workload}-{label}-{}t", pools.threads)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("compare: cannot create {}: {e}", dir.display());
+        std::process::exit(1);
+    }
+    let path = dir.join(format!("{slug}.json"));
+    if let Err(e) = trace.write_chrome_json(&path) {
+        eprintln!("compare: cannot write {}: {e}", path.display());
+        std::process::exit(1);
+    }
+    eprintln!(
+        "compare: trace of {workload} ({label}, {} threads) -> {} ({} events dropped)",
+        pools.threads,
+        path.display(),
+        trace.dropped()
+    );
 }
 
 // ---------------------------------------------------------------- idle cost
