@@ -13,7 +13,8 @@ use crate::sync::Arc;
 /// Fast path (nobody asked for work): B's job is recorded in the worker's private fork list, A
 /// runs, and B runs inline: no atomic read-modify-write, no fence, no allocation. If a thief was
 /// hungry, B (or an older fork) was published to the deque; then we pop it back if it is still
-/// there, or help with other work until the thief that took it sets B's latch.
+/// there (and run it inline all the same), or help with other work until the thief that took it
+/// sets B's latch.
 ///
 /// Panics: B always runs (or is waited for) even if A panicked, so no task outlives the borrows
 /// it holds; A's panic, if any, is resumed first, else B's.
@@ -26,11 +27,13 @@ where
 {
     let job_b = StackJob::new(b, SpinLatch::new(worker));
     // SAFETY: `job_b` stays in this frame until either we reclaim it unexecuted (`pop_fork` says it
-    // was never published, so no JobRef to it exists anywhere else) or its latch is set.
+    // was never published, or `take_back` popped its only published JobRef back: either way no
+    // JobRef to it is left anywhere) or its latch is set by the thief that took it.
     let job_b_ref = unsafe { job_b.as_job_ref() };
     let fork = worker.push_fork(job_b_ref);
     let result_a = unwind::halt_unwinding(a);
-    if worker.pop_fork(fork) {
+    // Still private, or published but popped back before any thief took it: run B inline.
+    if worker.pop_fork(fork) || worker.take_back(job_b_ref) {
         let b = job_b.take_func();
         return match result_a {
             Ok(ra) => (ra, b()),
@@ -45,7 +48,8 @@ where
             unwind::resume_unwinding(payload);
         }
     }
-    worker.wait_for_fork(job_b_ref, job_b.latch.core());
+    // B was stolen: help until the thief sets its latch.
+    worker.wait_until(job_b.latch.core());
     let result_b = job_b.into_result();
     match result_a {
         Ok(ra) => (ra, result_b.into_return_value()),

@@ -175,23 +175,22 @@ impl WorkerThread {
         let _ = (kind, arg);
     }
 
-    /// Waits for a `join`'s published second half `job_b`: pop it back if no one stole it, else
-    /// help with other work until its latch is set.
-    pub(crate) fn wait_for_fork(&self, job_b: JobRef, latch: &CoreLatch) {
-        while !latch.probe() {
-            match self.deque.pop() {
-                Some(job) => {
-                    self.counters().bump_local_pops();
-                    if job == job_b {
-                        // SAFETY: we popped it, so no one else can run it; it is live (our frame).
-                        unsafe { job.execute() };
-                        return;
-                    }
-                    // An older fork of ours (B was stolen): run it rather than let it wait.
-                    self.execute(job);
+    /// A `join`'s second half `job_b` was published: pop it back if no thief took it. Returns
+    /// `true` if we got it (the caller runs it inline: no JobRef to it is left anywhere). B is the
+    /// newest job we published, so the deque's top is B unless B was stolen; then the top is an
+    /// older fork of ours, which we run rather than leave waiting, and report `false`.
+    #[inline]
+    pub(crate) fn take_back(&self, job_b: JobRef) -> bool {
+        match self.deque.pop() {
+            Some(job) => {
+                self.counters().bump_local_pops();
+                if job == job_b {
+                    return true;
                 }
-                None => return self.wait_until(latch),
+                self.execute(job);
+                false
             }
+            None => false,
         }
     }
 
