@@ -219,9 +219,10 @@ impl Registry {
         let job_b = StackJob::new(b, LockLatch::new());
         // SAFETY: the JobRef is executed only by whoever wins the ticket; if that is a worker, we
         // wait for the latch below before leaving this frame.
+        let job_b_ref = unsafe { job_b.as_job_ref() };
         let ticket = Arc::new(Ticket {
             claimed: AtomicBool::new(false),
-            job: unsafe { job_b.as_job_ref() },
+            job: job_b_ref,
         });
         let for_worker = Arc::clone(&ticket);
         let heap = HeapJob::new(move || {

@@ -36,7 +36,7 @@ pub struct Scope<'scope> {
     latch: CoreLatch,
     /// First panic of a spawned task, owned as a leaked `Box<Panic>`; null if none.
     panic: AtomicPtr<Panic>,
-    marker: PhantomData<Box<dyn FnOnce(&Scope<'scope>) + Send + Sync + 'scope>>,
+    marker: PhantomData<InvariantScope<'scope>>,
 }
 
 impl std::fmt::Debug for Scope<'_> {
@@ -46,6 +46,11 @@ impl std::fmt::Debug for Scope<'_> {
             .finish_non_exhaustive()
     }
 }
+
+/// Makes `Scope<'scope>` invariant in `'scope` (a boxed closure taking `&Scope<'scope>` is both
+/// covariant and contravariant in it), so a task cannot be spawned with a borrow shorter than the
+/// scope, and a scope cannot be passed where a longer one is expected.
+type InvariantScope<'scope> = Box<dyn FnOnce(&Scope<'scope>) + Send + Sync + 'scope>;
 
 /// A `*const Scope` that can be moved into a task.
 struct ScopePtr<'scope>(*const Scope<'scope>);
