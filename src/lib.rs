@@ -40,6 +40,12 @@
 mod pool;
 mod sync;
 
+/// Internals for the loom models in `loom-tests/` (`--cfg loom` builds only; outside semver).
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "loom_api.rs"]
+pub mod __loom;
+
 pub use pool::builder::{
     BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS,
 };

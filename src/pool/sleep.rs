@@ -215,7 +215,7 @@ impl Sleep {
             fence(Ordering::SeqCst);
         }
         if (!mutant::SLEEP_SKIPS_RECHECK && has_work())
-            || (!mutant::LATCH_SKIPS_RECHECK && !keep_sleeping())
+            || !keep_sleeping()
         {
             return self.cancel_sleep(index);
         }

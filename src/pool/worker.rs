@@ -8,6 +8,7 @@ use super::registry::Registry;
 use super::sleep::Woken;
 use super::trace::{now_ns, EventKind};
 use crate::sync::deque::{Steal, Worker};
+use crate::sync::mutant;
 use crate::sync::{spin_loop, Arc, AtomicBool, Ordering};
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
@@ -253,7 +254,7 @@ impl WorkerThread {
                 searching = false;
             }
             if let Some(l) = latch {
-                if !l.fall_asleep() {
+                if !mutant::LATCH_SKIPS_ANNOUNCE && !l.fall_asleep() {
                     continue; // set meanwhile
                 }
             }

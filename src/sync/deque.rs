@@ -146,6 +146,13 @@ mod stand_in {
                 None => Steal::Empty,
             }
         }
+        /// One job from the front (used by the loom models' own worker loops).
+        pub(crate) fn steal(&self) -> Steal<T> {
+            match self.inner.pop_front() {
+                Some(t) => Steal::Success(t),
+                None => Steal::Empty,
+            }
+        }
         pub(crate) fn is_empty(&self) -> bool {
             self.inner.is_empty()
         }

@@ -11,8 +11,10 @@ pub(crate) const SLEEP_SKIPS_FENCE: bool = cfg!(all(loom, parjob_mutant = "sleep
 pub(crate) const SLEEP_SKIPS_RECHECK: bool = cfg!(all(loom, parjob_mutant = "sleep_skips_recheck"));
 /// A publisher skips the `fence(SeqCst)` between pushing work and reading the sleeper count.
 pub(crate) const PUBLISH_SKIPS_FENCE: bool = cfg!(all(loom, parjob_mutant = "publish_skips_fence"));
-/// A latch owner parks without re-checking its latch after announcing sleep.
-pub(crate) const LATCH_SKIPS_RECHECK: bool = cfg!(all(loom, parjob_mutant = "latch_skips_recheck"));
+/// A latch owner parks without first marking its latch `SLEEPING` (`CoreLatch::fall_asleep`), so
+/// a setter does not know it must unpark the owner.
+pub(crate) const LATCH_SKIPS_ANNOUNCE: bool =
+    cfg!(all(loom, parjob_mutant = "latch_skips_announce"));
 /// A stack job's result is published to the waiter with a `Relaxed` latch store.
 pub(crate) const LATCH_SET_RELAXED: bool = cfg!(all(loom, parjob_mutant = "latch_set_relaxed"));
 /// `join` returns A's panic without waiting for a stolen B to finish.
@@ -30,3 +32,33 @@ pub(crate) const SEARCHER_SKIPS_HANDOFF: bool =
 /// A fork is published to thieves without the wake-up check that follows every publication.
 pub(crate) const PUBLISH_SKIPS_NOTIFY: bool =
     cfg!(all(loom, parjob_mutant = "publish_skips_notify"));
+/// A `Parallel` runner checks the cancel flag before registering as active (`parallel::cancel`).
+pub(crate) const CANCEL_CHECK_BEFORE_CLAIM: bool =
+    cfg!(all(loom, parjob_mutant = "cancel_check_before_claim"));
+
+/// The mutant this build was compiled with, if any (for the models' banners and `scripts/loom.sh`).
+#[allow(dead_code)]
+pub(crate) const ACTIVE: Option<&str> = {
+    const ALL: [(bool, &str); 11] = [
+        (SLEEP_SKIPS_FENCE, "sleep_skips_fence"),
+        (SLEEP_SKIPS_RECHECK, "sleep_skips_recheck"),
+        (PUBLISH_SKIPS_FENCE, "publish_skips_fence"),
+        (LATCH_SKIPS_ANNOUNCE, "latch_skips_announce"),
+        (LATCH_SET_RELAXED, "latch_set_relaxed"),
+        (JOIN_SKIPS_WAIT_ON_PANIC, "join_skips_wait_on_panic"),
+        (SCOPE_COUNTS_BEFORE_PANIC, "scope_counts_before_panic"),
+        (SHUTDOWN_SKIPS_DRAIN, "shutdown_skips_drain"),
+        (SEARCHER_SKIPS_HANDOFF, "searcher_skips_handoff"),
+        (PUBLISH_SKIPS_NOTIFY, "publish_skips_notify"),
+        (CANCEL_CHECK_BEFORE_CLAIM, "cancel_check_before_claim"),
+    ];
+    let mut i = 0;
+    let mut found = None;
+    while i < ALL.len() {
+        if ALL[i].0 {
+            found = Some(ALL[i].1);
+        }
+        i += 1;
+    }
+    found
+};

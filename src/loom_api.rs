@@ -1,0 +1,117 @@
+//! Internals exposed to the loom models in `loom-tests/`, under `--cfg loom` only.
+//!
+//! **Not part of the public API and outside semver**: this module exists only in builds with
+//! `RUSTFLAGS="--cfg loom"`, and may change or disappear in any release. Everything here is a thin
+//! handle on the code that ships (the same `Sleep`, latches, registry and worker loop), so the
+//! models explore the real protocols rather than copies of them. See `docs/verification.md`.
+
+use crate::pool::metrics::{LatencyHistogram, WorkerCounters};
+use crate::pool::sleep::{Sleep, Woken};
+use crate::pool::thread_pool::ThreadPool;
+use crate::pool::worker::WorkerThread;
+use crate::sync::deque::{Injector, Steal};
+use crate::sync::Ordering;
+use std::time::Instant;
+
+/// The broken variant this build was compiled with (`--cfg parjob_mutant="NAME"`), if any.
+pub fn mutant() -> Option<&'static str> {
+    crate::sync::mutant::ACTIVE
+}
+
+/// A pool's sleep state and injector, without worker threads: the model's own threads play the
+/// workers and the publisher, calling the real [`Sleep`] methods in the order the worker loop does.
+pub struct SleepModel {
+    sleep: Sleep,
+    injector: Injector<u32>,
+    counters: WorkerCounters,
+    wake_latency: LatencyHistogram,
+}
+
+impl SleepModel {
+    /// Sleep state for `num_workers` workers, at most `max_searchers` searching at once.
+    pub fn new(num_workers: usize, max_searchers: usize) -> Self {
+        SleepModel {
+            sleep: Sleep::new(num_workers, max_searchers, Instant::now()),
+            injector: Injector::new(),
+            counters: WorkerCounters::default(),
+            wake_latency: LatencyHistogram::new(),
+        }
+    }
+
+    /// Worker `index` registers its thread for unparking (as `main_loop` does at start).
+    pub fn register_current_thread(&self, index: usize) {
+        self.sleep.register_current_thread(index);
+    }
+
+    /// A publisher: push `job`, then the wake-up check (`Registry::inject`).
+    pub fn inject(&self, job: u32) {
+        self.injector.push(job);
+        self.sleep.new_work(&self.counters);
+    }
+
+    /// A worker's `find_work` on the injector.
+    pub fn take(&self) -> Option<u32> {
+        loop {
+            match self.injector.steal() {
+                Steal::Success(job) => return Some(job),
+                Steal::Empty => return None,
+                Steal::Retry => continue,
+            }
+        }
+    }
+
+    /// `Sleep::start_searching`.
+    pub fn start_searching(&self) -> bool {
+        self.sleep.start_searching()
+    }
+
+    /// `Sleep::stop_searching_found_work` (the hand-off).
+    pub fn stop_searching_found_work(&self) {
+        self.sleep.stop_searching_found_work(&self.counters)
+    }
+
+    /// `Sleep::stop_searching_idle`.
+    pub fn stop_searching_idle(&self) {
+        self.sleep.stop_searching_idle()
+    }
+
+    /// `Sleep::sleep` for worker `index`, with the worker loop's re-check (is any queue non-empty?)
+    /// and wake condition `keep_sleeping`. Returns `true` if a waker claimed the worker as a
+    /// searcher (it must then `stop_searching_*` eventually).
+    pub fn sleep(&self, index: usize, keep_sleeping: impl Fn() -> bool) -> bool {
+        let woken = self.sleep.sleep(
+            index,
+            &self.counters,
+            &self.wake_latency,
+            || !self.injector.is_empty(),
+            keep_sleeping,
+        );
+        woken == Woken::AsSearcher
+    }
+
+    /// `Sleep::wake_all` (shutdown).
+    pub fn wake_all(&self) {
+        self.sleep.wake_all()
+    }
+}
+
+/// `ThreadPool::spawn_detached`: queue a `'static` job without waiting (from a worker of the pool,
+/// onto its deque; from anywhere else, into the injector). The job must not panic.
+pub fn spawn_detached<F: FnOnce() + Send + 'static>(pool: &ThreadPool, job: F) {
+    pool.spawn_detached(job)
+}
+
+/// The pool the current thread works for, as a handle that does not shut it down when dropped.
+pub fn current_pool() -> Option<ThreadPool> {
+    crate::pool::thread_pool::current_pool()
+}
+
+/// Is worker `index`'s hunger flag set (a thief asked it to publish a private fork)?
+pub fn is_hungry(pool: &ThreadPool, index: usize) -> bool {
+    pool.registry().hungry[index].load(Ordering::Relaxed)
+}
+
+/// Index of the current worker, if the current thread is one.
+pub fn current_worker() -> Option<usize> {
+    WorkerThread::current().map(|w| w.index())
+}
