@@ -180,7 +180,8 @@ impl WorkerThread {
     /// `true` if we got it (the caller runs it inline: no JobRef to it is left anywhere). B is the
     /// newest job we published, so the deque's top is B unless B was stolen; then the top is an
     /// older fork of ours, which we run rather than leave waiting, and report `false`.
-    #[inline]
+    #[cold]
+    #[inline(never)]
     pub(crate) fn take_back(&self, job_b: JobRef) -> bool {
         match self.deque.pop() {
             Some(job) => {
