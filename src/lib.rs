@@ -37,6 +37,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+mod parallel;
 mod pool;
 mod sync;
 
@@ -46,6 +47,12 @@ mod sync;
 #[path = "loom_api.rs"]
 pub mod __loom;
 
+pub use parallel::backend::Backend;
+pub use parallel::batch::BatchSize;
+pub use parallel::config::{parallel_backend, parallel_config, Config};
+pub use parallel::delayed::{delayed, Apply, Delayed};
+pub use parallel::error::{ConfigError, Error};
+pub use parallel::{effective_n_jobs, Parallel};
 pub use pool::builder::{
     BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS,
 };

@@ -1,0 +1,107 @@
+//! [`Backend`]: where a `Parallel` call runs its tasks, and the cache of pools per `n_jobs`.
+
+use crate::pool::thread_pool::{current_pool, global_pool};
+use crate::{ThreadPool, ThreadPoolBuilder};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+/// Where a [`Parallel`](crate::Parallel) call runs its tasks.
+///
+/// ```
+/// use parjob::{delayed, Backend, Parallel, ThreadPoolBuilder};
+/// let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+/// let doubled = Parallel::new()
+///     .backend(Backend::Pool(pool))
+///     .run((0..5).map(|x| delayed(|x: i32| x * 2)(x)));
+/// assert_eq!(doubled, vec![0, 2, 4, 6, 8]);
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// parjob's work-stealing pools (the default): the global pool when `n_jobs` is the number of
+    /// cores, a cached pool of exactly `n_jobs` threads otherwise, and the current pool when
+    /// called from inside a task. The calling thread takes part while the tasks are short.
+    #[default]
+    WorkStealing,
+    /// Every task on the calling thread, in input order (joblib's `SequentialBackend`).
+    Sequential,
+    /// A pool you built. At most `min(n_jobs, its threads)` of its workers run this call's tasks;
+    /// the calling thread only dispatches (unless it is itself one of the pool's workers).
+    Pool(ThreadPool),
+}
+
+/// How one call will execute, resolved from the backend and the effective `n_jobs`.
+pub(crate) enum Plan {
+    /// On the calling thread, in order.
+    Inline,
+    /// On `pool`, with at most `runners` threads running tasks at once; `caller_runs`: the
+    /// calling thread may be one of them.
+    Pool {
+        pool: ThreadPool,
+        runners: usize,
+        caller_runs: bool,
+    },
+}
+
+impl Plan {
+    pub(crate) fn new(backend: &Backend, n_jobs: usize) -> Plan {
+        match backend {
+            Backend::Sequential => Plan::Inline,
+            _ if n_jobs <= 1 => Plan::Inline,
+            Backend::Pool(pool) => {
+                let inside = pool.is_current();
+                let runners = n_jobs.min(pool.num_threads());
+                if runners <= 1 && inside {
+                    return Plan::Inline;
+                }
+                Plan::Pool {
+                    pool: pool.clone(),
+                    runners: runners.max(1),
+                    caller_runs: inside,
+                }
+            }
+            Backend::WorkStealing => match current_pool() {
+                // Nested: no new threads; the calling worker is one of the runners.
+                Some(pool) => {
+                    let runners = n_jobs.min(pool.num_threads());
+                    if runners <= 1 {
+                        Plan::Inline
+                    } else {
+                        Plan::Pool {
+                            pool,
+                            runners,
+                            caller_runs: true,
+                        }
+                    }
+                }
+                None => Plan::Pool {
+                    pool: cached_pool(n_jobs),
+                    runners: n_jobs,
+                    caller_runs: true,
+                },
+            },
+        }
+    }
+}
+
+/// The pool used for `n_jobs` outside any pool: the global one for `cpu_count()`, else a pool of
+/// exactly `n_jobs` threads, built once and kept (so repeated calls spawn no threads).
+pub(crate) fn cached_pool(n_jobs: usize) -> ThreadPool {
+    if n_jobs == crate::cpu_count() {
+        return global_pool().clone();
+    }
+    // A plain std Mutex: this cache is not part of any concurrent protocol loom checks.
+    static CACHE: OnceLock<Mutex<HashMap<usize, ThreadPool>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut pools = cache.lock().unwrap_or_else(|e| e.into_inner());
+    pools
+        .entry(n_jobs)
+        .or_insert_with(|| {
+            ThreadPoolBuilder::new()
+                .num_threads(n_jobs)
+                .thread_name(move |i| format!("parjob-n{n_jobs}-{i}"))
+                .build()
+                .unwrap_or_else(|e| panic!("parjob: cannot start a pool of {n_jobs} threads: {e}"))
+        })
+        .clone()
+}

@@ -1,0 +1,129 @@
+//! Errors of a `Parallel` call: [`Error`] (what `try_run` returns) and [`ConfigError`].
+
+use std::fmt;
+use std::time::Duration;
+
+/// An invalid `Parallel` configuration, found when the call starts.
+///
+/// ```
+/// let err = parjob::effective_n_jobs(0).unwrap_err();
+/// assert_eq!(err, parjob::ConfigError::ZeroNJobs);
+/// assert!(err.to_string().contains("n_jobs"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `n_jobs(0)`: joblib's "n_jobs == 0 in Parallel has no meaning".
+    ZeroNJobs,
+    /// `BatchSize::Fixed(0)`.
+    ZeroBatchSize,
+    /// `pre_dispatch(0)`: no task could ever be dispatched.
+    ZeroPreDispatch,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroNJobs => {
+                f.write_str("n_jobs == 0 has no meaning (use -1 for all cores, or k > 0)")
+            }
+            ConfigError::ZeroBatchSize => {
+                f.write_str("batch size must be BatchSize::Auto or Fixed(n) with n > 0")
+            }
+            ConfigError::ZeroPreDispatch => {
+                f.write_str("pre_dispatch must be at least 1 (usize::MAX means all)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why [`Parallel::try_run`](crate::Parallel::try_run) failed.
+///
+/// ```
+/// use parjob::{delayed, Error, Parallel};
+/// fn check(x: i32) -> Result<i32, String> {
+///     if x == 3 { Err(format!("bad {x}")) } else { Ok(x) }
+/// }
+/// let result = Parallel::new().n_jobs(2).try_run((0..10).map(|x| delayed(check)(x)));
+/// match result {
+///     Err(Error::Task { index, error }) => assert_eq!((index, error.as_str()), (3, "bad 3")),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// A task returned `Err(error)`; `index` is its position in the input. Tasks not yet started
+    /// were cancelled; among the failures of the tasks that did run, this is the one with the
+    /// smallest index.
+    Task {
+        /// Position of the failed task in the input iterator.
+        index: usize,
+        /// The error the task returned.
+        error: E,
+    },
+    /// The call's wall-clock budget ([`Parallel::timeout`](crate::Parallel::timeout)) ran out
+    /// before every task had finished. Tasks not yet started were cancelled; running ones finished.
+    Timeout {
+        /// The budget that was exceeded.
+        timeout: Duration,
+        /// How many tasks had completed.
+        completed: usize,
+    },
+    /// The configuration was invalid; no task ran.
+    Config {
+        /// What was wrong.
+        error: ConfigError,
+    },
+}
+
+impl<E> Error<E> {
+    /// The index of the failed task, for [`Error::Task`].
+    ///
+    /// ```
+    /// let err: parjob::Error<&str> = parjob::Error::Task { index: 4, error: "boom" };
+    /// assert_eq!(err.task_index(), Some(4));
+    /// ```
+    pub fn task_index(&self) -> Option<usize> {
+        match self {
+            Error::Task { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// Is this a timeout?
+    ///
+    /// ```
+    /// let err: parjob::Error<()> =
+    ///     parjob::Error::Timeout { timeout: std::time::Duration::from_millis(5), completed: 0 };
+    /// assert!(err.is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+}
+
+impl<E> From<ConfigError> for Error<E> {
+    fn from(error: ConfigError) -> Self {
+        Error::Config { error }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Task { index, error } => write!(f, "task {index} failed: {error}"),
+            Error::Timeout { timeout, completed } => {
+                write!(
+                    f,
+                    "Parallel call timed out after {timeout:?} ({completed} tasks completed)"
+                )
+            }
+            Error::Config { error } => write!(f, "invalid Parallel configuration: {error}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for Error<E> {}

@@ -1,0 +1,407 @@
+//! joblib's `Parallel` and `delayed`, on parjob's pools.
+//!
+//! ```text
+//! delayed.rs   Delayed, delayed(), delayed!, Apply      a call captured now, run later
+//! mod.rs       Parallel: the builder, n_jobs rules, run / try_run / run_iter / run_unordered
+//! config.rs    parallel_config / parallel_backend       thread-local scoped defaults
+//! backend.rs   Backend, Plan, the pool cache            where a call runs
+//! batch.rs     BatchSize, Batcher                       joblib-style adaptive batching
+//! cancel.rs    Tracker                                  the cancellation protocol (loom-checked)
+//! dispatch.rs  run / try_run engine                     borrowed tasks, caller-thread dispatcher
+//! stream.rs    run_iter / run_unordered                 'static tasks, backpressure
+//! progress.rs  on_progress, verbose lines, progress bar
+//! error.rs     Error, ConfigError
+//! ```
+//! `docs/joblib.md` maps every joblib parameter to this module.
+
+pub(crate) mod backend;
+pub(crate) mod batch;
+pub(crate) mod cancel;
+pub(crate) mod config;
+pub(crate) mod delayed;
+mod dispatch;
+pub(crate) mod error;
+mod progress;
+pub(crate) mod stream;
+
+use backend::{Backend, Plan};
+use batch::{BatchSize, Batcher};
+use delayed::{Apply, Delayed};
+use dispatch::{Options, Stop};
+use error::{ConfigError, Error};
+use progress::{Callback, Progress};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// joblib's `effective_n_jobs`: the number of workers `n_jobs` means on this machine.
+///
+/// `-1` = all usable cores ([`cpu_count`](crate::cpu_count)), `-k` = cores + 1 - k (at least 1),
+/// `k > 0` = `k` (more than the cores is allowed), `0` = an error.
+///
+/// ```
+/// let cores = parjob::cpu_count();
+/// assert_eq!(parjob::effective_n_jobs(-1), Ok(cores));
+/// assert_eq!(parjob::effective_n_jobs(-2), Ok((cores - 1).max(1)));
+/// assert_eq!(parjob::effective_n_jobs(-1000), Ok(1));
+/// assert_eq!(parjob::effective_n_jobs(64), Ok(64));
+/// assert!(parjob::effective_n_jobs(0).is_err());
+/// ```
+pub fn effective_n_jobs(n_jobs: i32) -> Result<usize, ConfigError> {
+    match n_jobs {
+        0 => Err(ConfigError::ZeroNJobs),
+        n if n > 0 => Ok(n as usize),
+        n => {
+            let cores = crate::cpu_count() as i64;
+            Ok((cores + 1 + i64::from(n)).max(1) as usize)
+        }
+    }
+}
+
+/// joblib's `Parallel`: runs [`Delayed`] tasks on several threads.
+///
+/// Build it with [`Parallel::new`] and the builder methods, then call [`run`](Parallel::run)
+/// (results in input order), [`try_run`](Parallel::try_run) (tasks returning `Result`, first error
+/// cancels the rest), [`run_iter`](Parallel::run_iter) or [`run_unordered`](Parallel::run_unordered)
+/// (results as they complete). One `Parallel` may be used for many calls.
+///
+/// ```
+/// use parjob::{delayed, Parallel};
+/// fn calcular_raiz_cuadrada(n: f64) -> f64 { n.sqrt() }
+/// let numeros: Vec<f64> = (0..10).map(|i| (i * i) as f64).collect();
+/// let resultado: Vec<f64> = Parallel::new().n_jobs(2)
+///     .run(numeros.iter().map(|&n| delayed(calcular_raiz_cuadrada)(n)));
+/// assert_eq!(resultado, (0..10).map(|i| i as f64).collect::<Vec<_>>());
+/// ```
+pub struct Parallel<'p> {
+    n_jobs: i32,
+    backend: Backend,
+    batch_size: BatchSize,
+    pre_dispatch: Option<usize>,
+    timeout: Option<Duration>,
+    verbose: u32,
+    progress_bar: bool,
+    on_progress: Option<Callback<'p>>,
+}
+
+impl std::fmt::Debug for Parallel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parallel")
+            .field("n_jobs", &self.n_jobs)
+            .field("backend", &self.backend)
+            .field("batch_size", &self.batch_size)
+            .field("pre_dispatch", &self.pre_dispatch)
+            .field("timeout", &self.timeout)
+            .field("verbose", &self.verbose)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Parallel<'_> {
+    fn default() -> Self {
+        Parallel::new()
+    }
+}
+
+impl<'p> Parallel<'p> {
+    /// A `Parallel` with the current defaults: those of the innermost
+    /// [`parallel_config`](crate::parallel_config) on this thread, else all usable cores
+    /// (`n_jobs = -1`; joblib's default is 1), [`Backend::WorkStealing`], [`BatchSize::Auto`],
+    /// `pre_dispatch = 2 × n_jobs`, no timeout, silent.
+    ///
+    /// ```
+    /// let p = parjob::Parallel::new();
+    /// assert_eq!(p.get_n_jobs(), -1);
+    /// ```
+    pub fn new() -> Self {
+        let config = config::current();
+        Parallel {
+            n_jobs: config.n_jobs.unwrap_or(-1),
+            backend: config.backend.unwrap_or_default(),
+            batch_size: BatchSize::Auto,
+            pre_dispatch: None,
+            timeout: None,
+            verbose: config.verbose.unwrap_or(0),
+            progress_bar: false,
+            on_progress: None,
+        }
+    }
+
+    /// How many workers run this call's tasks at once, with joblib's rules (see
+    /// [`effective_n_jobs`]): `-1` all usable cores, `-k` cores + 1 - k, `k > 0` exactly `k`
+    /// threads (even above the core count), `0` an error when the call starts. An effective count
+    /// of 1 runs every task on the calling thread.
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// let caller = std::thread::current().id();
+    /// let ids = Parallel::new().n_jobs(1).run((0..3).map(|_| delayed(|_: ()| std::thread::current().id())(())));
+    /// assert!(ids.iter().all(|&id| id == caller));
+    /// ```
+    pub fn n_jobs(mut self, n_jobs: i32) -> Self {
+        self.n_jobs = n_jobs;
+        self
+    }
+
+    /// The `n_jobs` setting as given (not resolved; see [`effective_n_jobs`]).
+    ///
+    /// ```
+    /// assert_eq!(parjob::Parallel::new().n_jobs(-2).get_n_jobs(), -2);
+    /// ```
+    pub fn get_n_jobs(&self) -> i32 {
+        self.n_jobs
+    }
+
+    /// Where the tasks run (see [`Backend`]).
+    ///
+    /// ```
+    /// use parjob::{delayed, Backend, Parallel};
+    /// let out = Parallel::new().backend(Backend::Sequential).run((0..3).map(|x| delayed(|x: i32| -x)(x)));
+    /// assert_eq!(out, vec![0, -1, -2]);
+    /// ```
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Tasks per dispatch (see [`BatchSize`]); `Fixed(0)` is a configuration error.
+    ///
+    /// ```
+    /// use parjob::{delayed, BatchSize, Parallel};
+    /// let out = Parallel::new().batch_size(BatchSize::Fixed(4)).run((0..10).map(|x| delayed(|x: i32| x + 1)(x)));
+    /// assert_eq!(out, (1..=10).collect::<Vec<_>>());
+    /// ```
+    pub fn batch_size(mut self, batch_size: BatchSize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// How many tasks may be taken from the input ahead of the results: joblib's `pre_dispatch`,
+    /// default `2 × n_jobs`; `usize::MAX` is joblib's `'all'`. Counted in tasks while batches hold
+    /// one task (always the case at the start of a call, and with slow tasks); once `Auto`
+    /// batching packs several tasks per batch, the window is `pre_dispatch` batches. The input is
+    /// consumed lazily, so a huge lazy input never sits in memory at once. `0` is an error.
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// let out = Parallel::new().pre_dispatch(4).run((0..100).map(|x| delayed(|x: u32| x % 7)(x)));
+    /// assert_eq!(out.len(), 100);
+    /// ```
+    pub fn pre_dispatch(mut self, tasks: usize) -> Self {
+        self.pre_dispatch = Some(tasks);
+        self
+    }
+
+    /// A time limit; cooperative: tasks already running finish, tasks not yet started are
+    /// cancelled. For `run`/`try_run` it is a wall-clock budget for the whole call (expired: `run`
+    /// panics, `try_run` returns [`Error::Timeout`]); for `run_iter`/`run_unordered` it limits
+    /// each wait for the next result (expired: `next()` panics). See `docs/joblib.md` for how this
+    /// differs from joblib's per-result timeout.
+    ///
+    /// ```
+    /// use parjob::{delayed, Error, Parallel};
+    /// use std::time::Duration;
+    /// let slow = |_: u32| -> Result<(), ()> { std::thread::sleep(Duration::from_millis(20)); Ok(()) };
+    /// let result = Parallel::new().n_jobs(2).timeout(Duration::from_millis(1))
+    ///     .try_run((0..50).map(|i| delayed(slow)(i)));
+    /// assert!(matches!(result, Err(Error::Timeout { .. })));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Calls `callback(done, total)` after each completed task (`done` counts 1, 2, …; `total`
+    /// is the input's length when its `size_hint` is exact, else `None`). It runs on the thread
+    /// that drives the call (the caller of `run`, or of the iterator's `next`), in order.
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// use std::sync::Mutex;
+    /// let seen = Mutex::new(Vec::new());
+    /// Parallel::new().n_jobs(2)
+    ///     .on_progress(|done, total| seen.lock().unwrap().push((done, total)))
+    ///     .run((0..5).map(|x| delayed(|x: i32| x)(x)));
+    /// let seen = seen.into_inner().unwrap();
+    /// assert_eq!(seen.last(), Some(&(5, Some(5))));
+    /// assert_eq!(seen.len(), 5);
+    /// ```
+    pub fn on_progress<G>(mut self, callback: G) -> Self
+    where
+        G: FnMut(usize, Option<usize>) + Send + 'p,
+    {
+        self.on_progress = Some(Arc::new(Mutex::new(callback)));
+        self
+    }
+
+    /// joblib-style progress lines on stderr: `0` silent, higher levels print more often
+    /// (`> 10`: after every update). Format: `[Parallel(n_jobs=2)]: Done  10 tasks | elapsed: 0.1s`.
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// Parallel::new().n_jobs(2).verbose(5).run((0..3).map(|x| delayed(|x: i32| x)(x)));
+    /// ```
+    pub fn verbose(mut self, level: u32) -> Self {
+        self.verbose = level;
+        self
+    }
+
+    /// A terminal progress bar (`indicatif`). Needs the cargo feature `progress`; without it
+    /// this setting is ignored.
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// let out = Parallel::new().progress(true).run((0..3).map(|x| delayed(|x: i32| x)(x)));
+    /// assert_eq!(out, vec![0, 1, 2]);
+    /// ```
+    pub fn progress(mut self, show: bool) -> Self {
+        self.progress_bar = show;
+        self
+    }
+
+    fn validate(&self) -> Result<(usize, usize), ConfigError> {
+        let n = effective_n_jobs(self.n_jobs)?;
+        if self.batch_size == BatchSize::Fixed(0) {
+            return Err(ConfigError::ZeroBatchSize);
+        }
+        let pre_dispatch = self.pre_dispatch.unwrap_or(2 * n);
+        if pre_dispatch == 0 {
+            return Err(ConfigError::ZeroPreDispatch);
+        }
+        Ok((n, pre_dispatch))
+    }
+
+    pub(crate) fn progress_for(&self, total: Option<usize>) -> Progress<'p> {
+        Progress::new(
+            self.on_progress.clone(),
+            self.verbose,
+            self.n_jobs,
+            total,
+            self.progress_bar,
+        )
+    }
+
+    fn engine<I, F, A, R>(
+        &self,
+        tasks: I,
+        fail_fast: Option<fn(&R) -> bool>,
+    ) -> Result<Result<Vec<R>, Stop<R>>, ConfigError>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Send,
+        A: Send,
+        R: Send,
+    {
+        let (n_jobs, pre_dispatch) = self.validate()?;
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let tasks = tasks.into_iter();
+        let total = match tasks.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
+        let plan = Plan::new(&self.backend, n_jobs);
+        let mut progress = self.progress_for(total);
+        if let Plan::Pool { runners, .. } = &plan {
+            progress.announce(backend_name(&self.backend), *runners);
+        }
+        let opts = Options {
+            plan,
+            batcher: Batcher::new(self.batch_size),
+            pre_dispatch,
+            deadline,
+            fail_fast,
+            progress: &mut progress,
+        };
+        Ok(dispatch::run(tasks, opts))
+    }
+
+    /// Runs every task and returns the results in input order (joblib's `return_as="list"`).
+    ///
+    /// Tasks may borrow the caller's data. A task that returns `Result` does not stop the others:
+    /// every result and error comes back (joblib users' "keep going" mode). To stop at the first
+    /// error, use [`try_run`](Parallel::try_run).
+    ///
+    /// # Panics
+    /// If a task panics: the tasks not yet started are cancelled, running ones finish, then the
+    /// first panic is resumed here with its payload. Also on an invalid configuration
+    /// (`n_jobs(0)`, `BatchSize::Fixed(0)`, `pre_dispatch(0)`) and when the
+    /// [`timeout`](Parallel::timeout) expires, with a message saying so.
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// let words = vec!["a", "bb", "ccc"];
+    /// let lengths = Parallel::new().run(words.iter().map(|w| delayed(|w: &&str| w.len())(w)));
+    /// assert_eq!(lengths, vec![1, 2, 3]);
+    ///
+    /// // Keep going: errors are just results.
+    /// let parsed: Vec<Result<i32, std::num::ParseIntError>> =
+    ///     Parallel::new().run(["1", "x", "3"].iter().map(|s| delayed(|s: &&str| s.parse::<i32>())(s)));
+    /// assert!(parsed[0].is_ok() && parsed[1].is_err() && parsed[2].is_ok());
+    /// ```
+    pub fn run<I, F, A, R>(&self, tasks: I) -> Vec<R>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Send,
+        A: Send,
+        R: Send,
+    {
+        match self.engine(tasks, None) {
+            Err(error) => panic!("parjob: invalid Parallel configuration: {error}"),
+            Ok(Ok(results)) => results,
+            Ok(Err(Stop::Panic(payload))) => crate::pool::unwind::resume_unwinding(payload),
+            Ok(Err(Stop::Timeout { completed })) => panic!(
+                "parjob: Parallel call timed out after {:?} ({completed} tasks completed; the rest were cancelled)",
+                self.timeout.unwrap_or_default()
+            ),
+            Ok(Err(Stop::Failed { .. })) => unreachable!("run does not fail fast"),
+        }
+    }
+
+    /// Runs tasks that return `Result<T, E>`: `Ok` with every value in input order, or the first
+    /// error (which cancels the tasks not yet started) with its task index. An invalid
+    /// configuration or an expired timeout is an `Err` too, never a panic.
+    ///
+    /// # Panics
+    /// A task's panic is resumed here, as in [`run`](Parallel::run).
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// let ok: Result<Vec<u32>, parjob::Error<String>> =
+    ///     Parallel::new().try_run((1..=3).map(|x| delayed(|x: u32| Ok::<u32, String>(x * 10))(x)));
+    /// assert_eq!(ok.unwrap(), vec![10, 20, 30]);
+    /// let bad = Parallel::new().n_jobs(0).try_run((1..=3).map(|x| delayed(|x: u32| Ok::<u32, String>(x))(x)));
+    /// assert!(matches!(bad, Err(parjob::Error::Config { .. })));
+    /// ```
+    pub fn try_run<I, F, A, T, E>(&self, tasks: I) -> Result<Vec<T>, Error<E>>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = Result<T, E>> + Send,
+        A: Send,
+        T: Send,
+        E: Send,
+    {
+        match self.engine(tasks, Some(Result::is_err)) {
+            Err(error) => Err(Error::Config { error }),
+            Ok(Ok(results)) => Ok(results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|_| unreachable!()))
+                .collect()),
+            Ok(Err(Stop::Panic(payload))) => crate::pool::unwind::resume_unwinding(payload),
+            Ok(Err(Stop::Timeout { completed })) => Err(Error::Timeout {
+                timeout: self.timeout.unwrap_or_default(),
+                completed,
+            }),
+            Ok(Err(Stop::Failed { index, value })) => match value {
+                Err(error) => Err(Error::Task { index, error }),
+                Ok(_) => unreachable!("only errors fail fast"),
+            },
+        }
+    }
+}
+
+fn backend_name(backend: &Backend) -> &'static str {
+    match backend {
+        Backend::WorkStealing => "WorkStealing",
+        Backend::Sequential => "Sequential",
+        Backend::Pool(_) => "Pool",
+    }
+}

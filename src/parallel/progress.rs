@@ -1,0 +1,153 @@
+//! Progress reporting for one call, on the calling thread: the `on_progress` callback, joblib's
+//! `verbose` lines on stderr, and (cargo feature `progress`) an `indicatif` bar.
+//!
+//! Line format, as joblib's `Parallel._print` / `print_progress` (`T` is `" %5.1fs"` up to a
+//! minute, then `"%4.1fmin"`; `w` is the width of the task count, 3 when it is unknown):
+//!
+//! ```text
+//! [Parallel(n_jobs=2)]: Using backend WorkStealing with 2 concurrent workers.
+//! [Parallel(n_jobs=2)]: Done  4 out of 10 | elapsed:    0.0s
+//! [Parallel(n_jobs=2)]: Done   4 tasks      | elapsed:    0.0s
+//! [Parallel(n_jobs=2)]: Done 10 out of 10 | elapsed:    0.1s finished
+//! ```
+//!
+//! How often: at `verbose > 10` after every update; at `1..=10` with joblib's quadratic spacing
+//! (a line when `floor(sqrt(done / s))` changes, `s = 0.5 * (11 - verbose)^2`), so higher levels
+//! print more often.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The user's callback, shared by a `Parallel` and the iterators it made. A plain std `Mutex`:
+/// only the thread driving the call invokes it; the lock just makes `run(&self)` possible.
+pub(crate) type Callback<'p> = Arc<Mutex<dyn FnMut(usize, Option<usize>) + Send + 'p>>;
+
+pub(crate) struct Progress<'p> {
+    callback: Option<Callback<'p>>,
+    verbose: u32,
+    requested_n_jobs: i32,
+    total: Option<usize>,
+    reported: usize,
+    started: Instant,
+    #[cfg(feature = "progress")]
+    bar: Option<indicatif::ProgressBar>,
+}
+
+fn format_time(seconds: f64) -> String {
+    if seconds <= 60.0 {
+        format!(" {seconds:5.1}s")
+    } else {
+        format!("{:4.1}min", seconds / 60.0)
+    }
+}
+
+impl<'p> Progress<'p> {
+    pub(crate) fn new(
+        callback: Option<Callback<'p>>,
+        verbose: u32,
+        requested_n_jobs: i32,
+        total: Option<usize>,
+        bar: bool,
+    ) -> Self {
+        #[cfg(not(feature = "progress"))]
+        let _ = bar;
+        Progress {
+            callback,
+            verbose,
+            requested_n_jobs,
+            total,
+            reported: 0,
+            started: Instant::now(),
+            #[cfg(feature = "progress")]
+            bar: bar.then(|| match total {
+                Some(n) => indicatif::ProgressBar::new(n as u64),
+                None => indicatif::ProgressBar::new_spinner(),
+            }),
+        }
+    }
+
+    fn line(&self, message: &str) {
+        if self.verbose == 0 {
+            return;
+        }
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "[Parallel(n_jobs={})]: {message}",
+            self.requested_n_jobs
+        );
+    }
+
+    /// joblib's "Using backend ..." line, for calls that run on a pool.
+    pub(crate) fn announce(&self, backend: &str, workers: usize) {
+        self.line(&format!(
+            "Using backend {backend} with {workers} concurrent workers."
+        ));
+    }
+
+    fn width(&self) -> usize {
+        match self.total {
+            Some(n) if n > 0 => (n as f64).log10().floor() as usize + 1,
+            _ => 3,
+        }
+    }
+
+    fn should_print(&self, done: usize) -> bool {
+        if self.verbose > 10 {
+            return true;
+        }
+        let scale = 0.5 * f64::from(11 - self.verbose).powi(2);
+        let before = ((done - 1) as f64 / scale).sqrt().floor();
+        let after = (done as f64 / scale).sqrt().floor();
+        before != after || done == 1
+    }
+
+    /// `done` tasks have completed so far (monotone).
+    pub(crate) fn update(&mut self, done: usize) {
+        if done <= self.reported {
+            return;
+        }
+        if let Some(callback) = &self.callback {
+            let mut callback = callback.lock().unwrap_or_else(|e| e.into_inner());
+            for k in self.reported + 1..=done {
+                (callback)(k, self.total);
+            }
+        }
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+        }
+        if self.verbose > 0 && self.should_print(done) && Some(done) != self.total {
+            let w = self.width();
+            let elapsed = format_time(self.started.elapsed().as_secs_f64());
+            let msg = match self.total {
+                Some(n) => format!("Done {done:>w$} out of {n:>w$} | elapsed:{elapsed}"),
+                None => format!(
+                    "Done {done:>w$} tasks {:pad$}| elapsed:{elapsed}",
+                    "",
+                    pad = 7 + w - 5
+                ),
+            };
+            self.line(&msg);
+        }
+        self.reported = done;
+    }
+
+    /// Every task finished: the final line.
+    pub(crate) fn finish(&mut self, done: usize) {
+        self.update(done);
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+        if self.verbose > 0 {
+            let w = self
+                .width()
+                .max((done.max(1) as f64).log10().floor() as usize + 1);
+            let elapsed = format_time(self.started.elapsed().as_secs_f64());
+            self.line(&format!(
+                "Done {done:>w$} out of {done:>w$} | elapsed:{elapsed} finished"
+            ));
+        }
+    }
+}

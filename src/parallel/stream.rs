@@ -1,0 +1,1 @@
+//! Streaming results (run_iter / run_unordered).

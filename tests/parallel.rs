@@ -1,0 +1,546 @@
+//! `Parallel::run` / `try_run`: joblib semantics (issue 3, "Tests").
+
+use parjob::{
+    delayed, effective_n_jobs, BatchSize, ConfigError, Delayed, Error, Parallel, ThreadPoolBuilder,
+};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::Duration;
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn n_jobs_arithmetic_follows_joblib() {
+    let cores = parjob::cpu_count();
+    assert!(cores >= 1);
+    assert_eq!(effective_n_jobs(-1), Ok(cores));
+    assert_eq!(effective_n_jobs(-2), Ok((cores - 1).max(1)));
+    assert_eq!(effective_n_jobs(-(cores as i32)), Ok(1));
+    assert_eq!(effective_n_jobs(-(cores as i32) - 5), Ok(1));
+    assert_eq!(effective_n_jobs(i32::MIN), Ok(1));
+    assert_eq!(effective_n_jobs(1), Ok(1));
+    assert_eq!(effective_n_jobs(3 * cores as i32), Ok(3 * cores));
+    assert_eq!(effective_n_jobs(0), Err(ConfigError::ZeroNJobs));
+}
+
+#[test]
+fn sqrt_example_reads_like_joblib() {
+    fn calcular_raiz_cuadrada(n: f64) -> f64 {
+        n.sqrt()
+    }
+    let numeros: Vec<f64> = (0..1000).map(|i| (i * i) as f64).collect();
+    let resultado: Vec<f64> = Parallel::new()
+        .n_jobs(2)
+        .run(numeros.iter().map(|&n| delayed(calcular_raiz_cuadrada)(n)));
+    assert_eq!(resultado, (0..1000).map(|i| i as f64).collect::<Vec<_>>());
+}
+
+#[test]
+fn empty_input_gives_empty_output() {
+    let out: Vec<u64> = Parallel::new()
+        .n_jobs(2)
+        .run(std::iter::empty::<Delayed<fn(u64) -> u64, (u64,)>>());
+    assert!(out.is_empty());
+}
+
+#[test]
+fn order_is_preserved_under_random_task_durations() {
+    // A cheap deterministic generator: durations 0..200 µs in pseudo-random order.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let delays: Vec<u64> = (0..200)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % 200
+        })
+        .collect();
+    for n_jobs in [2, 3, -1] {
+        let out = Parallel::new()
+            .n_jobs(n_jobs)
+            .run(delays.iter().enumerate().map(|(i, &d)| {
+                delayed!((|i: usize, d: u64| {
+                    std::thread::sleep(Duration::from_micros(d));
+                    i
+                })(i, d))
+            }));
+        assert_eq!(out, (0..200).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn sequential_backend_runs_on_the_callers_thread_in_order() {
+    let caller = std::thread::current().id();
+    let order = Mutex::new(Vec::new());
+    let out = Parallel::new()
+        .backend(parjob::Backend::Sequential)
+        .n_jobs(4)
+        .run((0..20).map(|i| {
+            let order = &order;
+            Delayed::new(move || {
+                order.lock().unwrap().push(i);
+                std::thread::current().id()
+            })
+        }));
+    assert!(out.iter().all(|&id| id == caller));
+    assert_eq!(order.into_inner().unwrap(), (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn n_jobs_one_runs_on_the_callers_thread() {
+    let caller = std::thread::current().id();
+    let out = Parallel::new()
+        .n_jobs(1)
+        .run((0..10).map(|_| Delayed::new(|| std::thread::current().id())));
+    assert!(out.iter().all(|&id| id == caller));
+    let out = Parallel::new()
+        .n_jobs(-10_000)
+        .run((0..10).map(|_| Delayed::new(|| std::thread::current().id())));
+    assert!(out.iter().all(|&id| id == caller));
+}
+
+#[test]
+fn n_jobs_above_the_core_count_really_runs_that_many_at_once() {
+    // All k tasks must be running at the same time to pass the barrier.
+    let k = parjob::cpu_count() + 2;
+    let barrier = Barrier::new(k);
+    let out = Parallel::new().n_jobs(k as i32).run((0..k).map(|i| {
+        let barrier = &barrier;
+        Delayed::new(move || {
+            barrier.wait();
+            i
+        })
+    }));
+    assert_eq!(out, (0..k).collect::<Vec<_>>());
+}
+
+#[test]
+fn n_jobs_bounds_concurrency() {
+    let running = AtomicUsize::new(0);
+    let peak = AtomicUsize::new(0);
+    Parallel::new().n_jobs(2).run((0..40).map(|_| {
+        let (running, peak) = (&running, &peak);
+        Delayed::new(move || {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+            running.fetch_sub(1, Ordering::SeqCst);
+        })
+    }));
+    assert!(
+        peak.load(Ordering::SeqCst) <= 2,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn tasks_borrow_the_callers_data() {
+    let data: Vec<u64> = (0..10_000).collect();
+    let chunks: Vec<&[u64]> = data.chunks(100).collect();
+    let sums = Parallel::new().n_jobs(2).run(
+        chunks
+            .iter()
+            .map(|c| delayed(|c: &[u64]| c.iter().sum::<u64>())(*c)),
+    );
+    assert_eq!(sums.iter().sum::<u64>(), data.iter().sum::<u64>());
+    // delayed! with a mix of owned and borrowed arguments.
+    fn dot(a: &[u64], b: &[u64], scale: u64) -> u64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum::<u64>() * scale
+    }
+    let out = Parallel::new().run((1..=3).map(|s| delayed!(dot(&data[..3], &data[1..4], s))));
+    assert_eq!(out, vec![8, 16, 24]);
+}
+
+#[test]
+fn auto_and_fixed_batches_give_identical_results() {
+    let input: Vec<u64> = (0..50_000).collect();
+    let auto = Parallel::new()
+        .n_jobs(2)
+        .run(input.iter().map(|&x| delayed(square)(x)));
+    for size in [1, 7, 1000, 100_000] {
+        let fixed = Parallel::new()
+            .n_jobs(2)
+            .batch_size(BatchSize::Fixed(size))
+            .run(input.iter().map(|&x| delayed(square)(x)));
+        assert_eq!(auto, fixed, "batch size {size}");
+    }
+    // Unknown length (filter): results are collected per batch instead of in place.
+    let filtered = Parallel::new().n_jobs(2).run(
+        input
+            .iter()
+            .filter(|&&x| x % 3 == 0)
+            .map(|&x| delayed(square)(x)),
+    );
+    assert_eq!(
+        filtered,
+        input
+            .iter()
+            .filter(|&&x| x % 3 == 0)
+            .map(|&x| x * x)
+            .collect::<Vec<_>>()
+    );
+}
+
+/// An iterator whose `size_hint` lies (claims fewer items than it yields).
+struct Liar(std::ops::Range<u64>);
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (10, Some(10))
+    }
+}
+
+#[test]
+fn a_lying_size_hint_is_harmless() {
+    let out = Parallel::new()
+        .n_jobs(2)
+        .batch_size(BatchSize::Fixed(3))
+        .run(Liar(0..100).map(|x| delayed(square)(x)));
+    assert_eq!(out, (0..100).map(square).collect::<Vec<_>>());
+    let out = Parallel::new()
+        .n_jobs(2)
+        .run(Liar(0..5).map(|x| delayed(square)(x)));
+    assert_eq!(out, (0..5).map(square).collect::<Vec<_>>());
+}
+
+#[test]
+fn input_is_consumed_lazily_within_pre_dispatch() {
+    // Each task blocks until the input has been pulled as far as it will go: tasks see how far
+    // ahead the dispatcher got. With slow tasks batches hold one task, so the window is
+    // `pre_dispatch` tasks.
+    for (n_jobs, pre_dispatch) in [(2, 3), (2, 4), (3, 5)] {
+        let pulled = AtomicUsize::new(0);
+        let max_ahead = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        Parallel::new()
+            .n_jobs(n_jobs)
+            .pre_dispatch(pre_dispatch)
+            .run((0..30).map(|_| {
+                pulled.fetch_add(1, Ordering::SeqCst);
+                let (pulled, max_ahead, done) = (&pulled, &max_ahead, &done);
+                Delayed::new(move || {
+                    std::thread::sleep(Duration::from_millis(2));
+                    let ahead = pulled.load(Ordering::SeqCst) - done.load(Ordering::SeqCst);
+                    max_ahead.fetch_max(ahead, Ordering::SeqCst);
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+            }));
+        let ahead = max_ahead.load(Ordering::SeqCst);
+        assert!(
+            ahead <= pre_dispatch,
+            "n_jobs {n_jobs}, pre_dispatch {pre_dispatch}: {ahead} tasks pulled ahead"
+        );
+    }
+}
+
+#[test]
+fn items_pulled_before_the_first_result_are_bounded() {
+    let pulled = AtomicUsize::new(0);
+    let at_first_result = Mutex::new(None);
+    Parallel::new()
+        .n_jobs(2)
+        .pre_dispatch(4)
+        .on_progress(|done, _| {
+            if done == 1 {
+                *at_first_result.lock().unwrap() = Some(pulled.load(Ordering::SeqCst));
+            }
+        })
+        .run((0..1_000).map(|_| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+            Delayed::new(|| std::thread::sleep(Duration::from_micros(300)))
+        }));
+    let first = at_first_result
+        .into_inner()
+        .unwrap()
+        .expect("progress was reported");
+    assert!(first <= 4, "{first} items pulled before the first result");
+}
+
+#[test]
+fn first_error_cancels_later_tasks() {
+    let ran = AtomicUsize::new(0);
+    let result: Result<Vec<usize>, Error<String>> =
+        Parallel::new().n_jobs(2).try_run((0..1000).map(|i| {
+            let ran = &ran;
+            Delayed::new(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(200));
+                if i == 5 {
+                    Err(format!("task {i} failed"))
+                } else {
+                    Ok(i)
+                }
+            })
+        }));
+    match result {
+        Err(Error::Task { index, error }) => {
+            assert_eq!(index, 5);
+            assert_eq!(error, "task 5 failed");
+        }
+        other => panic!("expected a task error, got {other:?}"),
+    }
+    let ran = ran.load(Ordering::SeqCst);
+    assert!(ran < 1000, "all {ran} tasks ran despite the failure");
+}
+
+#[test]
+fn sequential_first_error_stops_immediately() {
+    let ran = AtomicUsize::new(0);
+    let result = Parallel::new().n_jobs(1).try_run((0..100).map(|i| {
+        let ran = &ran;
+        Delayed::new(move || {
+            ran.fetch_add(1, Ordering::SeqCst);
+            if i == 3 {
+                Err(i)
+            } else {
+                Ok(i)
+            }
+        })
+    }));
+    assert!(matches!(result, Err(Error::Task { index: 3, error: 3 })));
+    assert_eq!(ran.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn errors_display_and_are_std_errors() {
+    let err: Error<String> = Error::Task {
+        index: 2,
+        error: "boom".into(),
+    };
+    assert_eq!(err.to_string(), "task 2 failed: boom");
+    let boxed: Box<dyn std::error::Error> = Box::new(err);
+    assert!(boxed.to_string().contains("boom"));
+    let config: Error<String> = Error::Config {
+        error: ConfigError::ZeroBatchSize,
+    };
+    assert!(config.to_string().contains("batch size"));
+}
+
+#[test]
+fn keep_going_collects_every_error() {
+    let out: Vec<Result<u32, String>> = Parallel::new().n_jobs(2).run((0..10u32).map(|i| {
+        delayed(|i: u32| {
+            if i % 3 == 0 {
+                Err(format!("bad {i}"))
+            } else {
+                Ok(i)
+            }
+        })(i)
+    }));
+    assert_eq!(out.iter().filter(|r| r.is_err()).count(), 4);
+    assert_eq!(out[4], Ok(4));
+}
+
+#[test]
+fn a_task_panic_cancels_the_rest_and_is_resumed() {
+    let ran = AtomicUsize::new(0);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Parallel::new().n_jobs(2).run((0..1000).map(|i| {
+            let ran = &ran;
+            Delayed::new(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(200));
+                if i == 3 {
+                    panic!("task three");
+                }
+                i
+            })
+        }))
+    }));
+    let payload = caught.expect_err("the panic propagates");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"task three"));
+    assert!(ran.load(Ordering::SeqCst) < 1000);
+}
+
+#[test]
+fn a_panicking_input_iterator_waits_for_running_tasks() {
+    let finished = AtomicUsize::new(0);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Parallel::new().n_jobs(2).run((0..100).map(|i| {
+            if i == 6 {
+                panic!("input broke");
+            }
+            let finished = &finished;
+            Delayed::new(move || {
+                std::thread::sleep(Duration::from_millis(1));
+                finished.fetch_add(1, Ordering::SeqCst);
+            })
+        }))
+    }));
+    assert!(caught.is_err());
+    // Every task that was dispatched finished before `run` unwound (it borrows `finished`).
+    let after = finished.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(finished.load(Ordering::SeqCst), after);
+    assert!(after <= 6);
+}
+
+#[test]
+fn invalid_configuration() {
+    let tasks = || (0..3).map(|x| delayed(|x: i32| Ok::<i32, ()>(x))(x));
+    assert!(matches!(
+        Parallel::new().n_jobs(0).try_run(tasks()),
+        Err(Error::Config {
+            error: ConfigError::ZeroNJobs
+        })
+    ));
+    assert!(matches!(
+        Parallel::new()
+            .batch_size(BatchSize::Fixed(0))
+            .try_run(tasks()),
+        Err(Error::Config {
+            error: ConfigError::ZeroBatchSize
+        })
+    ));
+    assert!(matches!(
+        Parallel::new().pre_dispatch(0).try_run(tasks()),
+        Err(Error::Config {
+            error: ConfigError::ZeroPreDispatch
+        })
+    ));
+    let panicked = std::panic::catch_unwind(|| Parallel::new().n_jobs(0).run(tasks()));
+    let payload = panicked.expect_err("run panics on n_jobs 0");
+    assert!(payload.downcast_ref::<String>().unwrap().contains("n_jobs"));
+}
+
+#[test]
+fn timeout_cancels_unstarted_tasks() {
+    let ran = AtomicUsize::new(0);
+    let result = Parallel::new()
+        .n_jobs(2)
+        .timeout(Duration::from_millis(20))
+        .try_run((0..200).map(|_| {
+            let ran = &ran;
+            Delayed::new(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+                Ok::<(), ()>(())
+            })
+        }));
+    match result {
+        Err(Error::Timeout { timeout, completed }) => {
+            assert_eq!(timeout, Duration::from_millis(20));
+            assert!(completed < 200);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(ran.load(Ordering::SeqCst) < 200);
+    let panicked = std::panic::catch_unwind(|| {
+        Parallel::new()
+            .n_jobs(2)
+            .timeout(Duration::from_millis(5))
+            .run((0..100).map(|_| Delayed::new(|| std::thread::sleep(Duration::from_millis(2)))))
+    });
+    let payload = panicked.expect_err("run panics on timeout");
+    assert!(payload
+        .downcast_ref::<String>()
+        .unwrap()
+        .contains("timed out"));
+    // Sequential calls honour the timeout too.
+    let sequential =
+        Parallel::new()
+            .n_jobs(1)
+            .timeout(Duration::from_millis(5))
+            .try_run((0..100).map(|_| {
+                Delayed::new(|| Ok::<(), ()>(std::thread::sleep(Duration::from_millis(1))))
+            }));
+    assert!(matches!(sequential, Err(Error::Timeout { .. })));
+}
+
+#[test]
+fn nested_parallel_runs_on_the_current_pool() {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let outer = Parallel::new()
+        .backend(parjob::Backend::Pool(pool.clone()))
+        .n_jobs(2)
+        .run((0..8u64).map(|i| {
+            Delayed::new(move || {
+                // Inside a task: the inner call uses this pool (no new threads, no deadlock).
+                let inner = Parallel::new().n_jobs(2).run((0..100u64).map(|j| {
+                    Delayed::new(move || (parjob::current_thread_index().is_some(), i * 100 + j))
+                }));
+                assert!(inner.iter().all(|(on_pool, _)| *on_pool));
+                inner.iter().map(|(_, v)| v).sum::<u64>()
+            })
+        }));
+    let expected: Vec<u64> = (0..8u64)
+        .map(|i| (0..100).map(|j| i * 100 + j).sum())
+        .collect();
+    assert_eq!(outer, expected);
+}
+
+#[test]
+fn nested_parallel_on_a_one_thread_pool_does_not_deadlock() {
+    let pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let out = pool.install(|| {
+        Parallel::new().n_jobs(4).run((0..4u32).map(|i| {
+            Delayed::new(move || {
+                Parallel::new()
+                    .n_jobs(4)
+                    .run((0..4u32).map(|j| delayed(|x: u32| x)(i * 4 + j)))
+            })
+        }))
+    });
+    assert_eq!(out.concat(), (0..16).collect::<Vec<_>>());
+}
+
+#[test]
+fn pool_backend_runs_on_the_given_pool() {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let on_pool = Parallel::new()
+        .backend(parjob::Backend::Pool(pool))
+        .run((0..50).map(|_| Delayed::new(|| parjob::current_thread_index().is_some())));
+    assert!(on_pool.iter().all(|&b| b));
+}
+
+#[test]
+fn repeated_calls_reuse_threads() {
+    let threads = Mutex::new(HashSet::new());
+    for _ in 0..20 {
+        Parallel::new().n_jobs(3).run((0..30).map(|_| {
+            let threads = &threads;
+            Delayed::new(move || {
+                threads.lock().unwrap().insert(std::thread::current().id());
+                std::thread::sleep(Duration::from_micros(100));
+            })
+        }));
+    }
+    // At most the 3 cached workers plus the calling thread, across 20 calls.
+    let distinct = threads.into_inner().unwrap().len();
+    assert!(distinct <= 4, "{distinct} distinct threads");
+}
+
+#[test]
+fn many_tiny_tasks_are_batched() {
+    // With Auto, a million trivial tasks finish (and quickly enough for a test).
+    let out = Parallel::new().run((0..1_000_000u64).map(|x| delayed(|x: u64| x ^ 1)(x)));
+    assert_eq!(out.len(), 1_000_000);
+    assert_eq!(out[10], 11);
+}
+
+#[test]
+fn on_progress_counts_every_task() {
+    let seen = Mutex::new(Vec::new());
+    Parallel::new()
+        .n_jobs(2)
+        .on_progress(|done, total| seen.lock().unwrap().push((done, total)))
+        .run((0..100).map(|x| delayed(square)(x)));
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen, (1..=100).map(|d| (d, Some(100))).collect::<Vec<_>>());
+    // Unknown length: total is None.
+    let totals = Mutex::new(Vec::new());
+    Parallel::new()
+        .n_jobs(2)
+        .on_progress(|_, total| totals.lock().unwrap().push(total))
+        .run((0..10).filter(|x| x % 2 == 0).map(|x| delayed(square)(x)));
+    let totals = totals.into_inner().unwrap();
+    assert_eq!(totals.len(), 5);
+    assert!(totals.iter().all(Option::is_none));
+}
