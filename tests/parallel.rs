@@ -144,7 +144,7 @@ fn tasks_borrow_the_callers_data() {
     let sums = Parallel::new().n_jobs(2).run(
         chunks
             .iter()
-            .map(|c| delayed(|c: &[u64]| c.iter().sum::<u64>())(*c)),
+            .map(|c| delayed(|c: &&[u64]| c.iter().sum::<u64>())(c)),
     );
     assert_eq!(sums.iter().sum::<u64>(), data.iter().sum::<u64>());
     // delayed! with a mix of owned and borrowed arguments.
@@ -444,13 +444,15 @@ fn timeout_cancels_unstarted_tasks() {
         .unwrap()
         .contains("timed out"));
     // Sequential calls honour the timeout too.
-    let sequential =
-        Parallel::new()
-            .n_jobs(1)
-            .timeout(Duration::from_millis(5))
-            .try_run((0..100).map(|_| {
-                Delayed::new(|| Ok::<(), ()>(std::thread::sleep(Duration::from_millis(1))))
-            }));
+    let sequential = Parallel::new()
+        .n_jobs(1)
+        .timeout(Duration::from_millis(5))
+        .try_run((0..100).map(|_| {
+            Delayed::new(|| {
+                std::thread::sleep(Duration::from_millis(1));
+                Ok::<(), ()>(())
+            })
+        }));
     assert!(matches!(sequential, Err(Error::Timeout { .. })));
 }
 

@@ -294,10 +294,7 @@ impl<'p> Parallel<'p> {
         let (n_jobs, pre_dispatch) = self.validate()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let tasks = tasks.into_iter();
-        let total = match tasks.size_hint() {
-            (low, Some(high)) if low == high => Some(low),
-            _ => None,
-        };
+        let total = exact_len(&tasks);
         let plan = Plan::new(&self.backend, n_jobs);
         let mut progress = self.progress_for(total);
         if let Plan::Pool { runners, .. } = &plan {
@@ -395,6 +392,84 @@ impl<'p> Parallel<'p> {
                 Ok(_) => unreachable!("only errors fail fast"),
             },
         }
+    }
+
+    fn stream_setup(&self) -> Result<(Plan, Batcher, usize), ConfigError> {
+        let (n_jobs, pre_dispatch) = self.validate()?;
+        Ok((
+            Plan::new(&self.backend, n_jobs),
+            Batcher::new(self.batch_size),
+            pre_dispatch,
+        ))
+    }
+
+    /// Results in input order, as they complete (joblib's `return_as="generator"`).
+    ///
+    /// Tasks must be `'static` (the iterator may outlive this statement, or be leaked). Work is
+    /// dispatched as the iterator is consumed: no more than the pre-dispatch window of tasks is
+    /// pulled ahead of the results read (joblib's generators have no such backpressure).
+    /// Dropping the iterator early stops dispatching; nothing leaks. With an effective `n_jobs`
+    /// of 1 each `next()` runs one task on the calling thread.
+    ///
+    /// # Panics
+    /// On an invalid configuration, here; later, `next()` resumes a task's panic at its position
+    /// and panics when the [`timeout`](Parallel::timeout) (a limit on each wait) expires.
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// let mut results = Parallel::new().n_jobs(2).run_iter((0..1_000_000u64).map(|x| delayed(|x: u64| x * 2)(x)));
+    /// assert_eq!(results.next(), Some(0));
+    /// assert_eq!(results.next(), Some(2));
+    /// drop(results); // the other tasks are never run
+    /// ```
+    pub fn run_iter<I, F, A, R>(&self, tasks: I) -> stream::RunIter<'p, I::IntoIter, F, A, R>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Send + 'static,
+        A: Send + 'static,
+        R: Send + 'static,
+    {
+        let (plan, batcher, pre_dispatch) = self
+            .stream_setup()
+            .unwrap_or_else(|error| panic!("parjob: invalid Parallel configuration: {error}"));
+        let tasks = tasks.into_iter();
+        let progress = self.progress_for(exact_len(&tasks));
+        stream::run_iter(tasks, plan, batcher, pre_dispatch, self.timeout, progress)
+    }
+
+    /// `(index, result)` pairs in completion order (joblib's `return_as="generator_unordered"`).
+    /// Same rules as [`run_iter`](Parallel::run_iter).
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// let mut pairs: Vec<(usize, u32)> =
+    ///     Parallel::new().n_jobs(2).run_unordered((0..10u32).map(|x| delayed(|x: u32| x + 100)(x))).collect();
+    /// pairs.sort();
+    /// assert_eq!(pairs, (0..10).map(|i| (i, i as u32 + 100)).collect::<Vec<_>>());
+    /// ```
+    pub fn run_unordered<I, F, A, R>(
+        &self,
+        tasks: I,
+    ) -> stream::RunUnordered<'p, I::IntoIter, F, A, R>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Send + 'static,
+        A: Send + 'static,
+        R: Send + 'static,
+    {
+        let (plan, batcher, pre_dispatch) = self
+            .stream_setup()
+            .unwrap_or_else(|error| panic!("parjob: invalid Parallel configuration: {error}"));
+        let tasks = tasks.into_iter();
+        let progress = self.progress_for(exact_len(&tasks));
+        stream::run_unordered(tasks, plan, batcher, pre_dispatch, self.timeout, progress)
+    }
+}
+
+fn exact_len<I: Iterator>(tasks: &I) -> Option<usize> {
+    match tasks.size_hint() {
+        (low, Some(high)) if low == high => Some(low),
+        _ => None,
     }
 }
 

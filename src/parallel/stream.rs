@@ -1,1 +1,537 @@
-//! Streaming results (run_iter / run_unordered).
+//! `run_iter` / `run_unordered`: results as they complete (joblib's `return_as="generator"` and
+//! `"generator_unordered"`), with backpressure.
+//!
+//! The consumer's `next()` is the dispatcher: it pulls tasks from the input (which therefore need
+//! not be `Send`), packs batches and queues them for *tokens* (`spawn_detached` jobs that run
+//! batches until the queue is empty), exactly as `run` does. Unlike joblib's generators, dispatch
+//! is driven by consumption: tasks pulled but not yet *read* never exceed the window
+//! (`pre_dispatch × batch size`), so unread results never pile up beyond it.
+//!
+//! Tasks and results are `'static`, so nothing here borrows the consumer's stack and nothing has
+//! to be waited for on drop: dropping the iterator closes the call's [`Tracker`] and drops the
+//! batches not yet started; batches already running finish, post their results into the shared
+//! state, and everything is freed with the last `Arc` (no thread, task or result leaks, even if
+//! the iterator itself is `mem::forget`-ed: then only the shared state stays allocated).
+
+use super::backend::Plan;
+use super::batch::Batcher;
+use super::cancel::Tracker;
+use super::delayed::{Apply, Delayed};
+use super::progress::Progress;
+use crate::pool::unwind::{self, Panic};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::ThreadPool;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+struct Chunk<R> {
+    start: usize,
+    results: Vec<R>,
+    /// The task at `start + results.len()` panicked with this payload.
+    panic: Option<Panic>,
+}
+
+struct Queue<T> {
+    batches: VecDeque<(usize, Vec<T>)>,
+    tokens: usize,
+}
+
+struct Shared<T, R> {
+    tracker: Tracker,
+    queue: Mutex<Queue<T>>,
+    done: Mutex<Vec<Chunk<R>>>,
+    /// Notified (with `done` locked) whenever a chunk is posted.
+    posted: Condvar,
+    tasks_done: AtomicUsize,
+    timing_tasks: AtomicU64,
+    timing_ns: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> impl std::ops::DerefMut<Target = T> + '_ {
+    // Nothing panics while these locks are held (tasks run outside them).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<F, A, R> Shared<Delayed<F, A>, R>
+where
+    F: Apply<A, Output = R>,
+{
+    /// Runs a batch and posts its results. The caller must be active in the tracker.
+    fn run_batch(&self, start: usize, tasks: Vec<Delayed<F, A>>) {
+        let started = Instant::now();
+        let mut results = Vec::with_capacity(tasks.len());
+        let outcome = unwind::halt_unwinding(|| {
+            for task in tasks {
+                if self.tracker.is_closed() {
+                    break;
+                }
+                results.push(task.call());
+            }
+        });
+        let ran = results.len();
+        self.timing_tasks.fetch_add(ran as u64, Ordering::Relaxed);
+        self.timing_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.tasks_done.fetch_add(ran, Ordering::Relaxed);
+        let mut done = lock(&self.done);
+        done.push(Chunk {
+            start,
+            results,
+            panic: outcome.err(),
+        });
+        self.posted.notify_all();
+    }
+
+    fn run_one(&self) -> bool {
+        let batch = lock(&self.queue).batches.pop_front();
+        match batch {
+            Some((start, tasks)) => {
+                self.run_batch(start, tasks);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn token_loop<F, A, R>(shared: Arc<Shared<Delayed<F, A>, R>>)
+where
+    F: Apply<A, Output = R>,
+{
+    loop {
+        if !shared.tracker.begin() {
+            lock(&shared.queue).tokens -= 1;
+            return;
+        }
+        let batch = {
+            let mut queue = lock(&shared.queue);
+            let batch = queue.batches.pop_front();
+            if batch.is_none() {
+                queue.tokens -= 1;
+            }
+            batch
+        };
+        match batch {
+            Some((start, tasks)) => shared.run_batch(start, tasks),
+            None => {
+                shared.tracker.finish();
+                return;
+            }
+        }
+        shared.tracker.finish();
+    }
+}
+
+enum Mode {
+    /// Sequential: each `next()` runs the next task on the consumer's thread.
+    Inline,
+    Pool {
+        pool: ThreadPool,
+        runners: usize,
+        helps: bool,
+    },
+}
+
+/// The engine shared by [`RunIter`] and [`RunUnordered`].
+struct Stream<'p, I, F, A, R> {
+    tasks: I,
+    exhausted: bool,
+    mode: Mode,
+    shared: Arc<Shared<Delayed<F, A>, R>>,
+    batcher: Batcher,
+    pre_dispatch: usize,
+    timeout: Option<Duration>,
+    progress: Progress<'p>,
+    exact_len: Option<usize>,
+    /// Tasks pulled from the input so far.
+    pulled: usize,
+    /// Results handed to the consumer so far.
+    yielded: usize,
+    /// Ordered mode: chunks that arrived, by start index; `cursor`: the chunk being read.
+    waiting: BTreeMap<usize, Chunk<R>>,
+    /// Unordered mode: results ready to hand out, and a panic to resume after them.
+    ready: VecDeque<(usize, R)>,
+    ready_panic: Option<Panic>,
+    cursor: Option<(usize, std::vec::IntoIter<R>, Option<Panic>)>,
+    finished: bool,
+}
+
+impl<I, F, A, R> Stream<'_, I, F, A, R> {
+    /// Stops dispatching: later tokens do nothing, unstarted batches are dropped.
+    fn close(&mut self) {
+        self.shared.tracker.close();
+        let unstarted = std::mem::take(&mut lock(&self.shared.queue).batches);
+        drop(unstarted);
+    }
+}
+
+impl<I, F, A, R> Drop for Stream<'_, I, F, A, R> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<'p, I, F, A, R> Stream<'p, I, F, A, R>
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    F: Apply<A, Output = R> + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    fn new(
+        tasks: I,
+        plan: Plan,
+        batcher: Batcher,
+        pre_dispatch: usize,
+        timeout: Option<Duration>,
+        progress: Progress<'p>,
+    ) -> Self {
+        let exact_len = match tasks.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
+        let mode = match plan {
+            Plan::Inline => Mode::Inline,
+            Plan::Pool { pool, runners, .. } => {
+                let helps = pool.is_current();
+                Mode::Pool {
+                    pool,
+                    runners,
+                    helps,
+                }
+            }
+        };
+        Stream {
+            tasks,
+            exhausted: false,
+            mode,
+            shared: Arc::new(Shared {
+                tracker: Tracker::new(),
+                queue: Mutex::new(Queue {
+                    batches: VecDeque::new(),
+                    tokens: 0,
+                }),
+                done: Mutex::new(Vec::new()),
+                posted: Condvar::new(),
+                tasks_done: AtomicUsize::new(0),
+                timing_tasks: AtomicU64::new(0),
+                timing_ns: AtomicU64::new(0),
+            }),
+            batcher,
+            pre_dispatch,
+            timeout,
+            progress,
+            exact_len,
+            pulled: 0,
+            yielded: 0,
+            waiting: BTreeMap::new(),
+            ready: VecDeque::new(),
+            ready_panic: None,
+            cursor: None,
+            finished: false,
+        }
+    }
+
+    /// Pulls tasks into batches while the window has room, and wakes tokens for them.
+    fn refill(&mut self) {
+        let Mode::Pool {
+            pool,
+            runners,
+            helps,
+        } = &self.mode
+        else {
+            return;
+        };
+        let (runners, helps) = (*runners, *helps);
+        self.batcher.observe(
+            self.shared.timing_tasks.load(Ordering::Relaxed),
+            self.shared.timing_ns.load(Ordering::Relaxed),
+        );
+        let mut pushed = Vec::new();
+        while !self.exhausted && !self.shared.tracker.is_closed() {
+            let unread = self.pulled - self.yielded;
+            let size = self.batcher.next_size(
+                self.exact_len.map(|n| n.saturating_sub(self.pulled)),
+                runners,
+            );
+            let window = self.pre_dispatch.saturating_mul(size).max(1);
+            if unread >= window {
+                break;
+            }
+            let take = size.min(window - unread);
+            let mut batch = Vec::with_capacity(take);
+            batch.extend(self.tasks.by_ref().take(take));
+            if batch.len() < take {
+                self.exhausted = true;
+                if batch.is_empty() {
+                    break;
+                }
+            }
+            pushed.push((self.pulled, std::mem::take(&mut batch)));
+            self.pulled += pushed.last().map_or(0, |(_, b)| b.len());
+        }
+        let max_tokens = if helps { runners - 1 } else { runners };
+        let spawn = {
+            let mut queue = lock(&self.shared.queue);
+            queue.batches.extend(pushed);
+            let wanted = queue
+                .batches
+                .len()
+                .min(max_tokens)
+                .saturating_sub(queue.tokens);
+            queue.tokens += wanted;
+            wanted
+        };
+        for _ in 0..spawn {
+            let shared = Arc::clone(&self.shared);
+            pool.spawn_detached(move || token_loop(shared));
+        }
+    }
+
+    /// Moves posted chunks into the consumer's buffers; `true` if any arrived.
+    fn collect(&mut self, ordered: bool) -> bool {
+        let chunks = std::mem::take(&mut *lock(&self.shared.done));
+        let any = !chunks.is_empty();
+        for chunk in chunks {
+            if ordered {
+                self.waiting.insert(chunk.start, chunk);
+            } else {
+                let start = chunk.start;
+                self.ready.extend(
+                    chunk
+                        .results
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, r)| (start + k, r)),
+                );
+                if chunk.panic.is_some() && self.ready_panic.is_none() {
+                    self.ready_panic = chunk.panic;
+                }
+            }
+        }
+        self.progress
+            .update(self.shared.tasks_done.load(Ordering::Relaxed));
+        any
+    }
+
+    fn fail(&mut self, payload: Panic) -> ! {
+        self.finished = true;
+        self.close();
+        unwind::resume_unwinding(payload)
+    }
+
+    /// The next result in input order (`ordered`), or in completion order with its index.
+    fn next_result(&mut self, ordered: bool) -> Option<(usize, R)> {
+        if self.finished {
+            return None;
+        }
+        if let Mode::Inline = self.mode {
+            let task = self.tasks.next();
+            let Some(task) = task else {
+                self.finished = true;
+                self.progress.finish(self.yielded);
+                return None;
+            };
+            let value = task.call();
+            self.yielded += 1;
+            self.progress.update(self.yielded);
+            return Some((self.yielded - 1, value));
+        }
+        loop {
+            // 1. Hand out what is ready.
+            if ordered {
+                if let Some((index, results, _)) = &mut self.cursor {
+                    if let Some(value) = results.next() {
+                        let i = *index;
+                        *index += 1;
+                        self.yielded += 1;
+                        return Some((i, value));
+                    }
+                    let (_, _, panic) = self.cursor.take().expect("cursor is set");
+                    if let Some(payload) = panic {
+                        self.fail(payload);
+                    }
+                }
+                if let Some(chunk) = self.waiting.remove(&self.yielded) {
+                    self.cursor = Some((chunk.start, chunk.results.into_iter(), chunk.panic));
+                    continue;
+                }
+            } else {
+                if let Some(item) = self.ready.pop_front() {
+                    self.yielded += 1;
+                    return Some(item);
+                }
+                if let Some(payload) = self.ready_panic.take() {
+                    self.fail(payload);
+                }
+            }
+            // 2. Keep the window full, then see whether we are done.
+            self.refill();
+            if self.collect(ordered) {
+                continue;
+            }
+            if self.exhausted && self.yielded == self.pulled {
+                self.finished = true;
+                self.progress.finish(self.yielded);
+                return None;
+            }
+            // 3. Help with our own batches when nested on the pool (never idles a worker, cannot
+            //    deadlock a one-thread pool), else wait for a chunk.
+            if let Mode::Pool { helps: true, .. } = self.mode {
+                if self.shared.tracker.begin() {
+                    let ran = self.shared.run_one();
+                    self.shared.tracker.finish();
+                    if ran {
+                        continue;
+                    }
+                }
+            }
+            let deadline = self.timeout.map(|t| Instant::now() + t);
+            let mut done = self.shared.done.lock().unwrap_or_else(|e| e.into_inner());
+            while done.is_empty() {
+                match deadline {
+                    None => {
+                        done = self
+                            .shared
+                            .posted
+                            .wait(done)
+                            .unwrap_or_else(|e| e.into_inner())
+                    }
+                    Some(deadline) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            drop(done);
+                            self.finished = true;
+                            self.close();
+                            panic!(
+                                "parjob: timed out after {:?} waiting for the next result; unstarted tasks were cancelled",
+                                self.timeout.unwrap_or_default()
+                            );
+                        }
+                        done = self
+                            .shared
+                            .posted
+                            .wait_timeout(done, deadline - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Results in input order as they complete: [`Parallel::run_iter`](crate::Parallel::run_iter).
+///
+/// Dropping it early stops dispatching (tasks not yet started never run); tasks already running
+/// finish in the background and their results are dropped.
+///
+/// # Panics
+/// `next()` resumes a task's panic when it reaches that task's position, and panics when a
+/// [`timeout`](crate::Parallel::timeout) expires while waiting.
+pub struct RunIter<'p, I, F, A, R>(Stream<'p, I, F, A, R>);
+
+/// `(index, result)` pairs in completion order: [`Parallel::run_unordered`](crate::Parallel::run_unordered).
+///
+/// Same drop, panic and timeout rules as [`RunIter`].
+pub struct RunUnordered<'p, I, F, A, R>(Stream<'p, I, F, A, R>);
+
+impl<I, F, A, R> Iterator for RunIter<'_, I, F, A, R>
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    F: Apply<A, Output = R> + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    type Item = R;
+    fn next(&mut self) -> Option<R> {
+        self.0.next_result(true).map(|(_, r)| r)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.0.exact_len.map(|n| n.saturating_sub(self.0.yielded));
+        (0, left)
+    }
+}
+
+impl<I, F, A, R> Iterator for RunUnordered<'_, I, F, A, R>
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    F: Apply<A, Output = R> + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    type Item = (usize, R);
+    fn next(&mut self) -> Option<(usize, R)> {
+        self.0.next_result(false)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.0.exact_len.map(|n| n.saturating_sub(self.0.yielded));
+        (0, left)
+    }
+}
+
+impl<I, F, A, R> std::fmt::Debug for RunIter<'_, I, F, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunIter")
+            .field("pulled", &self.0.pulled)
+            .field("yielded", &self.0.yielded)
+            .finish()
+    }
+}
+
+impl<I, F, A, R> std::fmt::Debug for RunUnordered<'_, I, F, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunUnordered")
+            .field("pulled", &self.0.pulled)
+            .field("yielded", &self.0.yielded)
+            .finish()
+    }
+}
+
+pub(crate) fn run_iter<'p, I, F, A, R>(
+    tasks: I,
+    plan: Plan,
+    batcher: Batcher,
+    pre_dispatch: usize,
+    timeout: Option<Duration>,
+    progress: Progress<'p>,
+) -> RunIter<'p, I, F, A, R>
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    F: Apply<A, Output = R> + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    RunIter(Stream::new(
+        tasks,
+        plan,
+        batcher,
+        pre_dispatch,
+        timeout,
+        progress,
+    ))
+}
+
+pub(crate) fn run_unordered<'p, I, F, A, R>(
+    tasks: I,
+    plan: Plan,
+    batcher: Batcher,
+    pre_dispatch: usize,
+    timeout: Option<Duration>,
+    progress: Progress<'p>,
+) -> RunUnordered<'p, I, F, A, R>
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    F: Apply<A, Output = R> + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    RunUnordered(Stream::new(
+        tasks,
+        plan,
+        batcher,
+        pre_dispatch,
+        timeout,
+        progress,
+    ))
+}

@@ -1,0 +1,221 @@
+//! `run_iter` / `run_unordered`: order, backpressure, early drop, panics, timeouts.
+
+use parjob::{delayed, BatchSize, Delayed, Parallel};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[test]
+fn run_iter_yields_in_input_order() {
+    for n_jobs in [1, 2, 4] {
+        let out: Vec<u64> = Parallel::new()
+            .n_jobs(n_jobs)
+            .run_iter((0..500u64).map(|x| {
+                delayed(|x: u64| {
+                    if x % 50 == 0 {
+                        std::thread::sleep(Duration::from_micros(300));
+                    }
+                    x * 3
+                })(x)
+            }))
+            .collect();
+        assert_eq!(
+            out,
+            (0..500).map(|x| x * 3).collect::<Vec<_>>(),
+            "n_jobs {n_jobs}"
+        );
+    }
+}
+
+#[test]
+fn run_unordered_yields_every_index_once() {
+    let mut pairs: Vec<(usize, u64)> = Parallel::new()
+        .n_jobs(3)
+        .run_unordered((0..300u64).map(|x| delayed(|x: u64| x + 1)(x)))
+        .collect();
+    pairs.sort_unstable();
+    assert_eq!(
+        pairs,
+        (0..300).map(|i| (i, i as u64 + 1)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn run_unordered_returns_fast_results_first() {
+    // Task 0 is slow; the others are instant, so some of them arrive before it.
+    let order: Vec<usize> = Parallel::new()
+        .n_jobs(2)
+        .batch_size(BatchSize::Fixed(1))
+        .run_unordered((0..6u64).map(|i| {
+            delayed(|i: u64| {
+                if i == 0 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                i
+            })(i)
+        }))
+        .map(|(index, _)| index)
+        .collect();
+    assert_eq!(order.len(), 6);
+    assert_ne!(order[0], 0, "order {order:?}");
+}
+
+#[test]
+fn backpressure_bounds_unread_results() {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&pulled);
+    let mut results = Parallel::new()
+        .n_jobs(2)
+        .pre_dispatch(4)
+        .run_iter((0..10_000u64).map(move |x| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            delayed(|x: u64| {
+                std::thread::sleep(Duration::from_micros(200));
+                x
+            })(x)
+        }));
+    assert_eq!(results.next(), Some(0));
+    // The consumer pauses: workers finish what was dispatched, and nothing more is pulled.
+    std::thread::sleep(Duration::from_millis(20));
+    let while_paused = pulled.load(Ordering::SeqCst);
+    assert!(
+        while_paused <= 1 + 4,
+        "{while_paused} tasks pulled with one result read"
+    );
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(pulled.load(Ordering::SeqCst), while_paused);
+    assert_eq!(results.next(), Some(1));
+}
+
+#[test]
+fn dropping_run_iter_early_stops_dispatch_and_leaks_nothing() {
+    let started = Arc::new(AtomicUsize::new(0));
+    // Each result owns an Arc clone: if results (or tasks) leaked, the count would stay high.
+    let token = Arc::new(());
+    {
+        let started = Arc::clone(&started);
+        let token = Arc::clone(&token);
+        let mut results = Parallel::new()
+            .n_jobs(2)
+            .run_iter((0..100_000u64).map(move |x| {
+                let started = Arc::clone(&started);
+                let token = Arc::clone(&token);
+                Delayed::new(move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_micros(100));
+                    (x, token)
+                })
+            }));
+        assert_eq!(results.next().map(|(x, _)| x), Some(0));
+        assert_eq!(results.next().map(|(x, _)| x), Some(1));
+    }
+    let at_drop = started.load(Ordering::SeqCst);
+    assert!(at_drop < 1000, "{at_drop} tasks started");
+    // Running batches finish in the background and drop their results; then only ours is left.
+    let mut waited = 0;
+    while Arc::strong_count(&token) > 1 && waited < 2_000 {
+        std::thread::sleep(Duration::from_millis(1));
+        waited += 1;
+    }
+    assert_eq!(Arc::strong_count(&token), 1, "tasks or results leaked");
+    assert!(started.load(Ordering::SeqCst) <= at_drop + 64);
+}
+
+#[test]
+fn a_panic_is_resumed_at_its_position() {
+    let mut results = Parallel::new()
+        .n_jobs(2)
+        .batch_size(BatchSize::Fixed(1))
+        .run_iter((0..20u32).map(|x| {
+            delayed(|x: u32| {
+                if x == 5 {
+                    panic!("five");
+                }
+                x
+            })(x)
+        }));
+    for expected in 0..5 {
+        assert_eq!(results.next(), Some(expected));
+    }
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| results.next()));
+    assert_eq!(
+        caught.expect_err("task 5 panicked").downcast_ref::<&str>(),
+        Some(&"five")
+    );
+    assert_eq!(results.next(), None, "the stream is over after a panic");
+}
+
+#[test]
+fn timeout_limits_each_wait() {
+    let caught = std::panic::catch_unwind(|| {
+        Parallel::new()
+            .n_jobs(2)
+            .timeout(Duration::from_millis(20))
+            .run_iter((0..4u32).map(|x| {
+                delayed(|x: u32| {
+                    std::thread::sleep(Duration::from_millis(if x == 1 { 300 } else { 1 }));
+                    x
+                })(x)
+            }))
+            .collect::<Vec<_>>()
+    });
+    let payload = caught.expect_err("the wait for result 1 times out");
+    assert!(payload
+        .downcast_ref::<String>()
+        .unwrap()
+        .contains("timed out"));
+    // Each wait is short here, so a generous limit never fires.
+    let out: Vec<u32> = Parallel::new()
+        .n_jobs(2)
+        .timeout(Duration::from_secs(10))
+        .run_iter((0..50u32).map(|x| delayed(|x: u32| x)(x)))
+        .collect();
+    assert_eq!(out.len(), 50);
+}
+
+#[test]
+fn sequential_run_iter_is_lazy() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&ran);
+    let mut results = Parallel::new().n_jobs(1).run_iter((0..10u32).map(move |x| {
+        let counter = Arc::clone(&counter);
+        Delayed::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            x
+        })
+    }));
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    assert_eq!(results.next(), Some(0));
+    assert_eq!(results.next(), Some(1));
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn nested_stream_on_a_one_thread_pool_does_not_deadlock() {
+    let pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let total: u32 = pool.install(|| {
+        Parallel::new()
+            .backend(parjob::Backend::Pool(pool.clone()))
+            .n_jobs(2)
+            .run_iter((0..10u32).map(|x| delayed(|x: u32| x)(x)))
+            .sum()
+    });
+    assert_eq!(total, 45);
+}
+
+#[test]
+fn progress_is_reported_from_streams() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let out: Vec<u32> = Parallel::new()
+        .n_jobs(2)
+        .on_progress(move |done, total| sink.lock().unwrap().push((done, total)))
+        .run_iter((0..40u32).map(|x| delayed(|x: u32| x)(x)))
+        .collect();
+    assert_eq!(out.len(), 40);
+    let seen = seen.lock().unwrap();
+    assert_eq!(*seen, (1..=40).map(|d| (d, Some(40))).collect::<Vec<_>>());
+}
