@@ -87,7 +87,7 @@ impl Plan {
 /// The pool used for `n_jobs` outside any pool: the global one for `cpu_count()`, else a pool of
 /// exactly `n_jobs` threads, built once and kept (so repeated calls spawn no threads).
 pub(crate) fn cached_pool(n_jobs: usize) -> ThreadPool {
-    if n_jobs == crate::cpu_count() {
+    if n_jobs == super::cores() {
         return global_pool().clone();
     }
     // A plain std Mutex: this cache is not part of any concurrent protocol loom checks.

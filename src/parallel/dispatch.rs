@@ -146,6 +146,9 @@ struct Shared<T, R> {
     signal: Signal,
     queue: Mutex<Queue<T, R>>,
     reports: Mutex<Vec<Report<R>>>,
+    /// Emptied batch buffers, handed back for the dispatcher to refill (large batches would
+    /// otherwise page-fault a fresh allocation each time).
+    spare: Mutex<Vec<Vec<T>>>,
     /// Batches finished (Release after their report is in; the caller reads with Acquire).
     batches_done: AtomicUsize,
     /// Tasks that ran to completion (progress and the window).
@@ -176,7 +179,11 @@ where
 
     /// Runs one batch; the caller must be active in the tracker. Never unwinds.
     fn run_batch(&self, batch: Batch<Delayed<F, A>, R>) {
-        let Batch { start, tasks, dest } = batch;
+        let Batch {
+            start,
+            mut tasks,
+            dest,
+        } = batch;
         let started = Instant::now();
         let mut written = 0usize;
         let mut ran = 0usize;
@@ -185,7 +192,7 @@ where
             Dest::Slots(_) => None,
         };
         let outcome = unwind::halt_unwinding(|| {
-            for task in tasks {
+            for task in tasks.drain(..) {
                 if self.tracker.is_closed() {
                     break;
                 }
@@ -260,23 +267,24 @@ where
     F: Apply<A, Output = R>,
 {
     loop {
-        if !shared.tracker.begin() {
-            lock(&shared.queue).tokens -= 1;
-            return;
-        }
         let batch = {
             let mut queue = lock(&shared.queue);
-            match queue.batches.pop_front() {
-                Some(batch) => batch,
-                None => {
-                    queue.tokens -= 1;
-                    drop(queue);
-                    shared.tracker.finish();
-                    shared.signal.notify();
-                    return;
-                }
+            // Become active only with a batch in hand: an idle token (the caller or another token
+            // took the work) must not make the caller wait for it. `begin` under the queue lock is
+            // still ordered against the guard's `close` by the tracker's fences; the guard drains
+            // the queue under this lock after closing, so we either pop a batch the guard will
+            // then wait for, or find the tracker closed (or the queue empty).
+            let batch = if queue.batches.is_empty() || !shared.tracker.begin() {
+                None
+            } else {
+                queue.batches.pop_front()
+            };
+            if batch.is_none() {
+                queue.tokens -= 1;
             }
+            batch
         };
+        let Some(batch) = batch else { return };
         shared.run_batch(batch);
         shared.tracker.finish();
         shared.signal.notify();
@@ -344,6 +352,7 @@ where
             tokens: 0,
         }),
         reports: Mutex::new(Vec::new()),
+        spare: Mutex::new(Vec::new()),
         batches_done: AtomicUsize::new(0),
         tasks_done: AtomicUsize::new(0),
         timing_tasks: AtomicU64::new(0),
@@ -398,7 +407,13 @@ where
                 break;
             }
             let take = size.min(window - in_flight);
-            let mut batch = Vec::with_capacity(take);
+            let mut batch = match lock(&shared.spare).pop() {
+                Some(mut buffer) if buffer.capacity() >= take => {
+                    buffer.clear();
+                    buffer
+                }
+                _ => Vec::with_capacity(take),
+            };
             batch.extend(tasks.by_ref().take(take));
             if batch.len() < take {
                 exhausted = true;

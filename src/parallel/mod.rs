@@ -51,10 +51,17 @@ pub fn effective_n_jobs(n_jobs: i32) -> Result<usize, ConfigError> {
         0 => Err(ConfigError::ZeroNJobs),
         n if n > 0 => Ok(n as usize),
         n => {
-            let cores = crate::cpu_count() as i64;
+            let cores = cores() as i64;
             Ok((cores + 1 + i64::from(n)).max(1) as usize)
         }
     }
+}
+
+/// [`cpu_count`](crate::cpu_count), read once: std's `available_parallelism` reads cgroup files on
+/// every call (tens of microseconds), far more than a small `Parallel` call should cost.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(crate::cpu_count)
 }
 
 /// joblib's `Parallel`: runs [`Delayed`] tasks on several threads.

@@ -99,25 +99,21 @@ where
     F: Apply<A, Output = R>,
 {
     loop {
-        if !shared.tracker.begin() {
-            lock(&shared.queue).tokens -= 1;
-            return;
-        }
         let batch = {
             let mut queue = lock(&shared.queue);
-            let batch = queue.batches.pop_front();
+            // Active only with a batch in hand (see `dispatch::token_loop`).
+            let batch = if queue.batches.is_empty() || !shared.tracker.begin() {
+                None
+            } else {
+                queue.batches.pop_front()
+            };
             if batch.is_none() {
                 queue.tokens -= 1;
             }
             batch
         };
-        match batch {
-            Some((start, tasks)) => shared.run_batch(start, tasks),
-            None => {
-                shared.tracker.finish();
-                return;
-            }
-        }
+        let Some((start, tasks)) = batch else { return };
+        shared.run_batch(start, tasks);
         shared.tracker.finish();
     }
 }
