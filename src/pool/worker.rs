@@ -236,7 +236,10 @@ impl WorkerThread {
             if search_began.is_none() {
                 search_began = Some(now_ns(epoch));
             }
-            if latch.is_none() && self.registry.is_terminating() {
+            if latch.is_none()
+                && self.registry.is_terminating()
+                && !self.registry.has_visible_work()
+            {
                 break;
             }
             if !searching {
