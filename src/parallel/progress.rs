@@ -121,9 +121,9 @@ impl<'p> Progress<'p> {
             let w = self.width();
             let elapsed = format_time(self.started.elapsed().as_secs_f64());
             let msg = match self.total {
-                Some(n) => format!("Done {done:>w$} out of {n:>w$} | elapsed:{elapsed}"),
+                Some(n) => format!("Done {done:>w$} out of {n:>w$} | elapsed: {elapsed}"),
                 None => format!(
-                    "Done {done:>w$} tasks {:pad$}| elapsed:{elapsed}",
+                    "Done {done:>w$} tasks {:pad$}| elapsed: {elapsed}",
                     "",
                     pad = 7 + w - 5
                 ),
@@ -146,7 +146,7 @@ impl<'p> Progress<'p> {
                 .max((done.max(1) as f64).log10().floor() as usize + 1);
             let elapsed = format_time(self.started.elapsed().as_secs_f64());
             self.line(&format!(
-                "Done {done:>w$} out of {done:>w$} | elapsed:{elapsed} finished"
+                "Done {done:>w$} out of {done:>w$} | elapsed: {elapsed} finished"
             ));
         }
     }
