@@ -30,6 +30,19 @@
 //! println!("{}", pool.metrics());
 //! ```
 //!
+//! joblib's `Parallel` and `delayed`: the first joblib example, almost word for word.
+//!
+//! ```
+//! use parjob::{delayed, Parallel};
+//! fn calcular_raiz_cuadrada(n: f64) -> f64 { n.sqrt() }
+//! let numeros = vec![1.0, 4.0, 9.0];
+//! let resultado: Vec<f64> = Parallel::new().n_jobs(2)
+//!     .run(numeros.iter().map(|&n| delayed(calcular_raiz_cuadrada)(n)));
+//! assert_eq!(resultado, vec![1.0, 2.0, 3.0]);
+//! ```
+//!
+//! `docs/joblib.md` maps every joblib parameter to parjob.
+//!
 //! See `docs/architecture.md` for the design and `docs/verification.md` for how it is checked.
 
 #![deny(missing_docs)]

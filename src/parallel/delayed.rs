@@ -16,8 +16,8 @@
 /// use parjob::{Delayed, Parallel};
 /// type Boxed = Box<dyn FnOnce() -> u32 + Send>;
 /// let tasks: Vec<Delayed<Boxed>> = vec![
-///     Delayed::new(Box::new(|| 1) as Boxed),
-///     Delayed::new(Box::new(|| 2) as Boxed),
+///     Delayed::new(Box::new(|| 1u32) as Boxed),
+///     Delayed::new(Box::new(|| 2u32) as Boxed),
 /// ];
 /// assert_eq!(Parallel::new().run(tasks), vec![1, 2]);
 /// ```
