@@ -1,6 +1,7 @@
-//! Criterion: fork-join workloads, sequential vs parjob vs rayon vs chili (vs a static 2-way
-//! split), each on 1 thread and on all cores, in one group per workload so criterion's report puts
-//! them side by side. `cargo bench --bench fork_join`.
+//! Criterion: every workload of the comparison run (`examples/compare.rs`, same code in
+//! `benches/workloads/`), sequential vs parjob vs rayon vs chili (vs a static 2-way split), each on
+//! 1 thread and on all cores, one criterion group per workload so the report puts them side by
+//! side. `cargo bench --bench compare` (filter: `cargo bench --bench compare -- fib`).
 
 mod workloads;
 
@@ -66,7 +67,7 @@ fn bench_workload(c: &mut Criterion, workload: &mut dyn Workload, pools: &[Pools
     group.finish();
 }
 
-fn fork_join(c: &mut Criterion) {
+fn all_workloads(c: &mut Criterion) {
     let pools: Vec<Pools> = thread_counts().into_iter().map(Pools::new).collect();
     bench_workload(c, &mut Fib(30), &pools);
     bench_workload(c, &mut Fib(35), &pools);
@@ -74,8 +75,14 @@ fn fork_join(c: &mut Criterion) {
     bench_workload(c, &mut TreeSum::new(23, false), &pools);
     bench_workload(c, &mut TreeSum::new(23, true), &pools);
     bench_workload(c, &mut Quicksort::new(1_000_000), &pools);
+    for mut workload in workloads::tasks::all(false) {
+        bench_workload(c, workload.as_mut(), &pools);
+    }
     bench_workload(c, &mut JoinLatency { calls: 1000 }, &pools);
+    for mut workload in workloads::tasks::latency(true) {
+        bench_workload(c, workload.as_mut(), &pools);
+    }
 }
 
-criterion_group!(benches, fork_join);
+criterion_group!(benches, all_workloads);
 criterion_main!(benches);

@@ -1,8 +1,380 @@
-//! Task-parallel workloads (joblib shapes): filled in with `Parallel`.
-use super::Workload;
-pub fn all(_quick: bool) -> Vec<Box<dyn Workload>> {
-    Vec::new()
+//! joblib-shaped workloads: many independent tasks through `Parallel` (parjob), `par_iter`
+//! (rayon) and a static 2-way split. chili has no task API, so it sits these out.
+
+use super::{iterations_for_ns, spin_work, static_split, Contender, Pools, Workload};
+use parjob::{delayed, Backend, BatchSize, Delayed, Parallel};
+use rayon::prelude::*;
+
+/// `Parallel` on the contender pool (so its policy and metrics apply), with `threads` jobs.
+fn parallel(pools: &Pools) -> Parallel<'static> {
+    Parallel::new()
+        .n_jobs(pools.threads as i32)
+        .backend(Backend::Pool(pools.parjob.clone()))
+        .batch_size(BatchSize::Auto)
 }
-pub fn latency(_quick: bool) -> Vec<Box<dyn Workload>> {
-    Vec::new()
+
+fn f64_checksum(v: &[f64]) -> u64 {
+    v.iter().fold(0u64, |h, x| h.rotate_left(5) ^ x.to_bits())
+}
+
+// ---------------------------------------------------------------- sqrt (the joblib example)
+
+fn input(len: usize) -> Vec<f64> {
+    (0..len).map(|i| i as f64 * 0.5 + 1.0).collect()
+}
+
+/// The first joblib example, `Parallel(n_jobs)(delayed(sqrt)(n) for n in numbers)`, with the output
+/// in *fresh* memory: every contender returns a newly allocated vector (page faults included, as
+/// for all of them).
+pub struct SqrtFresh {
+    numbers: Vec<f64>,
+}
+
+impl Workload for SqrtFresh {
+    fn name(&self) -> String {
+        format!(
+            "sqrt {} fresh output",
+            super::fork_join::human(self.numbers.len())
+        )
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let numbers = &self.numbers;
+        let out: Vec<f64> = match contender {
+            Contender::Sequential => numbers.iter().map(|&n| n.sqrt()).collect(),
+            Contender::Parjob => {
+                parallel(pools).run(numbers.iter().map(|&n| delayed(f64::sqrt)(n)))
+            }
+            Contender::Rayon => pools
+                .rayon
+                .install(|| numbers.par_iter().map(|&n| n.sqrt()).collect()),
+            Contender::StaticSplit if pools.threads == 2 => {
+                let mut out = vec![0.0; numbers.len()];
+                let (lo_out, hi_out) = out.split_at_mut(numbers.len() / 2);
+                let (lo_in, hi_in) = numbers.split_at(numbers.len() / 2);
+                static_split(
+                    || {
+                        lo_out
+                            .iter_mut()
+                            .zip(lo_in)
+                            .for_each(|(o, n)| *o = n.sqrt())
+                    },
+                    || {
+                        hi_out
+                            .iter_mut()
+                            .zip(hi_in)
+                            .for_each(|(o, n)| *o = n.sqrt())
+                    },
+                );
+                out
+            }
+            Contender::StaticSplit | Contender::Chili => return None,
+        };
+        Some(f64_checksum(&out))
+    }
+}
+
+/// The same computation into a *recycled* output buffer (already faulted in): parjob runs one
+/// `Delayed` task per chunk, each borrowing its chunk of input and output.
+pub struct SqrtRecycled {
+    numbers: Vec<f64>,
+    out: Vec<f64>,
+}
+
+const SQRT_CHUNK: usize = 16 * 1024;
+
+impl Workload for SqrtRecycled {
+    fn name(&self) -> String {
+        format!(
+            "sqrt {} recycled output",
+            super::fork_join::human(self.numbers.len())
+        )
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let numbers = &self.numbers;
+        let out = &mut self.out[..];
+        match contender {
+            Contender::Sequential => out.iter_mut().zip(numbers).for_each(|(o, n)| *o = n.sqrt()),
+            Contender::Parjob => {
+                parallel(pools).run(
+                    out.chunks_mut(SQRT_CHUNK)
+                        .zip(numbers.chunks(SQRT_CHUNK))
+                        .map(|(o, i)| {
+                            Delayed::new(move || {
+                                o.iter_mut().zip(i).for_each(|(o, n)| *o = n.sqrt())
+                            })
+                        }),
+                );
+            }
+            Contender::Rayon => pools.rayon.install(|| {
+                out.par_iter_mut()
+                    .zip(numbers.par_iter())
+                    .for_each(|(o, n)| *o = n.sqrt())
+            }),
+            Contender::StaticSplit if pools.threads == 2 => {
+                let (lo_out, hi_out) = out.split_at_mut(numbers.len() / 2);
+                let (lo_in, hi_in) = numbers.split_at(numbers.len() / 2);
+                static_split(
+                    || {
+                        lo_out
+                            .iter_mut()
+                            .zip(lo_in)
+                            .for_each(|(o, n)| *o = n.sqrt())
+                    },
+                    || {
+                        hi_out
+                            .iter_mut()
+                            .zip(hi_in)
+                            .for_each(|(o, n)| *o = n.sqrt())
+                    },
+                );
+            }
+            Contender::StaticSplit | Contender::Chili => return None,
+        }
+        let checksum = f64_checksum(&self.out);
+        self.out.iter_mut().for_each(|o| *o = 0.0);
+        Some(checksum)
+    }
+}
+
+// ---------------------------------------------------------------- many tiny tasks
+
+fn tiny(i: u64, iterations: u64) -> u64 {
+    spin_work(i, iterations)
+}
+
+/// A million tasks of about 50 ns each, results in order.
+pub struct TinyTasks {
+    count: u64,
+    iterations: u64,
+}
+
+impl Workload for TinyTasks {
+    fn name(&self) -> String {
+        format!(
+            "{} tiny tasks (~50 ns)",
+            super::fork_join::human(self.count as usize)
+        )
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let (count, iterations) = (self.count, self.iterations);
+        let out: Vec<u64> = match contender {
+            Contender::Sequential => (0..count).map(|i| tiny(i, iterations)).collect(),
+            Contender::Parjob => {
+                parallel(pools).run((0..count).map(|i| Delayed::new(move || tiny(i, iterations))))
+            }
+            Contender::Rayon => pools.rayon.install(|| {
+                (0..count)
+                    .into_par_iter()
+                    .map(|i| tiny(i, iterations))
+                    .collect()
+            }),
+            Contender::StaticSplit if pools.threads == 2 => {
+                let half = count / 2;
+                let (mut lo, hi) = static_split(
+                    || (0..half).map(|i| tiny(i, iterations)).collect::<Vec<_>>(),
+                    || {
+                        (half..count)
+                            .map(|i| tiny(i, iterations))
+                            .collect::<Vec<_>>()
+                    },
+                );
+                lo.extend(hi);
+                lo
+            }
+            Contender::StaticSplit | Contender::Chili => return None,
+        };
+        Some(out.iter().fold(0u64, |h, &x| h.rotate_left(3) ^ x))
+    }
+}
+
+// ---------------------------------------------------------------- uneven tasks (grid search)
+
+/// 64 tasks of 0.5–10 ms (a fixed pseudo-random draw), results in input order: the shape of a
+/// hyperparameter grid search.
+pub struct UnevenTasks {
+    iterations: Vec<u64>,
+}
+
+impl UnevenTasks {
+    pub fn new(tasks: usize, min_ms: f64, max_ms: f64) -> Self {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let iterations = (0..tasks)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+                iterations_for_ns((min_ms + unit * (max_ms - min_ms)) * 1e6)
+            })
+            .collect();
+        UnevenTasks { iterations }
+    }
+}
+
+impl Workload for UnevenTasks {
+    fn name(&self) -> String {
+        format!("{} uneven tasks (grid-search shape)", self.iterations.len())
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let iterations = &self.iterations;
+        let out: Vec<u64> = match contender {
+            Contender::Sequential => iterations
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| spin_work(i as u64, n))
+                .collect(),
+            Contender::Parjob => parallel(pools).run(
+                iterations
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| delayed!(spin_work(i as u64, n))),
+            ),
+            Contender::Rayon => pools.rayon.install(|| {
+                iterations
+                    .par_iter()
+                    .enumerate()
+                    .with_max_len(1)
+                    .map(|(i, &n)| spin_work(i as u64, n))
+                    .collect()
+            }),
+            Contender::StaticSplit if pools.threads == 2 => {
+                let half = iterations.len() / 2;
+                let run = |range: std::ops::Range<usize>| -> Vec<u64> {
+                    range.map(|i| spin_work(i as u64, iterations[i])).collect()
+                };
+                let (mut lo, hi) = static_split(|| run(0..half), || run(half..iterations.len()));
+                lo.extend(hi);
+                lo
+            }
+            Contender::StaticSplit | Contender::Chili => return None,
+        };
+        Some(out.iter().fold(0u64, |h, &x| h.rotate_left(7) ^ x))
+    }
+}
+
+// ---------------------------------------------------------------- nested
+
+/// 16 outer tasks, each running 16 inner tasks of ~100 µs through a nested call.
+pub struct Nested {
+    iterations: u64,
+}
+
+impl Workload for Nested {
+    fn name(&self) -> String {
+        "nested 16 x 16 tasks (~100 µs)".to_string()
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let n = self.iterations;
+        let inner_seq = |o: u64| {
+            (0..16u64)
+                .map(|i| spin_work(o * 16 + i, n))
+                .fold(0, |a, b| a ^ b)
+        };
+        let out: Vec<u64> = match contender {
+            Contender::Sequential => (0..16).map(inner_seq).collect(),
+            Contender::Parjob => parallel(pools).run((0..16u64).map(|o| {
+                Delayed::new(move || {
+                    // Nested: runs on the same pool (no new threads), helping while it waits.
+                    Parallel::new()
+                        .n_jobs(-1)
+                        .run((0..16u64).map(|i| Delayed::new(move || spin_work(o * 16 + i, n))))
+                        .into_iter()
+                        .fold(0, |a, b| a ^ b)
+                })
+            })),
+            Contender::Rayon => pools.rayon.install(|| {
+                (0..16u64)
+                    .into_par_iter()
+                    .map(|o| {
+                        (0..16u64)
+                            .into_par_iter()
+                            .map(|i| spin_work(o * 16 + i, n))
+                            .reduce(|| 0, |a, b| a ^ b)
+                    })
+                    .collect()
+            }),
+            Contender::StaticSplit if pools.threads == 2 => {
+                let (mut lo, hi) = static_split(
+                    || (0..8).map(inner_seq).collect::<Vec<_>>(),
+                    || (8..16).map(inner_seq).collect::<Vec<_>>(),
+                );
+                lo.extend(hi);
+                lo
+            }
+            Contender::StaticSplit | Contender::Chili => return None,
+        };
+        Some(out.iter().fold(0u64, |h, &x| h.rotate_left(11) ^ x))
+    }
+}
+
+// ---------------------------------------------------------------- call latency
+
+/// A `Parallel` call with 2 trivial tasks from outside the pool, `calls` times per run (rayon: a
+/// 2-element `par_iter` collected inside `install`).
+pub struct ParallelLatency {
+    calls: u64,
+}
+
+impl Workload for ParallelLatency {
+    fn name(&self) -> String {
+        "Parallel latency, 2 trivial tasks, outside caller (per call)".to_string()
+    }
+    fn calls_per_run(&self) -> u64 {
+        self.calls
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let mut total = 0u64;
+        let p = parallel(pools);
+        for i in 0..self.calls {
+            let i = std::hint::black_box(i);
+            let out: Vec<u64> = match contender {
+                Contender::Sequential => vec![i, i + 1],
+                Contender::Parjob => p.run((0..2).map(|k| Delayed::new(move || i + k))),
+                Contender::Rayon => pools
+                    .rayon
+                    .install(|| [i, i + 1].par_iter().copied().collect()),
+                Contender::StaticSplit | Contender::Chili => return None,
+            };
+            total = total.wrapping_add(out[0] * 3 + out[1]);
+        }
+        Some(total)
+    }
+}
+
+/// The task workloads at full or quick size.
+pub fn all(quick: bool) -> Vec<Box<dyn Workload>> {
+    let (sqrt_len, tiny, uneven, nested_us) = if quick {
+        (1_000_000, 100_000, UnevenTasks::new(16, 0.2, 2.0), 20.0)
+    } else {
+        (
+            10_000_000,
+            1_000_000,
+            UnevenTasks::new(64, 0.5, 10.0),
+            100.0,
+        )
+    };
+    vec![
+        Box::new(SqrtFresh {
+            numbers: input(sqrt_len),
+        }),
+        Box::new(SqrtRecycled {
+            numbers: input(sqrt_len),
+            out: vec![0.0; sqrt_len],
+        }),
+        Box::new(TinyTasks {
+            count: tiny,
+            iterations: iterations_for_ns(50.0),
+        }),
+        Box::new(uneven),
+        Box::new(Nested {
+            iterations: iterations_for_ns(nested_us * 1e3),
+        }),
+    ]
+}
+
+/// The latency workloads.
+pub fn latency(quick: bool) -> Vec<Box<dyn Workload>> {
+    vec![Box::new(ParallelLatency {
+        calls: if quick { 2_000 } else { 20_000 },
+    })]
 }
