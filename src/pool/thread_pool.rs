@@ -313,6 +313,15 @@ pub fn current_thread_index() -> Option<usize> {
 
 /// The number of cores this process may use: std's `available_parallelism`, which on Linux takes
 /// the cgroup CPU quota and the affinity mask into account. At least 1.
+///
+/// Read once per process and cached: the lookup reads cgroup files (tens of microseconds), and
+/// every `Parallel` call needs the value.
+///
+/// ```
+/// assert!(parjob::cpu_count() >= 1);
+/// ```
 pub fn cpu_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    use std::sync::OnceLock;
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
