@@ -275,7 +275,12 @@ fn main() {
             options
                 .policies
                 .iter()
-                .map(|(label, policy)| (label.clone(), Pools::with_parjob(t, policy.builder(t))))
+                .map(|(label, policy)| {
+                    let mut pools = Pools::with_parjob(t, policy.builder(t));
+                    // The default contender runs `Parallel` as users write it (default backend).
+                    pools.default_parallel = label == "parjob";
+                    (label.clone(), pools)
+                })
                 .collect()
         })
         .collect();
@@ -359,7 +364,9 @@ fn main() {
                         );
                     }
                     let median = times[times.len() / 2];
-                    let (steals, sleeps) = if contender == Contender::Parjob {
+                    let (steals, sleeps) = if contender == Contender::Parjob
+                        && workload.runs_on_contender_pool(pools)
+                    {
                         let delta = pools.parjob.metrics().totals().since(&before);
                         (Some(delta.steals), Some(delta.sleeps))
                     } else {

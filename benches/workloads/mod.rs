@@ -42,6 +42,10 @@ impl Contender {
 /// Pools of every contender, built once per thread count and reused (warm) across repetitions.
 pub struct Pools {
     pub threads: usize,
+    /// `Parallel` workloads use the default backend (`n_jobs(threads)`: parjob's cached pool, the
+    /// calling thread helping), as a user would write them; if false, they run on `parjob` below
+    /// (`Backend::Pool`), which is how policy comparisons select a configured pool.
+    pub default_parallel: bool,
     pub parjob: parjob::ThreadPool,
     pub rayon: rayon::ThreadPool,
     pub chili: RefCell<chili::ThreadPool>,
@@ -59,6 +63,7 @@ impl Pools {
     pub fn with_parjob(threads: usize, builder: parjob::ThreadPoolBuilder) -> Self {
         Pools {
             threads,
+            default_parallel: false,
             parjob: builder.build().expect("parjob pool"),
             rayon: rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -83,6 +88,10 @@ pub trait Workload {
     /// How many calls one `run` makes; times are reported per call (latency workloads).
     fn calls_per_run(&self) -> u64 {
         1
+    }
+    /// Does the parjob contender run on `pools.parjob` (so its metrics describe the run)?
+    fn runs_on_contender_pool(&self, _pools: &Pools) -> bool {
+        true
     }
 }
 

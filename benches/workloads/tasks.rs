@@ -5,12 +5,26 @@ use super::{iterations_for_ns, spin_work, static_split, Contender, Pools, Worklo
 use parjob::{delayed, Backend, BatchSize, Delayed, Parallel};
 use rayon::prelude::*;
 
-/// `Parallel` on the contender pool (so its policy and metrics apply), with `threads` jobs.
+/// `Parallel` with `threads` jobs and automatic batching: on the default backend as a user would
+/// write it, or on the contender pool when comparing policies (see `Pools::default_parallel`).
 fn parallel(pools: &Pools) -> Parallel<'static> {
-    Parallel::new()
+    let parallel = Parallel::new()
         .n_jobs(pools.threads as i32)
-        .backend(Backend::Pool(pools.parjob.clone()))
-        .batch_size(BatchSize::Auto)
+        .batch_size(BatchSize::Auto);
+    if pools.default_parallel {
+        parallel
+    } else {
+        parallel.backend(Backend::Pool(pools.parjob.clone()))
+    }
+}
+
+/// Implements `Workload::runs_on_contender_pool` for the `Parallel` workloads.
+macro_rules! on_contender_pool {
+    () => {
+        fn runs_on_contender_pool(&self, pools: &Pools) -> bool {
+            !pools.default_parallel
+        }
+    };
 }
 
 fn f64_checksum(v: &[f64]) -> u64 {
@@ -31,6 +45,7 @@ pub struct SqrtFresh {
 }
 
 impl Workload for SqrtFresh {
+    on_contender_pool!();
     fn name(&self) -> String {
         format!(
             "sqrt {} fresh output",
@@ -83,6 +98,7 @@ pub struct SqrtRecycled {
 const SQRT_CHUNK: usize = 16 * 1024;
 
 impl Workload for SqrtRecycled {
+    on_contender_pool!();
     fn name(&self) -> String {
         format!(
             "sqrt {} recycled output",
@@ -149,6 +165,7 @@ pub struct TinyTasks {
 }
 
 impl Workload for TinyTasks {
+    on_contender_pool!();
     fn name(&self) -> String {
         format!(
             "{} tiny tasks (~50 ns)",
@@ -212,6 +229,7 @@ impl UnevenTasks {
 }
 
 impl Workload for UnevenTasks {
+    on_contender_pool!();
     fn name(&self) -> String {
         format!("{} uneven tasks (grid-search shape)", self.iterations.len())
     }
@@ -260,6 +278,7 @@ pub struct Nested {
 }
 
 impl Workload for Nested {
+    on_contender_pool!();
     fn name(&self) -> String {
         "nested 16 x 16 tasks (~100 µs)".to_string()
     }
@@ -316,6 +335,7 @@ pub struct ParallelLatency {
 }
 
 impl Workload for ParallelLatency {
+    on_contender_pool!();
     fn name(&self) -> String {
         "Parallel latency, 2 trivial tasks, outside caller (per call)".to_string()
     }
