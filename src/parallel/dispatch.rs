@@ -185,6 +185,7 @@ where
             dest,
         } = batch;
         let started = Instant::now();
+        crate::pool::worker::trace_current(crate::EventKind::BatchStart, tasks.len() as u32);
         let mut written = 0usize;
         let mut ran = 0usize;
         let mut own = match dest {
@@ -236,6 +237,7 @@ where
             drop(first);
             self.stop();
         }
+        crate::pool::worker::trace_current(crate::EventKind::BatchEnd, ran as u32);
         let ns = started.elapsed().as_nanos() as u64;
         self.timing_tasks.fetch_add(ran as u64, Ordering::Relaxed);
         self.timing_ns.fetch_add(ns, Ordering::Relaxed);

@@ -59,6 +59,7 @@ where
     /// Runs a batch and posts its results. The caller must be active in the tracker.
     fn run_batch(&self, start: usize, tasks: Vec<Delayed<F, A>>) {
         let started = Instant::now();
+        crate::pool::worker::trace_current(crate::EventKind::BatchStart, tasks.len() as u32);
         let mut results = Vec::with_capacity(tasks.len());
         let outcome = unwind::halt_unwinding(|| {
             for task in tasks {
@@ -69,6 +70,7 @@ where
             }
         });
         let ran = results.len();
+        crate::pool::worker::trace_current(crate::EventKind::BatchEnd, ran as u32);
         self.timing_tasks.fetch_add(ran as u64, Ordering::Relaxed);
         self.timing_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);

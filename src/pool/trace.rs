@@ -33,6 +33,10 @@ pub enum EventKind {
     Sleep,
     /// The worker came back from parking.
     Wake,
+    /// The worker started a `Parallel` batch of `arg` tasks (inside the job that runs batches).
+    BatchStart,
+    /// That batch ended after running `arg` tasks.
+    BatchEnd,
 }
 
 impl EventKind {
@@ -43,6 +47,7 @@ impl EventKind {
             EventKind::InjectorPop => "injector pop",
             EventKind::Publish => "publish",
             EventKind::Sleep | EventKind::Wake => "sleep",
+            EventKind::BatchStart | EventKind::BatchEnd => "batch",
         }
     }
 }
@@ -110,7 +115,11 @@ impl Trace {
                     EventKind::TaskStart | EventKind::Sleep => {
                         format!("{{\"name\":\"{name}\",\"ph\":\"B\",\"ts\":{ts:.3},\"pid\":1,\"tid\":{tid}}}")
                     }
-                    EventKind::TaskEnd | EventKind::Wake => {
+                    EventKind::BatchStart => format!(
+                        "{{\"name\":\"{name}\",\"ph\":\"B\",\"ts\":{ts:.3},\"pid\":1,\"tid\":{tid},\"args\":{{\"tasks\":{}}}}}",
+                        e.arg
+                    ),
+                    EventKind::TaskEnd | EventKind::Wake | EventKind::BatchEnd => {
                         format!("{{\"name\":\"{name}\",\"ph\":\"E\",\"ts\":{ts:.3},\"pid\":1,\"tid\":{tid}}}")
                     }
                     EventKind::Steal => format!(
@@ -191,8 +200,18 @@ impl Trace {
                             }
                         }
                     }
-                    EventKind::InjectorPop | EventKind::Publish => {}
+                    EventKind::InjectorPop
+                    | EventKind::Publish
+                    | EventKind::BatchStart
+                    | EventKind::BatchEnd => {}
                 }
+            }
+            // A task or sleep still open when the trace stopped lasts until the window's end.
+            if let Some(since) = task_since {
+                in_task += end - since;
+            }
+            if let Some(since) = sleep_since {
+                asleep += end - since;
             }
             let window = end - start;
             workers.push(WorkerTime {

@@ -281,7 +281,7 @@ impl WorkerThread {
             if let Some(l) = latch {
                 l.wake_up();
             }
-            searching = woken == Woken::AsSearcher;
+            searching = woken == Woken::AsSearcher || sleep.start_searching();
             spins = 0;
         }
         end_search(&mut search_began);
@@ -367,6 +367,18 @@ impl WorkerThread {
         self.rng.set(x);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+}
+
+/// Records a trace event on the current thread's worker, if it is one and a trace is running
+/// (feature `trace`; otherwise nothing). For layers above the scheduler (`Parallel` batches).
+#[inline(always)]
+pub(crate) fn trace_current(kind: EventKind, arg: u32) {
+    #[cfg(feature = "trace")]
+    if let Some(worker) = WorkerThread::current() {
+        worker.trace(kind, arg);
+    }
+    #[cfg(not(feature = "trace"))]
+    let _ = (kind, arg);
 }
 
 /// Body of every worker thread.
