@@ -74,3 +74,8 @@ pub use pool::metrics::{LatencySummary, Metrics, WorkerMetrics};
 pub use pool::scope::Scope;
 pub use pool::thread_pool::{cpu_count, current_thread_index, join, scope, ThreadPool};
 pub use pool::trace::{EventKind, Trace, TraceEvent, TraceSummary, WorkerTime, TRACE_CAPACITY};
+
+/// The README's Rust examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
