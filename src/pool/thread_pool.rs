@@ -245,6 +245,11 @@ pub(crate) fn global_pool() -> &'static ThreadPool {
 /// runs `a` itself and takes `b` back if no worker started it). Closures may borrow from the
 /// caller's stack.
 ///
+/// "Potentially in parallel" means exactly that: `b` may run on the same thread after `a` — always
+/// on a 1-thread pool, and with the default [`SharePolicy::Lazy`](crate::SharePolicy::Lazy)
+/// whenever no idle worker asks for work while `a` runs. So `a` must never wait for something
+/// that `b` does (a channel message, a flag): that deadlocks (as it can with rayon on one thread).
+///
 /// # Panics
 /// Both closures always run (or panic); then `a`'s panic is resumed if it had one, else `b`'s.
 ///
