@@ -63,8 +63,8 @@ pub struct TraceEvent {
     pub arg: u32,
 }
 
-/// The events recorded between [`ThreadPool::start_trace`](crate::ThreadPool::start_trace) and
-/// [`ThreadPool::stop_trace`](crate::ThreadPool::stop_trace).
+/// The events recorded between `ThreadPool::start_trace` and
+/// `ThreadPool::stop_trace` (cargo feature `trace`).
 #[derive(Debug, Clone)]
 pub struct Trace {
     workers: Vec<Vec<TraceEvent>>,
