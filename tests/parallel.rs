@@ -546,3 +546,77 @@ fn on_progress_counts_every_task() {
     assert_eq!(totals.len(), 5);
     assert!(totals.iter().all(Option::is_none));
 }
+
+/// Polls `done` for up to 10 s (lets a task that wrongly outlived its call finish and be seen).
+fn settle(done: &std::sync::atomic::AtomicBool) {
+    for _ in 0..10_000 {
+        if done.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Regression (review finding 1): the call guard dropped unstarted tasks before waiting for the
+/// running ones, so a task whose `Drop` panics unwound out of the call while other tasks still ran
+/// (and used the caller's borrowed data after it was gone).
+#[test]
+fn a_panicking_drop_of_an_unstarted_task_still_waits_for_running_tasks() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    struct Bomb(bool);
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if self.0 && !std::thread::panicking() {
+                panic!("bomb: unstarted task dropped");
+            }
+        }
+    }
+    for _round in 0..5 {
+        let returned = Arc::new(AtomicBool::new(false));
+        let touched_after_return = Arc::new(AtomicBool::new(false));
+        let slow_done = Arc::new(AtomicBool::new(false));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Parallel::new()
+                .n_jobs(2)
+                .pre_dispatch(4)
+                .batch_size(BatchSize::Fixed(1))
+                .try_run((0..8usize).map(|i| {
+                    let bomb = Bomb(i >= 2);
+                    let (returned, touched, slow_done) = (
+                        Arc::clone(&returned),
+                        Arc::clone(&touched_after_return),
+                        Arc::clone(&slow_done),
+                    );
+                    Delayed::new(move || -> Result<usize, String> {
+                        let mut bomb = bomb;
+                        bomb.0 = false;
+                        if i == 0 {
+                            std::thread::sleep(Duration::from_millis(30));
+                            return Err("fail".into());
+                        }
+                        std::thread::sleep(Duration::from_millis(150));
+                        if returned.load(Ordering::SeqCst) {
+                            touched.store(true, Ordering::SeqCst);
+                        }
+                        if i == 1 {
+                            slow_done.store(true, Ordering::SeqCst);
+                        }
+                        Ok(i)
+                    })
+                }))
+        }));
+        returned.store(true, Ordering::SeqCst);
+        if let Err(payload) = &caught {
+            assert_eq!(
+                payload.downcast_ref::<&str>(),
+                Some(&"bomb: unstarted task dropped")
+            );
+        }
+        settle(&slow_done);
+        assert!(
+            !touched_after_return.load(Ordering::SeqCst),
+            "a task ran after try_run returned"
+        );
+    }
+}

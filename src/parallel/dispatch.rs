@@ -23,8 +23,9 @@
 //! Tasks, results and the output buffer may borrow the caller's stack, and tokens are queued with
 //! `spawn_unchecked`. [`CallGuard`], owned by the calling frame and dropped on return *and* on
 //! unwinding (a panicking task is resumed only after it, a panicking `next()` unwinds through it),
-//! closes the [`Tracker`], drops every batch still queued (on this thread), and waits (helping the
-//! pool, via [`Signal`]) until the tracker is quiescent. A token touches tasks, results or the
+//! closes the [`Tracker`], takes every batch still queued, waits (helping the pool, via [`Signal`])
+//! until the tracker is quiescent, and only then drops the taken batches (on this thread: a task's
+//! `Drop` may panic, and nothing may unwind out of the guard before the wait is over). A token touches tasks, results or the
 //! output only between a successful `Tracker::begin` and its `finish`, so after the guard no
 //! borrowed data is reachable from any token; a token that runs later finds the tracker closed and
 //! only drops its `Arc` (the shared state then holds no values of borrowed types: the queue was
@@ -302,9 +303,25 @@ impl<T, R> Drop for CallGuard<'_, T, R> {
     fn drop(&mut self) {
         let shared = self.shared;
         shared.tracker.close();
+        // Taken out (so no token can start them) but dropped only after the wait: a task's `Drop`
+        // is user code and may panic, and nothing may unwind out of here before the wait is over.
         let unstarted = std::mem::take(&mut lock(&shared.queue).batches);
-        drop(unstarted);
         shared.signal.wait_while(|| !shared.tracker.is_quiescent());
+        if let Err(payload) = unwind::halt_unwinding(move || drop(unstarted)) {
+            if std::thread::panicking() {
+                discard(payload);
+            } else {
+                unwind::resume_unwinding(payload);
+            }
+        }
+    }
+}
+
+/// Drops a panic payload that will not be resumed. A payload whose own `Drop` panics is leaked
+/// (its second payload too): nothing here may unwind.
+fn discard(payload: Panic) {
+    if let Err(again) = unwind::halt_unwinding(move || drop(payload)) {
+        std::mem::forget(again);
     }
 }
 
