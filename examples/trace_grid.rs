@@ -20,7 +20,9 @@ fn fit(combination: usize, ms: f64) -> f64 {
 }
 
 fn main() -> std::io::Result<()> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "target/trace_grid.json".to_string());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/trace_grid.json".to_string());
     let pool = ThreadPoolBuilder::new().build().expect("pool");
     // Durations drawn once from a fixed seed, as in the comparison run's uneven workload.
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -37,10 +39,19 @@ fn main() -> std::io::Result<()> {
     let scores: Vec<f64> = Parallel::new()
         .n_jobs(pool.num_threads() as i32)
         .backend(Backend::Pool(pool.clone()))
-        .run(durations.iter().enumerate().map(|(i, &ms)| delayed!(fit(i, ms))));
+        .run(
+            durations
+                .iter()
+                .enumerate()
+                .map(|(i, &ms)| delayed!(fit(i, ms))),
+        );
     let trace = pool.stop_trace();
 
-    let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+    let best = scores
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i);
     println!("{} combinations, best index {:?}", scores.len(), best);
     if let Some(parent) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(parent)?;

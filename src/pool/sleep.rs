@@ -214,9 +214,7 @@ impl Sleep {
             // Pairs with the publisher's fence in `new_work`.
             fence(Ordering::SeqCst);
         }
-        if (!mutant::SLEEP_SKIPS_RECHECK && has_work())
-            || !keep_sleeping()
-        {
+        if (!mutant::SLEEP_SKIPS_RECHECK && has_work()) || !keep_sleeping() {
             return self.cancel_sleep(index);
         }
         counters.bump_sleeps();
