@@ -620,3 +620,98 @@ fn a_panicking_drop_of_an_unstarted_task_still_waits_for_running_tasks() {
         );
     }
 }
+
+/// Regression (review finding 2): when `run` unwinds (here: the input iterator panics), results
+/// already produced stayed in the call's shared state; a token still queued on the pool dropped
+/// them later, on a worker, after the caller's frame was gone (and results written in place into
+/// the output buffer leaked). They must all be dropped before `run` unwinds.
+#[test]
+fn results_of_an_unwound_call_are_dropped_before_it_returns() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    #[derive(Default)]
+    struct State {
+        frame_gone: AtomicBool,
+        made: AtomicUsize,
+        dropped: AtomicUsize,
+        dropped_late: AtomicUsize,
+    }
+    struct Noisy(Arc<State>);
+    impl Drop for Noisy {
+        fn drop(&mut self) {
+            self.0.dropped.fetch_add(1, Ordering::SeqCst);
+            if self.0.frame_gone.load(Ordering::SeqCst) {
+                self.0.dropped_late.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    // Keep one worker busy so that the other one (the caller below) keeps the tokens it queued.
+    let gate = Arc::new(AtomicBool::new(false));
+    let blocked = Arc::new(AtomicBool::new(false));
+    let blocker = {
+        let (pool, gate, blocked) = (pool.clone(), Arc::clone(&gate), Arc::clone(&blocked));
+        std::thread::spawn(move || {
+            pool.install(|| {
+                blocked.store(true, Ordering::SeqCst);
+                while !gate.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        })
+    };
+    while !blocked.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for exact_length in [false, true] {
+        let state = Arc::new(State::default());
+        pool.install(|| {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let make = |i: usize| {
+                    if i == 5 {
+                        panic!("input iterator panics");
+                    }
+                    let state = Arc::clone(&state);
+                    Delayed::new(move || {
+                        state.made.fetch_add(1, Ordering::SeqCst);
+                        Noisy(state)
+                    })
+                };
+                let p = Parallel::new().n_jobs(2).pre_dispatch(1);
+                if exact_length {
+                    // Results are written in place into the output buffer.
+                    p.run((0..100usize).map(make)).len()
+                } else {
+                    // Unknown length: each batch collects its own vector.
+                    p.run((0..100usize).filter(|_| true).map(make)).len()
+                }
+            }));
+            assert!(caught.is_err());
+            state.frame_gone.store(true, Ordering::SeqCst);
+        });
+        // Let anything queued on the pool run (before the fix: the last token, dropping results).
+        for _ in 0..2_000 {
+            if state.dropped.load(Ordering::SeqCst) >= state.made.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = pool.install(|| ());
+        assert!(
+            state.made.load(Ordering::SeqCst) > 0,
+            "exact {exact_length}"
+        );
+        assert_eq!(
+            state.dropped.load(Ordering::SeqCst),
+            state.made.load(Ordering::SeqCst),
+            "exact {exact_length}: every result is dropped"
+        );
+        assert_eq!(
+            state.dropped_late.load(Ordering::SeqCst),
+            0,
+            "exact {exact_length}: results dropped after the call unwound"
+        );
+    }
+    gate.store(true, Ordering::SeqCst);
+    blocker.join().unwrap();
+}

@@ -21,16 +21,23 @@
 //!
 //! # Soundness with borrowed tasks
 //! Tasks, results and the output buffer may borrow the caller's stack, and tokens are queued with
-//! `spawn_unchecked`. [`CallGuard`], owned by the calling frame and dropped on return *and* on
-//! unwinding (a panicking task is resumed only after it, a panicking `next()` unwinds through it),
-//! closes the [`Tracker`], takes every batch still queued, waits (helping the pool, via [`Signal`])
-//! until the tracker is quiescent, and only then drops the taken batches (on this thread: a task's
-//! `Drop` may panic, and nothing may unwind out of the guard before the wait is over). A token touches tasks, results or the
-//! output only between a successful `Tracker::begin` and its `finish`, so after the guard no
-//! borrowed data is reachable from any token; a token that runs later finds the tracker closed and
-//! only drops its `Arc` (the shared state then holds no values of borrowed types: the queue was
-//! drained, reports were taken). Nothing the API hands out can be leaked to skip the guard: it is a
-//! local of `run_on_pool`, never returned.
+//! `spawn_unchecked`. [`CallGuard`], owned by the calling frame, ends every call: `settle` on the
+//! normal path, its `Drop` on unwinding (a panicking task is resumed only after it, a panicking
+//! `next()` or progress callback unwinds through it). It closes the [`Tracker`], takes every batch
+//! still queued, waits (helping the pool, via [`Signal`]) until the tracker is quiescent, and
+//! only then moves every value of the call's types out of the shared state: the taken batches, the
+//! reports (with their collected vectors), the `fail_fast` failure and the panic payload. Those
+//! are dropped on the caller's thread, after the wait: on the normal path by `run_on_pool`, on the
+//! unwinding path by the guard itself, together with the results written in place (the output
+//! vector's length is still 0), each part under `halt_unwinding` so that a panicking `Drop` (user
+//! code) skips neither the wait nor the other parts.
+//!
+//! A token touches tasks, results or the output only between a successful `Tracker::begin` and
+//! its `finish` (which always runs: `run_batch` never unwinds), so after the wait no borrowed data
+//! is reachable from any token, and no runner can put a value back into the shared state. A token
+//! that runs later finds the tracker closed and only drops its `Arc`; the shared state it may free
+//! then holds no values of the call's types. Nothing the API hands out can be leaked to skip the
+//! guard: it is a local of `run_on_pool`, never returned.
 
 use super::backend::Plan;
 use super::batch::Batcher;
@@ -297,17 +304,75 @@ where
 /// See the module docs, "Soundness with borrowed tasks".
 struct CallGuard<'s, T, R> {
     shared: &'s Shared<T, R>,
+    /// The output buffer (a local of the calling frame declared before the guard, so it outlives
+    /// it): on the unwinding path the results written there in place are dropped through it.
+    base: *mut R,
+    /// `settle` ran: everything was moved out, the drop has nothing left to do.
+    settled: bool,
+}
+
+/// Every value of the call's (possibly borrowing) types that was left in the shared state.
+struct Leftovers<T, R> {
+    unstarted: VecDeque<Batch<T, R>>,
+    reports: Vec<Report<R>>,
+    failure: Option<(usize, R)>,
+    panic: Option<Panic>,
+}
+
+impl<T, R> CallGuard<'_, T, R> {
+    /// Closes the call, waits until no runner is active, and moves everything of the call's types
+    /// out of the shared state (no runner can put anything back: none will ever be active again).
+    /// Never unwinds, and drops no value of the call's types.
+    fn settle(&mut self) -> Leftovers<T, R> {
+        self.settled = true;
+        let shared = self.shared;
+        shared.tracker.close();
+        // Taken out (so no token can start them) but dropped only by our caller, after the wait:
+        // a task's `Drop` is user code and may panic, and nothing may unwind out of here before
+        // the wait is over.
+        let unstarted = std::mem::take(&mut lock(&shared.queue).batches);
+        shared.signal.wait_while(|| !shared.tracker.is_quiescent());
+        Leftovers {
+            unstarted,
+            reports: std::mem::take(&mut *lock(&shared.reports)),
+            failure: lock(&shared.failure).take(),
+            panic: lock(&shared.panic).take(),
+        }
+    }
 }
 
 impl<T, R> Drop for CallGuard<'_, T, R> {
+    /// The unwinding path (the normal path calls `settle` itself): settle, then drop everything on
+    /// this thread, each part on its own so that a panicking `Drop` skips nothing else; the first
+    /// such panic is resumed at the end (discarded if the thread is already unwinding).
     fn drop(&mut self) {
-        let shared = self.shared;
-        shared.tracker.close();
-        // Taken out (so no token can start them) but dropped only after the wait: a task's `Drop`
-        // is user code and may panic, and nothing may unwind out of here before the wait is over.
-        let unstarted = std::mem::take(&mut lock(&shared.queue).batches);
-        shared.signal.wait_while(|| !shared.tracker.is_quiescent());
-        if let Err(payload) = unwind::halt_unwinding(move || drop(unstarted)) {
+        if self.settled {
+            return;
+        }
+        let Leftovers {
+            unstarted,
+            reports,
+            failure,
+            panic,
+        } = self.settle();
+        let base = self.base;
+        let mut first: Option<Panic> = None;
+        let mut keep = |outcome: Result<(), Panic>| {
+            if let Err(payload) = outcome {
+                if first.is_none() {
+                    first = Some(payload);
+                } else {
+                    discard(payload);
+                }
+            }
+        };
+        keep(unwind::halt_unwinding(move || drop(unstarted)));
+        // The output vector's length is still 0: results written in place would leak otherwise.
+        keep(unwind::halt_unwinding(|| drop_written(base, &reports)));
+        keep(unwind::halt_unwinding(move || drop(reports)));
+        keep(unwind::halt_unwinding(move || drop(failure)));
+        keep(unwind::halt_unwinding(move || drop(panic)));
+        if let Some(payload) = first {
             if std::thread::panicking() {
                 discard(payload);
             } else {
@@ -382,7 +447,11 @@ where
         deadline: opts.deadline,
         fail_fast: opts.fail_fast,
     });
-    let guard = CallGuard { shared: &shared };
+    let mut guard = CallGuard {
+        shared: &shared,
+        base,
+        settled: false,
+    };
 
     let mut next_index = 0usize;
     let mut dispatched = 0usize;
@@ -493,12 +562,18 @@ where
                 && !shared.deadline.is_some_and(|d| Instant::now() >= d)
         });
     }
+    let Leftovers {
+        unstarted,
+        reports,
+        failure,
+        panic,
+    } = guard.settle();
     drop(guard);
+    // From here on the shared state holds nothing of the call's types (queued tokens only drop
+    // their `Arc` later), and everything below runs on this thread.
+    drop(unstarted);
 
-    let reports = std::mem::take(&mut *lock(&shared.reports));
     let completed = shared.tasks_done.load(Ordering::Acquire);
-    let panic = lock(&shared.panic).take();
-    let failure = lock(&shared.failure).take();
     let timed_out = shared.timed_out.load(Ordering::Relaxed);
     if panic.is_some() || failure.is_some() || timed_out {
         drop_written(base, &reports);
