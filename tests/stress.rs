@@ -15,7 +15,7 @@ fn random_tree(rng_seed: u64, depth: u32, pools: &[ThreadPool], sink: &AtomicU64
     }
     let (s1, s2) = (rng.next_u64(), rng.next_u64());
     match rng.below(6) {
-        0 | 1 | 2 => {
+        0..=2 => {
             let (a, b) = parjob::join(
                 || random_tree(s1, depth - 1, pools, sink),
                 || random_tree(s2, depth - 1, pools, sink),
@@ -52,7 +52,7 @@ fn expected_leaves(rng_seed: u64, depth: u32, pools: usize) -> u64 {
     }
     let (s1, s2) = (rng.next_u64(), rng.next_u64());
     match rng.below(6) {
-        0 | 1 | 2 => expected_leaves(s1, depth - 1, pools) + expected_leaves(s2, depth - 1, pools),
+        0..=2 => expected_leaves(s1, depth - 1, pools) + expected_leaves(s2, depth - 1, pools),
         3 => [s1, s2, s1 ^ s2]
             .iter()
             .map(|&s| expected_leaves(s, depth - 1, pools))
