@@ -696,7 +696,7 @@ fn results_of_an_unwound_call_are_dropped_before_it_returns() {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let _ = pool.install(|| ());
+        pool.install(|| ());
         assert!(
             state.made.load(Ordering::SeqCst) > 0,
             "exact {exact_length}"
@@ -714,4 +714,47 @@ fn results_of_an_unwound_call_are_dropped_before_it_returns() {
     }
     gate.store(true, Ordering::SeqCst);
     blocker.join().unwrap();
+}
+
+/// Regression (review finding 4): a second task panic's payload is dropped inside the batch; a
+/// payload whose `Drop` panics skipped the runner's `finish`, and the call waited forever.
+#[test]
+fn a_second_panic_payload_with_a_panicking_drop_is_contained() {
+    struct BadPayload;
+    impl Drop for BadPayload {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("payload drop panics");
+            }
+        }
+    }
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        let both = Barrier::new(2);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Parallel::new()
+                .n_jobs(2)
+                .backend(parjob::Backend::Pool(p))
+                .batch_size(BatchSize::Fixed(1))
+                .run((0..2).map(|_| {
+                    let both = &both;
+                    Delayed::new(move || {
+                        both.wait();
+                        std::panic::panic_any(BadPayload)
+                    })
+                }))
+        }));
+        let payload = caught.expect_err("a task panicked");
+        let is_bad = payload.is::<BadPayload>();
+        std::mem::forget(payload);
+        tx.send(is_bad).unwrap();
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).ok(),
+        Some(true),
+        "the call never returned"
+    );
+    assert_eq!(pool.install(|| 7), 7);
 }

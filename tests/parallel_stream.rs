@@ -219,3 +219,68 @@ fn progress_is_reported_from_streams() {
     let seen = seen.lock().unwrap();
     assert_eq!(*seen, (1..=40).map(|d| (d, Some(40))).collect::<Vec<_>>());
 }
+
+/// Regression (review finding 4): after the iterator is dropped, the token that runs last frees
+/// the unread results on a pool worker; a result whose `Drop` panics unwound that worker and
+/// killed the pool.
+#[test]
+fn unread_results_with_a_panicking_drop_do_not_kill_the_pool() {
+    static FINISHED: AtomicUsize = AtomicUsize::new(0);
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    struct PanicOnDrop(u32);
+    impl Drop for PanicOnDrop {
+        fn drop(&mut self) {
+            if self.0 >= 1 {
+                DROPS.fetch_add(1, Ordering::SeqCst);
+                panic!("R::drop panics for {}", self.0);
+            }
+        }
+    }
+    let pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut it = Parallel::new()
+        .n_jobs(2)
+        .backend(parjob::Backend::Pool(pool.clone()))
+        .batch_size(BatchSize::Fixed(1))
+        .pre_dispatch(4)
+        .run_iter((0..4u32).map(|i| {
+            delayed(|i: u32| {
+                let r = PanicOnDrop(i);
+                if i >= 1 {
+                    FINISHED.fetch_add(1, Ordering::SeqCst);
+                }
+                r
+            })(i)
+        }));
+    assert_eq!(it.next().map(|r| r.0), Some(0));
+    // Every task was dispatched by that `next()`; let them all run, then drop the three results
+    // unread (the last `Arc`, and with it those results, may go with a token on the worker).
+    for _ in 0..10_000 {
+        if FINISHED.load(Ordering::SeqCst) == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(it);
+    for _ in 0..10_000 {
+        if DROPS.load(Ordering::SeqCst) == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        DROPS.load(Ordering::SeqCst),
+        3,
+        "every unread result is dropped"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = pool.clone();
+    std::thread::spawn(move || tx.send(p.install(|| 7)).unwrap());
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).ok(),
+        Some(7),
+        "the pool's only worker died"
+    );
+}

@@ -239,10 +239,19 @@ where
         });
         if let Err(payload) = outcome {
             let mut first = lock(&self.panic);
-            if first.is_none() {
-                *first = Some(payload);
-            }
+            let later = match *first {
+                None => {
+                    *first = Some(payload);
+                    None
+                }
+                Some(_) => Some(payload),
+            };
             drop(first);
+            // A second panic is not resumed. Its payload is user data whose `Drop` may panic too:
+            // `discard` catches that, so `finish` (after this) always runs.
+            if let Some(payload) = later {
+                discard(payload);
+            }
             self.stop();
         }
         crate::pool::worker::trace_current(crate::EventKind::BatchEnd, ran as u32);
@@ -268,6 +277,18 @@ where
             }
             None => false,
         }
+    }
+}
+
+/// A token's job. Never unwinds (a `spawn_unchecked` job must not): `token_loop` does not by
+/// construction (`run_batch` catches every panic of a task), and anything else that could (a bug)
+/// is caught and its payload discarded.
+fn token<F, A, R>(shared: Arc<Shared<Delayed<F, A>, R>>)
+where
+    F: Apply<A, Output = R>,
+{
+    if let Err(payload) = unwind::halt_unwinding(move || token_loop(shared)) {
+        discard(payload);
     }
 }
 
@@ -382,9 +403,9 @@ impl<T, R> Drop for CallGuard<'_, T, R> {
     }
 }
 
-/// Drops a panic payload that will not be resumed. A payload whose own `Drop` panics is leaked
-/// (its second payload too): nothing here may unwind.
-fn discard(payload: Panic) {
+/// Drops a panic payload that will not be resumed, without unwinding: a payload whose own `Drop`
+/// panics is leaked, together with that second payload.
+pub(super) fn discard(payload: Panic) {
     if let Err(again) = unwind::halt_unwinding(move || drop(payload)) {
         std::mem::forget(again);
     }
@@ -540,8 +561,8 @@ where
             // SAFETY: the token touches tasks, results and the output buffer (all of which may
             // borrow this frame) only while active in `shared.tracker`, and `guard` (dropped
             // before any of them, on return and on unwinding) waits until the tracker is closed
-            // and quiescent. `token_loop` never unwinds: task panics are caught in `run_batch`.
-            unsafe { pool.spawn_unchecked(move || token_loop(for_token)) };
+            // and quiescent. `token` never unwinds (see there).
+            unsafe { pool.spawn_unchecked(move || token(for_token)) };
         }
 
         if exhausted && shared.batches_done.load(Ordering::Acquire) == dispatched {

@@ -12,11 +12,17 @@
 //! batches not yet started; batches already running finish, post their results into the shared
 //! state, and everything is freed with the last `Arc` (no thread, task or result leaks, even if
 //! the iterator itself is `mem::forget`-ed: then only the shared state stays allocated).
+//!
+//! The last `Arc` may thus go with a token, on a pool worker, which must never unwind (a
+//! `spawn_detached` job): the shared state's `Drop` drops the unread results, unstarted tasks and
+//! panic payloads one by one and discards panics from their `Drop`, and each token runs under
+//! `halt_unwinding` besides. Dropping the iterator treats the unread results it holds the same way.
 
 use super::backend::Plan;
 use super::batch::Batcher;
 use super::cancel::Tracker;
 use super::delayed::{Apply, Delayed};
+use super::dispatch::discard;
 use super::progress::Progress;
 use crate::pool::unwind::{self, Panic};
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
@@ -45,6 +51,30 @@ struct Shared<T, R> {
     tasks_done: AtomicUsize,
     timing_tasks: AtomicU64,
     timing_ns: AtomicU64,
+}
+
+impl<T, R> Drop for Shared<T, R> {
+    /// The last `Arc` may be dropped by a token, on a pool worker, after the iterator was dropped:
+    /// the unread results, unstarted tasks and panic payloads left here are user values whose
+    /// `Drop` may panic, so each is dropped on its own and such a panic is discarded (a worker must
+    /// never unwind, and one panicking value must not leak the others).
+    fn drop(&mut self) {
+        let batches = std::mem::take(&mut lock(&self.queue).batches);
+        for (_, tasks) in batches {
+            tasks.into_iter().for_each(quietly);
+        }
+        for chunk in std::mem::take(&mut *lock(&self.done)) {
+            chunk.results.into_iter().for_each(quietly);
+            quietly(chunk.panic);
+        }
+    }
+}
+
+/// Drops `value`, discarding a panic from its `Drop`.
+fn quietly<V>(value: V) {
+    if let Err(payload) = unwind::halt_unwinding(move || drop(value)) {
+        discard(payload);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> impl std::ops::DerefMut<Target = T> + '_ {
@@ -93,6 +123,19 @@ where
             }
             None => false,
         }
+    }
+}
+
+/// A token's job. Never unwinds (a `spawn_detached` job must not): `token_loop` does not by
+/// construction (`run_batch` catches every panic of a task), the last `Arc` it may drop frees the
+/// shared state through `Shared`'s `Drop`, which catches the panics of dropping unread results
+/// and payloads; anything else (a bug) is caught here and its payload discarded.
+fn token<F, A, R>(shared: Arc<Shared<Delayed<F, A>, R>>)
+where
+    F: Apply<A, Output = R>,
+{
+    if let Err(payload) = unwind::halt_unwinding(move || token_loop(shared)) {
+        discard(payload);
     }
 }
 
@@ -164,8 +207,22 @@ impl<I, F, A, R> Stream<'_, I, F, A, R> {
 }
 
 impl<I, F, A, R> Drop for Stream<'_, I, F, A, R> {
+    /// Closes the call, then drops the unread results and payloads it holds one by one, discarding
+    /// panics from their `Drop` (as `Shared`'s `Drop` does for what tokens posted after this).
     fn drop(&mut self) {
         self.close();
+        for (_, chunk) in std::mem::take(&mut self.waiting) {
+            chunk.results.into_iter().for_each(quietly);
+            quietly(chunk.panic);
+        }
+        if let Some((_, results, panic)) = self.cursor.take() {
+            results.for_each(quietly);
+            quietly(panic);
+        }
+        std::mem::take(&mut self.ready)
+            .into_iter()
+            .for_each(quietly);
+        quietly(self.ready_panic.take());
     }
 }
 
@@ -282,7 +339,7 @@ where
         };
         for _ in 0..spawn {
             let shared = Arc::clone(&self.shared);
-            pool.spawn_detached(move || token_loop(shared));
+            pool.spawn_detached(move || token(shared));
         }
     }
 
