@@ -758,3 +758,55 @@ fn a_second_panic_payload_with_a_panicking_drop_is_contained() {
     );
     assert_eq!(pool.install(|| 7), 7);
 }
+
+/// Regression (review finding 5): the dispatcher waited for a batch to end with no timer, so with
+/// the target pool busy the timeout fired only once the pool got to the call's tasks. Here the pool
+/// is blocked until the call has returned: the call must time out on its own, whether the caller
+/// is an outside thread or a worker of another pool.
+#[test]
+fn timeout_fires_while_the_target_pool_is_busy() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let busy = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let caller_pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for on_worker in [false, true] {
+        let gate = Arc::new(AtomicBool::new(false));
+        let blocked = Arc::new(AtomicBool::new(false));
+        let blocker = {
+            let (busy, gate, blocked) = (busy.clone(), Arc::clone(&gate), Arc::clone(&blocked));
+            std::thread::spawn(move || {
+                busy.install(|| {
+                    blocked.store(true, Ordering::SeqCst);
+                    while !gate.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+        };
+        while !blocked.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (b, caller) = (busy.clone(), caller_pool.clone());
+        std::thread::spawn(move || {
+            let call = || {
+                Parallel::new()
+                    .n_jobs(2)
+                    .backend(parjob::Backend::Pool(b))
+                    .timeout(Duration::from_millis(20))
+                    .try_run((0..4u32).map(|i| delayed(|i: u32| Ok::<u32, ()>(i))(i)))
+            };
+            let result = if on_worker {
+                caller.install(call)
+            } else {
+                call()
+            };
+            tx.send(matches!(result, Err(Error::Timeout { completed: 0, .. })))
+                .unwrap();
+        });
+        let timed_out = rx.recv_timeout(Duration::from_secs(10)).ok();
+        gate.store(true, Ordering::SeqCst);
+        blocker.join().unwrap();
+        assert_eq!(timed_out, Some(true), "on_worker {on_worker}");
+    }
+}

@@ -150,8 +150,9 @@ struct Queue<T, R> {
 
 struct Shared<T, R> {
     tracker: Tracker,
-    /// Woken after every batch (and on cancel); the caller is its waiter.
-    signal: Signal,
+    /// Woken after every batch (and on cancel); the caller is its waiter. In its own `Arc`: the
+    /// deadline timer holds a `Weak` to it.
+    signal: Arc<Signal>,
     queue: Mutex<Queue<T, R>>,
     reports: Mutex<Vec<Report<R>>>,
     /// Emptied batch buffers, handed back for the dispatcher to refill (large batches would
@@ -451,7 +452,7 @@ where
     let base = out.as_mut_ptr();
     let shared = Arc::new(Shared {
         tracker: Tracker::new(),
-        signal: Signal::for_current_thread(),
+        signal: Arc::new(Signal::for_current_thread()),
         queue: Mutex::new(Queue {
             batches: VecDeque::new(),
             tokens: 0,
@@ -577,10 +578,10 @@ where
                 continue;
             }
         }
-        shared.signal.wait_while(|| {
-            shared.batches_done.load(Ordering::Acquire) == seen
-                && !shared.tracker.is_closed()
-                && !shared.deadline.is_some_and(|d| Instant::now() >= d)
+        // Returns at the deadline too (on a pool worker: at the first check after it, see
+        // `Signal::wait_while_until`), so a busy pool cannot delay the timeout until a batch ends.
+        Signal::wait_while_until(&shared.signal, shared.deadline, || {
+            shared.batches_done.load(Ordering::Acquire) == seen && !shared.tracker.is_closed()
         });
     }
     let Leftovers {

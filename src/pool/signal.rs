@@ -12,6 +12,13 @@
 //! and the waiter will not sleep through it, or it came before, and the re-arm's Acquire makes the
 //! new state visible to the condition.
 //!
+//! Deadlines: [`wait_while_until`] also returns once a deadline has passed. An outside waiter
+//! blocks with `Condvar::wait_timeout`. A worker waiter is woken at the deadline by a timer thread
+//! (one per process, started on first use) that calls `notify`, the same wake-up a producer uses,
+//! so the sleep protocol is unchanged; the deadline is then seen when the worker next checks its
+//! signal, which it does between the jobs it runs while it waits (a long job of the pool delays
+//! it). Under loom there is no timer: a worker notices the deadline only when notified.
+//!
 //! Lifetime: unlike a latch, a signal is notified many times, and the waiter may see its condition
 //! turn false before the producer's `notify` has finished. So a `Signal` must be shared by `Arc`
 //! (each producer holding a clone while it notifies), never borrowed from the waiter's frame.
@@ -20,6 +27,7 @@ use super::latch::CoreLatch;
 use super::registry::Registry;
 use super::worker::WorkerThread;
 use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering};
+use std::time::Instant;
 
 /// See the module docs.
 pub(crate) struct Signal {
@@ -95,6 +103,26 @@ impl Signal {
 
     /// Blocks (or helps, on a worker) while `condition()` is true.
     pub(crate) fn wait_while(&self, condition: impl Fn() -> bool) {
+        self.wait(None, condition)
+    }
+
+    /// Like [`wait_while`](Self::wait_while), but also returns once `deadline` has passed (see the
+    /// module docs, "Deadlines"). The caller re-checks whatever it needs afterwards.
+    pub(crate) fn wait_while_until(
+        this: &Arc<Signal>,
+        deadline: Option<Instant>,
+        condition: impl Fn() -> bool,
+    ) {
+        #[cfg(not(loom))]
+        if let (Some(deadline), Waiter::Worker { .. }) = (deadline, &this.waiter) {
+            timer::notify_at(deadline, Arc::downgrade(this));
+        }
+        this.wait(deadline, condition)
+    }
+
+    fn wait(&self, deadline: Option<Instant>, condition: impl Fn() -> bool) {
+        let expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        let condition = || condition() && !expired();
         match &self.waiter {
             Waiter::Worker { latch, .. } => {
                 let worker =
@@ -128,10 +156,99 @@ impl Signal {
                         return;
                     }
                     while !*notified {
-                        notified = cond.wait(notified).unwrap();
+                        notified = match deadline {
+                            None => cond.wait(notified).unwrap(),
+                            Some(deadline) => {
+                                let now = Instant::now();
+                                if now >= deadline {
+                                    break; // re-checked (and returned) at the top of the loop
+                                }
+                                cond.wait_timeout(notified, deadline - now).unwrap().0
+                            }
+                        };
                     }
                 }
             }
+        }
+    }
+}
+
+/// The deadline timer for worker waiters (see the module docs, "Deadlines").
+#[cfg(not(loom))]
+mod timer {
+    use super::Signal;
+    use std::sync::{Condvar, Mutex, OnceLock, Weak};
+    use std::time::Instant;
+
+    struct Timer {
+        /// At most one entry per signal (its waiter waits with one deadline at a time); a `Weak`,
+        /// so a pending deadline keeps nothing alive.
+        entries: Mutex<Vec<(Instant, Weak<Signal>)>>,
+        changed: Condvar,
+    }
+
+    /// Notifies `signal` (if it still exists) once `deadline` has passed. Replaces the signal's
+    /// previous deadline, if any: only its waiter's current wait matters, and a notify is harmless
+    /// at any time (the waiter re-checks its condition).
+    pub(super) fn notify_at(deadline: Instant, signal: Weak<Signal>) {
+        static TIMER: OnceLock<&'static Timer> = OnceLock::new();
+        let timer = *TIMER.get_or_init(|| {
+            let timer: &'static Timer = Box::leak(Box::new(Timer {
+                entries: Mutex::new(Vec::new()),
+                changed: Condvar::new(),
+            }));
+            std::thread::Builder::new()
+                .name("parjob-timer".into())
+                .spawn(move || run(timer))
+                .expect("parjob: cannot start the timer thread");
+            timer
+        });
+        let mut entries = timer.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.iter_mut().find(|(_, s)| s.ptr_eq(&signal)) {
+            Some(entry) if entry.0 == deadline => return,
+            Some(entry) => entry.0 = deadline,
+            None => entries.push((deadline, signal)),
+        }
+        drop(entries);
+        timer.changed.notify_one();
+    }
+
+    fn run(timer: &'static Timer) {
+        let mut entries = timer.entries.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            entries.retain(|(deadline, signal)| {
+                if *deadline <= now {
+                    due.push(signal.clone());
+                    false
+                } else {
+                    signal.strong_count() > 0
+                }
+            });
+            let next = entries.iter().map(|(deadline, _)| *deadline).min();
+            if !due.is_empty() {
+                drop(entries);
+                for signal in due.iter().filter_map(Weak::upgrade) {
+                    signal.notify();
+                }
+                drop(due);
+                entries = timer.entries.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            entries = match next {
+                None => timer
+                    .changed
+                    .wait(entries)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(next) => {
+                    timer
+                        .changed
+                        .wait_timeout(entries, next.saturating_duration_since(now))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 }
