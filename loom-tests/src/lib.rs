@@ -68,3 +68,14 @@ pub fn pool(n: usize, share: parjob::SharePolicy) -> parjob::ThreadPool {
         .build()
         .expect("loom pool")
 }
+
+/// [`pool`], with loom's exploration switched off while the workers start (`Registry::new` waits
+/// until each has registered): the start-up handshake is then one fixed interleaving, and the
+/// model explores only what happens after `build` returns, wherever the workers are by then.
+/// Used by the 3-thread models, whose start-up interleavings would otherwise dominate.
+pub fn started_pool(n: usize, share: parjob::SharePolicy) -> parjob::ThreadPool {
+    loom::stop_exploring();
+    let pool = pool(n, share);
+    loom::explore();
+    pool
+}

@@ -14,7 +14,7 @@ use parjob_loom_tests::{model, pool};
 
 #[test]
 fn owner_wakes_and_sees_result() {
-    model("latch", 3, || {
+    model("latch", 2, || {
         let a = pool(1, SharePolicy::Lazy);
         let b = pool(1, SharePolicy::Lazy);
         let answer = a.install(|| b.install(|| String::from("from pool b")));

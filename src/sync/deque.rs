@@ -9,13 +9,19 @@
 //! stand-in whose probe took the lock would be stronger than the real deque and hide lost wake-ups.
 //! What the stand-in leaves unverified is listed in `docs/verification.md`.
 
-#[cfg(not(loom))]
+//!
+//! `--cfg parjob_stand_in_deque` selects the same stand-in in a normal (std) build: `scripts/miri.sh`
+//! uses it for a Miri lane with preemption on, which the real deque's deliberate buffer race
+//! forbids.
+
+#[cfg(not(any(loom, parjob_stand_in_deque)))]
 pub(crate) use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
-#[cfg(loom)]
+#[cfg(any(loom, parjob_stand_in_deque))]
 pub(crate) use stand_in::{Injector, Steal, Stealer, Worker};
 
-#[cfg(loom)]
+#[cfg(any(loom, parjob_stand_in_deque))]
+#[allow(dead_code)]
 mod stand_in {
     use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
     use std::collections::VecDeque;

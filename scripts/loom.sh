@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs every loom model in loom-tests/ against the shipped code, then every broken twin: the same
+# model against a build with one protocol line removed (`--cfg parjob_mutant="NAME"`, see
+# src/sync/mutant.rs). A twin must FAIL: non-zero exit AND loom's failure message (deadlock,
+# causality violation, branch limit) or the model's assertion in the output. Each twin runs as
+# its own process (a loom deadlock aborts the test binary). Exits non-zero if any model fails or
+# any twin passes. Preemption bounds are set per model in code (printed as "preemption bound");
+# LOOM_MAX_PREEMPTIONS overrides them all. LOOM_MAX_DURATION is never used: it passes silently.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+unset LOOM_MAX_DURATION LOOM_MAX_PERMUTATIONS
+start=$(date +%s)
+models=(sleep inject latch join scope shutdown handoff publish)
+[ -f loom-tests/tests/cancel.rs ] && models+=(cancel)
+# mutant | model files it must break (space-separated) | expected failure text (grep -E)
+twins=(
+  "sleep_skips_fence|sleep inject|deadlock"
+  "sleep_skips_recheck|sleep inject|deadlock"
+  "publish_skips_fence|sleep inject|deadlock"
+  "latch_skips_announce|latch|deadlock"
+  "latch_set_relaxed|latch|Causality violation"
+  "join_skips_wait_on_panic|join|stolen B finished|Causality violation|deadlock"
+  "scope_counts_before_panic|scope|panic was lost|before every task finished|Causality violation"
+  "shutdown_skips_drain|shutdown|was lost|leaked"
+  "searcher_skips_handoff|handoff|deadlock"
+  "publish_skips_notify|publish|deadlock|maximum number of branches"
+)
+[ -f loom-tests/tests/cancel.rs ] && twins+=("cancel_check_before_claim|cancel|started after the cancel")
+log=$(mktemp -d)
+fail=0
+rows=()
+
+echo "== loom models (target-loom/)"
+if ! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target-loom cargo test --release -p parjob-loom-tests --no-run -q 2>"$log/build.txt"; then
+  cat "$log/build.txt"; echo "loom build failed"; exit 1
+fi
+for m in "${models[@]}"; do
+  t0=$(date +%s.%N)
+  RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target-loom timeout 300 \
+    cargo test --release -q -p parjob-loom-tests --test "$m" -- --nocapture >"$log/$m.txt" 2>&1
+  rc=$?
+  secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)")
+  info=$(grep -Eo 'preemption bound [^,]*|passed, [0-9]+ iterations' "$log/$m.txt" | tr '\n' ' ')
+  if [ $rc -eq 0 ]; then status=ok; else status="FAILED (rc $rc)"; fail=1; grep -E "panicked at|deadlock|Causality|exceeded|assertion" -A2 "$log/$m.txt" | head -8; fi
+  rows+=("$(printf '%-10s %-28s %-16s %6ss  %s' model "$m" "$status" "$secs" "$info")")
+done
+
+echo "== broken twins (target-loom-mutants/, one build per mutant)"
+for spec in "${twins[@]}"; do
+  IFS='|' read -r mutant files pattern <<<"$spec"
+  pattern="${spec#*|*|}"
+  flags="--cfg loom --cfg parjob_mutant=\"$mutant\""
+  tests=(); for f in $files; do tests+=(--test "$f"); done
+  t0=$(date +%s.%N)
+  if ! RUSTFLAGS="$flags" CARGO_TARGET_DIR=target-loom-mutants cargo test --release -q -p parjob-loom-tests "${tests[@]}" --no-run 2>"$log/build-$mutant.txt"; then
+    cat "$log/build-$mutant.txt"; rows+=("$(printf '%-10s %-28s %s' twin "$mutant" "BUILD FAILED")"); fail=1; continue
+  fi
+  for f in $files; do
+    t1=$(date +%s.%N)
+    RUSTFLAGS="$flags" CARGO_TARGET_DIR=target-loom-mutants timeout 300 \
+      cargo test --release -q -p parjob-loom-tests --test "$f" -- --nocapture >"$log/$mutant-$f.txt" 2>&1
+    rc=$?
+    secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $t1" | bc)")
+    found=$(grep -Eo -m1 "$pattern" "$log/$mutant-$f.txt" | head -1)
+    if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ -n "$found" ]; then
+      status="caught: $found"
+    else
+      status="NOT CAUGHT (rc $rc)"; fail=1
+    fi
+    rows+=("$(printf '%-10s %-28s %-8s %-40s %6ss' twin "$mutant" "$f" "$status" "$secs")")
+  done
+  echo "   $mutant: $(printf '%.0f' "$(echo "$(date +%s.%N) - $t0" | bc)")s (build + runs)"
+done
+
+echo
+echo "== summary ($(( $(date +%s) - start ))s; logs in $log)"
+printf '%s\n' "${rows[@]}"
+if [ $fail -ne 0 ]; then echo "loom: FAILED"; exit 1; fi
+echo "loom: all models pass, every broken twin is caught"

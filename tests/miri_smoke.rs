@@ -1,0 +1,124 @@
+//! Small scheduler tests sized for Miri (`scripts/miri.sh`): each exercises unsafe code — stack
+//! jobs and their latches, lifetime-erased scope tasks, panics crossing threads, shutdown with
+//! queued work — with few enough iterations that Miri finishes in seconds. They also run in every
+//! normal `cargo test`, with more iterations.
+
+use parjob::ThreadPoolBuilder;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const ROUNDS: usize = if cfg!(miri) { 2 } else { 50 };
+
+fn pool(n: usize) -> parjob::ThreadPool {
+    ThreadPoolBuilder::new().num_threads(n).build().unwrap()
+}
+
+fn fib(n: u32) -> u64 {
+    if n < 2 {
+        return n as u64;
+    }
+    let (a, b) = parjob::join(|| fib(n - 1), || fib(n - 2));
+    a + b
+}
+
+#[test]
+fn join_stack_jobs_borrow_the_callers_stack() {
+    let pool = pool(2);
+    for _ in 0..ROUNDS {
+        let data = [1u64, 2, 3, 4];
+        let (l, r) = pool.install(|| {
+            parjob::join(
+                || data[..2].iter().sum::<u64>(),
+                || data[2..].iter().sum::<u64>(),
+            )
+        });
+        assert_eq!(l + r, 10);
+        assert_eq!(
+            pool.install(|| fib(if cfg!(miri) { 6 } else { 16 })),
+            if cfg!(miri) { 8 } else { 987 }
+        );
+    }
+}
+
+#[test]
+fn join_from_outside_the_pool() {
+    let pool = pool(2);
+    for i in 0..ROUNDS {
+        let (a, b) = pool.join(|| i, || i + 1);
+        assert_eq!((a, b), (i, i + 1));
+    }
+}
+
+#[test]
+fn join_panic_waits_for_the_other_half() {
+    let pool = pool(2);
+    for _ in 0..ROUNDS {
+        let other = AtomicUsize::new(0);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            pool.install(|| {
+                parjob::join(
+                    || panic!("miri smoke: A panics"),
+                    || other.fetch_add(1, Ordering::Relaxed),
+                )
+            })
+        }));
+        assert!(result.is_err());
+        assert_eq!(other.load(Ordering::Relaxed), 1);
+    }
+}
+
+#[test]
+fn scope_tasks_borrow_and_nest() {
+    let pool = pool(2);
+    for _ in 0..ROUNDS {
+        let mut slots = [0u32; 4];
+        pool.scope(|s| {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                s.spawn(move |s| {
+                    s.spawn(|_| {});
+                    *slot = i as u32 + 1;
+                });
+            }
+        });
+        assert_eq!(slots, [1, 2, 3, 4]);
+    }
+}
+
+#[test]
+fn scope_panic_after_every_task() {
+    let pool = pool(2);
+    for _ in 0..ROUNDS {
+        let done = AtomicUsize::new(0);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            pool.scope(|s| {
+                s.spawn(|_| panic!("miri smoke: task panics"));
+                s.spawn(|_| {
+                    done.fetch_add(1, Ordering::Relaxed);
+                });
+            })
+        }));
+        assert!(result.is_err());
+        assert_eq!(done.load(Ordering::Relaxed), 1);
+    }
+}
+
+#[test]
+fn shutdown_with_work_in_flight() {
+    for _ in 0..ROUNDS {
+        let counter = std::sync::Arc::new(AtomicUsize::new(0));
+        let pool = pool(2);
+        let c = counter.clone();
+        pool.install(move || {
+            parjob::scope(|s| {
+                for _ in 0..4 {
+                    let c = &c;
+                    s.spawn(move |_| {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+            })
+        });
+        drop(pool);
+        assert_eq!(counter.load(Ordering::Relaxed), 4);
+    }
+}
