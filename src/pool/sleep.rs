@@ -21,6 +21,11 @@ use std::time::Instant;
 
 const AWAKE: u8 = 0;
 const SLEEPING: u8 = 1;
+/// A waker has claimed this sleeper and is moving it from `sleeping` to `searching` in the
+/// counters; it stores `AWAKE` once the counts are moved. The sleeper must not act as a searcher
+/// before that (it would decrement `searching` before the waker incremented it: the count would
+/// wrap and publishers reading it would skip a wake-up they owe; found by the loom handoff model).
+const CLAIMED: u8 = 2;
 
 /// `counters` packs two counts in one word so a waker can move a worker from sleeping to searching
 /// in one atomic step: bits 0..32 count searching workers, bits 32..64 sleeping ones.
@@ -37,8 +42,8 @@ fn sleeping(counters: u64) -> u64 {
 }
 
 struct WorkerSleepState {
-    /// `AWAKE` or `SLEEPING`. Only the worker itself stores `SLEEPING`; whoever CASes it back to
-    /// `AWAKE` (a waker or the worker) owns the accounting for that transition.
+    /// `AWAKE`, `SLEEPING` or `CLAIMED`. Only the worker itself stores `SLEEPING`; whoever moves it
+    /// out of `SLEEPING` (a waker, via `CLAIMED`, or the worker itself) owns the accounting.
     state: AtomicU8,
     /// Filled in by the worker before it can ever be `SLEEPING`; read only to unpark.
     thread: Mutex<Option<thread::Thread>>,
@@ -150,13 +155,15 @@ impl Sleep {
             if worker.state.load(Ordering::Relaxed) == SLEEPING
                 && worker
                     .state
-                    .compare_exchange(SLEEPING, AWAKE, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(SLEEPING, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
                 // One step: one fewer sleeper, one more searcher, so other publishers leave this
                 // wake-up alone instead of waking a herd.
                 self.counters
                     .fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::AcqRel);
+                // Release: the sleeper that sees `AWAKE` (Acquire) sees the counts moved.
+                worker.state.store(AWAKE, Ordering::Release);
                 counters.bump_wakeups_sent();
                 self.unpark(index);
                 return true;
@@ -252,6 +259,10 @@ impl Sleep {
             self.counters.fetch_sub(SLEEPING_ONE, Ordering::AcqRel);
             Woken::Idle
         } else {
+            // A waker claimed us: wait (a few instructions) until it has moved the counts.
+            while me.state.load(Ordering::Acquire) != AWAKE {
+                crate::sync::spin_loop();
+            }
             Woken::AsSearcher
         }
     }
