@@ -284,3 +284,85 @@ fn unread_results_with_a_panicking_drop_do_not_kill_the_pool() {
         "the pool's only worker died"
     );
 }
+
+/// Regression (review finding 3): a consumer on a pool worker, with the call on another pool,
+/// blocked its worker on a condition variable instead of helping its own pool; tasks that need the
+/// consumer's pool then deadlocked (as `run` does not).
+#[test]
+fn a_consumer_on_a_worker_keeps_its_pool_running() {
+    for unordered in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let a = parjob::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let b = parjob::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            let a2 = a.clone();
+            let sum: u64 = a.install(|| {
+                let p = Parallel::new()
+                    .n_jobs(2)
+                    .backend(parjob::Backend::Pool(b.clone()));
+                let tasks = (0..4u64).map(move |i| {
+                    let a3 = a2.clone();
+                    delayed(move |i: u64| a3.install(|| i * 10))(i)
+                });
+                if unordered {
+                    p.run_unordered(tasks).map(|(_, r)| r).sum()
+                } else {
+                    p.run_iter(tasks).sum()
+                }
+            });
+            tx.send(sum).unwrap();
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).ok(),
+            Some(60),
+            "unordered {unordered}: deadlocked"
+        );
+    }
+}
+
+/// The stream timeout still fires for a consumer on a pool worker (it now waits through a signal).
+#[test]
+fn stream_timeout_fires_for_a_consumer_on_a_worker() {
+    // The tasks run on another pool (a consumer on the tasks' own pool would run a blocked task
+    // itself: its deadline is checked between jobs).
+    let pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let tasks_pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let g = Arc::clone(&gate);
+    // (`tasks_pool` outlives the call: dropping the last handle would wait for the blocked tasks.)
+    let caught = pool.install(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Parallel::new()
+                .n_jobs(2)
+                .backend(parjob::Backend::Pool(tasks_pool.clone()))
+                .timeout(Duration::from_millis(20))
+                .run_iter((0..2u32).map(|i| {
+                    let g = Arc::clone(&g);
+                    delayed(move |i: u32| {
+                        while !g.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        i
+                    })(i)
+                }))
+                .count()
+        }))
+    });
+    gate.store(true, Ordering::SeqCst);
+    let payload = caught.expect_err("next() times out");
+    assert!(payload
+        .downcast_ref::<String>()
+        .is_some_and(|m| m.contains("timed out")));
+}

@@ -5,7 +5,10 @@
 //! not be `Send`), packs batches and queues them for *tokens* (`spawn_detached` jobs that run
 //! batches until the queue is empty), exactly as `run` does. Unlike joblib's generators, dispatch
 //! is driven by consumption: tasks pulled but not yet *read* never exceed the window
-//! (`pre_dispatch × batch size`), so unread results never pile up beyond it.
+//! (`pre_dispatch × batch size`), so unread results never pile up beyond it. A consumer waiting
+//! for a result waits through a [`Signal`] (as `run`'s dispatcher does): on a pool worker it keeps
+//! running that pool's work, so a call on another pool whose tasks need the consumer's pool
+//! cannot deadlock; the timeout is a timed wait on that signal.
 //!
 //! Tasks and results are `'static`, so nothing here borrows the consumer's stack and nothing has
 //! to be waited for on drop: dropping the iterator closes the call's [`Tracker`] and drops the
@@ -24,8 +27,9 @@ use super::cancel::Tracker;
 use super::delayed::{Apply, Delayed};
 use super::dispatch::discard;
 use super::progress::Progress;
+use crate::pool::signal::Signal;
 use crate::pool::unwind::{self, Panic};
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::ThreadPool;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -46,8 +50,11 @@ struct Shared<T, R> {
     tracker: Tracker,
     queue: Mutex<Queue<T>>,
     done: Mutex<Vec<Chunk<R>>>,
-    /// Notified (with `done` locked) whenever a chunk is posted.
-    posted: Condvar,
+    /// The consumer's wake-up, notified after every chunk posted (`None` before its first wait).
+    /// A [`Signal`], so that a consumer on a pool worker keeps running that pool's work while it
+    /// waits (blocking it could deadlock a call whose tasks need that pool); set by the consumer
+    /// before it waits, replaced if it moves to another thread.
+    waiter: Mutex<Option<Arc<Signal>>>,
     tasks_done: AtomicUsize,
     timing_tasks: AtomicU64,
     timing_ns: AtomicU64,
@@ -105,13 +112,17 @@ where
         self.timing_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.tasks_done.fetch_add(ran, Ordering::Relaxed);
-        let mut done = lock(&self.done);
-        done.push(Chunk {
+        lock(&self.done).push(Chunk {
             start,
             results,
             panic: outcome.err(),
         });
-        self.posted.notify_all();
+        // After the push (see `Signal`): a consumer that installed its signal after this read
+        // finds the chunk when it checks `done`.
+        let waiter = lock(&self.waiter).clone();
+        if let Some(signal) = waiter {
+            signal.notify();
+        }
     }
 
     fn run_one(&self) -> bool {
@@ -195,6 +206,8 @@ struct Stream<'p, I, F, A, R> {
     ready_panic: Option<Panic>,
     cursor: Option<(usize, std::vec::IntoIter<R>, Option<Panic>)>,
     finished: bool,
+    /// The consumer's wake-up and the thread it belongs to (see `Shared::waiter`).
+    signal: Option<(std::thread::ThreadId, Arc<Signal>)>,
 }
 
 impl<I, F, A, R> Stream<'_, I, F, A, R> {
@@ -267,7 +280,7 @@ where
                     tokens: 0,
                 }),
                 done: Mutex::new(Vec::new()),
-                posted: Condvar::new(),
+                waiter: Mutex::new(None),
                 tasks_done: AtomicUsize::new(0),
                 timing_tasks: AtomicU64::new(0),
                 timing_ns: AtomicU64::new(0),
@@ -284,6 +297,7 @@ where
             ready_panic: None,
             cursor: None,
             finished: false,
+            signal: None,
         }
     }
 
@@ -442,35 +456,30 @@ where
                 }
             }
             let deadline = self.timeout.map(|t| Instant::now() + t);
-            let mut done = self.shared.done.lock().unwrap_or_else(|e| e.into_inner());
-            while done.is_empty() {
-                match deadline {
-                    None => {
-                        done = self
-                            .shared
-                            .posted
-                            .wait(done)
-                            .unwrap_or_else(|e| e.into_inner())
-                    }
-                    Some(deadline) => {
-                        let now = Instant::now();
-                        if now >= deadline {
-                            drop(done);
-                            self.finished = true;
-                            self.close();
-                            panic!(
-                                "parjob: timed out after {:?} waiting for the next result; unstarted tasks were cancelled",
-                                self.timeout.unwrap_or_default()
-                            );
-                        }
-                        done = self
-                            .shared
-                            .posted
-                            .wait_timeout(done, deadline - now)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
-                }
+            let signal = self.signal();
+            let shared = &self.shared;
+            Signal::wait_while_until(&signal, deadline, || lock(&shared.done).is_empty());
+            if lock(&shared.done).is_empty() && deadline.is_some_and(|d| Instant::now() >= d) {
+                self.finished = true;
+                self.close();
+                panic!(
+                    "parjob: timed out after {:?} waiting for the next result; unstarted tasks were cancelled",
+                    self.timeout.unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// The consumer's signal for the current thread, installed in the shared state.
+    fn signal(&mut self) -> Arc<Signal> {
+        let me = std::thread::current().id();
+        match &self.signal {
+            Some((thread, signal)) if *thread == me => Arc::clone(signal),
+            _ => {
+                let signal = Arc::new(Signal::for_current_thread());
+                *lock(&self.shared.waiter) = Some(Arc::clone(&signal));
+                self.signal = Some((me, Arc::clone(&signal)));
+                signal
             }
         }
     }
