@@ -810,3 +810,38 @@ fn timeout_fires_while_the_target_pool_is_busy() {
         assert_eq!(timed_out, Some(true), "on_worker {on_worker}");
     }
 }
+
+/// Regression (review finding 6): a call in which every task ran (some past the deadline) was
+/// reported as a timeout on a pool, but succeeded with `n_jobs(1)`. Now both succeed: a timeout
+/// reports skipped work.
+#[test]
+fn a_call_that_skipped_nothing_succeeds_despite_the_deadline() {
+    let timeout = Duration::from_millis(200);
+    for n_jobs in [1usize, 2] {
+        let started = std::time::Instant::now();
+        let both_running = AtomicUsize::new(0);
+        let result = Parallel::new()
+            .n_jobs(n_jobs as i32)
+            .batch_size(BatchSize::Fixed(1))
+            .timeout(timeout)
+            .try_run((0..n_jobs as u32).map(|i| {
+                let both_running = &both_running;
+                Delayed::new(move || {
+                    both_running.fetch_add(1, Ordering::SeqCst);
+                    // Run past the deadline, together (so neither is started late).
+                    while both_running.load(Ordering::SeqCst) < n_jobs
+                        || started.elapsed() < timeout + Duration::from_millis(50)
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok::<u32, ()>(i)
+                })
+            }));
+        match result {
+            Ok(v) => assert_eq!(v, (0..n_jobs as u32).collect::<Vec<_>>()),
+            // Only if a task really was skipped (a very slow machine started one too late).
+            Err(Error::Timeout { completed, .. }) => assert!(completed < n_jobs, "n_jobs {n_jobs}"),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}

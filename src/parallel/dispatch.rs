@@ -596,7 +596,14 @@ where
     drop(unstarted);
 
     let completed = shared.tasks_done.load(Ordering::Acquire);
-    let timed_out = shared.timed_out.load(Ordering::Relaxed);
+    // A deadline that passed while the last tasks ran skipped nothing: that call succeeded (as
+    // on the sequential path; see docs/joblib.md, "Timeouts"). Nothing was skipped when every task
+    // pulled completed and the input has no more (pulling one more item to find out, if needed).
+    let timed_out = shared.timed_out.load(Ordering::Relaxed)
+        && !(panic.is_none()
+            && failure.is_none()
+            && completed == next_index
+            && (exhausted || tasks.next().is_none()));
     if panic.is_some() || failure.is_some() || timed_out {
         drop_written(base, &reports);
         drop(reports);
@@ -611,8 +618,9 @@ where
     // Every batch finished in full: slots `0 .. in_place` are initialised, the rest are in `own`.
     let in_place = in_place_prefix(&reports, next_index);
     // SAFETY: every batch with `Dest::Slots` covered a range below `capacity`, batches were cut in
-    // input order, and all of them finished writing (`batches_done == dispatched`, Acquire), so
-    // exactly the slots `0 .. in_place` are initialised.
+    // input order, and all of them finished writing: every task pulled ran (either the loop ended
+    // with `batches_done == dispatched`, or `completed == next_index` above), and the tracker is
+    // quiescent (Acquire), so exactly the slots `0 .. in_place` are initialised.
     unsafe { out.set_len(in_place) };
     let mut own: Vec<Report<R>> = reports.into_iter().filter(|r| r.own.is_some()).collect();
     own.sort_unstable_by_key(|r| r.start);

@@ -200,8 +200,9 @@ impl<'p> Parallel<'p> {
 
     /// A time limit; cooperative: tasks already running finish, tasks not yet started are
     /// cancelled. For `run`/`try_run` it is a wall-clock budget for the whole call (expired: `run`
-    /// panics, `try_run` returns [`Error::Timeout`]); for `run_iter`/`run_unordered` it limits
-    /// each wait for the next result (expired: `next()` panics). See `docs/joblib.md` for how this
+    /// panics, `try_run` returns [`Error::Timeout`], unless no task was skipped: a call whose tasks
+    /// all ran, some past the deadline, succeeds); for `run_iter`/`run_unordered` it limits each
+    /// wait for the next result (expired: `next()` panics). See `docs/joblib.md` for how this
     /// differs from joblib's per-result timeout.
     ///
     /// ```
