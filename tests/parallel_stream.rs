@@ -366,3 +366,46 @@ fn stream_timeout_fires_for_a_consumer_on_a_worker() {
         .downcast_ref::<String>()
         .is_some_and(|m| m.contains("timed out")));
 }
+
+/// Regression (review finding 7): sequential streams ignored the timeout and went on after a task
+/// panic, while pool streams end. Both now end the iterator the same way.
+#[test]
+fn sequential_streams_end_like_pool_streams() {
+    for n_jobs in [1, 2] {
+        let mut it = Parallel::new().n_jobs(n_jobs).run_iter((0..4u32).map(|i| {
+            delayed(|i: u32| {
+                if i == 1 {
+                    panic!("boom")
+                }
+                i
+            })(i)
+        }));
+        let mut seen = vec![];
+        for _ in 0..4 {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next())) {
+                Ok(v) => seen.push(format!("{v:?}")),
+                Err(_) => seen.push("PANIC".into()),
+            }
+        }
+        assert_eq!(
+            seen,
+            ["Some(0)", "PANIC", "None", "None"],
+            "n_jobs {n_jobs}"
+        );
+    }
+    let mut it = Parallel::new()
+        .n_jobs(1)
+        .timeout(Duration::from_millis(5))
+        .run_iter((0..3u32).map(|i| {
+            delayed(|i: u32| {
+                std::thread::sleep(Duration::from_millis(30));
+                i
+            })(i)
+        }));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next()));
+    let payload = caught.expect_err("the task took longer than the timeout");
+    assert!(payload
+        .downcast_ref::<String>()
+        .is_some_and(|m| m.contains("timed out")));
+    assert_eq!(it.next(), None);
+}

@@ -401,7 +401,24 @@ where
                 self.progress.finish(self.yielded);
                 return None;
             };
-            let value = task.call();
+            // As on a pool: a task's panic ends the iterator, and so does a result that took
+            // longer than the timeout to arrive (here: the task, run by `next()` itself, took
+            // that long; its result is dropped, as a late result on a pool is).
+            let started = Instant::now();
+            let value = match unwind::halt_unwinding(|| task.call()) {
+                Ok(value) => value,
+                Err(payload) => {
+                    self.finished = true;
+                    unwind::resume_unwinding(payload)
+                }
+            };
+            if let Some(timeout) = self.timeout.filter(|&t| started.elapsed() > t) {
+                self.finished = true;
+                drop(value);
+                panic!(
+                    "parjob: timed out after {timeout:?} waiting for the next result; unstarted tasks were cancelled"
+                );
+            }
             self.yielded += 1;
             self.progress.update(self.yielded);
             return Some((self.yielded - 1, value));
@@ -492,7 +509,9 @@ where
 ///
 /// # Panics
 /// `next()` resumes a task's panic when it reaches that task's position, and panics when a
-/// [`timeout`](crate::Parallel::timeout) expires while waiting.
+/// [`timeout`](crate::Parallel::timeout) expires while waiting. Either ends the iterator: later
+/// calls return `None`. The same holds with an effective `n_jobs` of 1, where `next()` runs the
+/// task itself: it panics if that task took longer than the timeout (the result is dropped).
 pub struct RunIter<'p, I, F, A, R>(Stream<'p, I, F, A, R>);
 
 /// `(index, result)` pairs in completion order: [`Parallel::run_unordered`](crate::Parallel::run_unordered).
