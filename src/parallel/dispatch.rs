@@ -155,9 +155,6 @@ struct Shared<T, R> {
     signal: Arc<Signal>,
     queue: Mutex<Queue<T, R>>,
     reports: Mutex<Vec<Report<R>>>,
-    /// Emptied batch buffers, handed back for the dispatcher to refill (large batches would
-    /// otherwise page-fault a fresh allocation each time).
-    spare: Mutex<Vec<Vec<T>>>,
     /// Batches finished (Release after their report is in; the caller reads with Acquire).
     batches_done: AtomicUsize,
     /// Tasks that ran to completion (progress and the window).
@@ -458,7 +455,6 @@ where
             tokens: 0,
         }),
         reports: Mutex::new(Vec::new()),
-        spare: Mutex::new(Vec::new()),
         batches_done: AtomicUsize::new(0),
         tasks_done: AtomicUsize::new(0),
         timing_tasks: AtomicU64::new(0),
@@ -517,13 +513,7 @@ where
                 break;
             }
             let take = size.min(window - in_flight);
-            let mut batch = match lock(&shared.spare).pop() {
-                Some(mut buffer) if buffer.capacity() >= take => {
-                    buffer.clear();
-                    buffer
-                }
-                _ => Vec::with_capacity(take),
-            };
+            let mut batch = Vec::with_capacity(take);
             batch.extend(tasks.by_ref().take(take));
             if batch.len() < take {
                 exhausted = true;

@@ -138,6 +138,13 @@ impl<'p> Parallel<'p> {
     /// threads (even above the core count), `0` an error when the call starts. An effective count
     /// of 1 runs every task on the calling thread.
     ///
+    /// Outside any pool, with the default backend, each distinct effective count other than the
+    /// core count gets a pool of exactly that many threads, built on first use and kept for the
+    /// life of the process (so repeated calls spawn no threads). Those threads are never released:
+    /// `n_jobs(10_000)` leaves 10,000 idle threads behind, and every distinct count adds its own
+    /// pool. For many different or very large counts, build a pool and use
+    /// [`Backend::Pool`](crate::Backend::Pool).
+    ///
     /// ```
     /// use parjob::{delayed, Parallel};
     /// let caller = std::thread::current().id();
