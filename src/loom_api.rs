@@ -115,3 +115,36 @@ pub fn is_hungry(pool: &ThreadPool, index: usize) -> bool {
 pub fn current_worker() -> Option<usize> {
     WorkerThread::current().map(|w| w.index())
 }
+
+/// The `Parallel` cancellation tracker (`src/parallel/cancel.rs`): runners `begin` before touching
+/// a call's tasks and `finish` after; the dispatcher `close`s it and waits until it is quiescent.
+pub struct CancelTracker(crate::parallel::cancel::Tracker);
+
+impl CancelTracker {
+    /// A fresh, open tracker.
+    pub fn new() -> Self {
+        CancelTracker(crate::parallel::cancel::Tracker::new())
+    }
+    /// A runner asks to start a task; `false` once the tracker is closed.
+    pub fn begin(&self) -> bool {
+        self.0.begin()
+    }
+    /// The runner is done with the call's data.
+    pub fn finish(&self) {
+        self.0.finish()
+    }
+    /// Cancel: no `begin` succeeds after this is observed.
+    pub fn close(&self) {
+        self.0.close()
+    }
+    /// Closed, and no runner active.
+    pub fn is_quiescent(&self) -> bool {
+        self.0.is_quiescent()
+    }
+}
+
+impl Default for CancelTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}

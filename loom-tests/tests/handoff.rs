@@ -38,7 +38,7 @@ impl Gate {
 
 #[test]
 fn second_job_runs_while_first_blocks() {
-    model("handoff", 2, || {
+    model("handoff", 1, || {
         let pool = pool(2, SharePolicy::Lazy);
         let second_ran = Gate::new();
         let first_done = Gate::new();

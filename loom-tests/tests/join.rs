@@ -16,13 +16,18 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[test]
 fn panic_in_a_waits_for_stolen_b() {
-    model("join", 2, || {
+    model("join", 1, || {
         let pool = pool(2, SharePolicy::Eager);
         let b_done = Arc::new(AtomicBool::new(false));
         let result = catch_unwind(AssertUnwindSafe(|| {
             pool.install(|| {
                 parjob::join(
-                    || panic!("{EXPECTED}: A"),
+                    || {
+                        // A voluntary switch (not a preemption): lets the woken worker steal B
+                        // while A runs, so the twin is caught within a preemption bound of 1.
+                        loom::thread::yield_now();
+                        panic!("{EXPECTED}: A")
+                    },
                     || b_done.store(true, Ordering::Relaxed),
                 )
             })

@@ -93,37 +93,4 @@ impl Tracker {
     }
 }
 
-#[cfg(all(test, loom))]
-mod loom_model {
-    //! `RUSTFLAGS="--cfg loom" cargo test --lib parallel::cancel` (add
-    //! `--cfg parjob_mutant=\"cancel_check_before_claim\"` for the broken twin, which must fail).
-    use super::Tracker;
-    use crate::sync::{thread, Arc, AtomicBool, Ordering};
-
-    #[test]
-    fn no_task_starts_after_quiescence_is_observed() {
-        loom::model(|| {
-            let tracker = Arc::new(Tracker::new());
-            // Stands for the borrowed data: "freed" once the canceller saw quiescence.
-            let freed = Arc::new(AtomicBool::new(false));
-            let runner = {
-                let (tracker, freed) = (Arc::clone(&tracker), Arc::clone(&freed));
-                thread::spawn(move || {
-                    if tracker.begin() {
-                        assert!(
-                            !freed.load(Ordering::Relaxed),
-                            "a task started after the cancel was observed"
-                        );
-                        tracker.finish();
-                    }
-                })
-            };
-            tracker.close();
-            while !tracker.is_quiescent() {
-                thread::yield_now();
-            }
-            freed.store(true, Ordering::Relaxed);
-            runner.join().unwrap();
-        });
-    }
-}
+// The loom model of this protocol (model 9) and its broken twin are in `loom-tests/tests/cancel.rs`.

@@ -115,12 +115,11 @@ impl<'scope> Scope<'scope> {
     /// Called once per task (and once for the scope body). The last one sets the latch.
     fn task_finished(&self, panic: Option<Panic>) {
         if mutant::SCOPE_COUNTS_BEFORE_PANIC {
-            let last = self.pending.fetch_sub(1, Ordering::AcqRel) == 1;
+            if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.set_latch();
+            }
             if let Some(payload) = panic {
                 self.record_panic(payload);
-            }
-            if last {
-                self.set_latch();
             }
             return;
         }

@@ -20,7 +20,8 @@ pub(crate) const LATCH_SET_RELAXED: bool = cfg!(all(loom, parjob_mutant = "latch
 /// `join` returns A's panic without waiting for a stolen B to finish.
 pub(crate) const JOIN_SKIPS_WAIT_ON_PANIC: bool =
     cfg!(all(loom, parjob_mutant = "join_skips_wait_on_panic"));
-/// The scope counter is decremented before the task's panic is recorded.
+/// A scope task counts itself finished (and, if last, sets the scope's latch) before recording its
+/// panic, so the owner can return without it.
 pub(crate) const SCOPE_COUNTS_BEFORE_PANIC: bool =
     cfg!(all(loom, parjob_mutant = "scope_counts_before_panic"));
 /// Shutdown lets workers exit without draining the queues.
