@@ -284,6 +284,7 @@ impl Workload for Nested {
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
         let n = self.iterations;
+        let threads = pools.threads as i32;
         let inner_seq = |o: u64| {
             (0..16u64)
                 .map(|i| spin_work(o * 16 + i, n))
@@ -295,7 +296,7 @@ impl Workload for Nested {
                 Delayed::new(move || {
                     // Nested: runs on the same pool (no new threads), helping while it waits.
                     Parallel::new()
-                        .n_jobs(-1)
+                        .n_jobs(threads)
                         .run((0..16u64).map(|i| Delayed::new(move || spin_work(o * 16 + i, n))))
                         .into_iter()
                         .fold(0, |a, b| a ^ b)
