@@ -51,7 +51,13 @@ fn a_trace_contains_exactly_the_tasks_that_ran_properly_nested() {
                 _ => {}
             }
         }
-        assert_eq!(depth, 0, "every task that started on worker {worker} ended");
+        // The job that finished the scope may record its end just after `stop_trace` (the caller
+        // is released by the job's latch, set before the worker records the end): at most that
+        // one task may be open.
+        assert!(
+            (0..=1).contains(&depth),
+            "unbalanced tasks on worker {worker}: depth {depth}"
+        );
     }
     // The scope body ran as one injected job; each spawn as one job.
     assert_eq!(starts, spawns + 1);
@@ -76,16 +82,21 @@ fn chrome_json_parses_and_has_the_required_fields() {
         serde_json::from_str(&trace.to_chrome_json()).expect("valid JSON");
     let events = json["traceEvents"].as_array().expect("traceEvents array");
     assert!(!events.is_empty());
-    let mut begins = 0;
-    let mut ends = 0;
+    // Per thread: no `E` without an earlier `B`. A worker may still be inside a task or asleep
+    // when the trace stops, so a few `B`s may stay open (the format allows that).
+    let mut open = std::collections::HashMap::<u64, i64>::new();
     for e in events {
         let ph = e["ph"].as_str().expect("ph");
         assert!(e["pid"].is_u64() && e["tid"].is_u64(), "{e}");
         assert!(e["name"].is_string(), "{e}");
         match ph {
             "M" => assert!(e["args"]["name"].is_string()),
-            "B" => begins += 1,
-            "E" => ends += 1,
+            "B" => *open.entry(e["tid"].as_u64().unwrap()).or_default() += 1,
+            "E" => {
+                let depth = open.entry(e["tid"].as_u64().unwrap()).or_default();
+                *depth -= 1;
+                assert!(*depth >= 0, "an end without a begin: {e}");
+            }
             "i" => assert!(e["ts"].is_number()),
             other => panic!("unexpected phase {other}"),
         }
@@ -93,7 +104,7 @@ fn chrome_json_parses_and_has_the_required_fields() {
             assert!(e["ts"].is_number(), "{e}");
         }
     }
-    assert_eq!(begins, ends);
+    assert!(open.values().all(|&d| (0..=2).contains(&d)), "{open:?}");
     let dir = std::env::temp_dir().join(format!("parjob-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("trace.json");
