@@ -292,7 +292,7 @@ pub(crate) use enabled::PoolTrace;
 
 #[cfg(feature = "trace")]
 mod enabled {
-    use super::{EventKind, Trace, TraceEvent, TRACE_CAPACITY};
+    use super::{drop_unopened_ends, EventKind, Trace, TraceEvent, TRACE_CAPACITY};
     use std::cell::UnsafeCell;
     use std::mem::MaybeUninit;
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -396,7 +396,7 @@ mod enabled {
             self.enabled.store(false, Ordering::Release);
             let generation = self.generation.load(Ordering::Acquire);
             let mut dropped = 0;
-            let workers = self
+            let workers: Vec<Vec<TraceEvent>> = self
                 .workers
                 .iter()
                 .map(|buffer| {
@@ -415,9 +415,42 @@ mod enabled {
                         .collect()
                 })
                 .collect();
-            Trace { workers, dropped }
+            Trace {
+                workers: workers.into_iter().map(drop_unopened_ends).collect(),
+                dropped,
+            }
         }
     }
+}
+
+/// Drops end events whose start happened before the trace started (a task or sleep already in
+/// progress at `start_trace`), so every worker's events are properly nested: each end has its start
+/// earlier in the trace. Starts may stay open at the end (still running at `stop_trace`).
+#[cfg(feature = "trace")]
+fn drop_unopened_ends(events: Vec<TraceEvent>) -> Vec<TraceEvent> {
+    let (mut tasks, mut sleeps, mut batches) = (0u32, 0u32, 0u32);
+    events
+        .into_iter()
+        .filter(|e| {
+            let depth = match e.kind {
+                EventKind::TaskStart | EventKind::TaskEnd => &mut tasks,
+                EventKind::Sleep | EventKind::Wake => &mut sleeps,
+                EventKind::BatchStart | EventKind::BatchEnd => &mut batches,
+                _ => return true,
+            };
+            match e.kind {
+                EventKind::TaskStart | EventKind::Sleep | EventKind::BatchStart => {
+                    *depth += 1;
+                    true
+                }
+                _ if *depth == 0 => false,
+                _ => {
+                    *depth -= 1;
+                    true
+                }
+            }
+        })
+        .collect()
 }
 
 /// Nanoseconds since `epoch` (a pool's creation).
