@@ -2,35 +2,16 @@
 
 mod common;
 use common::*;
-use parjob::{SharePolicy, ThreadPool, ThreadPoolBuilder, VictimPolicy};
+use parjob::{ThreadPool, ThreadPoolBuilder};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Every scheduling policy combination the builder offers; the suites below run under each.
+/// One pool of `threads` workers under every scheduling policy (see `common::policies`).
 fn pools(threads: usize) -> Vec<(String, ThreadPool)> {
-    let mut pools = Vec::new();
-    for share in [SharePolicy::Lazy, SharePolicy::Eager] {
-        for victims in [
-            VictimPolicy::Random,
-            VictimPolicy::RoundRobin,
-            VictimPolicy::LastSuccessful,
-        ] {
-            for spin in [0, parjob::DEFAULT_SPIN_ROUNDS] {
-                let pool = ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .share_policy(share)
-                    .victim_policy(victims)
-                    .spin_rounds(spin)
-                    .build()
-                    .unwrap();
-                pools.push((
-                    format!("{share:?}/{victims:?}/spin={spin}/threads={threads}"),
-                    pool,
-                ));
-            }
-        }
-    }
-    pools
+    policies()
+        .into_iter()
+        .map(|(name, build)| (format!("{name}/threads={threads}"), build(threads)))
+        .collect()
 }
 
 #[test]

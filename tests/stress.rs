@@ -111,37 +111,15 @@ fn outside_joins_race_with_busy_workers() {
 
 #[test]
 fn random_trees_under_every_policy() {
-    use parjob::VictimPolicy;
-    for share in [SharePolicy::Lazy, SharePolicy::Eager] {
-        for victims in [
-            VictimPolicy::Random,
-            VictimPolicy::RoundRobin,
-            VictimPolicy::LastSuccessful,
-        ] {
-            for spin in [0, parjob::DEFAULT_SPIN_ROUNDS] {
-                let build = |threads| {
-                    ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .share_policy(share)
-                        .victim_policy(victims)
-                        .spin_rounds(spin)
-                        .max_searchers(1)
-                        .build()
-                        .unwrap()
-                };
-                let pools = vec![build(2), build(1), build(3)];
-                let depth = if cfg!(miri) { 3 } else { 6 };
-                for seed in 0..iterations(150, 2) as u64 {
-                    let sink = AtomicU64::new(0);
-                    let got = pools[0].install(|| random_tree(seed, depth, &pools, &sink));
-                    let want = expected_leaves(seed, depth, pools.len());
-                    assert_eq!(
-                        got, want,
-                        "seed {seed} under {share:?}/{victims:?}/spin={spin}"
-                    );
-                    assert_eq!(sink.load(Ordering::Relaxed), want);
-                }
-            }
+    for (name, build) in policies() {
+        let pools = vec![build(2), build(1), build(3)];
+        let depth = if cfg!(miri) { 3 } else { 6 };
+        for seed in 0..iterations(150, 2) as u64 {
+            let sink = AtomicU64::new(0);
+            let got = pools[0].install(|| random_tree(seed, depth, &pools, &sink));
+            let want = expected_leaves(seed, depth, pools.len());
+            assert_eq!(got, want, "seed {seed} under {name}");
+            assert_eq!(sink.load(Ordering::Relaxed), want);
         }
     }
 }

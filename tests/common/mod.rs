@@ -81,3 +81,32 @@ pub fn process_thread_count() -> Option<usize> {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Every scheduling policy combination the builder offers (share × victims × spin budget), as a
+/// label and a function that builds a pool of `threads` workers under it. The correctness and
+/// stress suites run under each.
+pub fn policies() -> Vec<(String, impl Fn(usize) -> parjob::ThreadPool)> {
+    use parjob::{SharePolicy, ThreadPoolBuilder, VictimPolicy};
+    let mut all = Vec::new();
+    for share in [SharePolicy::Lazy, SharePolicy::Eager] {
+        for victims in [
+            VictimPolicy::Random,
+            VictimPolicy::RoundRobin,
+            VictimPolicy::LastSuccessful,
+        ] {
+            for spin in [0, parjob::DEFAULT_SPIN_ROUNDS] {
+                let build = move |threads: usize| {
+                    ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .share_policy(share)
+                        .victim_policy(victims)
+                        .spin_rounds(spin)
+                        .build()
+                        .unwrap()
+                };
+                all.push((format!("{share:?}/{victims:?}/spin={spin}"), build));
+            }
+        }
+    }
+    all
+}
