@@ -31,6 +31,25 @@ fn f64_checksum(v: &[f64]) -> u64 {
     v.iter().fold(0u64, |h, x| h.rotate_left(5) ^ x.to_bits())
 }
 
+/// Static split: `out[i] = sqrt(numbers[i])`, each half on its own thread.
+fn sqrt_split(out: &mut [f64], numbers: &[f64]) {
+    let (lo_out, hi_out) = out.split_at_mut(numbers.len() / 2);
+    let (lo_in, hi_in) = numbers.split_at(numbers.len() / 2);
+    let fill = |o: &mut [f64], i: &[f64]| o.iter_mut().zip(i).for_each(|(o, n)| *o = n.sqrt());
+    static_split(|| fill(lo_out, lo_in), || fill(hi_out, hi_in));
+}
+
+/// Static split: `(0..len).map(item)` with each half on its own thread, concatenated in order.
+fn map_split(len: u64, item: impl Fn(u64) -> u64 + Sync) -> Vec<u64> {
+    let half = len / 2;
+    let (mut lo, hi) = static_split(
+        || (0..half).map(&item).collect::<Vec<_>>(),
+        || (half..len).map(&item).collect::<Vec<_>>(),
+    );
+    lo.extend(hi);
+    lo
+}
+
 // ---------------------------------------------------------------- sqrt (the joblib example)
 
 fn input(len: usize) -> Vec<f64> {
@@ -64,22 +83,7 @@ impl Workload for SqrtFresh {
                 .install(|| numbers.par_iter().map(|&n| n.sqrt()).collect()),
             Contender::StaticSplit if pools.threads == 2 => {
                 let mut out = vec![0.0; numbers.len()];
-                let (lo_out, hi_out) = out.split_at_mut(numbers.len() / 2);
-                let (lo_in, hi_in) = numbers.split_at(numbers.len() / 2);
-                static_split(
-                    || {
-                        lo_out
-                            .iter_mut()
-                            .zip(lo_in)
-                            .for_each(|(o, n)| *o = n.sqrt())
-                    },
-                    || {
-                        hi_out
-                            .iter_mut()
-                            .zip(hi_in)
-                            .for_each(|(o, n)| *o = n.sqrt())
-                    },
-                );
+                sqrt_split(&mut out, numbers);
                 out
             }
             Contender::StaticSplit | Contender::Chili => return None,
@@ -127,22 +131,7 @@ impl Workload for SqrtRecycled {
                     .for_each(|(o, n)| *o = n.sqrt())
             }),
             Contender::StaticSplit if pools.threads == 2 => {
-                let (lo_out, hi_out) = out.split_at_mut(numbers.len() / 2);
-                let (lo_in, hi_in) = numbers.split_at(numbers.len() / 2);
-                static_split(
-                    || {
-                        lo_out
-                            .iter_mut()
-                            .zip(lo_in)
-                            .for_each(|(o, n)| *o = n.sqrt())
-                    },
-                    || {
-                        hi_out
-                            .iter_mut()
-                            .zip(hi_in)
-                            .for_each(|(o, n)| *o = n.sqrt())
-                    },
-                );
+                sqrt_split(out, numbers);
             }
             Contender::StaticSplit | Contender::Chili => return None,
         }
@@ -186,17 +175,7 @@ impl Workload for TinyTasks {
                     .collect()
             }),
             Contender::StaticSplit if pools.threads == 2 => {
-                let half = count / 2;
-                let (mut lo, hi) = static_split(
-                    || (0..half).map(|i| tiny(i, iterations)).collect::<Vec<_>>(),
-                    || {
-                        (half..count)
-                            .map(|i| tiny(i, iterations))
-                            .collect::<Vec<_>>()
-                    },
-                );
-                lo.extend(hi);
-                lo
+                map_split(count, |i| tiny(i, iterations))
             }
             Contender::StaticSplit | Contender::Chili => return None,
         };
@@ -256,13 +235,9 @@ impl Workload for UnevenTasks {
                     .collect()
             }),
             Contender::StaticSplit if pools.threads == 2 => {
-                let half = iterations.len() / 2;
-                let run = |range: std::ops::Range<usize>| -> Vec<u64> {
-                    range.map(|i| spin_work(i as u64, iterations[i])).collect()
-                };
-                let (mut lo, hi) = static_split(|| run(0..half), || run(half..iterations.len()));
-                lo.extend(hi);
-                lo
+                map_split(iterations.len() as u64, |i| {
+                    spin_work(i, iterations[i as usize])
+                })
             }
             Contender::StaticSplit | Contender::Chili => return None,
         };
@@ -313,14 +288,7 @@ impl Workload for Nested {
                     })
                     .collect()
             }),
-            Contender::StaticSplit if pools.threads == 2 => {
-                let (mut lo, hi) = static_split(
-                    || (0..8).map(inner_seq).collect::<Vec<_>>(),
-                    || (8..16).map(inner_seq).collect::<Vec<_>>(),
-                );
-                lo.extend(hi);
-                lo
-            }
+            Contender::StaticSplit if pools.threads == 2 => map_split(16, inner_seq),
             Contender::StaticSplit | Contender::Chili => return None,
         };
         Some(out.iter().fold(0u64, |h, &x| h.rotate_left(11) ^ x))
