@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 unset LOOM_MAX_DURATION LOOM_MAX_PERMUTATIONS
 start=$(date +%s)
-models=(sleep inject latch join scope shutdown handoff publish)
+models=(sleep inject latch join scope shutdown handoff publish batch)
 [ -f loom-tests/tests/cancel.rs ] && models+=(cancel)
 # mutant | model files it must break (space-separated) | expected failure text (grep -E)
 twins=(
@@ -25,6 +25,7 @@ twins=(
   "shutdown_skips_drain|shutdown|was lost|leaked"
   "searcher_skips_handoff|handoff|deadlock"
   "publish_skips_notify|publish|deadlock|maximum number of branches"
+  "batch_skips_notify|batch|deadlock|maximum number of branches"
 )
 [ -f loom-tests/tests/cancel.rs ] && twins+=("cancel_check_before_claim|cancel|started after the cancel")
 log=$(mktemp -d)

@@ -8,8 +8,8 @@
 use crate::pool::metrics::{LatencyHistogram, WorkerCounters};
 use crate::pool::sleep::{Sleep, Woken};
 use crate::pool::thread_pool::ThreadPool;
-use crate::pool::worker::WorkerThread;
-use crate::sync::deque::{Injector, Steal};
+use crate::pool::worker::{take_injected, WorkerThread};
+use crate::sync::deque::{Injector, Steal, Worker};
 use crate::sync::Ordering;
 use std::time::Instant;
 
@@ -23,6 +23,8 @@ pub fn mutant() -> Option<&'static str> {
 pub struct SleepModel {
     sleep: Sleep,
     injector: Injector<u32>,
+    /// The own deque of the worker that takes injected batches (`take_batch`).
+    batch_owner: Worker<u32>,
     counters: WorkerCounters,
     wake_latency: LatencyHistogram,
 }
@@ -33,6 +35,7 @@ impl SleepModel {
         SleepModel {
             sleep: Sleep::new(num_workers, max_searchers, Instant::now()),
             injector: Injector::new(),
+            batch_owner: Worker::new_lifo(),
             counters: WorkerCounters::default(),
             wake_latency: LatencyHistogram::new(),
         }
@@ -60,6 +63,22 @@ impl SleepModel {
         }
     }
 
+    /// A busy worker's `find_work` on the injector (`worker::take_injected`): one job back, a
+    /// batch moved into its own deque, and the move announced.
+    pub fn take_batch(&self) -> Option<u32> {
+        take_injected(
+            &self.injector,
+            &self.batch_owner,
+            &self.sleep,
+            &self.counters,
+        )
+    }
+
+    /// A thief's steal from the deque that `take_batch` fills.
+    pub fn steal_from_batch_owner(&self) -> Option<u32> {
+        self.batch_owner.stealer().steal().success()
+    }
+
     /// `Sleep::start_searching`.
     pub fn start_searching(&self) -> bool {
         self.sleep.start_searching()
@@ -83,7 +102,7 @@ impl SleepModel {
             index,
             &self.counters,
             &self.wake_latency,
-            || !self.injector.is_empty(),
+            || !self.injector.is_empty() || !self.batch_owner.is_empty(),
             keep_sleeping,
         );
         woken == Woken::AsSearcher

@@ -179,6 +179,12 @@ impl<F: FnOnce() + Send> Job for HeapJob<F> {
         // SAFETY: `this` came from `Box::into_raw` in `into_job_ref` and is executed exactly once,
         // so rebuilding the box here takes back unique ownership.
         let this = unsafe { Box::from_raw(this as *mut Self) };
+        // Every heap job catches its own task's panics (scope spawns, `Parallel` runners, the
+        // outside-join ticket). A panic that still escapes is a bug that would unwind through the
+        // worker loop and skip whatever count or latch the job owes its waiter — letting a scope
+        // or a call return while its tasks still run. Abort instead, as `StackJob` does.
+        let abort = unwind::AbortIfPanic;
         (this.func)();
+        mem::forget(abort);
     }
 }

@@ -38,7 +38,9 @@ where
         return match result_a {
             Ok(ra) => (ra, b()),
             Err(payload) => {
-                let _ = unwind::halt_unwinding(b);
+                // B's result or panic payload is user data whose `Drop` may panic: contained,
+                // so A's panic is the one resumed.
+                unwind::drop_contained(unwind::halt_unwinding(b));
                 unwind::resume_unwinding(payload)
             }
         };
@@ -53,7 +55,10 @@ where
     let result_b = job_b.into_result();
     match result_a {
         Ok(ra) => (ra, result_b.into_return_value()),
-        Err(payload) => unwind::resume_unwinding(payload),
+        Err(payload) => {
+            unwind::drop_contained(result_b);
+            unwind::resume_unwinding(payload)
+        }
     }
 }
 

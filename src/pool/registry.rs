@@ -240,7 +240,8 @@ impl Registry {
             return match result_a {
                 Ok(ra) => (ra, b()),
                 Err(payload) => {
-                    let _ = unwind::halt_unwinding(b);
+                    // As in `join_in_worker`: B's leftovers are user data, dropped contained.
+                    unwind::drop_contained(unwind::halt_unwinding(b));
                     unwind::resume_unwinding(payload)
                 }
             };
@@ -249,7 +250,10 @@ impl Registry {
         let result_b = job_b.into_result();
         match result_a {
             Ok(ra) => (ra, result_b.into_return_value()),
-            Err(payload) => unwind::resume_unwinding(payload),
+            Err(payload) => {
+                unwind::drop_contained(result_b);
+                unwind::resume_unwinding(payload)
+            }
         }
     }
 

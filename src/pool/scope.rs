@@ -84,10 +84,30 @@ impl<'scope> Scope<'scope> {
         let scope = ScopePtr(self);
         let job = HeapJob::new(move || {
             let scope = scope;
-            // SAFETY: the scope is alive: it cannot return while this task is pending.
-            let scope = unsafe { &*scope.0 };
-            let result = unwind::halt_unwinding(|| task(scope));
-            scope.task_finished(result.err());
+            // Counts this task finished however it ends; its drop is the task's last access to
+            // the scope.
+            let finished = FinishOnDrop(scope.0);
+            let result = {
+                // SAFETY: the scope is alive: it cannot return while this task is pending, and
+                // `finished` (declared before, so dropped after this borrow ends) is what
+                // decrements `pending`.
+                let scope_ref = unsafe { &*scope.0 };
+                unwind::halt_unwinding(|| task(scope_ref))
+            };
+            if mutant::SCOPE_COUNTS_BEFORE_PANIC {
+                // Broken twin (loom builds only): count first, record after.
+                drop(finished);
+                if let Err(payload) = result {
+                    // SAFETY: none; this is the deliberately broken order the model must catch.
+                    unsafe { Scope::record_panic(scope.0, payload) };
+                }
+                return;
+            }
+            if let Err(payload) = result {
+                // SAFETY: still pending (see above); `record_panic` contains every user `Drop`.
+                unsafe { Scope::record_panic(scope.0, payload) };
+            }
+            drop(finished);
         });
         // SAFETY: the job borrows data that lives for `'scope`; the scope outlives the job because
         // it waits for `pending`, which this job decrements only as its very last action.
@@ -100,50 +120,77 @@ impl<'scope> Scope<'scope> {
         }
     }
 
-    fn record_panic(&self, payload: Panic) {
+    /// Keeps the first task panic; drops any later one with its `Drop` contained.
+    ///
+    /// # Safety
+    /// `this` points to a live scope: the caller is a task (or the body) still counted in
+    /// `pending`.
+    unsafe fn record_panic(this: *const Self, payload: Panic) {
         let boxed = Box::into_raw(Box::new(payload));
-        if self
-            .panic
+        // SAFETY: the caller guarantees `this` is live; `panic` is an atomic, shared access only.
+        let slot = unsafe { &(*this).panic };
+        // AcqRel pairs with the owner's `swap(Acquire)` after the latch: the winner's payload is
+        // fully written before the owner takes it.
+        if slot
             .compare_exchange(ptr::null_mut(), boxed, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             // SAFETY: we just made `boxed` and lost the race, so nobody else has it.
-            drop(unsafe { Box::from_raw(boxed) });
+            let losing = unsafe { Box::from_raw(boxed) };
+            // A payload's `Drop` is user code and may panic: contained, never unwinding past the
+            // decrement that follows.
+            unwind::drop_contained(losing);
         }
     }
 
-    /// Called once per task (and once for the scope body). The last one sets the latch.
-    fn task_finished(&self, panic: Option<Panic>) {
-        if mutant::SCOPE_COUNTS_BEFORE_PANIC {
-            if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.set_latch();
+    /// Called once per task (and once for the scope body), by `FinishOnDrop`. The last one sets
+    /// the latch, after which the owner may free the scope at once: from the decrement on, this
+    /// function touches nothing of the scope but what it copied out before.
+    ///
+    /// A raw pointer rather than `&self` on purpose: a `&Scope` argument would be protected for the
+    /// whole call (Stacked/Tree Borrows), and the owner may free the scope while the last task is
+    /// still inside this function.
+    ///
+    /// # Safety
+    /// `this` points to a live scope, and the caller's own count is still in `pending`.
+    unsafe fn task_finished(this: *const Self) {
+        // SAFETY: live until our decrement below (our count keeps the owner waiting).
+        let (pending, latch, registry, owner) = unsafe {
+            (
+                &raw const (*this).pending,
+                &raw const (*this).latch,
+                Arc::as_ptr(&(*this).registry),
+                (*this).owner,
+            )
+        };
+        // AcqRel: the last decrement acquires every other task's writes (their panics, their side
+        // effects: each decremented with Release) and releases them, through the latch's Release
+        // set, to the owner's Acquire probe.
+        // SAFETY: `pending` is live: our count is still in it until this very operation.
+        if unsafe { (*pending).fetch_sub(1, Ordering::AcqRel) } == 1 {
+            // SAFETY: we took the count to zero, so the owner waits for the latch and the scope is
+            // live until the set below; `set` is our last access to it. The registry outlives the
+            // scope's memory: the thread running this is a worker of that registry (scope tasks
+            // are queued only on it) and holds its own `Arc` to it.
+            let owner_sleeps = unsafe { CoreLatch::set(latch) };
+            if owner_sleeps {
+                // SAFETY: see above: the registry is kept alive by the worker running us.
+                unsafe { (*registry).sleep.wake_specific(owner) };
             }
-            if let Some(payload) = panic {
-                self.record_panic(payload);
-            }
-            return;
-        }
-        if let Some(payload) = panic {
-            self.record_panic(payload);
-        }
-        // AcqRel: the last decrement acquires every other task's writes (their panics, their
-        // side effects) and releases them, through the latch, to the owner.
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.set_latch();
         }
     }
+}
 
-    fn set_latch(&self) {
-        // Read before setting: the owner may free the scope as soon as the latch is set. The
-        // registry itself stays alive: the setter is a worker of it and holds its own `Arc`.
-        let registry: *const Registry = &*self.registry;
-        let owner = self.owner;
-        // SAFETY: `self.latch` is live until set; nothing of `self` is touched afterwards.
-        let owner_sleeps = unsafe { CoreLatch::set(&self.latch) };
-        if owner_sleeps {
-            // SAFETY: see above.
-            unsafe { (*registry).sleep.wake_specific(owner) };
-        }
+/// Counts a task (or the scope body) finished when dropped, whatever path it leaves by: the
+/// decrement must be unconditional, or a scope could wait forever (or, worse, a bug in a
+/// panic path could let it return early). Dropping it is the task's last access to the scope.
+struct FinishOnDrop<'scope>(*const Scope<'scope>);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a `FinishOnDrop` is made only by a task (or body) whose count is in `pending`,
+        // and each is dropped exactly once, so the scope is live and the count ours to return.
+        unsafe { Scope::task_finished(self.0) }
     }
 }
 
@@ -162,9 +209,8 @@ where
         marker: PhantomData,
     };
     let result = unwind::halt_unwinding(|| op(&scope));
-    let body_panic = result.as_ref().err().is_some();
-    // The body's own count; its panic is resumed below with priority, so don't record it.
-    scope.task_finished(None);
+    // The body's own count; its panic is resumed below with priority, so it is not recorded.
+    drop(FinishOnDrop(&scope));
     if !scope.latch.probe() {
         worker.wait_until(&scope.latch);
     }
@@ -176,14 +222,16 @@ where
         // made us its only owner.
         Some(*unsafe { Box::from_raw(task_panic) })
     };
-    match result {
-        Ok(value) => match task_panic {
-            None => value,
-            Some(payload) => unwind::resume_unwinding(payload),
-        },
-        Err(payload) => {
-            debug_assert!(body_panic);
-            drop(task_panic);
+    match (result, task_panic) {
+        (Ok(value), None) => value,
+        // Every task has finished; what is left to drop is user data whose `Drop` may panic.
+        // Contained, so the panic that is resumed is the one the rules promise.
+        (Ok(value), Some(payload)) => {
+            unwind::drop_contained(value);
+            unwind::resume_unwinding(payload)
+        }
+        (Err(payload), task_panic) => {
+            unwind::drop_contained(task_panic);
             unwind::resume_unwinding(payload)
         }
     }

@@ -22,6 +22,22 @@ pub(crate) fn resume_unwinding(payload: Panic) -> ! {
     panic::resume_unwind(payload)
 }
 
+/// Drops a value whose `Drop` is user code (a panic payload, a task's result or closure) without
+/// letting a panic from that `Drop` unwind into the scheduler.
+///
+/// A payload whose own `Drop` panics is legal in safe Rust (`std::panic::panic_any`); if its panic
+/// escaped here it would unwind through the scheduler's bookkeeping (a scope's pending count, a
+/// latch) and let a caller return while its tasks still run. The payload of that second panic is
+/// user data too, whose `Drop` may panic in turn without end, so it is leaked: a leak is safe, an
+/// unbounded chain of drops is not.
+#[cold]
+#[inline(never)]
+pub(crate) fn drop_contained<T>(value: T) {
+    if let Err(again) = halt_unwinding(move || drop(value)) {
+        std::mem::forget(again);
+    }
+}
+
 /// Aborts the process if dropped during unwinding.
 ///
 /// Guards code that must not unwind: a worker's bookkeeping after a job (a panic there would leave a

@@ -5,9 +5,10 @@ use super::job::JobRef;
 use super::latch::CoreLatch;
 use super::metrics::WorkerCounters;
 use super::registry::Registry;
-use super::sleep::Woken;
+use super::sleep::{Sleep, Woken};
 use super::trace::{now_ns, EventKind};
-use crate::sync::deque::{Steal, Worker};
+use super::unwind;
+use crate::sync::deque::{Injector, Steal, Worker};
 use crate::sync::mutant;
 use crate::sync::{spin_loop, Arc, AtomicBool, Ordering};
 use std::cell::{Cell, UnsafeCell};
@@ -299,16 +300,15 @@ impl WorkerThread {
             self.counters().bump_local_pops();
             return Some(job);
         }
-        loop {
-            match self.registry.injector.steal_batch_and_pop(&self.deque) {
-                Steal::Success(job) => {
-                    self.counters().bump_injector_pops();
-                    self.trace(EventKind::InjectorPop, 0);
-                    return Some(job);
-                }
-                Steal::Empty => break,
-                Steal::Retry => continue,
-            }
+        if let Some(job) = take_injected(
+            &self.registry.injector,
+            &self.deque,
+            &self.registry.sleep,
+            self.counters(),
+        ) {
+            self.counters().bump_injector_pops();
+            self.trace(EventKind::InjectorPop, 0);
+            return Some(job);
         }
         self.steal_from_peers()
     }
@@ -369,6 +369,34 @@ impl WorkerThread {
     }
 }
 
+/// Takes a job from the injector with `steal_batch_and_pop`, which may also move a batch of
+/// injected jobs into the worker's own deque `own`.
+///
+/// That move is a publication like any other: a sleeper that re-checked the injector before it
+/// would not see the moved jobs while their new owner is busy (a hang if the job returned here
+/// waits for one of them). So it is announced through the same fence-and-read wake-up check as
+/// every push (`Sleep::new_work`). A free function so the loom batch model runs this exact code.
+#[inline]
+pub(crate) fn take_injected<T>(
+    injector: &Injector<T>,
+    own: &Worker<T>,
+    sleep: &Sleep,
+    counters: &WorkerCounters,
+) -> Option<T> {
+    loop {
+        match injector.steal_batch_and_pop(own) {
+            Steal::Success(job) => {
+                if !mutant::BATCH_SKIPS_NOTIFY && !own.is_empty() {
+                    sleep.new_work(counters);
+                }
+                return Some(job);
+            }
+            Steal::Empty => return None,
+            Steal::Retry => continue,
+        }
+    }
+}
+
 /// Records a trace event on the current thread's worker, if it is one and a trace is running
 /// (feature `trace`; otherwise nothing). For layers above the scheduler (`Parallel` batches).
 #[inline(always)]
@@ -414,9 +442,21 @@ pub(crate) fn main_loop(
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) << 17)),
         last_victim: Cell::new(index),
     };
+    /// Clears `CURRENT` however the loop is left, before `worker` (declared earlier) is dropped.
+    struct ResetCurrent;
+    impl Drop for ResetCurrent {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(ptr::null()));
+        }
+    }
     CURRENT.with(|c| c.set(&worker));
+    let _reset = ResetCurrent;
+    // Jobs never unwind (stack and heap jobs abort on an escaping panic), and nothing else in the
+    // loop runs user code; a panic here is a scheduler bug. Unwinding would kill this worker while
+    // others may wait on latches it owes, so abort.
+    let abort = unwind::AbortIfPanic;
     worker.registry.sleep.register_current_thread(index);
     worker.registry.worker_started();
     worker.run_until(None);
-    CURRENT.with(|c| c.set(ptr::null()));
+    std::mem::forget(abort);
 }

@@ -145,12 +145,22 @@ mod stand_in {
         pub(crate) fn push(&self, t: T) {
             self.inner.push_back(t)
         }
-        /// The stand-in moves one job; crossbeam may move a batch, which no protocol relies on.
-        pub(crate) fn steal_batch_and_pop(&self, _dest: &Worker<T>) -> Steal<T> {
-            match self.inner.pop_front() {
-                Some(t) => Steal::Success(t),
-                None => Steal::Empty,
+        /// Like crossbeam, moves a batch: one job to return and about half of the rest (at most
+        /// one more here, to keep loom's state space small) into `dest`. The moved jobs become
+        /// visible in `dest` only as any push does, so a model sees a sleeper miss them unless
+        /// the worker announces the move (`Sleep::new_work`).
+        pub(crate) fn steal_batch_and_pop(&self, dest: &Worker<T>) -> Steal<T> {
+            let mut q = self.inner.queue.lock().unwrap();
+            let Some(first) = q.pop_front() else {
+                return Steal::Empty;
+            };
+            let extra = q.pop_front();
+            self.inner.len.store(q.len(), Ordering::Release);
+            drop(q);
+            if let Some(job) = extra {
+                dest.push(job);
             }
+            Steal::Success(first)
         }
         /// One job from the front (used by the loom models' own worker loops).
         pub(crate) fn steal(&self) -> Steal<T> {

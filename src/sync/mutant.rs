@@ -33,6 +33,8 @@ pub(crate) const SEARCHER_SKIPS_HANDOFF: bool =
 /// A fork is published to thieves without the wake-up check that follows every publication.
 pub(crate) const PUBLISH_SKIPS_NOTIFY: bool =
     cfg!(all(loom, parjob_mutant = "publish_skips_notify"));
+/// A worker that moved a batch of injected jobs into its own deque skips the wake-up check.
+pub(crate) const BATCH_SKIPS_NOTIFY: bool = cfg!(all(loom, parjob_mutant = "batch_skips_notify"));
 /// A `Parallel` runner checks the cancel flag before registering as active (`parallel::cancel`).
 pub(crate) const CANCEL_CHECK_BEFORE_CLAIM: bool =
     cfg!(all(loom, parjob_mutant = "cancel_check_before_claim"));
@@ -40,7 +42,7 @@ pub(crate) const CANCEL_CHECK_BEFORE_CLAIM: bool =
 /// The mutant this build was compiled with, if any (for the models' banners and `scripts/loom.sh`).
 #[allow(dead_code)]
 pub(crate) const ACTIVE: Option<&str> = {
-    const ALL: [(bool, &str); 11] = [
+    const ALL: [(bool, &str); 12] = [
         (SLEEP_SKIPS_FENCE, "sleep_skips_fence"),
         (SLEEP_SKIPS_RECHECK, "sleep_skips_recheck"),
         (PUBLISH_SKIPS_FENCE, "publish_skips_fence"),
@@ -52,6 +54,7 @@ pub(crate) const ACTIVE: Option<&str> = {
         (SEARCHER_SKIPS_HANDOFF, "searcher_skips_handoff"),
         (PUBLISH_SKIPS_NOTIFY, "publish_skips_notify"),
         (CANCEL_CHECK_BEFORE_CLAIM, "cancel_check_before_claim"),
+        (BATCH_SKIPS_NOTIFY, "batch_skips_notify"),
     ];
     let mut i = 0;
     let mut found = None;
