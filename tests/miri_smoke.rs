@@ -122,3 +122,55 @@ fn shutdown_with_work_in_flight() {
         assert_eq!(counter.load(Ordering::Relaxed), 4);
     }
 }
+
+/// The last task to finish a scope sets its latch, after which the owner may free the scope at
+/// once — while that task is still inside the scheduler's bookkeeping. The bookkeeping must hold
+/// no reference to the scope across that point (a `&Scope` argument would be protected for the
+/// whole call under Stacked/Tree Borrows: UB once the owner frees it). Here the owner's body
+/// returns at once and its only task does a little work, so the task's decrement is the last one
+/// and the owner frees the scope right after; Miri with preemption explores the window.
+#[test]
+fn scope_freed_right_after_last_task_decrements() {
+    let pool = pool(2);
+    for round in 0..ROUNDS * 2 {
+        let mut slot = 0usize;
+        pool.scope(|s| {
+            s.spawn(|_| slot = (0..round + 3).sum());
+        });
+        assert_eq!(slot, (0..round + 3).sum::<usize>());
+    }
+}
+
+/// A panic payload whose `Drop` panics, from several scope tasks: the losing payloads are dropped
+/// inside the scheduler. The scope still returns only after every task, and the pool works after.
+#[test]
+fn scope_with_panicking_payload_drops() {
+    #[derive(Debug)]
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("Bomb dropped");
+            }
+        }
+    }
+    let pool = pool(2);
+    let ran = AtomicUsize::new(0);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        pool.scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|_| {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    std::panic::panic_any(Bomb)
+                });
+            }
+        })
+    }));
+    assert_eq!(ran.load(Ordering::SeqCst), 3);
+    if let Err(payload) = outcome {
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    } else {
+        panic!("the scope must resume a task's panic");
+    }
+    assert_eq!(pool.install(|| parjob::join(|| 1, || 2)), (1, 2));
+}

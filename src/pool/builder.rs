@@ -45,7 +45,8 @@ pub(crate) struct Policy {
 /// Default spin rounds before an idle worker parks. Round `r` spins `2^min(r, 6)` pause
 /// instructions, so 32 rounds are about 1,800 pauses: tens of microseconds, long enough to catch
 /// the next fork of a running computation, short enough that an idle pool costs nothing measurable.
-pub const DEFAULT_SPIN_ROUNDS: u32 = if cfg!(loom) { 0 } else { 32 };
+/// The same in every build: the loom models ask for `spin_rounds(0)` explicitly.
+pub const DEFAULT_SPIN_ROUNDS: u32 = 32;
 
 /// Configures and builds a [`ThreadPool`].
 ///

@@ -1,12 +1,12 @@
 //! `join`: run two closures, potentially in parallel.
 
-use super::job::StackJob;
-use super::latch::SpinLatch;
-use super::registry::Registry;
+use super::job::{HeapJob, JobRef, StackJob};
+use super::latch::{LockLatch, SpinLatch};
+use super::registry::{Caller, Registry};
 use super::unwind;
 use super::worker::WorkerThread;
 use crate::sync::mutant;
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicBool, Ordering};
 
 /// The worker side of `join`.
 ///
@@ -25,7 +25,7 @@ where
     RA: Send,
     RB: Send,
 {
-    let job_b = StackJob::new(b, SpinLatch::new(worker));
+    let job_b = StackJob::new(b, SpinLatch::new(worker.registry(), worker.index()));
     // SAFETY: `job_b` stays in this frame until either we reclaim it unexecuted (`pop_fork` says it
     // was never published, or `take_back` popped its only published JobRef back: either way no
     // JobRef to it is left anywhere) or its latch is set by the thief that took it.
@@ -71,9 +71,73 @@ where
     RA: Send,
     RB: Send,
 {
-    match WorkerThread::current() {
-        Some(worker) if Arc::ptr_eq(worker.registry(), registry) => join_in_worker(worker, a, b),
-        Some(worker) => registry.in_worker_cross(worker, |w| join_in_worker(w, a, b)),
-        None => registry.join_outside(a, b),
+    match registry.caller() {
+        Caller::OwnWorker(worker) => join_in_worker(worker, a, b),
+        // Not `in_worker`: from outside, the ticket below lets the caller run both halves itself
+        // when no worker is free, instead of always paying two context switches.
+        Caller::OtherPool(worker) => registry.in_worker_cross(worker, |w| join_in_worker(w, a, b)),
+        Caller::Outside => join_outside(registry, a, b),
     }
+}
+
+/// `join` called from a thread outside any pool.
+///
+/// B goes to the injector wrapped in a heap-allocated ticket; the caller runs A, then tries to
+/// claim the ticket back. Whoever claims it first (a worker, or the caller) runs B; a worker
+/// that pops an already-claimed ticket only drops it, so the stack job is never touched after
+/// the caller reclaimed it. The caller thus does its own work instead of paying two context
+/// switches, and blocks only if a worker really took B.
+pub(crate) fn join_outside<A, B, RA, RB>(registry: &Registry, a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    let job_b = StackJob::new(b, LockLatch::new());
+    // SAFETY: the JobRef is executed only by whoever wins the ticket; if that is a worker, we
+    // wait for the latch below before leaving this frame.
+    let job_b_ref = unsafe { job_b.as_job_ref() };
+    let ticket = Arc::new(Ticket {
+        claimed: AtomicBool::new(false),
+        job: job_b_ref,
+    });
+    let for_worker = Arc::clone(&ticket);
+    let heap = HeapJob::new(move || {
+        if !for_worker.claimed.swap(true, Ordering::AcqRel) {
+            // SAFETY: we won the ticket, so the owner is now blocked on the latch and the
+            // stack job is live until we set it.
+            unsafe { for_worker.job.execute() }
+        }
+    });
+    // SAFETY: the heap job only holds an Arc and a JobRef whose liveness the ticket protects.
+    registry.inject(unsafe { heap.into_job_ref() });
+    let result_a = unwind::halt_unwinding(a);
+    if !ticket.claimed.swap(true, Ordering::AcqRel) {
+        let b = job_b.take_func();
+        return match result_a {
+            Ok(ra) => (ra, b()),
+            Err(payload) => {
+                // As in `join_in_worker`: B's leftovers are user data, dropped contained.
+                unwind::drop_contained(unwind::halt_unwinding(b));
+                unwind::resume_unwinding(payload)
+            }
+        };
+    }
+    job_b.latch.wait();
+    let result_b = job_b.into_result();
+    match result_a {
+        Ok(ra) => (ra, result_b.into_return_value()),
+        Err(payload) => {
+            unwind::drop_contained(result_b);
+            unwind::resume_unwinding(payload)
+        }
+    }
+}
+
+/// The claim on an outside `join`'s second half: whoever swaps `claimed` first (a worker that
+/// pops the injected heap job, or the caller after running A) runs B.
+struct Ticket {
+    claimed: AtomicBool,
+    job: JobRef,
 }

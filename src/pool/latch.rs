@@ -7,7 +7,6 @@
 //!    and must read everything it needs (registry, owner index) **before** the store that sets it.
 
 use super::registry::Registry;
-use super::worker::WorkerThread;
 use crate::sync::mutant;
 use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
@@ -98,14 +97,18 @@ impl CoreLatch {
 /// waits on this latch, so reading its fields before the set is sound.
 pub(crate) struct SpinLatch<'w> {
     core: CoreLatch,
-    owner: &'w WorkerThread,
+    /// The owner's pool; the owner is worker `owner` of it.
+    registry: &'w Registry,
+    owner: usize,
 }
 
 impl<'w> SpinLatch<'w> {
+    /// A latch that worker `owner` of `registry` waits on.
     #[inline]
-    pub(crate) fn new(owner: &'w WorkerThread) -> Self {
+    pub(crate) fn new(registry: &'w Registry, owner: usize) -> Self {
         SpinLatch {
             core: CoreLatch::new(),
+            registry,
             owner,
         }
     }
@@ -120,11 +123,13 @@ impl Latch for SpinLatch<'_> {
     #[inline]
     unsafe fn set(this: *const Self) {
         // Read everything before setting: the owner may return and pop its frame right after.
-        // SAFETY: `this` is valid until the `CoreLatch::set` below; the owner is blocked on it.
+        // SAFETY: `this` is valid until the `CoreLatch::set` below, because the owner is blocked
+        // on that latch and cannot leave its frame before it is set.
         let (registry, index): (*const Registry, usize) =
-            unsafe { (&**(*this).owner.registry(), (*this).owner.index()) };
-        // SAFETY: `this` valid on entry; the core latch is a field of it.
-        if unsafe { CoreLatch::set(&(*this).core) } {
+            unsafe { ((*this).registry, (*this).owner) };
+        // SAFETY: `this` is valid on entry (as above); the core latch is a field of it, passed as
+        // a raw pointer so no reference to the frame outlives the set.
+        if unsafe { CoreLatch::set(&raw const (*this).core) } {
             // SAFETY: the registry lives in its Arc's heap block, kept alive by the setter (a
             // worker of the same pool), not in the owner's frame.
             unsafe { (*registry).sleep.wake_specific(index) };
@@ -141,11 +146,12 @@ pub(crate) struct CrossLatch {
 }
 
 impl CrossLatch {
-    pub(crate) fn new(owner: &WorkerThread) -> Self {
+    /// A latch that worker `owner` of `registry` waits on while its call runs on another pool.
+    pub(crate) fn new(registry: &Arc<Registry>, owner: usize) -> Self {
         CrossLatch {
             core: CoreLatch::new(),
-            registry: Arc::clone(owner.registry()),
-            owner: owner.index(),
+            registry: Arc::clone(registry),
+            owner,
         }
     }
 
@@ -160,8 +166,9 @@ impl Latch for CrossLatch {
         // SAFETY: `this` is valid until the set; we copy out what the wake-up needs first, and the
         // cloned Arc keeps the owner's registry alive even if the owner's pool shuts down.
         let (registry, owner) = unsafe { (Arc::clone(&(*this).registry), (*this).owner) };
-        // SAFETY: as above.
-        if unsafe { CoreLatch::set(&(*this).core) } {
+        // SAFETY: `this` is still valid here: its owner waits for exactly this set before it may
+        // free the latch, and nothing of `*this` is read after it.
+        if unsafe { CoreLatch::set(&raw const (*this).core) } {
             registry.sleep.wake_specific(owner);
         }
     }

@@ -233,7 +233,7 @@ impl PoolCounters {
         &self.outside
     }
     pub(crate) fn snapshot(&self) -> Metrics {
-        let now = super::trace::now_ns(self.epoch);
+        let now = now_ns(self.epoch);
         Metrics {
             workers: self.workers.iter().map(|w| w.snapshot(now)).collect(),
             wake_latency: self.wake_latency.summary(),
@@ -436,4 +436,11 @@ impl fmt::Display for Metrics {
         latency(f, "wake-up latency", &self.wake_latency)?;
         latency(f, "inject-to-start latency", &self.inject_latency)
     }
+}
+
+/// Nanoseconds since `epoch` (a pool's creation, `PoolCounters::epoch`): the clock of every
+/// metric and trace timestamp.
+#[inline]
+pub(crate) fn now_ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
 }

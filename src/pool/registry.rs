@@ -1,16 +1,25 @@
 //! The state a pool's workers share: queues, sleep state, counters, policy, threads.
 
 use super::builder::{BuildError, Policy, SharePolicy, ThreadPoolBuilder};
-use super::job::{HeapJob, JobRef, StackJob};
+use super::job::{JobRef, StackJob};
 use super::latch::{CrossLatch, LockLatch};
 use super::metrics::PoolCounters;
 use super::sleep::Sleep;
-use super::unwind;
 use super::worker::{self, WorkerThread};
 use crate::sync::deque::{Injector, Stealer, Worker};
 use crate::sync::mutant;
 use crate::sync::{thread, Arc, AtomicBool, Condvar, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
+
+/// Where a thread stands relative to a pool ([`Registry::caller`]).
+pub(crate) enum Caller<'w> {
+    /// A worker of this pool.
+    OwnWorker(&'w WorkerThread),
+    /// A worker of another pool.
+    OtherPool(&'w WorkerThread),
+    /// Any other thread.
+    Outside,
+}
 
 pub(crate) struct Registry {
     /// Work that arrives from outside the pool (FIFO). Workers look here after their own deque.
@@ -131,13 +140,13 @@ impl Registry {
         // SAFETY: `Registry` is `Sync`; the pointer is only dereferenced by a worker of this
         // registry, which keeps it alive through its own `Arc`.
         unsafe impl Send for RegistryPtr {}
-        let submitted = super::trace::now_ns(self.counters.epoch);
+        let submitted = super::metrics::now_ns(self.counters.epoch);
         let registry = RegistryPtr(self);
-        let timed = HeapJob::new(move || {
+        let timed = super::job::HeapJob::new(move || {
             let registry = registry;
             // SAFETY: a worker of this registry runs the job, so the registry is alive.
             let registry = unsafe { &*registry.0 };
-            let waited = super::trace::now_ns(registry.counters.epoch).saturating_sub(submitted);
+            let waited = super::metrics::now_ns(registry.counters.epoch).saturating_sub(submitted);
             registry.counters.inject_latency.record(waited);
             // SAFETY: the wrapped job is executed exactly once, here, while still live (the
             // wrapper inherits its liveness contract).
@@ -155,6 +164,44 @@ impl Registry {
         // Read first: writing an already-set flag would bounce the victim's cache line for nothing.
         if !flag.load(Ordering::Relaxed) {
             flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Where the calling thread stands relative to this pool: the one question every entry point
+    /// (`install`, `join`, `scope`, spawns, `Parallel`) asks before it touches the pool.
+    #[inline]
+    pub(crate) fn caller(&self) -> Caller<'static> {
+        match WorkerThread::current() {
+            Some(worker) if std::ptr::eq(&**worker.registry(), self) => Caller::OwnWorker(worker),
+            Some(worker) => Caller::OtherPool(worker),
+            None => Caller::Outside,
+        }
+    }
+
+    /// The one door into the pool: runs `op` on a worker of this pool and returns its result.
+    /// On one of its own workers, `op` runs right there; a worker of another pool injects it and
+    /// keeps working for its own pool until the result is in (pools calling into each other
+    /// cannot deadlock); any other thread injects it and blocks.
+    #[inline]
+    pub(crate) fn in_worker<OP, R>(&self, op: OP) -> R
+    where
+        OP: FnOnce(&WorkerThread) -> R + Send,
+        R: Send,
+    {
+        match self.caller() {
+            Caller::OwnWorker(worker) => op(worker),
+            Caller::OtherPool(worker) => self.in_worker_cross(worker, op),
+            Caller::Outside => self.in_worker_cold(op),
+        }
+    }
+
+    /// Queues a job that is stealable at once: on the current worker's own deque if it is one of
+    /// ours, otherwise through the injector.
+    #[inline]
+    pub(crate) fn push_or_inject(&self, job: JobRef) {
+        match self.caller() {
+            Caller::OwnWorker(worker) => worker.push_shared(job),
+            _ => self.inject(job),
         }
     }
 
@@ -194,67 +241,12 @@ impl Registry {
                     WorkerThread::current().expect("parjob: injected job ran outside a worker");
                 op(worker)
             },
-            CrossLatch::new(current),
+            CrossLatch::new(current.registry(), current.index()),
         );
         // SAFETY: as in `in_worker_cold`: we return only after the latch is set.
         self.inject(unsafe { job.as_job_ref() });
         current.wait_until(job.latch.core());
         job.into_result().into_return_value()
-    }
-
-    /// `join` called from a thread outside any pool.
-    ///
-    /// B goes to the injector wrapped in a heap-allocated ticket; the caller runs A, then tries to
-    /// claim the ticket back. Whoever claims it first (a worker, or the caller) runs B; a worker
-    /// that pops an already-claimed ticket only drops it, so the stack job is never touched after
-    /// the caller reclaimed it. The caller thus does its own work instead of paying two context
-    /// switches, and blocks only if a worker really took B.
-    pub(crate) fn join_outside<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
-    where
-        A: FnOnce() -> RA + Send,
-        B: FnOnce() -> RB + Send,
-        RA: Send,
-        RB: Send,
-    {
-        let job_b = StackJob::new(b, LockLatch::new());
-        // SAFETY: the JobRef is executed only by whoever wins the ticket; if that is a worker, we
-        // wait for the latch below before leaving this frame.
-        let job_b_ref = unsafe { job_b.as_job_ref() };
-        let ticket = Arc::new(Ticket {
-            claimed: AtomicBool::new(false),
-            job: job_b_ref,
-        });
-        let for_worker = Arc::clone(&ticket);
-        let heap = HeapJob::new(move || {
-            if !for_worker.claimed.swap(true, Ordering::AcqRel) {
-                // SAFETY: we won the ticket, so the owner is now blocked on the latch and the
-                // stack job is live until we set it.
-                unsafe { for_worker.job.execute() }
-            }
-        });
-        // SAFETY: the heap job only holds an Arc and a JobRef whose liveness the ticket protects.
-        self.inject(unsafe { heap.into_job_ref() });
-        let result_a = unwind::halt_unwinding(a);
-        if !ticket.claimed.swap(true, Ordering::AcqRel) {
-            let b = job_b.take_func();
-            return match result_a {
-                Ok(ra) => (ra, b()),
-                Err(payload) => {
-                    // As in `join_in_worker`: B's leftovers are user data, dropped contained.
-                    unwind::drop_contained(unwind::halt_unwinding(b));
-                    unwind::resume_unwinding(payload)
-                }
-            };
-        }
-        job_b.latch.wait();
-        let result_b = job_b.into_result();
-        match result_a {
-            Ok(ra) => (ra, result_b.into_return_value()),
-            Err(payload) => {
-                unwind::drop_contained(result_b);
-                unwind::resume_unwinding(payload)
-            }
-        }
     }
 
     /// Tells workers to exit once the queues are drained, and wakes them all.
@@ -267,9 +259,7 @@ impl Registry {
     /// the last handle): a thread cannot join itself, so then the workers exit on their own.
     pub(crate) fn terminate_and_join(&self) {
         self.terminate();
-        let on_own_worker =
-            WorkerThread::current().is_some_and(|w| std::ptr::eq(&**w.registry(), self));
-        if on_own_worker {
+        if matches!(self.caller(), Caller::OwnWorker(_)) {
             return;
         }
         let handles = std::mem::take(&mut *self.threads.lock().unwrap());
@@ -287,20 +277,6 @@ impl Registry {
     }
 }
 
-struct Ticket {
-    claimed: AtomicBool,
-    job: JobRef,
-}
-
-#[cfg(not(loom))]
 fn pinning_cores() -> Result<Vec<usize>, BuildError> {
-    match core_affinity::get_core_ids() {
-        Some(ids) if !ids.is_empty() => Ok(ids.into_iter().map(|c| c.id).collect()),
-        _ => Err(BuildError::pinning_unsupported()),
-    }
-}
-
-#[cfg(loom)]
-fn pinning_cores() -> Result<Vec<usize>, BuildError> {
-    Err(BuildError::pinning_unsupported())
+    crate::sync::pinnable_cores().ok_or_else(BuildError::pinning_unsupported)
 }

@@ -112,12 +112,7 @@ impl<'scope> Scope<'scope> {
         // SAFETY: the job borrows data that lives for `'scope`; the scope outlives the job because
         // it waits for `pending`, which this job decrements only as its very last action.
         let job_ref = unsafe { job.into_job_ref() };
-        match WorkerThread::current() {
-            Some(worker) if Arc::ptr_eq(worker.registry(), &self.registry) => {
-                worker.push_shared(job_ref)
-            }
-            _ => self.registry.inject(job_ref),
-        }
+        self.registry.push_or_inject(job_ref);
     }
 
     /// Keeps the first task panic; drops any later one with its `Drop` contained.

@@ -12,8 +12,8 @@
 //! finds work (and, if it was the last searcher, wakes one more: the hand-off) or goes to sleep
 //! through the same fence-and-re-check, and so finds this work.
 
+use super::metrics::now_ns;
 use super::metrics::{LatencyHistogram, WorkerCounters};
-use super::trace::now_ns;
 use crate::sync::mutant;
 use crate::sync::{fence, thread, AtomicU64, AtomicU8, Mutex, Ordering};
 use crossbeam_utils::CachePadded;

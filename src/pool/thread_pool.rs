@@ -3,7 +3,7 @@
 use super::builder::ThreadPoolBuilder;
 use super::join;
 use super::metrics::Metrics;
-use super::registry::Registry;
+use super::registry::{Caller, Registry};
 use super::scope::{self, Scope};
 use super::worker::WorkerThread;
 use crate::sync::Arc;
@@ -86,12 +86,7 @@ impl ThreadPool {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        let registry = self.registry();
-        match WorkerThread::current() {
-            Some(worker) if Arc::ptr_eq(worker.registry(), registry) => op(),
-            Some(worker) => registry.in_worker_cross(worker, |_| op()),
-            None => registry.in_worker_cold(|_| op()),
-        }
+        self.registry().in_worker(|_| op())
     }
 
     /// Runs `a` and `b`, potentially in parallel, on this pool, and returns both results.
@@ -132,14 +127,8 @@ impl ThreadPool {
         OP: FnOnce(&Scope<'scope>) -> R + Send,
         R: Send,
     {
-        let registry = self.registry();
-        match WorkerThread::current() {
-            Some(worker) if Arc::ptr_eq(worker.registry(), registry) => {
-                scope::scope_in_worker(worker, op)
-            }
-            Some(worker) => registry.in_worker_cross(worker, |w| scope::scope_in_worker(w, op)),
-            None => registry.in_worker_cold(|w| scope::scope_in_worker(w, op)),
-        }
+        self.registry()
+            .in_worker(|worker| scope::scope_in_worker(worker, op))
     }
 
     /// A snapshot of the scheduler counters, one entry per worker.
@@ -193,17 +182,12 @@ impl ThreadPool {
         let job = super::job::HeapJob::new(job);
         // SAFETY: forwarded to the caller.
         let job_ref = unsafe { job.into_job_ref() };
-        match WorkerThread::current() {
-            Some(worker) if Arc::ptr_eq(worker.registry(), self.registry()) => {
-                worker.push_shared(job_ref)
-            }
-            _ => self.registry().inject(job_ref),
-        }
+        self.registry().push_or_inject(job_ref);
     }
 
     /// Is the current thread one of this pool's workers?
     pub(crate) fn is_current(&self) -> bool {
-        WorkerThread::current().is_some_and(|w| Arc::ptr_eq(w.registry(), self.registry()))
+        matches!(self.registry().caller(), Caller::OwnWorker(_))
     }
 }
 
@@ -271,7 +255,7 @@ where
 {
     match WorkerThread::current() {
         Some(worker) => join::join_in_worker(worker, a, b),
-        None => global_pool().registry().join_outside(a, b),
+        None => join::join_outside(global_pool().registry(), a, b),
     }
 }
 

@@ -13,7 +13,6 @@
 //! Without the feature this module compiles to nothing and every hook is an empty inline function.
 
 use std::fmt;
-use std::time::Instant;
 
 /// What happened, in a [`TraceEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,10 +450,4 @@ fn drop_unopened_ends(events: Vec<TraceEvent>) -> Vec<TraceEvent> {
             }
         })
         .collect()
-}
-
-/// Nanoseconds since `epoch` (a pool's creation).
-#[inline]
-pub(crate) fn now_ns(epoch: Instant) -> u64 {
-    epoch.elapsed().as_nanos() as u64
 }

@@ -3,10 +3,11 @@
 use super::builder::VictimPolicy;
 use super::job::JobRef;
 use super::latch::CoreLatch;
+use super::metrics::now_ns;
 use super::metrics::WorkerCounters;
 use super::registry::Registry;
 use super::sleep::{Sleep, Woken};
-use super::trace::{now_ns, EventKind};
+use super::trace::EventKind;
 use super::unwind;
 use crate::sync::deque::{Injector, Steal, Worker};
 use crate::sync::mutant;
@@ -40,12 +41,8 @@ pub(crate) struct WorkerThread {
     last_victim: Cell<usize>,
 }
 
-#[cfg(not(loom))]
-std::thread_local! {
-    static CURRENT: Cell<*const WorkerThread> = const { Cell::new(ptr::null()) };
-}
-#[cfg(loom)]
-loom::thread_local! {
+crate::sync::thread_local_const! {
+    /// The worker running on this thread (null on any other thread).
     static CURRENT: Cell<*const WorkerThread> = Cell::new(ptr::null());
 }
 
@@ -416,14 +413,11 @@ pub(crate) fn main_loop(
     deque: Worker<JobRef>,
     core: Option<usize>,
 ) {
-    #[cfg(not(loom))]
     if let Some(core) = core {
-        if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        if crate::sync::pin_current_thread(core) {
             registry.counters.worker(index).set_core(core);
         }
     }
-    #[cfg(loom)]
-    let _ = core;
     registry
         .counters
         .worker(index)

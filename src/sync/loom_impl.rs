@@ -6,6 +6,16 @@ pub(crate) use loom::sync::atomic::{
 };
 pub(crate) use loom::sync::{Arc, Condvar, Mutex};
 
+/// Loom threads are not OS threads: pinning always fails.
+pub(crate) fn pin_current_thread(_id: usize) -> bool {
+    false
+}
+
+/// Loom threads are not OS threads: nothing to pin to.
+pub(crate) fn pinnable_cores() -> Option<Vec<usize>> {
+    None
+}
+
 /// Under loom a spin must yield, or the model never lets the other thread make progress.
 #[inline]
 pub(crate) fn spin_loop() {

@@ -21,3 +21,21 @@ pub(crate) use loom_impl::*;
 
 pub(crate) mod deque;
 pub(crate) mod mutant;
+
+/// Declares a thread-local `Cell`-like static: std's `thread_local!` with a `const` initialiser
+/// (no lazy-init check on access) in normal builds, loom's under `--cfg loom` (whose values are
+/// per loom thread and reset between executions). The one place a thread-local is declared, so no
+/// file outside this module needs a `cfg(loom)` branch.
+macro_rules! thread_local_const {
+    ($(#[$attr:meta])* static $name:ident: $ty:ty = $init:expr;) => {
+        #[cfg(not(loom))]
+        std::thread_local! {
+            $(#[$attr])* static $name: $ty = const { $init };
+        }
+        #[cfg(loom)]
+        loom::thread_local! {
+            $(#[$attr])* static $name: $ty = $init;
+        }
+    };
+}
+pub(crate) use thread_local_const;

@@ -7,6 +7,18 @@ pub(crate) use std::sync::atomic::{
 pub(crate) use std::sync::{Arc, Condvar, Mutex};
 pub(crate) use std::thread;
 
+/// Pins the calling thread to core `id`; `false` if the OS refused.
+pub(crate) fn pin_current_thread(id: usize) -> bool {
+    core_affinity::set_for_current(core_affinity::CoreId { id })
+}
+
+/// The cores this process may be pinned to; `None` if the platform cannot tell.
+pub(crate) fn pinnable_cores() -> Option<Vec<usize>> {
+    core_affinity::get_core_ids()
+        .filter(|ids| !ids.is_empty())
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+}
+
 /// Hint to the CPU that we are in a spin loop.
 #[inline]
 pub(crate) fn spin_loop() {
