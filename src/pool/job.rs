@@ -107,7 +107,8 @@ impl<L: Latch, F: FnOnce() -> R, R> StackJob<L, F, R> {
     /// The returned reference must be executed before `self` moves or is dropped.
     #[inline]
     pub(crate) unsafe fn as_job_ref(&self) -> JobRef {
-        // SAFETY: forwarded to the caller.
+        // SAFETY: `JobRef::new` needs `self` valid until the JobRef is executed; this function's
+        // own contract requires exactly that of its caller (executed before `self` moves or drops).
         unsafe { JobRef::new(self) }
     }
 
@@ -115,7 +116,8 @@ impl<L: Latch, F: FnOnce() -> R, R> StackJob<L, F, R> {
     /// job can still be executed (it was never published, or was reclaimed).
     #[inline]
     pub(crate) fn take_func(&self) -> F {
-        // SAFETY: the caller owns the job exclusively at this point (see above), so no other
+        // SAFETY: the caller owns the job exclusively at this point (it was never published or
+        // was reclaimed, so no JobRef to it can run), so no other
         // thread accesses `func`.
         self.func
             .with_mut(|f| unsafe { (*f).take() })

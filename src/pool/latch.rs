@@ -84,6 +84,9 @@ impl CoreLatch {
         } else {
             Ordering::AcqRel
         };
+        // AcqRel: the Release half pairs with the owner's Acquire `probe` (the job's result, written
+        // before, becomes visible to it); the Acquire half pairs with nothing the setter needs and
+        // is kept because a swap's read of SLEEPING decides whether we must unpark.
         // SAFETY: `this` is valid on entry (caller contract); the swap is our last access.
         let old = unsafe { (*this).state.swap(SET, order) };
         old == SLEEPING
@@ -127,7 +130,8 @@ impl Latch for SpinLatch<'_> {
         // on that latch and cannot leave its frame before it is set.
         let (registry, index): (*const Registry, usize) =
             unsafe { ((*this).registry, (*this).owner) };
-        // SAFETY: `this` is valid on entry (as above); the core latch is a field of it, passed as
+        // SAFETY: `this` is valid on entry: the owner is blocked on this very latch; the core
+        // latch is a field of it, passed as
         // a raw pointer so no reference to the frame outlives the set.
         if unsafe { CoreLatch::set(&raw const (*this).core) } {
             // SAFETY: the registry lives in its Arc's heap block, kept alive by the setter (a
@@ -211,6 +215,8 @@ impl LockLatch {
         // not come for the lock: we may leave at once.
         if self
             .state
+            // Acquire on both outcomes pairs with the setter's `swap(SET)` (Release): on failure we
+            // leave at once and must see what the setter wrote before setting.
             .compare_exchange(UNSET, SLEEPING, Ordering::Acquire, Ordering::Acquire)
             .is_err()
         {
@@ -231,6 +237,8 @@ impl Latch for LockLatch {
         // before it sees `notified == true` under the lock, which we write while holding the lock,
         // so the mutex and condvar stay valid until our guard is released (our last access).
         unsafe {
+            // Release pairs with the waiter's Acquire `probe` / failed CAS; Acquire pairs with the
+            // waiter's SLEEPING CAS, so seeing SLEEPING means the waiter will wait for `notified`.
             let old = (*this).state.swap(SET, Ordering::AcqRel);
             if old == SLEEPING {
                 let mut notified = (*this).notified.lock().unwrap();

@@ -117,6 +117,8 @@ impl Registry {
 
     #[inline]
     pub(crate) fn is_terminating(&self) -> bool {
+        // Acquire pairs with the Release store in `terminate`: a worker that sees the flag sees
+        // every job pushed before it (those pushes happen-before `terminate` in the dropping thread).
         self.terminating.load(Ordering::Acquire)
     }
 
@@ -243,7 +245,8 @@ impl Registry {
             },
             CrossLatch::new(current.registry(), current.index()),
         );
-        // SAFETY: as in `in_worker_cold`: we return only after the latch is set.
+        // SAFETY: `job` lives in this frame, and `current.wait_until` returns only once the latch
+        // is set, which is the job's last access to itself; so the job outlives its execution.
         self.inject(unsafe { job.as_job_ref() });
         current.wait_until(job.latch.core());
         job.into_result().into_return_value()
@@ -251,6 +254,8 @@ impl Registry {
 
     /// Tells workers to exit once the queues are drained, and wakes them all.
     pub(crate) fn terminate(&self) {
+        // Release pairs with the Acquire load in `is_terminating`; the wake-ups that follow go
+        // through `unpark`, which orders them after this store.
         self.terminating.store(true, Ordering::Release);
         self.sleep.wake_all();
     }

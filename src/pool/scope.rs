@@ -104,7 +104,8 @@ impl<'scope> Scope<'scope> {
                 return;
             }
             if let Err(payload) = result {
-                // SAFETY: still pending (see above); `record_panic` contains every user `Drop`.
+                // SAFETY: this task's count is still in `pending` (`finished` has not been dropped),
+                // so the owner is still waiting and the scope is live.
                 unsafe { Scope::record_panic(scope.0, payload) };
             }
             drop(finished);
@@ -169,7 +170,9 @@ impl<'scope> Scope<'scope> {
             // are queued only on it) and holds its own `Arc` to it.
             let owner_sleeps = unsafe { CoreLatch::set(latch) };
             if owner_sleeps {
-                // SAFETY: see above: the registry is kept alive by the worker running us.
+                // SAFETY: `registry` was copied out before the set; it points into the `Arc`'s heap
+                // block, which the worker running this task (a worker of that registry) keeps
+                // alive through its own `Arc`, whatever the owner does with the scope now.
                 unsafe { (*registry).sleep.wake_specific(owner) };
             }
         }

@@ -120,6 +120,10 @@ impl Sleep {
     /// skipped waking because they saw this searcher.
     #[inline]
     pub(crate) fn stop_searching_found_work(&self, counters: &WorkerCounters) {
+        // AcqRel: the Release half pairs with the Acquire read of the counters by publishers in
+        // `new_work` and by sleepers' `fetch_add` (they see this worker gone from `searching` only
+        // together with what it did before); the Acquire half pairs with sleepers' `fetch_add`
+        // (Release), so a sleeper counted in `before` is one `wake_any` can find as SLEEPING.
         let before = self.counters.fetch_sub(SEARCHING_ONE, Ordering::AcqRel);
         if searching(before) == 1 && sleeping(before) > 0 && !mutant::SEARCHER_SKIPS_HANDOFF {
             self.wake_any(counters);
@@ -129,6 +133,9 @@ impl Sleep {
     /// A searcher gives up (it is about to sleep and will re-check the queues then).
     #[inline]
     pub(crate) fn stop_searching_idle(&self) {
+        // AcqRel: pairs with the publishers' Acquire load in `new_work` (and the other RMWs on
+        // `counters`), so a publisher that sees `searching == 0` also sees everything this worker
+        // did while searching; what prevents a lost wake-up is the sleeper's fence that follows.
         self.counters.fetch_sub(SEARCHING_ONE, Ordering::AcqRel);
     }
 
@@ -142,6 +149,8 @@ impl Sleep {
             // Pairs with the sleeper's fence in `sleep`: see the module docs.
             fence(Ordering::SeqCst);
         }
+        // Acquire pairs with the sleepers' `fetch_add(SLEEPING_ONE)` (Release): a sleeper seen
+        // here is one whose `SLEEPING` state `wake_any` can see.
         let c = self.counters.load(Ordering::Acquire);
         if sleeping(c) > 0 && searching(c) == 0 {
             self.wake_any(counters);
@@ -155,11 +164,16 @@ impl Sleep {
             if worker.state.load(Ordering::Relaxed) == SLEEPING
                 && worker
                     .state
+                    // AcqRel: Acquire pairs with the sleeper's `SLEEPING` store (made visible by
+                    // its Release `fetch_add`); Release orders the claim before our count move.
                     .compare_exchange(SLEEPING, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
                 // One step: one fewer sleeper, one more searcher, so other publishers leave this
                 // wake-up alone instead of waking a herd.
+                // AcqRel: Release pairs with the Acquire reads of `counters` by publishers and by
+                // the claimed worker (through the `AWAKE` store below); Acquire keeps the
+                // modification order with the other RMWs' Release.
                 self.counters
                     .fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::AcqRel);
                 // Release: the sleeper that sees `AWAKE` (Acquire) sees the counts moved.
@@ -253,9 +267,13 @@ impl Sleep {
         let me = &self.workers[index];
         if me
             .state
+            // AcqRel/Acquire: pairs with a waker's CLAIMED CAS (AcqRel) on the same byte: exactly
+            // one of us moves the state out of SLEEPING and owns the accounting.
             .compare_exchange(SLEEPING, AWAKE, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            // AcqRel, like every RMW on `counters`: Release pairs with publishers' Acquire load
+            // (they stop counting us as a sleeper to wake), Acquire with the other RMWs.
             self.counters.fetch_sub(SLEEPING_ONE, Ordering::AcqRel);
             Woken::Idle
         } else {

@@ -166,7 +166,8 @@ impl ThreadPool {
     }
 
     /// Queues a `'static` job on this pool without waiting for it (used by the streaming
-    /// `Parallel` iterators). The job must not panic: catch panics inside it.
+    /// `Parallel` iterators). The job should catch its own panics: one that escapes aborts the
+    /// process (`HeapJob::execute`), since it could skip whatever the job owed its waiter.
     pub(crate) fn spawn_detached<F: FnOnce() + Send + 'static>(&self, job: F) {
         // SAFETY: the job is 'static and owns everything it uses.
         unsafe { self.spawn_unchecked(job) }
@@ -180,7 +181,9 @@ impl ThreadPool {
     /// never hands out), and `job` must not panic (catch panics inside it).
     pub(crate) unsafe fn spawn_unchecked<F: FnOnce() + Send>(&self, job: F) {
         let job = super::job::HeapJob::new(job);
-        // SAFETY: forwarded to the caller.
+        // SAFETY: `into_job_ref` needs everything `job` borrows to outlive its execution; this
+        // function's contract puts exactly that on the caller. The job cannot unwind into the
+        // worker: `HeapJob::execute` aborts if it tries.
         let job_ref = unsafe { job.into_job_ref() };
         self.registry().push_or_inject(job_ref);
     }

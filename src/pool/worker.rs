@@ -99,7 +99,8 @@ impl WorkerThread {
     /// (the caller runs it inline); `false` if it was published (the caller must reclaim or wait).
     #[inline]
     pub(crate) fn pop_fork(&self, index: usize) -> bool {
-        // SAFETY: as in `push_fork`.
+        // SAFETY: `private` is touched only by this thread (the worker that owns it), and no other
+        // borrow of it is live: this block calls no user code and creates the only reference.
         unsafe {
             let private = &mut *self.private.get();
             private.jobs.truncate(index);
@@ -116,10 +117,12 @@ impl WorkerThread {
     #[cold]
     fn publish_oldest(&self) {
         if !self.eager {
-            // SAFETY: see `push_fork`.
+            // SAFETY: `hungry` points into `registry.hungry[index]`, which the `Arc<Registry>` this
+            // worker holds keeps alive for the worker's whole life.
             unsafe { (*self.hungry).store(false, Ordering::Relaxed) };
         }
-        // SAFETY: as in `push_fork`.
+        // SAFETY: only this thread touches `private`; the block calls no user code (the deque push
+        // below happens after the reference is gone), so this is the only live borrow.
         let job = unsafe {
             let private = &mut *self.private.get();
             if private.bottom == private.jobs.len() {
@@ -137,7 +140,8 @@ impl WorkerThread {
     /// Publishes every private fork: called before this worker waits, so its pending forks never
     /// sit invisible while it is blocked on something else.
     fn publish_all_private(&self) {
-        // SAFETY: as in `push_fork`.
+        // SAFETY: only this thread touches `private`, and this shared borrow ends inside the
+        // condition, before `publish_oldest` takes its own mutable one.
         while unsafe {
             let private = &*self.private.get();
             private.bottom < private.jobs.len()
