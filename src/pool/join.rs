@@ -25,7 +25,7 @@ where
     RA: Send,
     RB: Send,
 {
-    let job_b = StackJob::new(b, SpinLatch::new(worker.registry(), worker.index()));
+    let job_b = StackJob::new(b, SpinLatch::new(worker.wake_target()));
     // SAFETY: `job_b` stays in this frame until either we reclaim it unexecuted (`pop_fork` says it
     // was never published, or `take_back` popped its only published JobRef back: either way no
     // JobRef to it is left anywhere) or its latch is set by the thief that took it.
@@ -87,6 +87,8 @@ where
 /// that pops an already-claimed ticket only drops it, so the stack job is never touched after
 /// the caller reclaimed it. The caller thus does its own work instead of paying two context
 /// switches, and blocks only if a worker really took B.
+#[cold]
+#[inline(never)]
 pub(crate) fn join_outside<A, B, RA, RB>(registry: &Registry, a: A, b: B) -> (RA, RB)
 where
     A: FnOnce() -> RA + Send,

@@ -100,18 +100,23 @@ impl CoreLatch {
 /// waits on this latch, so reading its fields before the set is sound.
 pub(crate) struct SpinLatch<'w> {
     core: CoreLatch,
-    /// The owner's pool; the owner is worker `owner` of it.
-    registry: &'w Registry,
-    owner: usize,
+    /// Who to wake: one word on the hot path of every `join` (the target lives in the worker).
+    owner: &'w WakeTarget,
+}
+
+/// A worker as a latch setter sees it: the pool whose sleep state parks it, and its index there.
+/// Each worker owns one for its whole life, so a latch can point to it instead of copying it.
+pub(crate) struct WakeTarget {
+    pub(crate) registry: *const Registry,
+    pub(crate) index: usize,
 }
 
 impl<'w> SpinLatch<'w> {
-    /// A latch that worker `owner` of `registry` waits on.
+    /// A latch that the worker described by `owner` waits on.
     #[inline]
-    pub(crate) fn new(registry: &'w Registry, owner: usize) -> Self {
+    pub(crate) fn new(owner: &'w WakeTarget) -> Self {
         SpinLatch {
             core: CoreLatch::new(),
-            registry,
             owner,
         }
     }
@@ -127,12 +132,13 @@ impl Latch for SpinLatch<'_> {
     unsafe fn set(this: *const Self) {
         // Read everything before setting: the owner may return and pop its frame right after.
         // SAFETY: `this` is valid until the `CoreLatch::set` below, because the owner is blocked
-        // on that latch and cannot leave its frame before it is set.
+        // on that latch and cannot leave its frame before it is set. The target lives in the
+        // owner's `WorkerThread` (alive for the owner's whole life, longer than this wait).
         let (registry, index): (*const Registry, usize) =
-            unsafe { ((*this).registry, (*this).owner) };
+            unsafe { ((*(*this).owner).registry, (*(*this).owner).index) };
         // SAFETY: `this` is valid on entry: the owner is blocked on this very latch; the core
-        // latch is a field of it, passed as
-        // a raw pointer so no reference to the frame outlives the set.
+        // latch is a field of it, passed as a raw pointer so no reference to the frame outlives
+        // the set.
         if unsafe { CoreLatch::set(&raw const (*this).core) } {
             // SAFETY: the registry lives in its Arc's heap block, kept alive by the setter (a
             // worker of the same pool), not in the owner's frame.

@@ -2,7 +2,7 @@
 
 use super::builder::VictimPolicy;
 use super::job::JobRef;
-use super::latch::CoreLatch;
+use super::latch::{CoreLatch, WakeTarget};
 use super::metrics::now_ns;
 use super::metrics::WorkerCounters;
 use super::registry::Registry;
@@ -34,6 +34,8 @@ pub(crate) struct WorkerThread {
     private: UnsafeCell<PrivateForks>,
     index: usize,
     registry: Arc<Registry>,
+    /// This worker as a latch setter needs it (`SpinLatch`): the registry above and `index`.
+    wake_target: WakeTarget,
     /// Points into `registry.hungry[index]`, which the `Arc` above keeps alive.
     hungry: *const AtomicBool,
     eager: bool,
@@ -65,6 +67,12 @@ impl WorkerThread {
     #[inline]
     pub(crate) fn index(&self) -> usize {
         self.index
+    }
+
+    /// Who a `SpinLatch` this worker waits on must wake.
+    #[inline]
+    pub(crate) fn wake_target(&self) -> &WakeTarget {
+        &self.wake_target
     }
 
     #[inline]
@@ -427,7 +435,12 @@ pub(crate) fn main_loop(
         .worker(index)
         .set_started_ns(now_ns(registry.counters.epoch));
     let hungry: *const AtomicBool = &*registry.hungry[index];
+    let wake_target = WakeTarget {
+        registry: Arc::as_ptr(&registry),
+        index,
+    };
     let worker = WorkerThread {
+        wake_target,
         deque,
         private: UnsafeCell::new(PrivateForks {
             jobs: Vec::with_capacity(64),
