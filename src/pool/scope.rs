@@ -1,6 +1,6 @@
 //! `scope`: spawn any number of tasks that may borrow from the enclosing stack frame.
 
-use super::job::HeapJob;
+use super::job::{Job, JobRef};
 use super::latch::CoreLatch;
 use super::registry::Registry;
 use super::unwind::{self, Panic};
@@ -52,11 +52,61 @@ impl std::fmt::Debug for Scope<'_> {
 /// scope, and a scope cannot be passed where a longer one is expected.
 type InvariantScope<'scope> = Box<dyn FnOnce(&Scope<'scope>) + Send + Sync + 'scope>;
 
-/// A `*const Scope` that can be moved into a task.
-struct ScopePtr<'scope>(*const Scope<'scope>);
-// SAFETY: `Scope` is `Sync` (all its fields are), and the pointee outlives every task holding the
-// pointer because the scope waits for `pending` to reach zero before it returns.
-unsafe impl Send for ScopePtr<'_> {}
+/// A spawned task on the heap: the task and the scope it counts against.
+///
+/// A job type of its own rather than a `HeapJob` closure on purpose: a closure that captured the
+/// task and then did the final decrement would hold the task's borrows as fields of its own
+/// by-value `self` for its whole call, and those are protected (Stacked/Tree Borrows) until it
+/// returns — after the decrement, when the owner may already have freed what they point to. Here
+/// `execute` takes a raw pointer, moves the task out, and runs it in a call that returns before
+/// the decrement.
+struct ScopeJob<'scope, F> {
+    scope: *const Scope<'scope>,
+    task: F,
+}
+
+impl<'scope, F> Job for ScopeJob<'scope, F>
+where
+    F: FnOnce(&Scope<'scope>) + Send + 'scope,
+{
+    unsafe fn execute(this: *const Self) {
+        // The task's panic is caught below and nothing else here runs user code that may unwind
+        // (payload drops are contained); a panic escaping anyway is a scheduler bug that would
+        // skip the decrement, so abort rather than unwind through the worker.
+        let abort = unwind::AbortIfPanic;
+        // SAFETY: `this` came from `Box::into_raw` in `spawn` and is executed exactly once (the
+        // JobRef contract), so rebuilding the box takes back unique ownership.
+        let job = unsafe { Box::from_raw(this as *mut Self) };
+        let ScopeJob { scope, task } = *job;
+        // Counts this task finished however it ends; its drop is the task's last access to the
+        // scope.
+        let finished = FinishOnDrop(scope);
+        let result = {
+            // SAFETY: the scope is alive: it cannot return while this task is pending, and
+            // `finished` (declared before, so dropped after this borrow ends) is what decrements
+            // `pending`.
+            let scope_ref = unsafe { &*scope };
+            unwind::halt_unwinding(move || task(scope_ref))
+        };
+        if mutant::SCOPE_COUNTS_BEFORE_PANIC {
+            // Broken twin (loom builds only): count first, record after.
+            drop(finished);
+            if let Err(payload) = result {
+                // SAFETY: none; this is the deliberately broken order the model must catch.
+                unsafe { Scope::record_panic(scope, payload) };
+            }
+            std::mem::forget(abort);
+            return;
+        }
+        if let Err(payload) = result {
+            // SAFETY: this task's count is still in `pending` (`finished` has not been dropped),
+            // so the owner is still waiting and the scope is live.
+            unsafe { Scope::record_panic(scope, payload) };
+        }
+        drop(finished);
+        std::mem::forget(abort);
+    }
+}
 
 impl<'scope> Scope<'scope> {
     /// Spawns a task into the scope. It may run on any worker of the scope's pool, in parallel with
@@ -81,38 +131,11 @@ impl<'scope> Scope<'scope> {
         // Relaxed is enough: the increment happens-before the job is pushed, and the push
         // publishes it (as `Arc::clone` does with its count).
         self.pending.fetch_add(1, Ordering::Relaxed);
-        let scope = ScopePtr(self);
-        let job = HeapJob::new(move || {
-            let scope = scope;
-            // Counts this task finished however it ends; its drop is the task's last access to
-            // the scope.
-            let finished = FinishOnDrop(scope.0);
-            let result = {
-                // SAFETY: the scope is alive: it cannot return while this task is pending, and
-                // `finished` (declared before, so dropped after this borrow ends) is what
-                // decrements `pending`.
-                let scope_ref = unsafe { &*scope.0 };
-                unwind::halt_unwinding(|| task(scope_ref))
-            };
-            if mutant::SCOPE_COUNTS_BEFORE_PANIC {
-                // Broken twin (loom builds only): count first, record after.
-                drop(finished);
-                if let Err(payload) = result {
-                    // SAFETY: none; this is the deliberately broken order the model must catch.
-                    unsafe { Scope::record_panic(scope.0, payload) };
-                }
-                return;
-            }
-            if let Err(payload) = result {
-                // SAFETY: this task's count is still in `pending` (`finished` has not been dropped),
-                // so the owner is still waiting and the scope is live.
-                unsafe { Scope::record_panic(scope.0, payload) };
-            }
-            drop(finished);
-        });
+        let job = Box::new(ScopeJob { scope: self, task });
         // SAFETY: the job borrows data that lives for `'scope`; the scope outlives the job because
-        // it waits for `pending`, which this job decrements only as its very last action.
-        let job_ref = unsafe { job.into_job_ref() };
+        // it waits for `pending`, which the job decrements only as its very last access to
+        // anything borrowed (`ScopeJob::execute`). The box is reclaimed by that execution.
+        let job_ref = unsafe { JobRef::new(Box::into_raw(job)) };
         self.registry.push_or_inject(job_ref);
     }
 

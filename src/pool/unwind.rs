@@ -28,14 +28,23 @@ pub(crate) fn resume_unwinding(payload: Panic) -> ! {
 /// A payload whose own `Drop` panics is legal in safe Rust (`std::panic::panic_any`); if its panic
 /// escaped here it would unwind through the scheduler's bookkeeping (a scope's pending count, a
 /// latch) and let a caller return while its tasks still run. The payload of that second panic is
-/// user data too, whose `Drop` may panic in turn without end, so it is leaked: a leak is safe, an
-/// unbounded chain of drops is not.
+/// user data too (usually a plain message, dropped quietly), whose `Drop` may panic in turn: each
+/// is dropped the same way, up to a bound, and a chain longer than that is leaked — a leak is
+/// safe, an unbounded chain of drops is not.
 #[cold]
 #[inline(never)]
 pub(crate) fn drop_contained<T>(value: T) {
-    if let Err(again) = halt_unwinding(move || drop(value)) {
-        std::mem::forget(again);
+    const MAX_CHAINED_DROP_PANICS: usize = 8;
+    let Err(mut again) = halt_unwinding(move || drop(value)) else {
+        return;
+    };
+    for _ in 0..MAX_CHAINED_DROP_PANICS {
+        match halt_unwinding(move || drop(again)) {
+            Ok(()) => return,
+            Err(next) => again = next,
+        }
     }
+    std::mem::forget(again);
 }
 
 /// Aborts the process if dropped during unwinding.
