@@ -54,3 +54,28 @@ fn wake_ups_are_counted_and_their_latency_recorded() {
     );
     assert!(metrics.totals().wakeups > 0);
 }
+
+/// However many spin rounds are configured, an idle worker parks: one fruitless search spins for a
+/// bounded wall-clock time. With `u32::MAX` rounds and no cap, the workers would spin for hours and
+/// never count a sleep; the loop below waits up to 30 s (a hang guard, not a speed assumption).
+#[test]
+fn idle_workers_park_whatever_spin_rounds_says() {
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(2)
+        .spin_rounds(u32::MAX)
+        .build()
+        .unwrap();
+    assert_eq!(pool.install(|| parjob::join(|| 1, || 2)), (1, 2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = pool.metrics();
+        if metrics.workers().iter().all(|w| w.sleeps > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers still spinning after 30 s: {metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

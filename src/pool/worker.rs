@@ -51,6 +51,12 @@ crate::sync::thread_local_const! {
 /// Spin rounds cap the doubling of pauses per round (2^6 = 64 `pause`s).
 const MAX_SPIN_SHIFT: u32 = 6;
 
+/// Wall-clock cap on one fruitless search, whatever `spin_rounds` says: an idle pool must cost
+/// nothing measurable (at most this per wake-up), and a pause is 10 to 140 cycles depending on the
+/// CPU, so a round count alone does not bound the time. The default 32 rounds stay well inside it
+/// on the CPUs measured; larger counts are cut here.
+const MAX_SPIN_NS: u64 = 100_000;
+
 impl WorkerThread {
     /// The worker running on this thread, if any.
     #[inline]
@@ -255,7 +261,10 @@ impl WorkerThread {
             if !searching {
                 searching = sleep.start_searching();
             }
-            if spins < self.registry.policy.spin_rounds {
+            let spun_too_long = || {
+                search_began.is_some_and(|began| now_ns(epoch).saturating_sub(began) > MAX_SPIN_NS)
+            };
+            if spins < self.registry.policy.spin_rounds && !spun_too_long() {
                 for _ in 0..(1u32 << spins.min(MAX_SPIN_SHIFT)) {
                     spin_loop();
                 }
