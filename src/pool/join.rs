@@ -1,6 +1,6 @@
 //! `join`: run two closures, potentially in parallel.
 
-use super::job::{HeapJob, JobRef, StackJob};
+use super::job::{Job, JobRef, StackJob};
 use super::latch::{LockLatch, SpinLatch};
 use super::registry::{Caller, Registry};
 use super::unwind;
@@ -82,7 +82,7 @@ where
 
 /// `join` called from a thread outside any pool.
 ///
-/// B goes to the injector wrapped in a heap-allocated ticket; the caller runs A, then tries to
+/// B goes to the injector wrapped in a heap-allocated ticket (the one allocation of the call); the caller runs A, then tries to
 /// claim the ticket back. Whoever claims it first (a worker, or the caller) runs B; a worker
 /// that pops an already-claimed ticket only drops it, so the stack job is never touched after
 /// the caller reclaimed it. The caller thus does its own work instead of paying two context
@@ -100,21 +100,17 @@ where
     // SAFETY: the JobRef is executed only by whoever wins the ticket; if that is a worker, we
     // wait for the latch below before leaving this frame.
     let job_b_ref = unsafe { job_b.as_job_ref() };
+    // One allocation per call: the ticket is itself the injected job (its `Arc` is the queue's
+    // reference), and the caller keeps a second reference to claim it back.
     let ticket = Arc::new(Ticket {
         claimed: AtomicBool::new(false),
         job: job_b_ref,
     });
-    let for_worker = Arc::clone(&ticket);
-    let heap = HeapJob::new(move || {
-        if !for_worker.claimed.swap(true, Ordering::AcqRel) {
-            // SAFETY: we won the ticket, so the owner is now blocked on the latch and the
-            // stack job is live until we set it.
-            unsafe { for_worker.job.execute() }
-        }
-    });
-    // SAFETY: the heap job only holds an Arc and a JobRef whose liveness the ticket protects.
-    registry.inject(unsafe { heap.into_job_ref() });
+    // SAFETY: the JobRef owns one strong count of the ticket (`into_raw`), which its single
+    // execution (`Ticket::execute`) takes back; the ticket itself borrows nothing.
+    registry.inject(unsafe { JobRef::new(Arc::into_raw(Arc::clone(&ticket))) });
     let result_a = unwind::halt_unwinding(a);
+    // AcqRel pairs with a worker's claim swap in `Ticket::execute`: exactly one of the two wins.
     if !ticket.claimed.swap(true, Ordering::AcqRel) {
         let b = job_b.take_func();
         return match result_a {
@@ -133,6 +129,20 @@ where
         Err(payload) => {
             unwind::drop_contained(result_b);
             unwind::resume_unwinding(payload)
+        }
+    }
+}
+
+impl Job for Ticket {
+    unsafe fn execute(this: *const Self) {
+        // SAFETY: `this` came from `Arc::into_raw` in `join_outside`, carrying one strong count
+        // that this single execution (the JobRef contract) takes back.
+        let ticket = unsafe { Arc::from_raw(this) };
+        // AcqRel pairs with the caller's claim swap: exactly one of the two wins.
+        if !ticket.claimed.swap(true, Ordering::AcqRel) {
+            // SAFETY: we won the ticket, so the caller is blocked on B's latch and the stack job
+            // stays live until B's execution sets it; it is executed exactly once, here.
+            unsafe { ticket.job.execute() }
         }
     }
 }
