@@ -20,7 +20,7 @@ twins=(
   "publish_skips_fence|sleep inject|deadlock"
   "latch_skips_announce|latch|deadlock"
   "latch_set_relaxed|latch|Causality violation"
-  "join_skips_wait_on_panic|join|stolen B finished|Causality violation|deadlock|unexpected object stored at reference"
+  "join_skips_wait_on_panic|join|stolen B finished|Causality violation|deadlock|unexpected object stored at reference|index out of bounds"
   "scope_counts_before_panic|scope|panic was lost|before every task finished|Causality violation"
   "shutdown_skips_drain|shutdown|was lost|leaked"
   "searcher_skips_handoff|handoff|deadlock"
