@@ -21,18 +21,20 @@ use crate::parallel::delayed::{Apply, Delayed};
 use crate::parallel::progress::Progress;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-/// What an automatically sized batch aims to last in the worker: 2 ms, so the cost of one
-/// message each way (tens of microseconds, see `docs/benchmarks.md`) stays near 1 %.
-const TARGET_BATCH_NS: f64 = 2_000_000.0;
+/// What an automatically sized batch aims to last in the worker: 1 ms. A message each way costs
+/// tens of microseconds of latency (hidden: several batches are in flight) and a few microseconds
+/// of CPU, so this keeps the overhead near 1 % while a batch's arguments and outcomes still fit
+/// in the caches of the caller, which encodes and decodes them.
+const TARGET_BATCH_NS: f64 = 1_000_000.0;
 
-/// At most this many tasks in one automatic batch (bounds the message size).
-const MAX_AUTO_BATCH: usize = 100_000;
+/// At most this many tasks in one automatic batch (bounds the message and buffer sizes).
+const MAX_AUTO_BATCH: usize = 16_384;
 
 /// Why one task produced no result.
 #[derive(Debug)]
@@ -63,6 +65,16 @@ struct InFlight {
     bytes: Arc<Vec<u8>>,
 }
 
+/// A finished batch being decoded.
+struct Decoding {
+    indices: Vec<usize>,
+    /// The position in `indices` of the next outcome.
+    next: usize,
+    outcomes: Vec<u8>,
+    /// Where the next outcome starts in `outcomes`.
+    offset: usize,
+}
+
 /// The state of one call; yields `(index, outcome)` in completion order.
 pub(crate) struct Call<'p, I, F, A, R> {
     tasks: I,
@@ -77,6 +89,10 @@ pub(crate) struct Call<'p, I, F, A, R> {
     in_flight: HashMap<u64, InFlight>,
     next_batch: u64,
     task_ns: Option<f64>,
+    /// A finished batch whose outcomes are decoded one at a time, as they are asked for (so a
+    /// large batch is never materialised twice).
+    decoding: Option<Decoding>,
+    /// Outcomes known without decoding (crashes, timeouts, unencodable arguments).
     done: VecDeque<(usize, Result<R, Failure>)>,
     stopped: bool,
     progress: Progress<'p>,
@@ -112,6 +128,7 @@ where
             in_flight: HashMap::new(),
             next_batch: 0,
             task_ns: None,
+            decoding: None,
             done: VecDeque::new(),
             stopped: false,
             progress,
@@ -131,14 +148,14 @@ where
     /// and the input is exhausted (or the call was stopped).
     pub(crate) fn next_completed(&mut self) -> Option<(usize, Result<R, Failure>)> {
         loop {
-            if let Some(item) = self.done.pop_front() {
+            if let Some(item) = self.decode_next().or_else(|| self.done.pop_front()) {
                 self.completed += 1;
                 self.progress.update(self.completed);
                 return Some(item);
             }
             self.fill();
             if self.in_flight.is_empty() {
-                if self.done.is_empty() {
+                if self.done.is_empty() && self.decoding.is_none() {
                     if !self.finished {
                         self.finished = true;
                         self.progress.finish(self.completed);
@@ -154,6 +171,19 @@ where
             };
             self.absorb(reply);
         }
+    }
+
+    fn decode_next(&mut self) -> Option<(usize, Result<R, Failure>)> {
+        let decoding = self.decoding.as_mut()?;
+        let Some(&index) = decoding.indices.get(decoding.next) else {
+            self.decoding = None;
+            return None;
+        };
+        decoding.next += 1;
+        let mut input = &decoding.outcomes[decoding.offset..];
+        let outcome = wire::read_outcome::<R>(&mut input).map_err(Failure::Panic);
+        decoding.offset = decoding.outcomes.len() - input.len();
+        Some((index, outcome))
     }
 
     fn batch_size(&self) -> usize {
@@ -249,11 +279,15 @@ where
                     None => per_task,
                     Some(old) => 0.5 * old + 0.5 * per_task,
                 });
-                let mut input = &outcomes[..];
-                for index in flight.indices {
-                    let outcome = wire::read_outcome::<R>(&mut input).map_err(Failure::Panic);
-                    self.done.push_back((index, outcome));
-                }
+                // Only absorbed once the previous batch is fully decoded (`next_completed`
+                // decodes before it waits for a reply).
+                debug_assert!(self.decoding.is_none());
+                self.decoding = Some(Decoding {
+                    indices: flight.indices,
+                    next: 0,
+                    outcomes,
+                    offset: 0,
+                });
             }
             Reply::Crashed { batch, death } => {
                 let Some(flight) = self.in_flight.remove(&batch) else {
@@ -298,7 +332,9 @@ impl<I, F, A, R> Drop for Call<'_, I, F, A, R> {
 /// Re-orders a call's completions into input order.
 pub(crate) struct Ordered<'p, I, F, A, R> {
     pub(crate) call: Call<'p, I, F, A, R>,
-    pending: BTreeMap<usize, Result<R, Failure>>,
+    /// Slot `k` holds the outcome of task `next + k` once it has arrived. Indices are assigned in
+    /// input order and at most the dispatch window is outstanding, so this stays small.
+    pending: VecDeque<Option<Result<R, Failure>>>,
     next: usize,
 }
 
@@ -312,7 +348,7 @@ where
     pub(crate) fn new(call: Call<'p, I, F, A, R>) -> Self {
         Ordered {
             call,
-            pending: BTreeMap::new(),
+            pending: VecDeque::new(),
             next: 0,
         }
     }
@@ -320,18 +356,32 @@ where
     /// The next outcome in input order (positions skipped by a stopped call are passed over).
     pub(crate) fn next_in_order(&mut self) -> Option<(usize, Result<R, Failure>)> {
         loop {
-            if let Some(outcome) = self.pending.remove(&self.next) {
+            if let Some(Some(_)) = self.pending.front() {
+                let outcome = self.pending.pop_front().flatten()?;
                 self.next += 1;
                 return Some((self.next - 1, outcome));
             }
             match self.call.next_completed() {
+                Some((index, outcome)) if index == self.next && self.pending.is_empty() => {
+                    self.next += 1;
+                    return Some((index, outcome));
+                }
                 Some((index, outcome)) => {
-                    self.pending.insert(index, outcome);
+                    let slot = index - self.next;
+                    if self.pending.len() <= slot {
+                        self.pending.resize_with(slot + 1, || None);
+                    }
+                    self.pending[slot] = Some(outcome);
                 }
                 None => {
-                    let (index, outcome) = self.pending.pop_first()?;
-                    self.next = index + 1;
-                    return Some((index, outcome));
+                    // Only positions a stopped call never ran are missing: skip them.
+                    while let Some(front) = self.pending.pop_front() {
+                        self.next += 1;
+                        if let Some(outcome) = front {
+                            return Some((self.next - 1, outcome));
+                        }
+                    }
+                    return None;
                 }
             }
         }
