@@ -13,8 +13,40 @@
 //! **Tasks.** `delayed(f)(x)` (or [`delayed!`](crate::delayed!)) where `f` is a plain `fn` or a
 //! closure that captures nothing, and the arguments and the result implement serde's `Serialize`
 //! and `Deserialize`; run them with [`Parallel::run_in_processes`](crate::Parallel::run_in_processes)
-//! and its `try_`/`_iter`/`_unordered` counterparts under [`Backend::Processes`]
-//! (crate::Backend::Processes) or [`Backend::ProcessPool`](crate::Backend::ProcessPool).
+//! and its `try_`/`_iter`/`_unordered` counterparts under [`Backend::Processes`](crate::Backend::Processes)
+//! or [`Backend::ProcessPool`](crate::Backend::ProcessPool).
+//!
+//! A task that cannot cross to another process is a compile error, not a runtime surprise. A
+//! closure that captures a value (the error names the rule; it appears in `cargo build`, not in
+//! `cargo check`, because it is checked when the call is compiled for that closure's type):
+//!
+//! ```compile_fail,E0080
+//! use parjob::{delayed, Backend, Parallel};
+//! let offset = 3u64;
+//! let out = Parallel::new().backend(Backend::Processes)
+//!     .run_in_processes((0..4u64).map(|x| delayed(move |x: u64| x + offset)(x)));
+//! ```
+//!
+//! An argument that is not serializable:
+//!
+//! ```compile_fail,E0277
+//! use parjob::{delayed, Backend, Parallel};
+//! struct Handle(std::fs::File);
+//! fn size(h: Handle) -> u64 { h.0.metadata().unwrap().len() }
+//! let file = std::fs::File::open("Cargo.toml").unwrap();
+//! let out = Parallel::new().backend(Backend::Processes)
+//!     .run_in_processes([delayed(size)(Handle(file))]);
+//! ```
+//!
+//! The same call with a function item and serde types compiles (and runs, in a program that
+//! calls [`init`]):
+//!
+//! ```no_run
+//! use parjob::{Backend, Parallel};
+//! fn add(x: u64, offset: u64) -> u64 { x + offset }
+//! let out = Parallel::new().backend(Backend::Processes)
+//!     .run_in_processes((0..4u64).map(|x| parjob::delayed!(add(x, 3))));
+//! ```
 //!
 //! ```text
 //! mod.rs     init, enable_test_support!, the pool cache for Backend::Processes

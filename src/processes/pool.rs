@@ -130,8 +130,8 @@ impl Drop for Inner {
 /// Clones share the same workers; when the last clone is dropped every worker is killed and
 /// reaped before `drop` returns.
 ///
-/// Use it with [`Backend::ProcessPool`](crate::Backend::ProcessPool); [`Backend::Processes`]
-/// (crate::Backend::Processes) uses a pool of this kind per `n_jobs`, built on first use and kept
+/// Use it with [`Backend::ProcessPool`](crate::Backend::ProcessPool); [`Backend::Processes`](crate::Backend::Processes)
+/// uses a pool of this kind per `n_jobs`, built on first use and kept
 /// until the program exits (its workers are killed when it does).
 ///
 /// ```no_run
