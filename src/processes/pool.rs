@@ -460,8 +460,14 @@ fn retire(shared: &Shared, slot: usize, worker: Worker, kill_first: bool) -> Wor
 
 /// What happened to one job on a worker.
 enum Ran {
-    Done { elapsed_ns: u64, outcomes: Vec<u8> },
-    Died(WorkerDeath),
+    Done {
+        elapsed_ns: u64,
+        outcomes: Vec<u8>,
+    },
+    /// The reply channel closed: the worker died (its status says how).
+    Died,
+    /// The worker broke the protocol; it is killed.
+    Confused,
     TimedOut,
 }
 
@@ -487,11 +493,9 @@ fn run_job(worker: &Worker, job: &Job) -> Ran {
             elapsed_ns,
             outcomes,
         },
-        Ok(_) => Ran::Died(WorkerDeath::StartFailed(
-            "worker sent an unexpected message".to_owned(),
-        )),
+        Ok(_) => Ran::Confused,
         Err(Some(())) => Ran::TimedOut,
-        Err(None) => Ran::Died(WorkerDeath::Exit(-1)),
+        Err(None) => Ran::Died,
     }
 }
 
@@ -544,7 +548,8 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             continue;
         };
         shared.batches.fetch_add(1, Ordering::Relaxed);
-        let reply = match run_job(live, &job) {
+        let ran = run_job(live, &job);
+        let reply = match ran {
             Ran::Done {
                 elapsed_ns,
                 outcomes,
@@ -560,18 +565,13 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
                 }
                 Reply::TimedOut { batch: job.batch }
             }
-            Ran::Died(reason) => {
+            Ran::Died | Ran::Confused => {
                 shared.restarts.fetch_add(1, Ordering::Relaxed);
-                let death = match worker.take() {
-                    Some(dead) => match reason {
-                        WorkerDeath::Exit(-1) => retire(&shared, slot, dead, false),
-                        other => {
-                            retire(&shared, slot, dead, true);
-                            other
-                        }
-                    },
-                    None => reason,
-                };
+                // `live` was `Some`, so `worker` is.
+                let dead = worker.take().expect("a live worker ran the job");
+                // A confused worker is killed first; its death is then `SIGKILL` by us.
+                let confused = matches!(ran, Ran::Confused);
+                let death = retire(&shared, slot, dead, confused);
                 Reply::Crashed {
                     batch: job.batch,
                     death,
