@@ -454,3 +454,23 @@ fn zero_jobs_is_a_config_error() {
     assert!(matches!(result, Err(Error::Config { .. })), "{result:?}");
     assert!(ProcessPoolBuilder::new().num_workers(0).build().is_err());
 }
+
+fn checksum(data: Vec<u8>) -> (usize, u64) {
+    (data.len(), data.iter().map(|&b| u64::from(b)).sum())
+}
+
+#[test]
+fn large_arguments_cross_in_bounded_batches() {
+    let _serial = serial();
+    let pool = two_workers();
+    let inputs: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 1 << 20]).collect();
+    let expected: Vec<(usize, u64)> = inputs.iter().cloned().map(checksum).collect();
+    let out = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(12))
+        .run_in_processes(inputs.into_iter().map(|v| delayed(checksum)(v)));
+    assert_eq!(out, expected);
+    // 12 MiB of arguments asked for as one batch travel as several messages of at most ~4 MiB.
+    assert!(pool.batches() >= 3, "{} batches", pool.batches());
+    assert_gone(pool, HashSet::new());
+}

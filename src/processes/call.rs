@@ -36,6 +36,10 @@ const TARGET_BATCH_NS: f64 = 1_000_000.0;
 /// At most this many tasks in one automatic batch (bounds the message and buffer sizes).
 const MAX_AUTO_BATCH: usize = 16_384;
 
+/// A batch is closed once its encoded arguments pass this size (it always holds at least one
+/// task), so tasks with large arguments do not build huge messages.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
 /// Why one task produced no result.
 #[derive(Debug)]
 pub(crate) enum Failure {
@@ -213,7 +217,7 @@ where
             bytes.extend_from_slice(&[0; 16]);
             let mut indices = Vec::with_capacity(size);
             let mut bounds = vec![16];
-            while indices.len() < size {
+            while indices.len() < size && bytes.len() < MAX_BATCH_BYTES {
                 let Some(task) = self.tasks.next() else {
                     self.exhausted = true;
                     break;
