@@ -12,7 +12,7 @@ use super::delayed::{Apply, Delayed};
 use super::error::Error;
 use super::stream::{RunIter, RunUnordered};
 use super::Parallel;
-use crate::processes::call::{Call, Failure, Ordered, Settings};
+use crate::processes::call::{Call, Failure, Settings};
 use crate::processes::ProcessPool;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -59,6 +59,7 @@ impl<'p> Parallel<'p> {
         &self,
         tasks: I,
         settings: Settings,
+        ordered: bool,
     ) -> Call<'p, I::IntoIter, F, A, R>
     where
         I: IntoIterator<Item = Delayed<F, A>>,
@@ -68,7 +69,7 @@ impl<'p> Parallel<'p> {
     {
         let tasks = tasks.into_iter();
         let progress = self.progress_for(super::exact_len(&tasks));
-        Call::new(tasks, settings, progress)
+        Call::new(tasks, settings, progress, ordered)
     }
 
     /// [`run`](Parallel::run) for tasks that may run in worker processes: in input order, every
@@ -111,10 +112,11 @@ impl<'p> Parallel<'p> {
             Target::Processes(settings) => settings,
         };
         let timeout = settings.timeout;
-        let mut ordered = Ordered::new(self.process_call(tasks, settings));
-        let mut results = Vec::new();
+        let tasks = tasks.into_iter();
+        let mut results = Vec::with_capacity(tasks.size_hint().0);
+        let mut ordered = self.process_call(tasks, settings, true);
         let mut first_failure = None;
-        while let Some((index, outcome)) = ordered.next_in_order() {
+        while let Some((index, outcome)) = ordered.next_completed() {
             match outcome {
                 Ok(value) => results.push(value),
                 Err(failure) => {
@@ -172,7 +174,7 @@ impl<'p> Parallel<'p> {
             _ => return self.try_run(tasks),
         };
         let timeout = settings.timeout;
-        let mut call = self.process_call(tasks, settings);
+        let mut call = self.process_call(tasks, settings, false);
         let mut values: Vec<Option<T>> = Vec::new();
         // The failure with the smallest index: `Ok(e)` a task's error, `Err(f)` a failure.
         let mut first: Option<(usize, Result<E, Failure>)> = None;
@@ -240,7 +242,7 @@ impl<'p> Parallel<'p> {
             Target::Threads => Runner::Threads(self.run_iter(tasks)),
             Target::Processes(settings) => {
                 let timeout = settings.timeout;
-                Runner::Processes(Ordered::new(self.process_call(tasks, settings)), timeout)
+                Runner::Processes(self.process_call(tasks, settings, true), timeout)
             }
         })
     }
@@ -276,7 +278,7 @@ impl<'p> Parallel<'p> {
             Target::Threads => UnorderedRunner::Threads(self.run_unordered(tasks)),
             Target::Processes(settings) => {
                 let timeout = settings.timeout;
-                UnorderedRunner::Processes(self.process_call(tasks, settings), timeout)
+                UnorderedRunner::Processes(self.process_call(tasks, settings, false), timeout)
             }
         })
     }
@@ -315,7 +317,7 @@ fn outcome<R>(
 
 enum Runner<'p, I, F, A, R> {
     Threads(RunIter<'p, I, F, A, R>),
-    Processes(Ordered<'p, I, F, A, R>, Option<std::time::Duration>),
+    Processes(Call<'p, I, F, A, R>, Option<std::time::Duration>),
 }
 
 /// Outcomes in input order: [`Parallel::run_iter_in_processes`]. Dropping it early stops
@@ -342,8 +344,8 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             Runner::Threads(iter) => iter.next().map(Ok),
-            Runner::Processes(ordered, timeout) => {
-                let (index, result) = ordered.next_in_order()?;
+            Runner::Processes(call, timeout) => {
+                let (index, result) = call.next_completed()?;
                 Some(outcome(index, result, *timeout))
             }
         }

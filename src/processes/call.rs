@@ -7,6 +7,11 @@
 //! near the end of an input of known length so the workers finish together. With a timeout, every
 //! batch holds one task, so the timeout applies to each task exactly.
 //!
+//! **Order.** A batch holds consecutive tasks. Finished batches wait, undecoded, in `ready`
+//! (keyed by their first task); the ordered iterator decodes the one that comes next in input
+//! order, the unordered one whichever finished first. Outcomes are decoded one at a time as they
+//! are asked for, so a large batch is never held twice.
+//!
 //! **Which task crashed.** When a worker dies in the middle of a batch of several tasks, the
 //! outcomes it had not sent are lost, and so is the knowledge of which task killed it. The batch's
 //! tasks are sent again one per batch, at the front of the queue: the culprit crashes again (and
@@ -21,7 +26,7 @@ use crate::parallel::delayed::{Apply, Delayed};
 use crate::parallel::progress::Progress;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -61,25 +66,33 @@ pub(crate) struct Settings {
     pub(crate) timeout: Option<Duration>,
 }
 
+/// A batch sent to a worker: tasks `first .. first + count`.
 struct InFlight {
-    /// The input position of each task of the batch.
-    indices: Vec<usize>,
-    /// Where each task's arguments start in `bytes` (plus the end).
-    bounds: Vec<usize>,
+    first: usize,
+    count: usize,
     bytes: Arc<Vec<u8>>,
 }
 
-/// A finished batch being decoded.
+/// What a finished batch, or a task that failed on its own, left for the caller.
+enum Ready<R> {
+    /// A batch's encoded outcomes, decoded one at a time.
+    Batch(Decoding),
+    /// One task's outcome (a crash, a timeout, arguments that could not be encoded).
+    Task(Result<R, Failure>),
+}
+
+/// A finished batch being decoded: tasks `first + next .. first + count` are still to come.
 struct Decoding {
-    indices: Vec<usize>,
-    /// The position in `indices` of the next outcome.
+    first: usize,
+    count: usize,
     next: usize,
     outcomes: Vec<u8>,
     /// Where the next outcome starts in `outcomes`.
     offset: usize,
 }
 
-/// The state of one call; yields `(index, outcome)` in completion order.
+/// The state of one call; yields `(index, outcome)` in input order (`ordered`) or in completion
+/// order.
 pub(crate) struct Call<'p, I, F, A, R> {
     tasks: I,
     exhausted: bool,
@@ -93,11 +106,13 @@ pub(crate) struct Call<'p, I, F, A, R> {
     in_flight: HashMap<u64, InFlight>,
     next_batch: u64,
     task_ns: Option<f64>,
-    /// A finished batch whose outcomes are decoded one at a time, as they are asked for (so a
-    /// large batch is never materialised twice).
-    decoding: Option<Decoding>,
-    /// Outcomes known without decoding (crashes, timeouts, unencodable arguments).
-    done: VecDeque<(usize, Result<R, Failure>)>,
+    /// Finished work not yet handed out, keyed by its first task's index.
+    ready: BTreeMap<usize, Ready<R>>,
+    /// The batch being handed out.
+    current: Option<Decoding>,
+    ordered: bool,
+    /// In ordered mode: the index of the next outcome to hand out.
+    next_out: usize,
     stopped: bool,
     progress: Progress<'p>,
     completed: usize,
@@ -112,7 +127,7 @@ where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
-    pub(crate) fn new(tasks: I, settings: Settings, progress: Progress<'p>) -> Self {
+    pub(crate) fn new(tasks: I, settings: Settings, progress: Progress<'p>, ordered: bool) -> Self {
         let total = match tasks.size_hint() {
             (low, Some(high)) if low == high => Some(low),
             _ => None,
@@ -132,8 +147,10 @@ where
             in_flight: HashMap::new(),
             next_batch: 0,
             task_ns: None,
-            decoding: None,
-            done: VecDeque::new(),
+            ready: BTreeMap::new(),
+            current: None,
+            ordered,
+            next_out: 0,
             stopped: false,
             progress,
             completed: 0,
@@ -148,25 +165,40 @@ where
         self.state.cancelled.store(true, Ordering::Relaxed);
     }
 
-    /// The next finished task, in completion order; `None` once every dispatched task is done
-    /// and the input is exhausted (or the call was stopped).
+    /// The next finished task (in input order if `ordered`); `None` once every dispatched task
+    /// is done and the input is exhausted (or the call was stopped: in ordered mode the
+    /// positions it never ran are skipped).
     pub(crate) fn next_completed(&mut self) -> Option<(usize, Result<R, Failure>)> {
         loop {
-            if let Some(item) = self.decode_next().or_else(|| self.done.pop_front()) {
-                self.completed += 1;
-                self.progress.update(self.completed);
-                return Some(item);
+            if let Some(item) = self.decode_next() {
+                return Some(self.hand_out(item));
+            }
+            let key = match self.ready.first_key_value() {
+                Some((&key, _)) if !self.ordered || key == self.next_out => Some(key),
+                _ => None,
+            };
+            if let Some(key) = key {
+                if let Some(item) = self.take_ready(key) {
+                    return Some(self.hand_out(item));
+                }
+                continue;
             }
             self.fill();
             if self.in_flight.is_empty() {
-                if self.done.is_empty() && self.decoding.is_none() {
-                    if !self.finished {
-                        self.finished = true;
-                        self.progress.finish(self.completed);
+                match self.ready.first_key_value() {
+                    // Ordered, after a stop: skip the positions that never ran.
+                    Some((&key, _)) => {
+                        self.next_out = key;
+                        continue;
                     }
-                    return None;
+                    None => {
+                        if !self.finished {
+                            self.finished = true;
+                            self.progress.finish(self.completed);
+                        }
+                        return None;
+                    }
                 }
-                continue;
             }
             // Cannot fail: `self.tx` keeps the channel open, and every driver replies to every
             // job it takes.
@@ -177,12 +209,31 @@ where
         }
     }
 
+    fn hand_out(&mut self, item: (usize, Result<R, Failure>)) -> (usize, Result<R, Failure>) {
+        self.next_out = item.0 + 1;
+        self.completed += 1;
+        self.progress.update(self.completed);
+        item
+    }
+
+    /// Moves `ready[key]` out: a single task's outcome is returned, a batch becomes `current`.
+    fn take_ready(&mut self, key: usize) -> Option<(usize, Result<R, Failure>)> {
+        match self.ready.remove(&key)? {
+            Ready::Task(outcome) => Some((key, outcome)),
+            Ready::Batch(decoding) => {
+                self.current = Some(decoding);
+                None
+            }
+        }
+    }
+
     fn decode_next(&mut self) -> Option<(usize, Result<R, Failure>)> {
-        let decoding = self.decoding.as_mut()?;
-        let Some(&index) = decoding.indices.get(decoding.next) else {
-            self.decoding = None;
+        let decoding = self.current.as_mut()?;
+        if decoding.next == decoding.count {
+            self.current = None;
             return None;
-        };
+        }
+        let index = decoding.first + decoding.next;
         decoding.next += 1;
         let mut input = &decoding.outcomes[decoding.offset..];
         let outcome = wire::read_outcome::<R>(&mut input).map_err(Failure::Panic);
@@ -215,39 +266,38 @@ where
             let size = self.batch_size();
             let mut bytes = Vec::with_capacity(16 + 16 * size);
             bytes.extend_from_slice(&[0; 16]);
-            let mut indices = Vec::with_capacity(size);
-            let mut bounds = vec![16];
-            while indices.len() < size && bytes.len() < MAX_BATCH_BYTES {
+            let first = self.next_index;
+            let mut count = 0;
+            while count < size && bytes.len() < MAX_BATCH_BYTES {
                 let Some(task) = self.tasks.next() else {
                     self.exhausted = true;
                     break;
                 };
-                let index = self.next_index;
-                self.next_index += 1;
                 let (_f, args) = task.into_parts();
                 let start = bytes.len();
-                match bincode::serialize_into(&mut bytes, &args) {
-                    Ok(()) => {
-                        indices.push(index);
-                        bounds.push(bytes.len());
-                    }
-                    Err(error) => {
-                        bytes.truncate(start);
-                        let message =
-                            format!("parjob: cannot encode the task's arguments: {error}");
-                        self.done.push_back((index, Err(Failure::Panic(message))));
-                    }
+                if let Err(error) = bincode::serialize_into(&mut bytes, &args) {
+                    // This task fails on its own; the batch (consecutive tasks) ends before it.
+                    bytes.truncate(start);
+                    let message = format!("parjob: cannot encode the task's arguments: {error}");
+                    self.ready
+                        .insert(first + count, Ready::Task(Err(Failure::Panic(message))));
+                    self.next_index = first + count + 1;
+                    break;
                 }
+                count += 1;
             }
-            if indices.is_empty() {
+            if count == 0 {
                 continue;
             }
-            bytes[..16].copy_from_slice(&wire::batch_header(self.runner, indices.len() as u64));
-            self.send(indices, bounds, Arc::new(bytes), false);
+            if self.next_index == first {
+                self.next_index = first + count;
+            }
+            bytes[..16].copy_from_slice(&wire::batch_header(self.runner, count as u64));
+            self.send(first, count, Arc::new(bytes), false);
         }
     }
 
-    fn send(&mut self, indices: Vec<usize>, bounds: Vec<usize>, bytes: Arc<Vec<u8>>, urgent: bool) {
+    fn send(&mut self, first: usize, count: usize, bytes: Arc<Vec<u8>>, urgent: bool) {
         let batch = self.next_batch;
         self.next_batch += 1;
         let job = Job {
@@ -260,8 +310,8 @@ where
         self.in_flight.insert(
             batch,
             InFlight {
-                indices,
-                bounds,
+                first,
+                count,
                 bytes,
             },
         );
@@ -278,44 +328,36 @@ where
                 let Some(flight) = self.in_flight.remove(&batch) else {
                     return;
                 };
-                let per_task = elapsed_ns as f64 / flight.indices.len() as f64;
+                let per_task = elapsed_ns as f64 / flight.count as f64;
                 self.task_ns = Some(match self.task_ns {
                     None => per_task,
                     Some(old) => 0.5 * old + 0.5 * per_task,
                 });
-                // Only absorbed once the previous batch is fully decoded (`next_completed`
-                // decodes before it waits for a reply).
-                debug_assert!(self.decoding.is_none());
-                self.decoding = Some(Decoding {
-                    indices: flight.indices,
+                let decoding = Decoding {
+                    first: flight.first,
+                    count: flight.count,
                     next: 0,
                     outcomes,
                     offset: 0,
-                });
+                };
+                self.ready.insert(flight.first, Ready::Batch(decoding));
             }
             Reply::Crashed { batch, death } => {
                 let Some(flight) = self.in_flight.remove(&batch) else {
                     return;
                 };
-                if flight.indices.len() == 1 {
-                    self.done
-                        .push_back((flight.indices[0], Err(Failure::Crashed(death))));
+                if flight.count == 1 {
+                    let failure = Ready::Task(Err(Failure::Crashed(death)));
+                    self.ready.insert(flight.first, failure);
                     return;
                 }
-                // Bisect: each task again on its own, first task first in the queue.
-                for (i, &index) in flight.indices.iter().enumerate().rev() {
-                    let args = &flight.bytes[flight.bounds[i]..flight.bounds[i + 1]];
-                    let mut bytes = Vec::with_capacity(16 + args.len());
-                    bytes.extend_from_slice(&wire::batch_header(self.runner, 1));
-                    bytes.extend_from_slice(args);
-                    let end = bytes.len();
-                    self.send(vec![index], vec![16, end], Arc::new(bytes), true);
-                }
+                self.bisect(flight);
             }
             Reply::TimedOut { batch } => {
                 if let Some(flight) = self.in_flight.remove(&batch) {
-                    for index in flight.indices {
-                        self.done.push_back((index, Err(Failure::TimedOut)));
+                    for index in flight.first..flight.first + flight.count {
+                        self.ready
+                            .insert(index, Ready::Task(Err(Failure::TimedOut)));
                     }
                 }
             }
@@ -324,70 +366,42 @@ where
             }
         }
     }
+
+    /// Sends each task of a batch whose worker died again on its own, first task first in the
+    /// queue. The arguments' boundaries are found by decoding them here.
+    fn bisect(&mut self, flight: InFlight) {
+        let all = &flight.bytes[16..];
+        let mut rest = all;
+        let mut bounds = vec![0];
+        for _ in 0..flight.count {
+            if bincode::deserialize_from::<_, A>(&mut rest).is_err() {
+                break;
+            }
+            bounds.push(all.len() - rest.len());
+        }
+        if bounds.len() != flight.count + 1 {
+            // Cannot happen (these bytes were encoded from `A` here); fail the whole batch
+            // rather than guess.
+            let message = "parjob: cannot split a crashed batch".to_owned();
+            for index in flight.first..flight.first + flight.count {
+                self.ready
+                    .insert(index, Ready::Task(Err(Failure::Panic(message.clone()))));
+            }
+            return;
+        }
+        for i in (0..flight.count).rev() {
+            let args = &all[bounds[i]..bounds[i + 1]];
+            let mut bytes = Vec::with_capacity(16 + args.len());
+            bytes.extend_from_slice(&wire::batch_header(self.runner, 1));
+            bytes.extend_from_slice(args);
+            self.send(flight.first + i, 1, Arc::new(bytes), true);
+        }
+    }
 }
 
 impl<I, F, A, R> Drop for Call<'_, I, F, A, R> {
     fn drop(&mut self) {
         // Batches still queued are skipped; running ones finish and their replies are dropped.
         self.state.cancelled.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Re-orders a call's completions into input order.
-pub(crate) struct Ordered<'p, I, F, A, R> {
-    pub(crate) call: Call<'p, I, F, A, R>,
-    /// Slot `k` holds the outcome of task `next + k` once it has arrived. Indices are assigned in
-    /// input order and at most the dispatch window is outstanding, so this stays small.
-    pending: VecDeque<Option<Result<R, Failure>>>,
-    next: usize,
-}
-
-impl<'p, I, F, A, R> Ordered<'p, I, F, A, R>
-where
-    I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Copy + 'static,
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
-{
-    pub(crate) fn new(call: Call<'p, I, F, A, R>) -> Self {
-        Ordered {
-            call,
-            pending: VecDeque::new(),
-            next: 0,
-        }
-    }
-
-    /// The next outcome in input order (positions skipped by a stopped call are passed over).
-    pub(crate) fn next_in_order(&mut self) -> Option<(usize, Result<R, Failure>)> {
-        loop {
-            if let Some(Some(_)) = self.pending.front() {
-                let outcome = self.pending.pop_front().flatten()?;
-                self.next += 1;
-                return Some((self.next - 1, outcome));
-            }
-            match self.call.next_completed() {
-                Some((index, outcome)) if index == self.next && self.pending.is_empty() => {
-                    self.next += 1;
-                    return Some((index, outcome));
-                }
-                Some((index, outcome)) => {
-                    let slot = index - self.next;
-                    if self.pending.len() <= slot {
-                        self.pending.resize_with(slot + 1, || None);
-                    }
-                    self.pending[slot] = Some(outcome);
-                }
-                None => {
-                    // Only positions a stopped call never ran are missing: skip them.
-                    while let Some(front) = self.pending.pop_front() {
-                        self.next += 1;
-                        if let Some(outcome) = front {
-                            return Some((self.next - 1, outcome));
-                        }
-                    }
-                    return None;
-                }
-            }
-        }
     }
 }
