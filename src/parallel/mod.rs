@@ -235,7 +235,9 @@ impl<'p> Parallel<'p> {
     /// panics, `try_run` returns [`Error::Timeout`], unless no task was skipped: a call whose tasks
     /// all ran, some past the deadline, succeeds); for `run_iter`/`run_unordered` it limits each
     /// wait for the next result (expired: `next()` panics). See `docs/joblib.md` for how this
-    /// differs from joblib's per-result timeout.
+    /// differs from joblib's per-result timeout. In worker processes (the `*_in_processes`
+    /// methods under a process backend, feature `processes`) it is a limit on each task, and a
+    /// task past it is killed with its worker.
     ///
     /// ```
     /// use parjob::{delayed, Error, Parallel};
