@@ -40,31 +40,54 @@ fn start_and_exit_handlers_run_once_per_worker() {
 const CHILD: &str = "PARJOB_HANDLER_PANIC_CHILD";
 
 #[test]
-fn panicking_start_handler_aborts() {
-    if std::env::var_os(CHILD).is_some() {
+fn panicking_handlers_abort() {
+    if let Ok(mode) = std::env::var(CHILD) {
         let no_core = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
         // SAFETY: `no_core` is a valid rlimit that outlives the call; no core file from the abort.
         unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+        if mode == "exit" {
+            let pool = parjob::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .exit_handler(|_| panic!("cannot clean up"))
+                .build()
+                .unwrap();
+            drop(pool);
+            unreachable!("drop returned although the exit handler panicked");
+        }
         let _ = parjob::ThreadPoolBuilder::new()
             .num_threads(1)
             .start_handler(|_| panic!("cannot set up"))
             .build();
         unreachable!("build returned although the start handler panicked");
     }
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "panicking_start_handler_aborts", "--nocapture"])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(output.status.signal(), Some(libc::SIGABRT), "{stderr}");
-    assert!(stderr.contains("cannot set up"), "{stderr}");
-    assert!(
-        stderr.contains("start handler of worker 0 panicked"),
-        "{stderr}"
-    );
+    for (mode, message, which) in [
+        (
+            "start",
+            "cannot set up",
+            "start handler of worker 0 panicked",
+        ),
+        (
+            "exit",
+            "cannot clean up",
+            "exit handler of worker 0 panicked",
+        ),
+    ] {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "panicking_handlers_abort", "--nocapture"])
+            .env(CHILD, mode)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGABRT),
+            "{mode}: {stderr}"
+        );
+        assert!(stderr.contains(message), "{stderr}");
+        assert!(stderr.contains(which), "{stderr}");
+    }
 }
