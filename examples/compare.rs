@@ -19,6 +19,10 @@
 
 #[path = "../benches/workloads/mod.rs"]
 mod workloads;
+// The process backend's rows: a self-contained section (`--features processes`).
+#[cfg(feature = "processes")]
+#[path = "../benches/workloads/processes.rs"]
+mod process_rows;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -246,7 +250,16 @@ fn reps_for(first: Duration, options: &Options) -> usize {
 }
 
 fn main() {
+    // First in `main`: in a worker process this serves tasks and never returns.
+    #[cfg(feature = "processes")]
+    parjob::processes::init();
     let options = parse_options();
+    #[cfg(feature = "processes")]
+    if options.workloads == ["processes"] {
+        // `--workload processes`: only the process backend's rows.
+        println!("{}", process_rows::rows(options.quick));
+        return;
+    }
     let started = Instant::now();
     eprintln!(
         "compare: {} core(s), threads {:?}, {} mode; spin_work calibrated at {:.2} iterations/ns",
@@ -401,6 +414,11 @@ fn main() {
     print!("{report}");
     if let Some(dir) = &options.out {
         write_outputs(dir, &rows, &idle, &options);
+    }
+    #[cfg(feature = "processes")]
+    if options.workloads.is_empty() {
+        eprintln!("compare: process backend rows ...");
+        println!("{}", process_rows::rows(options.quick));
     }
     eprintln!("compare: done in {:.1} s", started.elapsed().as_secs_f64());
 }

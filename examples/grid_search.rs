@@ -7,7 +7,10 @@
 //! effect, so that penalty is evaluated once). Features are standardised inside each fold with the
 //! training fold's statistics (no leakage), folds are stratified by a fixed shuffle.
 //!
-//! Run: `cargo run --release --example grid_search`.
+//! Run: `cargo run --release --example grid_search` (threads), or
+//! `cargo run --release --features processes --example grid_search -- --backend processes`
+//! (each combination in a worker process: the tasks then take only `(penalty, C)`, and each
+//! worker loads the data set once).
 
 use parjob::{delayed, Parallel};
 use smartcore::linalg::basic::matrix::DenseMatrix;
@@ -116,18 +119,65 @@ fn cross_validate(data: &Data, penalty: Penalty, c: f64) -> f64 {
     total / FOLDS as f64
 }
 
+/// The process backend's task: plain arguments in, the score out. The data set is loaded once
+/// per worker process, on its first task.
+#[cfg(feature = "processes")]
+fn cross_validate_in_worker(l2: bool, c: f64) -> f64 {
+    static DATA: std::sync::OnceLock<Data> = std::sync::OnceLock::new();
+    let penalty = if l2 { Penalty::L2 } else { Penalty::None };
+    cross_validate(DATA.get_or_init(load_iris), penalty, c)
+}
+
+fn backend_from_args() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => "threads".to_owned(),
+        [flag, value] if flag == "--backend" && (value == "threads" || value == "processes") => {
+            value.clone()
+        }
+        _ => {
+            eprintln!("usage: grid_search [--backend threads|processes]");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
+    // First in `main`: in a worker process this call serves tasks and never returns.
+    #[cfg(feature = "processes")]
+    parjob::processes::init();
+    let backend = backend_from_args();
     let data = load_iris();
     let strengths = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0];
     let mut grid = vec![(Penalty::None, f64::INFINITY)];
     grid.extend(strengths.iter().map(|&c| (Penalty::L2, c)));
 
-    // Each combination is one task; tasks borrow `data` (no copies, no Arc).
-    let scores: Vec<f64> = Parallel::new().n_jobs(-1).verbose(5).run(
-        grid.iter()
-            .map(|&(penalty, c)| parjob::delayed!(cross_validate(&data, penalty, c))),
-    );
+    let scores: Vec<f64> = if backend == "processes" {
+        #[cfg(feature = "processes")]
+        {
+            // Same spelling, another backend: each combination runs in a worker process.
+            Parallel::new()
+                .n_jobs(-1)
+                .verbose(5)
+                .backend(parjob::Backend::Processes)
+                .run_in_processes(grid.iter().map(|&(penalty, c)| {
+                    parjob::delayed!(cross_validate_in_worker(matches!(penalty, Penalty::L2), c))
+                }))
+        }
+        #[cfg(not(feature = "processes"))]
+        {
+            eprintln!("--backend processes needs `--features processes`");
+            std::process::exit(2);
+        }
+    } else {
+        // Each combination is one task; tasks borrow `data` (no copies, no Arc).
+        Parallel::new().n_jobs(-1).verbose(5).run(
+            grid.iter()
+                .map(|&(penalty, c)| parjob::delayed!(cross_validate(&data, penalty, c))),
+        )
+    };
 
+    println!("backend: {backend}");
     println!("{:<8} {:>8}  {}-fold CV accuracy", "penalty", "C", FOLDS);
     for (&(penalty, c), score) in grid.iter().zip(&scores) {
         println!("{:<8} {:>8} {:>8.4}", format!("{penalty:?}"), c, score);

@@ -52,6 +52,8 @@
 
 mod parallel;
 mod pool;
+#[cfg(feature = "processes")]
+pub mod processes;
 mod sync;
 
 /// Internals for the loom models in `loom-tests/` (`--cfg loom` builds only; outside semver).
@@ -65,6 +67,8 @@ pub use parallel::batch::BatchSize;
 pub use parallel::config::{parallel_backend, parallel_config, Config};
 pub use parallel::delayed::{delayed, Apply, Delayed};
 pub use parallel::error::{ConfigError, Error};
+#[cfg(feature = "processes")]
+pub use parallel::processes::{RunIterInProcesses, RunUnorderedInProcesses};
 pub use parallel::stream::{RunIter, RunUnordered};
 pub use parallel::{effective_n_jobs, Parallel};
 pub use pool::builder::{

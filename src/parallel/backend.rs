@@ -28,6 +28,24 @@ pub enum Backend {
     /// A pool you built. At most `min(n_jobs, its threads)` of its workers run this call's tasks;
     /// the calling thread only dispatches (unless it is itself one of the pool's workers).
     Pool(ThreadPool),
+    /// Worker processes (joblib's `loky`/`multiprocessing`; cargo feature `processes`): a pool of
+    /// exactly `n_jobs` processes per distinct count, started on first use and kept until the
+    /// program exits. Tasks run there through
+    /// [`Parallel::run_in_processes`](crate::Parallel::run_in_processes) and its
+    /// `try_`/`_iter`/`_unordered` counterparts; see [`processes`](crate::processes).
+    ///
+    /// The thread methods (`run`, `try_run`, `run_iter`, `run_unordered`) take tasks that may
+    /// borrow the caller's data and so cannot leave the process: under this backend they run on
+    /// the [`WorkStealing`](Backend::WorkStealing) thread pools instead (joblib's
+    /// `require="sharedmem"` rule), announced by `verbose` as "WorkStealing (threads: tasks
+    /// borrow memory)".
+    #[cfg(feature = "processes")]
+    Processes,
+    /// A [`ProcessPool`](crate::processes::ProcessPool) you built (to set its initializer or
+    /// size); at most `min(n_jobs, its workers)` batches run at once. Same rules as
+    /// [`Processes`](Backend::Processes).
+    #[cfg(feature = "processes")]
+    ProcessPool(crate::processes::ProcessPool),
 }
 
 /// How one call will execute, resolved from the backend and the effective `n_jobs`.
@@ -47,6 +65,11 @@ impl Plan {
     pub(crate) fn new(backend: &Backend, n_jobs: usize) -> Plan {
         match backend {
             Backend::Sequential => Plan::Inline,
+            // Thread methods under a process backend: threads (see `Backend::Processes`).
+            #[cfg(feature = "processes")]
+            Backend::Processes | Backend::ProcessPool(_) => {
+                Plan::new(&Backend::WorkStealing, n_jobs)
+            }
             _ if n_jobs <= 1 => Plan::Inline,
             Backend::Pool(pool) => {
                 let inside = pool.is_current();

@@ -71,6 +71,14 @@ impl<F, A> Delayed<F, A> {
     }
 }
 
+impl<F, A> Delayed<F, A> {
+    /// The callable and the argument tuple (the process backend sends them separately).
+    #[cfg(feature = "processes")]
+    pub(crate) fn into_parts(self) -> (F, A) {
+        (self.f, self.args)
+    }
+}
+
 impl<F, A: std::fmt::Debug> std::fmt::Debug for Delayed<F, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delayed")

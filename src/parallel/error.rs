@@ -77,10 +77,29 @@ pub enum Error<E> {
         /// What was wrong.
         error: ConfigError,
     },
+    /// The worker process running task `index` died (process backend; cargo feature
+    /// `processes`). The worker was replaced; the other tasks' results are unaffected.
+    #[cfg(feature = "processes")]
+    WorkerCrashed {
+        /// Position of the task in the input iterator.
+        index: usize,
+        /// How the worker died: the signal or exit code.
+        death: crate::processes::WorkerDeath,
+    },
+    /// Task `index` ran longer than [`Parallel::timeout`](crate::Parallel::timeout) in a worker
+    /// process and was killed with its worker (process backend; cargo feature `processes`).
+    #[cfg(feature = "processes")]
+    TaskTimeout {
+        /// Position of the task in the input iterator.
+        index: usize,
+        /// The per-task limit that was exceeded.
+        timeout: Duration,
+    },
 }
 
 impl<E> Error<E> {
-    /// The index of the failed task, for [`Error::Task`].
+    /// The index of the failed task, for [`Error::Task`] (and, with processes,
+    /// `WorkerCrashed` and `TaskTimeout`).
     ///
     /// ```
     /// let err: parjob::Error<&str> = parjob::Error::Task { index: 4, error: "boom" };
@@ -89,11 +108,13 @@ impl<E> Error<E> {
     pub fn task_index(&self) -> Option<usize> {
         match self {
             Error::Task { index, .. } => Some(*index),
+            #[cfg(feature = "processes")]
+            Error::WorkerCrashed { index, .. } | Error::TaskTimeout { index, .. } => Some(*index),
             _ => None,
         }
     }
 
-    /// Is this a timeout?
+    /// Is this a timeout (the call's [`Error::Timeout`], or a process task's `TaskTimeout`)?
     ///
     /// ```
     /// let err: parjob::Error<()> =
@@ -101,6 +122,10 @@ impl<E> Error<E> {
     /// assert!(err.is_timeout());
     /// ```
     pub fn is_timeout(&self) -> bool {
+        #[cfg(feature = "processes")]
+        if matches!(self, Error::TaskTimeout { .. }) {
+            return true;
+        }
         matches!(self, Error::Timeout { .. })
     }
 }
@@ -122,6 +147,15 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 )
             }
             Error::Config { error } => write!(f, "invalid Parallel configuration: {error}"),
+            #[cfg(feature = "processes")]
+            Error::WorkerCrashed { index, death } => {
+                write!(f, "task {index}: its worker process {death}")
+            }
+            #[cfg(feature = "processes")]
+            Error::TaskTimeout { index, timeout } => write!(
+                f,
+                "task {index} ran past the {timeout:?} timeout; its worker process was killed"
+            ),
         }
     }
 }

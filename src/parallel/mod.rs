@@ -21,7 +21,9 @@ pub(crate) mod config;
 pub(crate) mod delayed;
 mod dispatch;
 pub(crate) mod error;
-mod progress;
+#[cfg(feature = "processes")]
+pub(crate) mod processes;
+pub(crate) mod progress;
 pub(crate) mod stream;
 
 use backend::{Backend, Plan};
@@ -33,20 +35,43 @@ use progress::{Callback, Progress};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// joblib's `effective_n_jobs`: the number of workers `n_jobs` means on this machine.
+/// joblib's `effective_n_jobs`: how many workers a `Parallel::new().n_jobs(n_jobs)` call made
+/// here would run tasks on, under the backend in force on this thread (the innermost
+/// [`parallel_backend`](crate::parallel_backend)/[`parallel_config`](crate::parallel_config),
+/// else [`Backend::WorkStealing`]).
 ///
-/// `-1` = all usable cores ([`cpu_count`](crate::cpu_count)), `-k` = cores + 1 - k (at least 1),
-/// `k > 0` = `k` (more than the cores is allowed), `0` = an error.
+/// `n_jobs` resolves as `-1` = all usable cores ([`cpu_count`](crate::cpu_count)), `-k` =
+/// cores + 1 - k (at least 1), `k > 0` = `k` (more than the cores is allowed), `0` = an error.
+/// Then the backend caps it: [`Backend::Sequential`] runs everything on the caller (1),
+/// [`Backend::Pool`] at most its threads; a [`ProcessPool`](crate::processes::ProcessPool)
+/// backend at most its workers; the default backend and `Backend::Processes` start exactly that
+/// many threads or processes.
 ///
 /// ```
+/// use parjob::{effective_n_jobs, parallel_backend, Backend, ThreadPoolBuilder};
 /// let cores = parjob::cpu_count();
-/// assert_eq!(parjob::effective_n_jobs(-1), Ok(cores));
-/// assert_eq!(parjob::effective_n_jobs(-2), Ok((cores - 1).max(1)));
-/// assert_eq!(parjob::effective_n_jobs(-1000), Ok(1));
-/// assert_eq!(parjob::effective_n_jobs(64), Ok(64));
-/// assert!(parjob::effective_n_jobs(0).is_err());
+/// assert_eq!(effective_n_jobs(-1), Ok(cores));
+/// assert_eq!(effective_n_jobs(-2), Ok((cores - 1).max(1)));
+/// assert_eq!(effective_n_jobs(-1000), Ok(1));
+/// assert_eq!(effective_n_jobs(64), Ok(64));
+/// assert!(effective_n_jobs(0).is_err());
+/// assert_eq!(parallel_backend(Backend::Sequential, || effective_n_jobs(-1)), Ok(1));
+/// let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+/// assert_eq!(parallel_backend(Backend::Pool(pool), || effective_n_jobs(8)), Ok(2));
 /// ```
 pub fn effective_n_jobs(n_jobs: i32) -> Result<usize, ConfigError> {
+    let n = resolve_n_jobs(n_jobs)?;
+    Ok(match config::current().backend.unwrap_or_default() {
+        Backend::Sequential => 1,
+        Backend::Pool(pool) => n.min(pool.num_threads()),
+        #[cfg(feature = "processes")]
+        Backend::ProcessPool(pool) => n.min(pool.num_workers()),
+        _ => n,
+    })
+}
+
+/// joblib's rules for `n_jobs` alone, whatever the backend (see [`effective_n_jobs`]).
+pub(crate) fn resolve_n_jobs(n_jobs: i32) -> Result<usize, ConfigError> {
     match n_jobs {
         0 => Err(ConfigError::ZeroNJobs),
         n if n > 0 => Ok(n as usize),
@@ -210,7 +235,9 @@ impl<'p> Parallel<'p> {
     /// panics, `try_run` returns [`Error::Timeout`], unless no task was skipped: a call whose tasks
     /// all ran, some past the deadline, succeeds); for `run_iter`/`run_unordered` it limits each
     /// wait for the next result (expired: `next()` panics). See `docs/joblib.md` for how this
-    /// differs from joblib's per-result timeout.
+    /// differs from joblib's per-result timeout. In worker processes (the `*_in_processes`
+    /// methods under a process backend, feature `processes`) it is a limit on each task, and a
+    /// task past it is killed with its worker.
     ///
     /// ```
     /// use parjob::{delayed, Error, Parallel};
@@ -274,7 +301,7 @@ impl<'p> Parallel<'p> {
     }
 
     fn validate(&self) -> Result<(usize, usize), ConfigError> {
-        let n = effective_n_jobs(self.n_jobs)?;
+        let n = resolve_n_jobs(self.n_jobs)?;
         if self.batch_size == BatchSize::Fixed(0) {
             return Err(ConfigError::ZeroBatchSize);
         }
@@ -493,5 +520,9 @@ fn backend_name(backend: &Backend) -> &'static str {
         Backend::WorkStealing => "WorkStealing",
         Backend::Sequential => "Sequential",
         Backend::Pool(_) => "Pool",
+        #[cfg(feature = "processes")]
+        Backend::Processes | Backend::ProcessPool(_) => {
+            "WorkStealing (threads: tasks borrow memory)"
+        }
     }
 }

@@ -68,7 +68,12 @@ pub struct ThreadPoolBuilder {
     victims: VictimPolicy,
     spin_rounds: u32,
     max_searchers: Option<usize>,
+    pub(crate) start_handler: Option<Handler>,
+    pub(crate) exit_handler: Option<Handler>,
 }
+
+/// A start or exit handler, called with the worker's index.
+pub(crate) type Handler = std::sync::Arc<dyn Fn(usize) + Send + Sync>;
 
 impl Default for ThreadPoolBuilder {
     fn default() -> Self {
@@ -103,6 +108,8 @@ impl ThreadPoolBuilder {
             victims: VictimPolicy::default(),
             spin_rounds: DEFAULT_SPIN_ROUNDS,
             max_searchers: None,
+            start_handler: None,
+            exit_handler: None,
         }
     }
 
@@ -158,6 +165,52 @@ impl ThreadPoolBuilder {
     /// workers, rounded up: more searchers only contend on the same empty deques.
     pub fn max_searchers(mut self, max: usize) -> Self {
         self.max_searchers = Some(max);
+        self
+    }
+
+    /// Runs `handler(index)` on each worker thread when it starts, before it takes any work
+    /// (joblib/loky's `initializer`): `build` returns after every worker's handler has returned.
+    ///
+    /// # Panics
+    /// A panic in the handler aborts the process (a worker that could not set up must not run
+    /// tasks, and `build` would wait for it forever), after printing the panic message.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// static STARTED: AtomicUsize = AtomicUsize::new(0);
+    /// let pool = parjob::ThreadPoolBuilder::new()
+    ///     .num_threads(2)
+    ///     .start_handler(|_index| { STARTED.fetch_add(1, Ordering::SeqCst); })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(STARTED.load(Ordering::SeqCst), 2);
+    /// # drop(pool);
+    /// ```
+    pub fn start_handler<H: Fn(usize) + Send + Sync + 'static>(mut self, handler: H) -> Self {
+        self.start_handler = Some(std::sync::Arc::new(handler));
+        self
+    }
+
+    /// Runs `handler(index)` on each worker thread as it exits, after its last task (when the
+    /// pool is dropped; the global and cached pools never exit).
+    ///
+    /// # Panics
+    /// A panic in the handler aborts the process, like one in a
+    /// [`start_handler`](Self::start_handler).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// static EXITED: AtomicUsize = AtomicUsize::new(0);
+    /// let pool = parjob::ThreadPoolBuilder::new()
+    ///     .num_threads(2)
+    ///     .exit_handler(|_index| { EXITED.fetch_add(1, Ordering::SeqCst); })
+    ///     .build()
+    ///     .unwrap();
+    /// drop(pool); // joins the workers
+    /// assert_eq!(EXITED.load(Ordering::SeqCst), 2);
+    /// ```
+    pub fn exit_handler<H: Fn(usize) + Send + Sync + 'static>(mut self, handler: H) -> Self {
+        self.exit_handler = Some(std::sync::Arc::new(handler));
         self
     }
 

@@ -81,8 +81,12 @@ impl Registry {
                 thread_builder = thread_builder.stack_size(size);
             }
             let for_thread = Arc::clone(&registry);
-            let spawned =
-                thread_builder.spawn(move || worker::main_loop(for_thread, index, deque, core));
+            let (on_start, on_exit) = (builder.start_handler.clone(), builder.exit_handler.clone());
+            let spawned = thread_builder.spawn(move || {
+                worker::run_handler(on_start.as_deref(), index, "start");
+                worker::main_loop(for_thread, index, deque, core);
+                worker::run_handler(on_exit.as_deref(), index, "exit");
+            });
             match spawned {
                 Ok(handle) => registry.threads.lock().unwrap().push(handle),
                 Err(error) => {

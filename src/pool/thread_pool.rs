@@ -303,8 +303,11 @@ pub fn current_thread_index() -> Option<usize> {
     WorkerThread::current().map(|w| w.index())
 }
 
-/// The number of cores this process may use: std's `available_parallelism`, which on Linux takes
-/// the cgroup CPU quota and the affinity mask into account. At least 1.
+/// The number of cores parjob uses: `PARJOB_NUM_THREADS` if it is set to a positive number (as
+/// the global pool does, and as process workers get it, see `docs/joblib.md`), else the cores
+/// this process may use: std's `available_parallelism`, which on Linux takes the cgroup CPU quota
+/// and the affinity mask into account. At least 1. It is the global pool's size and what
+/// `n_jobs = -1` means.
 ///
 /// Read once per process and cached: the lookup reads cgroup files (tens of microseconds), and
 /// every `Parallel` call needs the value.
@@ -315,5 +318,11 @@ pub fn current_thread_index() -> Option<usize> {
 pub fn cpu_count() -> usize {
     use std::sync::OnceLock;
     static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *CORES.get_or_init(|| {
+        let configured = std::env::var("PARJOB_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        configured.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
 }

@@ -427,6 +427,21 @@ pub(crate) fn trace_current(kind: EventKind, arg: u32) {
     let _ = (kind, arg);
 }
 
+/// Runs a pool's start or exit handler on worker `index`; a panic in it aborts the process (see
+/// `ThreadPoolBuilder::start_handler`).
+pub(crate) fn run_handler(
+    handler: Option<&(dyn Fn(usize) + Send + Sync)>,
+    index: usize,
+    what: &str,
+) {
+    if let Some(handler) = handler {
+        if super::unwind::halt_unwinding(|| handler(index)).is_err() {
+            eprintln!("parjob: the {what} handler of worker {index} panicked; aborting");
+            std::process::abort();
+        }
+    }
+}
+
 /// Body of every worker thread.
 pub(crate) fn main_loop(
     registry: Arc<Registry>,

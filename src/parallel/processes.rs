@@ -1,0 +1,396 @@
+//! `Parallel`'s process methods: `run_in_processes`, `try_run_in_processes`,
+//! `run_iter_in_processes`, `run_unordered_in_processes` (cargo feature `processes`).
+//!
+//! They take the same `delayed(f)(x)` tasks as `run`, with the bounds a process needs: `f` a
+//! plain `fn` (or a closure capturing nothing), arguments and result serde types. Under a process
+//! backend ([`Backend::Processes`], [`Backend::ProcessPool`]) they run the tasks in worker
+//! processes ([`crate::processes::call`]); under any other backend they run on threads exactly
+//! like their thread twins, so one call site serves both (`parallel_backend` picks).
+
+use super::backend::Backend;
+use super::delayed::{Apply, Delayed};
+use super::error::Error;
+use super::stream::{RunIter, RunUnordered};
+use super::Parallel;
+use crate::processes::call::{Call, Failure, Settings};
+use crate::processes::ProcessPool;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::convert::Infallible;
+
+/// Where a process method's call runs.
+enum Target {
+    Threads,
+    Processes(Settings),
+}
+
+impl<'p> Parallel<'p> {
+    fn process_target(&self) -> Target {
+        let pool: Option<(ProcessPool, usize)> = match &self.backend {
+            Backend::Processes | Backend::ProcessPool(_) => {
+                let (n, pre_dispatch) = self.validate().unwrap_or_else(|error| {
+                    panic!("parjob: invalid Parallel configuration: {error}")
+                });
+                let (pool, workers) = match &self.backend {
+                    Backend::ProcessPool(pool) => (pool.clone(), n.min(pool.num_workers())),
+                    _ => {
+                        let pool = crate::processes::cached_pool(n).unwrap_or_else(|error| {
+                            panic!("parjob: cannot start {n} worker processes: {error}")
+                        });
+                        (pool, n)
+                    }
+                };
+                let window = self.pre_dispatch.map_or(2 * workers, |_| pre_dispatch);
+                return Target::Processes(Settings {
+                    pool,
+                    workers,
+                    batch: self.batch_size,
+                    window,
+                    timeout: self.timeout,
+                });
+            }
+            _ => None,
+        };
+        debug_assert!(pool.is_none());
+        Target::Threads
+    }
+
+    fn process_call<I, F, A, R>(
+        &self,
+        tasks: I,
+        settings: Settings,
+        ordered: bool,
+    ) -> Call<'p, I::IntoIter, F, A, R>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Copy + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let tasks = tasks.into_iter();
+        let progress = self.progress_for(super::exact_len(&tasks));
+        Call::new(tasks, settings, progress, ordered)
+    }
+
+    /// [`run`](Parallel::run) for tasks that may run in worker processes: in input order, every
+    /// task runs (a failure does not cancel the others).
+    ///
+    /// Under [`Backend::Processes`] or [`Backend::ProcessPool`] the tasks run in worker processes
+    /// (see [`processes`](crate::processes)); under any other backend this is `run`. The task
+    /// function must be a plain `fn` or a closure that captures nothing (a capturing closure is
+    /// a compile error), and the arguments and the result serde types.
+    ///
+    /// [`timeout`](Parallel::timeout) is a limit on each task in a worker process: a task that
+    /// runs longer is killed with its worker.
+    ///
+    /// # Panics
+    /// After every task has finished, if one failed: with the first failure in input order. A
+    /// task that panicked: its panic message, as the panic payload (as a thread task's panic
+    /// would be resumed); a worker that died: "parjob: task 7: its worker process killed by signal
+    /// 6 (SIGABRT)"; a timeout likewise. Also on an invalid configuration, and when the worker
+    /// processes cannot start (`init()` not called).
+    ///
+    /// ```no_run
+    /// use parjob::{delayed, Backend, Parallel};
+    /// fn square(x: u64) -> u64 { x * x }
+    /// fn main() {
+    ///     parjob::processes::init();
+    ///     let squares = Parallel::new().n_jobs(2).backend(Backend::Processes)
+    ///         .run_in_processes((0..100u64).map(|x| delayed(square)(x)));
+    ///     assert_eq!(squares[9], 81);
+    /// }
+    /// ```
+    pub fn run_in_processes<I, F, A, R>(&self, tasks: I) -> Vec<R>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let settings = match self.process_target() {
+            Target::Threads => return self.run(tasks),
+            Target::Processes(settings) => settings,
+        };
+        let timeout = settings.timeout;
+        let tasks = tasks.into_iter();
+        let mut results = Vec::with_capacity(tasks.size_hint().0);
+        let mut ordered = self.process_call(tasks, settings, true);
+        let mut first_failure = None;
+        while let Some((index, outcome)) = ordered.next_completed() {
+            match outcome {
+                Ok(value) => results.push(value),
+                Err(failure) => {
+                    first_failure.get_or_insert((index, failure));
+                }
+            }
+        }
+        match first_failure {
+            None => results,
+            Some((index, failure)) => raise(index, failure, timeout),
+        }
+    }
+
+    /// [`try_run`](Parallel::try_run) for tasks that may run in worker processes: `Ok` with every
+    /// value in input order, or the first failure, which stops dispatching (tasks already sent
+    /// finish): a task's `Err` ([`Error::Task`]), a dead worker ([`Error::WorkerCrashed`]) or a
+    /// task past the timeout ([`Error::TaskTimeout`]), the one with the smallest index among
+    /// those seen. Same backends and bounds as [`run_in_processes`](Parallel::run_in_processes);
+    /// under a thread backend this is `try_run`.
+    ///
+    /// # Panics
+    /// A task's panic is resumed here with its message (as `try_run` does); also when the worker
+    /// processes cannot start (`init()` not called). An invalid configuration is an `Err`.
+    ///
+    /// ```no_run
+    /// use parjob::{delayed, Backend, Error, Parallel};
+    /// fn check(x: u32) -> Result<u32, String> {
+    ///     if x == 3 { std::process::abort() } else { Ok(x) }
+    /// }
+    /// fn main() {
+    ///     parjob::processes::init();
+    ///     let result = Parallel::new().n_jobs(2).backend(Backend::Processes)
+    ///         .try_run_in_processes((0..10u32).map(|x| delayed(check)(x)));
+    ///     assert!(matches!(result, Err(Error::WorkerCrashed { index: 3, .. })));
+    /// }
+    /// ```
+    pub fn try_run_in_processes<I, F, A, T, E>(&self, tasks: I) -> Result<Vec<T>, Error<E>>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = Result<T, E>> + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let settings = match &self.backend {
+            Backend::Processes | Backend::ProcessPool(_) => {
+                if let Err(error) = self.validate() {
+                    return Err(Error::Config { error });
+                }
+                match self.process_target() {
+                    Target::Processes(settings) => settings,
+                    Target::Threads => return self.try_run(tasks),
+                }
+            }
+            _ => return self.try_run(tasks),
+        };
+        let timeout = settings.timeout;
+        let mut call = self.process_call(tasks, settings, false);
+        let mut values: Vec<Option<T>> = Vec::new();
+        // The failure with the smallest index: `Ok(e)` a task's error, `Err(f)` a failure.
+        let mut first: Option<(usize, Result<E, Failure>)> = None;
+        while let Some((index, outcome)) = call.next_completed() {
+            let failure = match outcome {
+                Ok(Ok(value)) => {
+                    if values.len() <= index {
+                        values.resize_with(index + 1, || None);
+                    }
+                    values[index] = Some(value);
+                    continue;
+                }
+                Ok(Err(error)) => Ok(error),
+                Err(failure) => Err(failure),
+            };
+            call.stop();
+            if first.as_ref().map_or(true, |(i, _)| index < *i) {
+                first = Some((index, failure));
+            }
+        }
+        match first {
+            None => Ok(values
+                .into_iter()
+                .map(|v| v.expect("every task ran"))
+                .collect()),
+            Some((index, Ok(error))) => Err(Error::Task { index, error }),
+            Some((_, Err(Failure::Panic(message)))) => std::panic::resume_unwind(Box::new(message)),
+            Some((index, Err(failure))) => Err(failure_error(index, failure, timeout)),
+        }
+    }
+
+    /// [`run_iter`](Parallel::run_iter) for tasks that may run in worker processes: each task's
+    /// outcome in input order, `Ok(result)` or the [`Error`] that ended it
+    /// ([`Error::WorkerCrashed`], [`Error::TaskTimeout`]); one failure does not stop the others.
+    /// Same backends and bounds as [`run_in_processes`](Parallel::run_in_processes); under a
+    /// thread backend this is `run_iter` with every item `Ok`.
+    ///
+    /// # Panics
+    /// `next()` resumes a task's panic (its message) at its position, as `run_iter` does; also
+    /// when the worker processes cannot start, here, and on an invalid configuration.
+    ///
+    /// ```no_run
+    /// use parjob::{delayed, Backend, Parallel};
+    /// fn check(x: u32) -> u32 { if x == 3 { std::process::abort() } else { x } }
+    /// fn main() {
+    ///     parjob::processes::init();
+    ///     let outcomes: Vec<_> = Parallel::new().n_jobs(2).backend(Backend::Processes)
+    ///         .run_iter_in_processes((0..10u32).map(|x| delayed(check)(x)))
+    ///         .collect();
+    ///     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 9);
+    ///     assert_eq!(outcomes[3].as_ref().unwrap_err().task_index(), Some(3));
+    /// }
+    /// ```
+    pub fn run_iter_in_processes<I, F, A, R>(
+        &self,
+        tasks: I,
+    ) -> RunIterInProcesses<'p, I::IntoIter, F, A, R>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        RunIterInProcesses(match self.process_target() {
+            Target::Threads => Runner::Threads(self.run_iter(tasks)),
+            Target::Processes(settings) => {
+                let timeout = settings.timeout;
+                Runner::Processes(self.process_call(tasks, settings, true), timeout)
+            }
+        })
+    }
+
+    /// [`run_unordered`](Parallel::run_unordered) for tasks that may run in worker processes:
+    /// `(index, outcome)` pairs in completion order, with the outcomes of
+    /// [`run_iter_in_processes`](Parallel::run_iter_in_processes) and its rules.
+    ///
+    /// ```no_run
+    /// use parjob::{delayed, Backend, Parallel};
+    /// fn double(x: u32) -> u32 { 2 * x }
+    /// fn main() {
+    ///     parjob::processes::init();
+    ///     let mut pairs: Vec<(usize, u32)> = Parallel::new().backend(Backend::Processes)
+    ///         .run_unordered_in_processes((0..10u32).map(|x| delayed(double)(x)))
+    ///         .map(|(i, r)| (i, r.unwrap()))
+    ///         .collect();
+    ///     pairs.sort();
+    ///     assert_eq!(pairs[4], (4, 8));
+    /// }
+    /// ```
+    pub fn run_unordered_in_processes<I, F, A, R>(
+        &self,
+        tasks: I,
+    ) -> RunUnorderedInProcesses<'p, I::IntoIter, F, A, R>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        RunUnorderedInProcesses(match self.process_target() {
+            Target::Threads => UnorderedRunner::Threads(self.run_unordered(tasks)),
+            Target::Processes(settings) => {
+                let timeout = settings.timeout;
+                UnorderedRunner::Processes(self.process_call(tasks, settings, false), timeout)
+            }
+        })
+    }
+}
+
+/// The typed error for a failure that is not a panic.
+fn failure_error<E>(
+    index: usize,
+    failure: Failure,
+    timeout: Option<std::time::Duration>,
+) -> Error<E> {
+    match failure {
+        Failure::Crashed(death) => Error::WorkerCrashed { index, death },
+        Failure::TimedOut => Error::TaskTimeout {
+            index,
+            timeout: timeout.unwrap_or_default(),
+        },
+        Failure::Panic(message) => std::panic::resume_unwind(Box::new(message)),
+    }
+}
+
+/// Panics with a failure: a task's panic with its own message, a crash or timeout with the
+/// typed error's text.
+fn raise(index: usize, failure: Failure, timeout: Option<std::time::Duration>) -> ! {
+    let error: Error<Infallible> = failure_error(index, failure, timeout);
+    panic!("parjob: {error}")
+}
+
+fn outcome<R>(
+    index: usize,
+    outcome: Result<R, Failure>,
+    timeout: Option<std::time::Duration>,
+) -> Result<R, Error<Infallible>> {
+    outcome.map_err(|failure| failure_error(index, failure, timeout))
+}
+
+enum Runner<'p, I, F, A, R> {
+    Threads(RunIter<'p, I, F, A, R>),
+    Processes(Call<'p, I, F, A, R>, Option<std::time::Duration>),
+}
+
+/// Outcomes in input order: [`Parallel::run_iter_in_processes`]. Dropping it early stops
+/// dispatching; batches already sent finish in their workers and their results are dropped.
+pub struct RunIterInProcesses<'p, I, F, A, R>(Runner<'p, I, F, A, R>);
+
+enum UnorderedRunner<'p, I, F, A, R> {
+    Threads(RunUnordered<'p, I, F, A, R>),
+    Processes(Call<'p, I, F, A, R>, Option<std::time::Duration>),
+}
+
+/// `(index, outcome)` in completion order: [`Parallel::run_unordered_in_processes`]. Same drop
+/// rules as [`RunIterInProcesses`].
+pub struct RunUnorderedInProcesses<'p, I, F, A, R>(UnorderedRunner<'p, I, F, A, R>);
+
+impl<I, F, A, R> Iterator for RunIterInProcesses<'_, I, F, A, R>
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    F: Apply<A, Output = R> + Copy + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Item = Result<R, Error<Infallible>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            Runner::Threads(iter) => iter.next().map(Ok),
+            Runner::Processes(call, timeout) => {
+                let (index, result) = call.next_completed()?;
+                Some(outcome(index, result, *timeout))
+            }
+        }
+    }
+}
+
+impl<I, F, A, R> Iterator for RunUnorderedInProcesses<'_, I, F, A, R>
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    F: Apply<A, Output = R> + Copy + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Item = (usize, Result<R, Error<Infallible>>);
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            UnorderedRunner::Threads(iter) => iter.next().map(|(i, r)| (i, Ok(r))),
+            UnorderedRunner::Processes(call, timeout) => {
+                let (index, result) = call.next_completed()?;
+                Some((index, outcome(index, result, *timeout)))
+            }
+        }
+    }
+}
+
+impl<I, F, A, R> std::fmt::Debug for RunIterInProcesses<'_, I, F, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = match self.0 {
+            Runner::Threads(_) => "threads",
+            Runner::Processes(..) => "processes",
+        };
+        f.debug_struct("RunIterInProcesses")
+            .field("on", &on)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I, F, A, R> std::fmt::Debug for RunUnorderedInProcesses<'_, I, F, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = match self.0 {
+            UnorderedRunner::Threads(_) => "threads",
+            UnorderedRunner::Processes(..) => "processes",
+        };
+        f.debug_struct("RunUnorderedInProcesses")
+            .field("on", &on)
+            .finish_non_exhaustive()
+    }
+}

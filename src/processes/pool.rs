@@ -1,0 +1,599 @@
+//! [`ProcessPool`]: worker processes kept for many calls, each owned by one driver thread.
+//!
+//! ```text
+//! caller ──Job──▶ queue ──▶ driver thread i ──batch bytes──▶ worker process i
+//!   ▲                            │        ◀──FromWorker────
+//!   └────────── Reply ───────────┘
+//! ```
+//! Each worker slot has a driver thread in the parent. The driver starts its worker, takes jobs
+//! from the pool's queue one at a time, sends the batch, waits for the outcomes (at most the
+//! job's timeout), and replies to the call that queued the job. If the worker dies, the driver
+//! reads how ([`wait_for_death`]), lets procspawn reap it, replies `Crashed`, and starts a
+//! new worker. If a job times out, the driver kills its worker (`SIGKILL`: nothing keeps burning
+//! CPU), replies `TimedOut`, and starts a new one.
+//!
+//! **Who may signal a worker.** A pid is only signalled while its process is still our unreaped
+//! child, so the number cannot have been reused. The driver owns its worker's procspawn handle
+//! (whose drop reaps it); before dropping it the driver clears the slot's pid under the slot's
+//! lock. The only other thread that signals a worker, the pool's shutdown, reads the pid under
+//! the same lock.
+
+use super::death::{kill, wait_for_death, WorkerDeath};
+use super::wire::{self, FromWorker};
+use super::worker::{worker_main, WorkerArgs};
+use ipc_channel::ipc::{self, IpcBytesSender, IpcReceiver};
+use ipc_channel::TryRecvError;
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The environment variables that cap the threads of libraries a task may call (joblib's
+/// `inner_max_num_threads`), plus parjob's own.
+pub const INNER_THREAD_VARS: [&str; 5] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+    "PARJOB_NUM_THREADS",
+];
+
+/// How long a new worker may take to say it is ready (re-executing the binary and running the
+/// initializer) before it is given up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a worker whose channel broke may take to exit before it is killed.
+const EXIT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// One batch for a worker, queued by a call.
+pub(crate) struct Job {
+    pub(crate) call: Arc<CallState>,
+    pub(crate) batch: u64,
+    /// Header and arguments, as [`wire`] lays them out.
+    pub(crate) bytes: Arc<Vec<u8>>,
+    /// Kill the worker if the batch runs longer than this.
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) reply: mpsc::Sender<Reply>,
+}
+
+/// What one call shares with the drivers running its batches.
+#[derive(Default)]
+pub(crate) struct CallState {
+    /// Set when the call stops early: its queued batches are skipped.
+    pub(crate) cancelled: AtomicBool,
+}
+
+/// A driver's answer to one job.
+pub(crate) enum Reply {
+    Done {
+        batch: u64,
+        elapsed_ns: u64,
+        outcomes: Vec<u8>,
+    },
+    Crashed {
+        batch: u64,
+        death: WorkerDeath,
+    },
+    TimedOut {
+        batch: u64,
+    },
+    /// The call was cancelled before the batch started.
+    Skipped {
+        batch: u64,
+    },
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    shutdown: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Per slot: the pid of its live worker (see "Who may signal a worker").
+    pids: Vec<Mutex<Option<u32>>>,
+    env: Vec<(String, String)>,
+    initializer: Option<i64>,
+    restarts: AtomicUsize,
+    batches: AtomicUsize,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    drivers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown = true;
+        self.shared.wake.notify_all();
+        for pid in &self.shared.pids {
+            if let Some(pid) = *pid.lock().unwrap_or_else(|e| e.into_inner()) {
+                kill(pid);
+            }
+        }
+        for driver in self.drivers.drain(..) {
+            let _ = driver.join();
+        }
+    }
+}
+
+/// A set of worker processes that run [`Parallel`](crate::Parallel) tasks, reused across calls.
+/// Clones share the same workers; when the last clone is dropped every worker is killed and
+/// reaped before `drop` returns.
+///
+/// Use it with [`Backend::ProcessPool`](crate::Backend::ProcessPool); [`Backend::Processes`](crate::Backend::Processes)
+/// uses a pool of this kind per `n_jobs`, built on first use and kept
+/// until the program exits (its workers are killed when it does).
+///
+/// ```no_run
+/// use parjob::processes::ProcessPoolBuilder;
+/// use parjob::{delayed, Backend, Parallel};
+/// fn square(x: u64) -> u64 { x * x }
+/// fn main() {
+///     parjob::processes::init();
+///     let pool = ProcessPoolBuilder::new().num_workers(2).build().unwrap();
+///     let out = Parallel::new()
+///         .backend(Backend::ProcessPool(pool))
+///         .run_in_processes((0..10u64).map(|x| delayed(square)(x)));
+///     assert_eq!(out[3], 9);
+/// }
+/// ```
+#[derive(Clone)]
+pub struct ProcessPool {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for ProcessPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessPool")
+            .field("num_workers", &self.num_workers())
+            .field("worker_pids", &self.worker_pids())
+            .finish()
+    }
+}
+
+impl ProcessPool {
+    /// How many worker processes the pool keeps.
+    pub fn num_workers(&self) -> usize {
+        self.inner.shared.pids.len()
+    }
+
+    /// The pids of the workers alive now (a slot whose worker is being replaced is missing).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.inner
+            .shared
+            .pids
+            .iter()
+            .filter_map(|pid| *pid.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect()
+    }
+
+    /// How many workers died (a crash) or were killed (a timeout) while running a batch since
+    /// the pool was built; each is replaced by a new worker.
+    pub fn restarts(&self) -> usize {
+        self.inner.shared.restarts.load(Ordering::Relaxed)
+    }
+
+    /// How many batches (messages to a worker) the pool has run: with automatic batching, far
+    /// fewer than the tasks when the tasks are short.
+    pub fn batches(&self) -> usize {
+        self.inner.shared.batches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn submit(&self, job: Job, urgent: bool) {
+        let mut queue = self
+            .inner
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if urgent {
+            queue.jobs.push_front(job);
+        } else {
+            queue.jobs.push_back(job);
+        }
+        drop(queue);
+        self.inner.shared.wake.notify_one();
+    }
+}
+
+/// Why a [`ProcessPool`] could not be built: its first worker could not start.
+///
+/// ```
+/// let err = parjob::processes::ProcessPoolBuilder::new().num_workers(0).build().unwrap_err();
+/// assert!(err.to_string().contains("at least one worker"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProcessPoolError {
+    death: Option<WorkerDeath>,
+}
+
+impl ProcessPoolError {
+    /// How the first worker that failed to start ended (`None`: the pool was asked for zero
+    /// workers).
+    pub fn worker_death(&self) -> Option<&WorkerDeath> {
+        self.death.as_ref()
+    }
+}
+
+impl fmt::Display for ProcessPoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.death {
+            None => f.write_str("a process pool needs at least one worker"),
+            Some(death) => write!(f, "a worker process failed to start: {death}"),
+        }
+    }
+}
+
+impl std::error::Error for ProcessPoolError {}
+
+/// Configures and builds a [`ProcessPool`].
+///
+/// ```no_run
+/// fn setup() { /* open a file, seed an RNG, ... once per worker */ }
+/// fn main() {
+///     parjob::processes::init();
+///     let pool = parjob::processes::ProcessPoolBuilder::new()
+///         .num_workers(2)
+///         .initializer(setup)
+///         .inner_max_num_threads(1)
+///         .build()
+///         .unwrap();
+///     assert_eq!(pool.num_workers(), 2);
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProcessPoolBuilder {
+    num_workers: usize,
+    initializer: Option<fn()>,
+    inner_threads: Option<usize>,
+    env: Vec<(String, String)>,
+}
+
+impl Default for ProcessPoolBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessPoolBuilder {
+    /// One worker per usable core ([`cpu_count`](crate::cpu_count)), no initializer, inner
+    /// threads capped at `max(cores / workers, 1)`.
+    pub fn new() -> Self {
+        ProcessPoolBuilder {
+            num_workers: crate::cpu_count(),
+            initializer: None,
+            inner_threads: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// How many worker processes (at least 1, else `build` fails).
+    pub fn num_workers(mut self, n: usize) -> Self {
+        self.num_workers = n;
+        self
+    }
+
+    /// A function each worker runs once, before its first task (joblib/loky's `initializer`);
+    /// also in each worker started to replace a dead one. If it panics, the worker does not
+    /// serve: `build` fails, or (for a replacement) the tasks sent to it fail with
+    /// [`WorkerDeath::InitializerPanicked`].
+    pub fn initializer(mut self, f: fn()) -> Self {
+        self.initializer = Some(f);
+        self
+    }
+
+    /// joblib's `inner_max_num_threads`: the value given to [`INNER_THREAD_VARS`] in each worker
+    /// (default `max(cores / workers, 1)`). A variable already set in this process's environment
+    /// is passed on unchanged.
+    pub fn inner_max_num_threads(mut self, n: usize) -> Self {
+        self.inner_threads = Some(n.max(1));
+        self
+    }
+
+    /// An extra environment variable for the workers.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the workers and waits until each is ready (initializer run).
+    ///
+    /// # Errors
+    /// Zero workers, or a worker that could not start: `init()` not called, or the initializer
+    /// panicked (see [`ProcessPoolError::worker_death`]). Workers already started are stopped.
+    pub fn build(self) -> Result<ProcessPool, ProcessPoolError> {
+        if self.num_workers == 0 {
+            return Err(ProcessPoolError { death: None });
+        }
+        let inner = self
+            .inner_threads
+            .unwrap_or((crate::cpu_count() / self.num_workers).max(1));
+        let mut env = self.env;
+        for var in INNER_THREAD_VARS {
+            if std::env::var_os(var).is_none() {
+                env.push((var.to_owned(), inner.to_string()));
+            }
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            pids: (0..self.num_workers).map(|_| Mutex::new(None)).collect(),
+            env,
+            initializer: self.initializer.map(|f| wire::offset_of(f as usize)),
+            restarts: AtomicUsize::new(0),
+            batches: AtomicUsize::new(0),
+        });
+        let (started_tx, started_rx) = mpsc::channel();
+        let mut drivers = Vec::with_capacity(self.num_workers);
+        for slot in 0..self.num_workers {
+            let for_driver = Arc::clone(&shared);
+            let started = started_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("parjob-process-driver-{slot}"))
+                .spawn(move || drive(for_driver, slot, started));
+            match spawned {
+                Ok(handle) => drivers.push(handle),
+                Err(error) => {
+                    let pool = Inner { shared, drivers };
+                    drop(pool);
+                    return Err(ProcessPoolError {
+                        death: Some(WorkerDeath::StartFailed(format!(
+                            "cannot spawn a driver thread: {error}"
+                        ))),
+                    });
+                }
+            }
+        }
+        drop(started_tx);
+        let inner = Inner { shared, drivers };
+        let mut failure = None;
+        for result in started_rx.iter() {
+            if let Err(death) = result {
+                failure.get_or_insert(death);
+            }
+        }
+        match failure {
+            // Dropping `inner` stops every driver and kills the workers that did start.
+            Some(death) => Err(ProcessPoolError { death: Some(death) }),
+            None => Ok(ProcessPool {
+                inner: Arc::new(inner),
+            }),
+        }
+    }
+}
+
+/// A live worker, owned by its driver.
+struct Worker {
+    /// procspawn's handle: dropping it kills (if still running) and reaps the process.
+    handle: procspawn::JoinHandle<()>,
+    pid: u32,
+    requests: IpcBytesSender,
+    replies: IpcReceiver<FromWorker>,
+}
+
+/// Starts the worker of `slot` and waits for its `Ready`.
+fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
+    let channels = ipc::bytes_channel().and_then(|(tx, rx)| Ok((tx, rx, ipc::channel()?)));
+    let (requests, requests_rx, (replies_tx, replies)) =
+        channels.map_err(|e| WorkerDeath::StartFailed(format!("cannot open a channel: {e}")))?;
+    let args = WorkerArgs {
+        requests: requests_rx,
+        replies: replies_tx,
+        layout: wire::offset_of(wire::layout_probe as fn() -> u64 as usize),
+        parent: std::process::id(),
+        initializer: shared.initializer,
+    };
+    let spawned = catch_unwind(AssertUnwindSafe(|| {
+        let mut builder = procspawn::Builder::new();
+        for (key, value) in &shared.env {
+            builder.env(key, value);
+        }
+        builder.spawn(args, worker_main)
+    }));
+    let handle = spawned.map_err(|payload| {
+        WorkerDeath::StartFailed(format!(
+            "{} (is `parjob::processes::init()` the first call in `main`, or \
+             `parjob::processes::enable_test_support!()` in the test file?)",
+            wire::panic_message(&*payload)
+        ))
+    })?;
+    let Some(pid) = handle.pid() else {
+        return Err(WorkerDeath::StartFailed(format!(
+            "procspawn could not spawn the process: {handle:?}"
+        )));
+    };
+    *shared.pids[slot].lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+    let worker = Worker {
+        handle,
+        pid,
+        requests,
+        replies,
+    };
+    match worker.replies.try_recv_timeout(START_TIMEOUT) {
+        Ok(FromWorker::Ready) => Ok(worker),
+        Ok(FromWorker::InitFailed(message)) => {
+            retire(shared, slot, worker, false);
+            Err(WorkerDeath::InitializerPanicked(message))
+        }
+        Ok(FromWorker::Batch { .. }) => {
+            retire(shared, slot, worker, true);
+            Err(WorkerDeath::StartFailed(
+                "unexpected first message".to_owned(),
+            ))
+        }
+        Err(TryRecvError::Empty) => {
+            retire(shared, slot, worker, true);
+            Err(WorkerDeath::StartFailed(format!(
+                "not ready within {START_TIMEOUT:?}"
+            )))
+        }
+        Err(TryRecvError::IpcError(_)) => Err(retire(shared, slot, worker, false)),
+    }
+}
+
+/// Ends `worker` (killing it first if `kill_first`), reads how it died, and reaps it.
+fn retire(shared: &Shared, slot: usize, worker: Worker, kill_first: bool) -> WorkerDeath {
+    if kill_first {
+        kill(worker.pid);
+    }
+    let death = wait_for_death(worker.pid, EXIT_PATIENCE);
+    // Clear the pid before the handle reaps the process (see the module doc).
+    *shared.pids[slot].lock().unwrap_or_else(|e| e.into_inner()) = None;
+    drop(worker.requests);
+    drop(worker.replies);
+    drop(worker.handle);
+    death
+}
+
+/// What happened to one job on a worker.
+enum Ran {
+    Done {
+        elapsed_ns: u64,
+        outcomes: Vec<u8>,
+    },
+    /// The reply channel closed: the worker died (its status says how).
+    Died,
+    /// The worker broke the protocol; it is killed.
+    Confused,
+    TimedOut,
+}
+
+fn run_job(worker: &Worker, job: &Job) -> Ran {
+    if worker.requests.send(&job.bytes).is_err() {
+        // The worker is gone; its reply channel says so below.
+    }
+    let reply = match job.timeout {
+        None => worker.replies.recv().map_err(|_| None),
+        Some(timeout) => worker
+            .replies
+            .try_recv_timeout(timeout)
+            .map_err(|e| match e {
+                TryRecvError::Empty => Some(()),
+                TryRecvError::IpcError(_) => None,
+            }),
+    };
+    match reply {
+        Ok(FromWorker::Batch {
+            elapsed_ns,
+            outcomes,
+        }) => Ran::Done {
+            elapsed_ns,
+            outcomes,
+        },
+        Ok(_) => Ran::Confused,
+        Err(Some(())) => Ran::TimedOut,
+        Err(None) => Ran::Died,
+    }
+}
+
+fn next_job(shared: &Shared) -> Option<Job> {
+    let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if queue.shutdown {
+            return None;
+        }
+        if let Some(job) = queue.jobs.pop_front() {
+            return Some(job);
+        }
+        queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// The driver thread of `slot`.
+fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), WorkerDeath>>) {
+    let first = start(&shared, slot);
+    let mut failure = None;
+    let mut worker = match first {
+        Ok(worker) => {
+            let _ = started.send(Ok(()));
+            Some(worker)
+        }
+        Err(death) => {
+            let _ = started.send(Err(death.clone()));
+            failure = Some(death);
+            None
+        }
+    };
+    drop(started);
+    while let Some(job) = next_job(&shared) {
+        if job.call.cancelled.load(Ordering::Relaxed) {
+            let _ = job.reply.send(Reply::Skipped { batch: job.batch });
+            continue;
+        }
+        if worker.is_none() {
+            match start(&shared, slot) {
+                Ok(w) => worker = Some(w),
+                Err(death) => failure = Some(death),
+            }
+        }
+        let Some(live) = worker.as_ref() else {
+            let death = failure.clone().unwrap_or(WorkerDeath::Exit(-1));
+            let _ = job.reply.send(Reply::Crashed {
+                batch: job.batch,
+                death,
+            });
+            continue;
+        };
+        shared.batches.fetch_add(1, Ordering::Relaxed);
+        let ran = run_job(live, &job);
+        let reply = match ran {
+            Ran::Done {
+                elapsed_ns,
+                outcomes,
+            } => Reply::Done {
+                batch: job.batch,
+                elapsed_ns,
+                outcomes,
+            },
+            Ran::TimedOut => {
+                shared.restarts.fetch_add(1, Ordering::Relaxed);
+                if let Some(dead) = worker.take() {
+                    retire(&shared, slot, dead, true);
+                }
+                Reply::TimedOut { batch: job.batch }
+            }
+            Ran::Died | Ran::Confused => {
+                shared.restarts.fetch_add(1, Ordering::Relaxed);
+                // `live` was `Some`, so `worker` is.
+                let dead = worker.take().expect("a live worker ran the job");
+                // A confused worker is killed first; its death is then `SIGKILL` by us.
+                let confused = matches!(ran, Ran::Confused);
+                let death = retire(&shared, slot, dead, confused);
+                Reply::Crashed {
+                    batch: job.batch,
+                    death,
+                }
+            }
+        };
+        let _ = job.reply.send(reply);
+        // Replace a dead worker now, so the next job does not wait for the start-up.
+        if worker.is_none()
+            && !shared
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .shutdown
+        {
+            match start(&shared, slot) {
+                Ok(w) => worker = Some(w),
+                Err(death) => failure = Some(death),
+            }
+        }
+    }
+    if let Some(live) = worker.take() {
+        retire(&shared, slot, live, true);
+    }
+}

@@ -1,0 +1,109 @@
+//! The worker process: what runs in the child that procspawn starts.
+//!
+//! Start-up, in order: no core dumps (a crashing task must not write a `core` file into the
+//! working directory), die with the parent (`PR_SET_PDEATHSIG`, Linux), check that the binary's
+//! layout matches the parent's ([`wire`](super::wire)), run the pool's initializer, send
+//! `Ready`. Then, until the parent closes the request channel: receive a batch, run it, send the
+//! outcomes. A task that crashes takes this process with it; the parent notices the closed
+//! channel and starts another worker.
+
+use super::wire::{self, FromWorker};
+use ipc_channel::ipc::{IpcBytesReceiver, IpcSender};
+use serde::{Deserialize, Serialize};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+/// What the parent hands a new worker (through procspawn, serialized).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    pub(crate) requests: IpcBytesReceiver,
+    pub(crate) replies: IpcSender<FromWorker>,
+    /// The parent's `offset_of(layout_probe)`.
+    pub(crate) layout: i64,
+    /// The parent's pid: if the worker's parent is already another process, the parent died
+    /// before `PR_SET_PDEATHSIG` was armed, and the worker leaves at once.
+    pub(crate) parent: u32,
+    /// The offset of the pool's `fn()` initializer, if any.
+    pub(crate) initializer: Option<i64>,
+}
+
+/// The worker's whole life (procspawn's entry point in the child).
+pub(crate) fn worker_main(args: WorkerArgs) {
+    harden(args.parent);
+    if args.layout != wire::offset_of(wire::layout_probe as fn() -> u64 as usize) {
+        let _ = args.replies.send(FromWorker::InitFailed(
+            "the worker's executable differs from the parent's (parjob must be linked statically)"
+                .to_owned(),
+        ));
+        return;
+    }
+    if let Some(offset) = args.initializer {
+        // SAFETY: `offset` was computed by the parent as `offset_of(f as fn() as usize)` for a
+        // `fn()` of this same executable (the layout check above passed, so every function sits
+        // at the same offset from `anchor` here as there); adding our `anchor` back gives the
+        // address of that same `fn()` in this process, so the transmuted pointer has the right
+        // signature and points to code.
+        let initializer: fn() = unsafe { std::mem::transmute(wire::address_at(offset)) };
+        if let Err(payload) = catch_unwind(initializer) {
+            let message = wire::panic_message(&*payload);
+            let _ = args.replies.send(FromWorker::InitFailed(message));
+            return;
+        }
+    }
+    if args.replies.send(FromWorker::Ready).is_err() {
+        return;
+    }
+    let mut out = Vec::new();
+    while let Ok(batch) = args.requests.recv() {
+        out.clear();
+        let started = Instant::now();
+        match wire::split_batch(&batch) {
+            Some((runner, count, input)) => {
+                // SAFETY: the parent wrote `runner` with `runner_offset::<F, A, R>()`, the offset
+                // of a monomorphized `run_batch` of this same executable, whose type is exactly
+                // `Runner`; the layout check at start-up showed offsets mean the same here, so
+                // `address_at` gives that function's address in this process.
+                let run: wire::Runner = unsafe { std::mem::transmute(wire::address_at(runner)) };
+                // `run_batch` catches each task's panic itself; this catch is for a panic
+                // outside a task (none is expected), so the worker still answers.
+                if catch_unwind(AssertUnwindSafe(|| run(input, count, &mut out))).is_err() {
+                    return;
+                }
+            }
+            None => return,
+        }
+        let reply = FromWorker::Batch {
+            elapsed_ns: started.elapsed().as_nanos() as u64,
+            outcomes: std::mem::take(&mut out),
+        };
+        if args.replies.send(reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// No core files; die with the parent.
+fn harden(parent: u32) {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `no_core` is a valid `rlimit` that outlives the call; `setrlimit` only reads it.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `PR_SET_PDEATHSIG` takes one integer argument (the signal); the variadic call
+        // passes exactly that, as a C `unsigned long`.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        }
+        // SAFETY: `getppid` has no preconditions and cannot fail.
+        if unsafe { libc::getppid() } as u32 != parent {
+            std::process::exit(0);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
+}

@@ -1,0 +1,476 @@
+//! The process backend (cargo feature `processes`): crash isolation, timeouts, reuse, set-up.
+//!
+//! Worker processes re-enter this test binary through `procspawn_test_helper` (the test that
+//! `enable_test_support!` defines). Every test here holds `SERIAL`, so only one test's workers
+//! exist at a time and the child-process checks see only their own.
+
+#![cfg(feature = "processes")]
+
+parjob::processes::enable_test_support!();
+
+use parjob::processes::{ProcessPool, ProcessPoolBuilder, WorkerDeath, INNER_THREAD_VARS};
+use parjob::{delayed, parallel_backend, Backend, Error, Parallel};
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
+use std::time::Duration;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const BAD: u64 = 50;
+
+fn work(x: u64) -> u64 {
+    x * 3 + 1
+}
+
+fn aborts(x: u64) -> u64 {
+    if x == BAD {
+        std::process::abort();
+    }
+    work(x)
+}
+
+fn segfaults(x: u64) -> u64 {
+    if x == BAD {
+        // A write into the unmapped first page (address 8: non-null, so std's debug checks do
+        // not turn it into an abort first). Deliberately invalid: it must kill the worker.
+        let address = std::hint::black_box(8usize) as *mut u64;
+        // SAFETY: not sound on purpose; this runs only in a worker process, which it kills.
+        unsafe { address.write_volatile(1) };
+    }
+    work(x)
+}
+
+fn recurse(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1).wrapping_add(frame[7])
+}
+
+fn overflows(x: u64) -> u64 {
+    if x == BAD {
+        return recurse(0);
+    }
+    work(x)
+}
+
+fn hangs(x: u64) -> u64 {
+    if x == BAD {
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+    work(x)
+}
+
+fn panics(x: u64) -> u64 {
+    if x == BAD {
+        panic!("task {x} panicked on purpose");
+    }
+    work(x)
+}
+
+fn checked(x: u64) -> Result<u64, String> {
+    match x {
+        7 => Err("seven is not allowed".to_owned()),
+        BAD => std::process::abort(),
+        _ => Ok(work(x)),
+    }
+}
+
+/// Pids of this process's children (from /proc), with whether each is a zombie.
+fn children() -> Vec<(u32, bool)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command (which is in parentheses and may hold spaces).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me) {
+            found.push((pid, fields[0] == "Z"));
+        }
+    }
+    found
+}
+
+fn two_workers() -> ProcessPool {
+    ProcessPoolBuilder::new().num_workers(2).build().unwrap()
+}
+
+/// Drops `pool` and checks that none of `pids` (every worker it ever had) is still our child,
+/// and that no child of ours is a zombie.
+fn assert_gone(pool: ProcessPool, mut pids: HashSet<u32>) {
+    pids.extend(pool.worker_pids());
+    drop(pool);
+    let left: Vec<_> = children()
+        .into_iter()
+        .filter(|(pid, zombie)| *zombie || pids.contains(pid))
+        .collect();
+    assert!(left.is_empty(), "worker processes left behind: {left:?}");
+}
+
+/// 100 tasks on 2 workers, task 50 kills its worker: the other 99 results, the typed error for
+/// 50, a working next call, and no process left behind.
+fn crash_in_the_middle<T>(task: T, timeout: Option<Duration>) -> Error<std::convert::Infallible>
+where
+    T: Fn(u64) -> u64 + Copy + Send + 'static,
+{
+    let pool = two_workers();
+    let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    assert_eq!(pids.len(), 2);
+    let mut parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()));
+    if let Some(timeout) = timeout {
+        parallel = parallel.timeout(timeout);
+    }
+    let outcomes: Vec<_> = parallel
+        .run_iter_in_processes((0..100u64).map(|x| delayed(task)(x)))
+        .collect();
+    assert_eq!(outcomes.len(), 100);
+    let mut error = None;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(value) => assert_eq!(value, work(i as u64), "task {i}"),
+            Err(e) => {
+                assert_eq!(i as u64, BAD, "only task {BAD} fails, not {i}: {e}");
+                assert_eq!(e.task_index(), Some(BAD as usize));
+                error = Some(e);
+            }
+        }
+    }
+    let error = error.expect("task 50 failed");
+    assert!(pool.restarts() >= 1, "the dead worker was replaced");
+    pids.extend(pool.worker_pids());
+    // The same backend serves the next call.
+    let next = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(next, (0..100).map(work).collect::<Vec<_>>());
+    drop(parallel);
+    assert_gone(pool, pids);
+    error
+}
+
+#[test]
+fn abort_in_the_middle_of_100_tasks() {
+    let _serial = serial();
+    let error = crash_in_the_middle(aborts, None);
+    match &error {
+        Error::WorkerCrashed { index, death } => {
+            assert_eq!(*index, 50);
+            assert_eq!(*death, WorkerDeath::Signal(libc::SIGABRT));
+        }
+        other => panic!("expected WorkerCrashed, got {other:?}"),
+    }
+    assert!(error.to_string().contains("SIGABRT"), "{error}");
+}
+
+#[test]
+fn segfault_in_the_middle_of_100_tasks() {
+    let _serial = serial();
+    let error = crash_in_the_middle(segfaults, None);
+    assert!(
+        matches!(&error, Error::WorkerCrashed { index: 50, death: WorkerDeath::Signal(s) } if *s == libc::SIGSEGV),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn stack_overflow_in_the_middle_of_100_tasks() {
+    let _serial = serial();
+    let error = crash_in_the_middle(overflows, None);
+    // Rust's overflow handler reports and aborts; without it the guard page's SIGSEGV kills.
+    assert!(
+        matches!(&error, Error::WorkerCrashed { index: 50, death: WorkerDeath::Signal(s) } if *s == libc::SIGABRT || *s == libc::SIGSEGV),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn infinite_loop_is_killed_at_the_timeout() {
+    let _serial = serial();
+    let error = crash_in_the_middle(hangs, Some(Duration::from_millis(300)));
+    assert!(error.is_timeout(), "{error:?}");
+    assert!(
+        matches!(error, Error::TaskTimeout { index: 50, timeout } if timeout == Duration::from_millis(300)),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_panicking_task_comes_back_as_its_message() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()));
+    let payload = catch_unwind(AssertUnwindSafe(|| {
+        parallel.run_in_processes((0..100u64).map(|x| delayed(panics)(x)))
+    }))
+    .unwrap_err();
+    let message = payload.downcast_ref::<String>().expect("a String payload");
+    assert_eq!(message, "task 50 panicked on purpose");
+    // In the iterator: the results before it, then the panic at its position.
+    let mut iter = parallel.run_iter_in_processes((0..100u64).map(|x| delayed(panics)(x)));
+    for i in 0..50 {
+        assert_eq!(iter.next().unwrap().unwrap(), work(i));
+    }
+    let payload = catch_unwind(AssertUnwindSafe(|| iter.next())).unwrap_err();
+    assert_eq!(
+        payload.downcast_ref::<String>().map(String::as_str),
+        Some("task 50 panicked on purpose")
+    );
+    drop(iter);
+    // A panic does not kill the worker.
+    assert_eq!(pool.restarts(), 0);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+#[test]
+fn run_panics_with_the_crash_after_the_other_tasks() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new().backend(Backend::ProcessPool(pool.clone()));
+    let payload = catch_unwind(AssertUnwindSafe(|| {
+        parallel.run_in_processes((0..100u64).map(|x| delayed(aborts)(x)))
+    }))
+    .unwrap_err();
+    let message = payload.downcast_ref::<String>().expect("a String payload");
+    assert!(
+        message.contains("task 50") && message.contains("SIGABRT"),
+        "{message}"
+    );
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+#[test]
+fn try_run_returns_the_first_error_by_index() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new().backend(Backend::ProcessPool(pool.clone()));
+    match parallel.try_run_in_processes((0..100u64).map(|x| delayed(checked)(x))) {
+        Err(Error::Task { index: 7, error }) => assert_eq!(error, "seven is not allowed"),
+        other => panic!("expected the task error of 7, got {other:?}"),
+    }
+    match parallel.try_run_in_processes((8..100u64).map(|x| delayed(checked)(x))) {
+        Err(Error::WorkerCrashed { index, death }) => {
+            assert_eq!((index, death.signal()), (42, Some(libc::SIGABRT)));
+        }
+        other => panic!("expected the crash of task 42 (= input 50), got {other:?}"),
+    }
+    let ok = parallel.try_run_in_processes((51..60u64).map(|x| delayed(checked)(x)));
+    assert_eq!(ok.unwrap(), (51..60).map(work).collect::<Vec<_>>());
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+#[test]
+fn backend_processes_is_selected_like_threads_and_reused() {
+    let _serial = serial();
+    let before: HashSet<u32> = children().into_iter().map(|(pid, _)| pid).collect();
+    let first = parallel_backend(Backend::Processes, || {
+        assert_eq!(parjob::effective_n_jobs(2), Ok(2));
+        Parallel::new()
+            .n_jobs(2)
+            .run_in_processes((0..1000u64).map(|x| delayed(work)(x)))
+    });
+    assert_eq!(first, (0..1000).map(work).collect::<Vec<_>>());
+    let workers: HashSet<u32> = children().into_iter().map(|(pid, _)| pid).collect();
+    let started: Vec<_> = workers.difference(&before).collect();
+    // The second call reuses the same two processes (cached, like the thread pools).
+    let second = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::Processes)
+        .run_unordered_in_processes((0..10u64).map(|x| delayed(work)(x)))
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect::<Vec<_>>();
+    assert_eq!(second.len(), 10);
+    assert!(second.iter().all(|&(i, r)| r == work(i as u64)));
+    let after: HashSet<u32> = children().into_iter().map(|(pid, _)| pid).collect();
+    assert!(started.len() <= 2 && started.iter().all(|pid| after.contains(pid)));
+    // The thread methods under a process backend run on threads (tasks may borrow).
+    let data = [1u64, 2, 3];
+    let borrowed = parallel_backend(Backend::Processes, || {
+        Parallel::new()
+            .n_jobs(2)
+            .run(data.iter().map(|x| delayed(|x: &u64| x * 10)(x)))
+    });
+    assert_eq!(borrowed, vec![10, 20, 30]);
+}
+
+#[test]
+fn thread_backends_run_the_process_methods_on_threads() {
+    let _serial = serial();
+    let out = parallel_backend(Backend::Sequential, || {
+        Parallel::new().run_in_processes((0..10u64).map(|x| delayed(work)(x)))
+    });
+    assert_eq!(out, (0..10).map(work).collect::<Vec<_>>());
+    let iter: Vec<_> = Parallel::new()
+        .n_jobs(2)
+        .run_iter_in_processes((0..10u64).map(|x| delayed(work)(x)))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(iter, out);
+}
+
+static INITIALIZED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn set_up() {
+    INITIALIZED.store(42, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn read_set_up(_: ()) -> u64 {
+    INITIALIZED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn failing_set_up() {
+    panic!("no database");
+}
+
+#[test]
+fn initializer_runs_in_every_worker() {
+    let _serial = serial();
+    let pool = ProcessPoolBuilder::new()
+        .num_workers(2)
+        .initializer(set_up)
+        .build()
+        .unwrap();
+    let seen = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .run_in_processes((0..20).map(|_| delayed(read_set_up)(())));
+    assert!(seen.iter().all(|&v| v == 42), "{seen:?}");
+    // Replaced workers run it too.
+    let after_crash = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .run_iter_in_processes((0..100u64).map(|x| delayed(aborts)(x)))
+        .filter(Result::is_err)
+        .count();
+    assert_eq!(after_crash, 1);
+    let seen = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .run_in_processes((0..20).map(|_| delayed(read_set_up)(())));
+    assert!(seen.iter().all(|&v| v == 42), "{seen:?}");
+    assert_gone(pool, HashSet::new());
+
+    let err = ProcessPoolBuilder::new()
+        .num_workers(2)
+        .initializer(failing_set_up)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.worker_death(),
+        Some(&WorkerDeath::InitializerPanicked("no database".to_owned()))
+    );
+    assert!(children().iter().all(|(_, zombie)| !zombie));
+}
+
+fn inner_env(_: ()) -> Vec<Option<String>> {
+    INNER_THREAD_VARS
+        .iter()
+        .map(|var| std::env::var(var).ok())
+        .chain([Some(parjob::cpu_count().to_string())])
+        .collect()
+}
+
+#[test]
+fn workers_get_inner_max_num_threads() {
+    let _serial = serial();
+    let pool = ProcessPoolBuilder::new().num_workers(2).build().unwrap();
+    let seen = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .run_in_processes([delayed(inner_env)(())]);
+    let default = (parjob::cpu_count() / 2).max(1).to_string();
+    for (var, value) in INNER_THREAD_VARS.iter().zip(&seen[0]) {
+        let expected = std::env::var(var).unwrap_or_else(|_| default.clone());
+        assert_eq!(value.as_deref(), Some(expected.as_str()), "{var}");
+    }
+    // parjob's own cpu_count in the worker follows PARJOB_NUM_THREADS.
+    let parjob_threads = std::env::var("PARJOB_NUM_THREADS").unwrap_or(default);
+    assert_eq!(
+        seen[0][INNER_THREAD_VARS.len()].as_deref(),
+        Some(parjob_threads.as_str())
+    );
+    assert_gone(pool, HashSet::new());
+
+    let pool = ProcessPoolBuilder::new()
+        .num_workers(1)
+        .inner_max_num_threads(3)
+        .build()
+        .unwrap();
+    let seen = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .run_in_processes([delayed(inner_env)(())]);
+    let omp = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| "3".to_owned());
+    assert_eq!(seen[0][0].as_deref(), Some(omp.as_str()));
+    assert_gone(pool, HashSet::new());
+}
+
+#[test]
+fn auto_batching_sends_few_messages_for_many_tiny_tasks() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new().backend(Backend::ProcessPool(pool.clone()));
+    let n = 200_000u64;
+    let sum: u64 = parallel
+        .run_in_processes((0..n).map(|x| delayed(work)(x)))
+        .into_iter()
+        .sum();
+    assert_eq!(sum, (0..n).map(work).sum::<u64>());
+    assert!(
+        pool.batches() < 2_000,
+        "{} batches for {n} tasks",
+        pool.batches()
+    );
+    // The same results with fixed batches, including a last short one.
+    let fixed = parallel
+        .batch_size(parjob::BatchSize::Fixed(7))
+        .run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(fixed, (0..100).map(work).collect::<Vec<_>>());
+    assert_gone(pool, HashSet::new());
+}
+
+#[test]
+fn zero_jobs_is_a_config_error() {
+    let _serial = serial();
+    let result = Parallel::new()
+        .n_jobs(0)
+        .backend(Backend::Processes)
+        .try_run_in_processes((0..3u64).map(|x| delayed(checked)(x)));
+    assert!(matches!(result, Err(Error::Config { .. })), "{result:?}");
+    assert!(ProcessPoolBuilder::new().num_workers(0).build().is_err());
+}
+
+fn checksum(data: Vec<u8>) -> (usize, u64) {
+    (data.len(), data.iter().map(|&b| u64::from(b)).sum())
+}
+
+#[test]
+fn large_arguments_cross_in_bounded_batches() {
+    let _serial = serial();
+    let pool = two_workers();
+    let inputs: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 1 << 20]).collect();
+    let expected: Vec<(usize, u64)> = inputs.iter().cloned().map(checksum).collect();
+    let out = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(12))
+        .run_in_processes(inputs.into_iter().map(|v| delayed(checksum)(v)));
+    assert_eq!(out, expected);
+    // 12 MiB of arguments asked for as one batch travel as several messages of at most ~4 MiB.
+    assert!(pool.batches() >= 3, "{} batches", pool.batches());
+    assert_gone(pool, HashSet::new());
+}
