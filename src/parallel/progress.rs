@@ -19,9 +19,52 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// The user's callback, shared by a `Parallel` and the iterators it made. A plain std `Mutex`:
-/// only the thread driving the call invokes it; the lock just makes `run(&self)` possible.
-pub(crate) type Callback<'p> = Arc<Mutex<dyn FnMut(usize, Option<usize>) + Send + 'p>>;
+/// The user's callback, shared by a `Parallel` and the iterators it made. A plain std `Mutex`
+/// (not part of any protocol loom checks), held only to take the callback out or put it back:
+/// the callback runs with no lock held, so it may itself drive a call of the same `Parallel`.
+pub(crate) type Callback<'p> = Arc<Mutex<Option<UserCallback<'p>>>>;
+
+/// The callback itself, boxed.
+pub(crate) type UserCallback<'p> = Box<dyn FnMut(usize, Option<usize>) + Send + 'p>;
+
+/// Puts a callback back into its slot when dropped (also when the callback panicked).
+struct PutBack<'a, 'p> {
+    slot: &'a Mutex<Option<UserCallback<'p>>>,
+    callback: Option<UserCallback<'p>>,
+}
+
+impl Drop for PutBack<'_, '_> {
+    fn drop(&mut self) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = self.callback.take();
+    }
+}
+
+/// Takes the callback out of its slot. `None` while it is out: either this thread is inside it
+/// (a callback that drives another call of the same `Parallel`: that call's updates are not
+/// reported, rather than deadlocking), or another thread driving a call of the same `Parallel`
+/// is inside it (then this waits until it is back, so calls never run it concurrently).
+fn take_out<'a, 'p>(
+    slot: &'a Mutex<Option<UserCallback<'p>>>,
+    running_here: &std::cell::Cell<bool>,
+) -> Option<PutBack<'a, 'p>> {
+    loop {
+        if let Some(callback) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Some(PutBack {
+                slot,
+                callback: Some(callback),
+            });
+        }
+        if running_here.get() {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
+
+std::thread_local! {
+    /// This thread is inside some `on_progress` callback.
+    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 pub(crate) struct Progress<'p> {
     callback: Option<Callback<'p>>,
@@ -107,11 +150,27 @@ impl<'p> Progress<'p> {
         if done <= self.reported {
             return;
         }
-        if let Some(callback) = &self.callback {
-            let mut callback = callback.lock().unwrap_or_else(|e| e.into_inner());
-            for k in self.reported + 1..=done {
-                (callback)(k, self.total);
-            }
+        let from = self.reported + 1;
+        // Marked reported first: a panicking callback does not see these updates again.
+        self.reported = done;
+        if let Some(slot) = &self.callback {
+            IN_CALLBACK.with(|here| {
+                if let Some(mut taken) = take_out(slot, here) {
+                    let outer = here.replace(true);
+                    /// Restores the thread's flag, also when the callback panics.
+                    struct Restore<'a>(&'a std::cell::Cell<bool>, bool);
+                    impl Drop for Restore<'_> {
+                        fn drop(&mut self) {
+                            self.0.set(self.1);
+                        }
+                    }
+                    let _restore = Restore(here, outer);
+                    let callback = taken.callback.as_mut().expect("taken out above");
+                    for k in from..=done {
+                        (callback)(k, self.total);
+                    }
+                }
+            });
         }
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
@@ -130,7 +189,6 @@ impl<'p> Progress<'p> {
             };
             self.line(&msg);
         }
-        self.reported = done;
     }
 
     /// Every task finished: the final line.

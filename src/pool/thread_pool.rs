@@ -176,8 +176,9 @@ impl ThreadPool {
         self.registry().trace.stop()
     }
 
-    /// Queues a `'static` job on this pool without waiting for it (used by the streaming
-    /// `Parallel` iterators). The job must not panic: catch panics inside it.
+    /// Queues a `'static` job on this pool without waiting for it (used by the loom models). The
+    /// job must not panic: catch panics inside it.
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub(crate) fn spawn_detached<F: FnOnce() + Send + 'static>(&self, job: F) {
         // SAFETY: the job is 'static and owns everything it uses.
         unsafe { self.spawn_unchecked(job) }
