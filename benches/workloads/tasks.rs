@@ -18,6 +18,14 @@ fn parallel(pools: &Pools) -> Parallel<'static> {
     }
 }
 
+/// `Parallel` as a user writes it from the main thread on a pool they built:
+/// `Parallel::new().n_jobs(threads).backend(Backend::Pool(pool.clone()))`.
+fn user_parallel(pools: &Pools) -> Parallel<'static> {
+    Parallel::new()
+        .n_jobs(pools.threads as i32)
+        .backend(Backend::Pool(pools.parjob.clone()))
+}
+
 /// Implements `Workload::runs_on_contender_pool` for the `Parallel` workloads.
 macro_rules! on_contender_pool {
     () => {
@@ -58,13 +66,12 @@ fn input(len: usize) -> Vec<f64> {
 
 /// The first joblib example, `Parallel(n_jobs)(delayed(sqrt)(n) for n in numbers)`, with the output
 /// in *fresh* memory: every contender returns a newly allocated vector (page faults included, as
-/// for all of them).
+/// for all of them). parjob: the joblib spelling, one `Delayed` per element, on the user's pool.
 pub struct SqrtFresh {
     numbers: Vec<f64>,
 }
 
 impl Workload for SqrtFresh {
-    on_contender_pool!();
     fn name(&self) -> String {
         format!(
             "sqrt {} fresh output",
@@ -74,35 +81,24 @@ impl Workload for SqrtFresh {
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
         let numbers = &self.numbers;
         let out: Vec<f64> = match contender {
-            Contender::Sequential => numbers.iter().map(|&n| n.sqrt()).collect(),
             Contender::Parjob => {
-                parallel(pools).run(numbers.iter().map(|&n| delayed(f64::sqrt)(n)))
+                user_parallel(pools).run(numbers.iter().map(|&n| delayed(f64::sqrt)(n)))
             }
-            Contender::Rayon => pools
-                .rayon
-                .install(|| numbers.par_iter().map(|&n| n.sqrt()).collect()),
-            Contender::StaticSplit if pools.threads == 2 => {
-                let mut out = vec![0.0; numbers.len()];
-                sqrt_split(&mut out, numbers);
-                out
-            }
-            Contender::StaticSplit | Contender::Chili => return None,
+            other => return SqrtFresh::run_with(numbers, other, pools),
         };
         Some(f64_checksum(&out))
     }
 }
 
-/// The same computation into a *recycled* output buffer (already faulted in): parjob runs one
-/// `Delayed` task per chunk, each borrowing its chunk of input and output.
+/// The same computation into a *recycled* output buffer (already faulted in). parjob: the joblib
+/// spelling, one `Delayed` per element (each borrowing its input and output element), on the
+/// user's pool.
 pub struct SqrtRecycled {
     numbers: Vec<f64>,
     out: Vec<f64>,
 }
 
-const SQRT_CHUNK: usize = 16 * 1024;
-
 impl Workload for SqrtRecycled {
-    on_contender_pool!();
     fn name(&self) -> String {
         format!(
             "sqrt {} recycled output",
@@ -115,14 +111,10 @@ impl Workload for SqrtRecycled {
         match contender {
             Contender::Sequential => out.iter_mut().zip(numbers).for_each(|(o, n)| *o = n.sqrt()),
             Contender::Parjob => {
-                parallel(pools).run(
-                    out.chunks_mut(SQRT_CHUNK)
-                        .zip(numbers.chunks(SQRT_CHUNK))
-                        .map(|(o, i)| {
-                            Delayed::new(move || {
-                                o.iter_mut().zip(i).for_each(|(o, n)| *o = n.sqrt())
-                            })
-                        }),
+                user_parallel(pools).run(
+                    out.iter_mut()
+                        .zip(numbers)
+                        .map(|(o, &n)| Delayed::new(move || *o = n.sqrt())),
                 );
             }
             Contender::Rayon => pools.rayon.install(|| {
@@ -133,6 +125,81 @@ impl Workload for SqrtRecycled {
             Contender::StaticSplit if pools.threads == 2 => {
                 sqrt_split(out, numbers);
             }
+            Contender::StaticSplit | Contender::Chili => return None,
+        }
+        let checksum = f64_checksum(&self.out);
+        self.out.iter_mut().for_each(|o| *o = 0.0);
+        Some(checksum)
+    }
+}
+
+/// sqrt into fresh output with the splittable form: `Parallel::map(&numbers, f)`, on the user's
+/// pool (runners claim index ranges themselves).
+pub struct SqrtFreshSplit {
+    numbers: Vec<f64>,
+}
+
+impl Workload for SqrtFreshSplit {
+    fn name(&self) -> String {
+        format!(
+            "sqrt {} fresh output, map (splittable)",
+            super::fork_join::human(self.numbers.len())
+        )
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let numbers = &self.numbers;
+        let out: Vec<f64> = match contender {
+            Contender::Parjob => user_parallel(pools).map(numbers, |n| n.sqrt()),
+            other => return SqrtFresh::run_with(numbers, other, pools),
+        };
+        Some(f64_checksum(&out))
+    }
+}
+
+impl SqrtFresh {
+    fn run_with(numbers: &[f64], contender: Contender, pools: &Pools) -> Option<u64> {
+        let out: Vec<f64> = match contender {
+            Contender::Sequential => numbers.iter().map(|&n| n.sqrt()).collect(),
+            Contender::Rayon => pools
+                .rayon
+                .install(|| numbers.par_iter().map(|&n| n.sqrt()).collect()),
+            Contender::StaticSplit if pools.threads == 2 => {
+                let mut out = vec![0.0; numbers.len()];
+                sqrt_split(&mut out, numbers);
+                out
+            }
+            _ => return None,
+        };
+        Some(f64_checksum(&out))
+    }
+}
+
+/// sqrt into a recycled output buffer with the splittable form:
+/// `Parallel::map_into(&numbers, &mut out, f)`, on the user's pool.
+pub struct SqrtRecycledSplit {
+    numbers: Vec<f64>,
+    out: Vec<f64>,
+}
+
+impl Workload for SqrtRecycledSplit {
+    fn name(&self) -> String {
+        format!(
+            "sqrt {} recycled output, map_into (splittable)",
+            super::fork_join::human(self.numbers.len())
+        )
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let numbers = &self.numbers;
+        let out = &mut self.out[..];
+        match contender {
+            Contender::Sequential => out.iter_mut().zip(numbers).for_each(|(o, n)| *o = n.sqrt()),
+            Contender::Parjob => user_parallel(pools).map_into(numbers, out, |n| n.sqrt()),
+            Contender::Rayon => pools.rayon.install(|| {
+                out.par_iter_mut()
+                    .zip(numbers.par_iter())
+                    .for_each(|(o, n)| *o = n.sqrt())
+            }),
+            Contender::StaticSplit if pools.threads == 2 => sqrt_split(out, numbers),
             Contender::StaticSplit | Contender::Chili => return None,
         }
         let checksum = f64_checksum(&self.out);
@@ -167,6 +234,42 @@ impl Workload for TinyTasks {
             Contender::Sequential => (0..count).map(|i| tiny(i, iterations)).collect(),
             Contender::Parjob => {
                 parallel(pools).run((0..count).map(|i| Delayed::new(move || tiny(i, iterations))))
+            }
+            Contender::Rayon => pools.rayon.install(|| {
+                (0..count)
+                    .into_par_iter()
+                    .map(|i| tiny(i, iterations))
+                    .collect()
+            }),
+            Contender::StaticSplit if pools.threads == 2 => {
+                map_split(count, |i| tiny(i, iterations))
+            }
+            Contender::StaticSplit | Contender::Chili => return None,
+        };
+        Some(out.iter().fold(0u64, |h, &x| h.rotate_left(3) ^ x))
+    }
+}
+
+/// The million tiny tasks with the splittable form: `Parallel::run_indexed(count, f)`, on the
+/// user's pool.
+pub struct TinyTasksSplit {
+    count: u64,
+    iterations: u64,
+}
+
+impl Workload for TinyTasksSplit {
+    fn name(&self) -> String {
+        format!(
+            "{} tiny tasks (~50 ns), run_indexed (splittable)",
+            super::fork_join::human(self.count as usize)
+        )
+    }
+    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
+        let (count, iterations) = (self.count, self.iterations);
+        let out: Vec<u64> = match contender {
+            Contender::Sequential => (0..count).map(|i| tiny(i, iterations)).collect(),
+            Contender::Parjob => {
+                user_parallel(pools).run_indexed(count as usize, |i| tiny(i as u64, iterations))
             }
             Contender::Rayon => pools.rayon.install(|| {
                 (0..count)
@@ -298,22 +401,35 @@ impl Workload for Nested {
 // ---------------------------------------------------------------- call latency
 
 /// A `Parallel` call with 2 trivial tasks from outside the pool, `calls` times per run (rayon: a
-/// 2-element `par_iter` collected inside `install`).
+/// 2-element `par_iter` collected inside `install`). `pool_backend`: on the user's pool
+/// (`Backend::Pool`), else as the comparison's default contender (`Pools::default_parallel`).
 pub struct ParallelLatency {
     calls: u64,
+    pool_backend: bool,
 }
 
 impl Workload for ParallelLatency {
-    on_contender_pool!();
+    fn runs_on_contender_pool(&self, pools: &Pools) -> bool {
+        self.pool_backend || !pools.default_parallel
+    }
     fn name(&self) -> String {
-        "Parallel latency, 2 trivial tasks, outside caller (per call)".to_string()
+        if self.pool_backend {
+            "Parallel latency, 2 trivial tasks, outside caller, Backend::Pool (per call)"
+                .to_string()
+        } else {
+            "Parallel latency, 2 trivial tasks, outside caller (per call)".to_string()
+        }
     }
     fn calls_per_run(&self) -> u64 {
         self.calls
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
         let mut total = 0u64;
-        let p = parallel(pools);
+        let p = if self.pool_backend {
+            user_parallel(pools)
+        } else {
+            parallel(pools)
+        };
         for i in 0..self.calls {
             let i = std::hint::black_box(i);
             let out: Vec<u64> = match contender {
@@ -350,7 +466,18 @@ pub fn all(quick: bool) -> Vec<Box<dyn Workload>> {
             numbers: input(sqrt_len),
             out: vec![0.0; sqrt_len],
         }),
+        Box::new(SqrtFreshSplit {
+            numbers: input(sqrt_len),
+        }),
+        Box::new(SqrtRecycledSplit {
+            numbers: input(sqrt_len),
+            out: vec![0.0; sqrt_len],
+        }),
         Box::new(TinyTasks {
+            count: tiny,
+            iterations: iterations_for_ns(50.0),
+        }),
+        Box::new(TinyTasksSplit {
             count: tiny,
             iterations: iterations_for_ns(50.0),
         }),
@@ -363,7 +490,15 @@ pub fn all(quick: bool) -> Vec<Box<dyn Workload>> {
 
 /// The latency workloads.
 pub fn latency(quick: bool) -> Vec<Box<dyn Workload>> {
-    vec![Box::new(ParallelLatency {
-        calls: if quick { 2_000 } else { 20_000 },
-    })]
+    let calls = if quick { 2_000 } else { 20_000 };
+    vec![
+        Box::new(ParallelLatency {
+            calls,
+            pool_backend: false,
+        }),
+        Box::new(ParallelLatency {
+            calls,
+            pool_backend: true,
+        }),
+    ]
 }

@@ -204,35 +204,65 @@ impl<T: Task> Shared<T> {
             Dest::Own => Some(Vec::with_capacity(tasks.len())),
             Dest::Slots(_) => None,
         };
-        let outcome = unwind::halt_unwinding(|| {
-            for task in tasks.drain(..) {
-                if self.tracker.is_closed() {
-                    break;
-                }
-                if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                    self.deadline_hit.store(true, Ordering::Relaxed);
-                    self.tracker.close();
-                    break;
-                }
-                let value = task.run();
-                if self.fail_fast.is_some_and(|failed| failed(&value)) {
-                    failure = Some(value);
-                    self.tracker.close();
-                    break;
-                }
-                match (&dest, &mut own) {
-                    (Dest::Slots(ptr), _) => {
-                        // SAFETY: this batch owns slots `start .. start + tasks.len()` of the
-                        // output buffer (disjoint from every other batch's, inside its capacity:
-                        // `Engine::refill`), and `written < tasks.len()`; the buffer outlives every
-                        // active runner (`Engine::new`'s contract). Each slot is written once, and
-                        // read only after the tracker is quiescent.
-                        unsafe { ptr.0.add(written).write(value) }
+        // Results that need no drop, in place, with nothing to check per task: runs of
+        // `CHECK_EVERY` tasks in a plain loop (a panic mid-run leaves nothing that must be
+        // dropped, and fails the call anyway), the cancel flag checked between runs.
+        let plain = !std::mem::needs_drop::<T::Output>()
+            && self.fail_fast.is_none()
+            && self.deadline.is_none();
+        let outcome = unwind::halt_unwinding(|| match &dest {
+            Dest::Slots(ptr) if plain => {
+                let mut left = tasks.drain(..);
+                loop {
+                    if self.tracker.is_closed() {
+                        break;
                     }
-                    (Dest::Own, Some(v)) => v.push(value),
-                    (Dest::Own, None) => unreachable!("an Own batch has its vector"),
+                    let mut ran = 0;
+                    for task in left.by_ref().take(CHECK_EVERY) {
+                        // SAFETY: this batch owns slots `start .. start + tasks.len()` of the output
+                        // buffer (disjoint from other batches', inside its capacity:
+                        // `Engine::refill`); `written + ran` counts the tasks taken so far, so it
+                        // is below `tasks.len()`. The buffer outlives every active runner
+                        // (`Engine::new`'s contract); each slot is written once.
+                        unsafe { ptr.0.add(written + ran).write(task.run()) };
+                        ran += 1;
+                    }
+                    written += ran;
+                    if ran < CHECK_EVERY {
+                        break;
+                    }
                 }
-                written += 1;
+            }
+            _ => {
+                for task in tasks.drain(..) {
+                    if self.tracker.is_closed() {
+                        break;
+                    }
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.deadline_hit.store(true, Ordering::Relaxed);
+                        self.tracker.close();
+                        break;
+                    }
+                    let value = task.run();
+                    if self.fail_fast.is_some_and(|failed| failed(&value)) {
+                        failure = Some(value);
+                        self.tracker.close();
+                        break;
+                    }
+                    match (&dest, &mut own) {
+                        (Dest::Slots(ptr), _) => {
+                            // SAFETY: this batch owns slots `start .. start + tasks.len()` of the
+                            // output buffer (disjoint from every other batch's, inside its
+                            // capacity: `Engine::refill`), and `written < tasks.len()`; the buffer
+                            // outlives every active runner (`Engine::new`'s contract). Each slot
+                            // is written once, and read only after the tracker is quiescent.
+                            unsafe { ptr.0.add(written).write(value) }
+                        }
+                        (Dest::Own, Some(v)) => v.push(value),
+                        (Dest::Own, None) => unreachable!("an Own batch has its vector"),
+                    }
+                    written += 1;
+                }
             }
         });
         // The tasks left in `tasks` (skipped after a close) are dropped by its `Drop` when this
@@ -327,6 +357,9 @@ fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
         shared.notify();
     }
 }
+
+/// In the plain loop of `run_batch`, the cancel flag is checked once per this many tasks.
+const CHECK_EVERY: usize = 64;
 
 /// What a wait ended with.
 pub(crate) enum Waited {

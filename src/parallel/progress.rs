@@ -145,6 +145,15 @@ impl<'p> Progress<'p> {
         before != after || done == 1
     }
 
+    /// Nothing to report to: no callback, not verbose, no bar.
+    pub(crate) fn is_silent(&self) -> bool {
+        #[cfg(feature = "progress")]
+        let bar = self.bar.is_some();
+        #[cfg(not(feature = "progress"))]
+        let bar = false;
+        self.callback.is_none() && self.verbose == 0 && !bar
+    }
+
     /// `done` tasks have completed so far (monotone).
     pub(crate) fn update(&mut self, done: usize) {
         if done <= self.reported {
@@ -207,5 +216,52 @@ impl<'p> Progress<'p> {
                 "Done {done:>w$} out of {done:>w$} | elapsed: {elapsed} finished"
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{format_time, Progress};
+    use std::sync::{Arc, Mutex};
+
+    /// joblib's quadratic spacing: at verbose 10 (scale 0.5) a line whenever floor(sqrt(2·done))
+    /// changes; at verbose 1 (scale 50) far fewer; above 10 every update.
+    #[test]
+    fn verbose_levels_space_lines_quadratically() {
+        let printed = |verbose: u32| {
+            let p = Progress::new(None, verbose, 2, None, false);
+            (1..=200).filter(|&d| p.should_print(d)).collect::<Vec<_>>()
+        };
+        let every = printed(11);
+        assert_eq!(every.len(), 200);
+        let ten = printed(10);
+        assert_eq!(&ten[..6], &[1, 2, 5, 8, 13, 18]);
+        let one = printed(1);
+        assert_eq!(one, vec![1, 50, 200]);
+        assert!(one.len() < ten.len());
+    }
+
+    #[test]
+    fn times_format_like_joblib() {
+        assert_eq!(format_time(0.04), "   0.0s");
+        assert_eq!(format_time(59.9), "  59.9s");
+        assert_eq!(format_time(90.0), " 1.5min");
+    }
+
+    /// Every completed task is reported once, in order, even when updates skip counts.
+    #[test]
+    fn the_callback_sees_every_count_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let callback: super::Callback<'static> = Arc::new(Mutex::new(Some(Box::new(
+            move |done: usize, total: Option<usize>| log.lock().unwrap().push((done, total)),
+        ))));
+        let mut p = Progress::new(Some(callback), 0, 2, Some(5), false);
+        p.update(2);
+        p.update(2);
+        p.update(1);
+        p.finish(5);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, (1..=5).map(|d| (d, Some(5))).collect::<Vec<_>>());
     }
 }
