@@ -373,3 +373,41 @@ fn a_panic_in_run_indexed_drops_written_results_and_waits() {
     assert_eq!(made.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst));
     assert_eq!(pool.install(|| 7), 7);
 }
+
+/// A call of exactly two tasks runs like `ThreadPool::join`: both tasks run at once (they may wait
+/// for each other), errors and panics come back as for any call.
+#[test]
+fn two_task_calls_run_both_at_once_and_report_like_any_call() {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for backend in [Backend::Pool(pool.clone()), Backend::WorkStealing] {
+        let p = Parallel::new().n_jobs(2).backend(backend);
+        let both = std::sync::Barrier::new(2);
+        let out = p.run((0..2).map(|i| {
+            let both = &both;
+            Delayed::new(move || {
+                both.wait();
+                i * 10
+            })
+        }));
+        assert_eq!(out, vec![0, 10]);
+        let failed = p.try_run((0..2).map(|i| {
+            delayed(|i: u32| {
+                if i == 1 {
+                    Err(format!("task {i}"))
+                } else {
+                    Ok(i)
+                }
+            })(i)
+        }));
+        assert!(matches!(failed, Err(Error::Task { index: 1, .. })));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.run((0..2).map(|i| delayed(|i: u32| if i == 0 { panic!("first") } else { i })(i)))
+        }));
+        assert_eq!(
+            panicked
+                .expect_err("task 0 panicked")
+                .downcast_ref::<&str>(),
+            Some(&"first")
+        );
+    }
+}

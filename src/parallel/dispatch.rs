@@ -36,6 +36,16 @@ where
     match setup.plan {
         Plan::Inline => run_inline(tasks, setup, fail_fast),
         Plan::Pool {
+            ref pool, runners, ..
+        } if runners >= 2
+            && super::exact_len(&tasks) == Some(2)
+            && setup.limits.timeout.is_none()
+            && setup.limits.budget.is_none() =>
+        {
+            let pool = pool.clone();
+            run_pair(tasks, setup, &pool, fail_fast)
+        }
+        Plan::Pool {
             ref pool,
             runners,
             caller_runs,
@@ -44,6 +54,47 @@ where
             run_on_pool(tasks, setup, pool, fail_fast)
         }
     }
+}
+
+/// A call of exactly two tasks: [`ThreadPool::join`](crate::ThreadPool::join), which from outside
+/// the pool runs the first task on the calling thread and offers the second to the workers
+/// (taking it back if none has started it), with no engine state at all. Both tasks run (or
+/// panic) before it returns; a panic is resumed as `join` resumes it (the first task's, else the
+/// second's).
+fn run_pair<I, T>(
+    mut tasks: I,
+    mut setup: Setup<'_>,
+    pool: &crate::ThreadPool,
+    fail_fast: Option<fn(&T::Output) -> bool>,
+) -> Result<Vec<T::Output>, Stop<T::Output>>
+where
+    I: Iterator<Item = T>,
+    T: Task + Send,
+    T::Output: Send,
+{
+    let (Some(a), Some(b)) = (tasks.next(), tasks.next()) else {
+        unreachable!("an exact length of 2 was checked")
+    };
+    let (ra, rb) = pool.join(move || a.run(), move || b.run());
+    setup.progress.update(2);
+    if let Some(failed) = fail_fast {
+        if failed(&ra) {
+            quietly(rb);
+            return Err(Stop::Failed {
+                index: 0,
+                value: ra,
+            });
+        }
+        if failed(&rb) {
+            quietly(ra);
+            return Err(Stop::Failed {
+                index: 1,
+                value: rb,
+            });
+        }
+    }
+    setup.progress.finish(2);
+    Ok(vec![ra, rb])
 }
 
 /// The sequential path: every task on this thread, in order (panics propagate as they are).

@@ -358,6 +358,9 @@ fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
     }
 }
 
+/// Before the first batch has been timed, at most this many batches per runner are in flight.
+const PROBE_BATCHES: usize = 2;
+
 /// In the plain loop of `run_batch`, the cancel flag is checked once per this many tasks.
 const CHECK_EVERY: usize = 64;
 
@@ -491,7 +494,12 @@ where
                 self.exact_len.map(|n| n.saturating_sub(self.pulled)),
                 runners,
             );
-            let window = self.pre_dispatch.saturating_mul(size).max(1);
+            let mut window = self.pre_dispatch.saturating_mul(size).max(1);
+            if self.batcher.expected_batch_ns().is_none() {
+                // Nothing measured yet (batches of one task, as joblib starts): probe with a few
+                // batches per runner before a large window fills with tiny batches.
+                window = window.min(PROBE_BATCHES * runners * size);
+            }
             if in_flight >= window {
                 break;
             }

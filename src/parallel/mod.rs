@@ -197,7 +197,9 @@ impl<'p> Parallel<'p> {
     }
 
     /// How many tasks may be taken from the input ahead of the results: joblib's `pre_dispatch`,
-    /// default `2 × n_jobs`; `usize::MAX` is joblib's `'all'`. Counted in tasks while batches hold
+    /// default `2 × n_jobs` (but `'all'` for a call made from inside a pool whose input has an
+    /// exact length: the calling worker runs other jobs while it waits, and must not hold its own
+    /// call back meanwhile); `usize::MAX` is joblib's `'all'`. Counted in tasks while batches hold
     /// one task (always the case at the start of a call, and with slow tasks); once `Auto`
     /// batching packs several tasks per batch, the window is `pre_dispatch` batches. The input is
     /// consumed lazily, so a huge lazy input never sits in memory at once. `0` is an error.
@@ -324,9 +326,17 @@ impl<'p> Parallel<'p> {
     /// Resolves this `Parallel` for one call: validates, picks the plan, sizes the window, starts
     /// the clocks. The one place where the settings become a call's configuration.
     fn setup(&self, total: Option<usize>) -> Result<Setup<'p>, ConfigError> {
-        let (n_jobs, pre_dispatch) = self.validate()?;
-        let now = Instant::now();
+        let (n_jobs, mut pre_dispatch) = self.validate()?;
+        let started = self.deadline.map(|d| (d, Instant::now() + d));
         let plan = Plan::new(&self.backend, n_jobs);
+        if let Plan::Pool { pool, .. } = &plan {
+            // Nested call of known length, window not set: the whole input. A driver that is a
+            // worker runs other jobs of the pool while it waits, and a window it cannot refill
+            // meanwhile would hold its own call back (see docs/joblib.md, `pre_dispatch`).
+            if self.pre_dispatch.is_none() && total.is_some() && pool.is_current() {
+                pre_dispatch = usize::MAX;
+            }
+        }
         let progress = self.progress_for(total);
         if let Plan::Pool { runners, .. } = &plan {
             progress.announce(backend_name(&self.backend), *runners);
@@ -337,7 +347,7 @@ impl<'p> Parallel<'p> {
             pre_dispatch,
             limits: Limits {
                 timeout: self.timeout,
-                budget: self.deadline.map(|d| (d, now + d)),
+                budget: started,
             },
             progress,
         })

@@ -72,7 +72,8 @@ pub(crate) struct Progress<'p> {
     requested_n_jobs: i32,
     total: Option<usize>,
     reported: usize,
-    started: Instant,
+    /// When the call started (only read for verbose lines: not taken otherwise).
+    started: Option<Instant>,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
 }
@@ -101,7 +102,7 @@ impl<'p> Progress<'p> {
             requested_n_jobs,
             total,
             reported: 0,
-            started: Instant::now(),
+            started: (verbose > 0).then(Instant::now),
             #[cfg(feature = "progress")]
             bar: bar.then(|| match total {
                 Some(n) => indicatif::ProgressBar::new(n as u64),
@@ -187,7 +188,7 @@ impl<'p> Progress<'p> {
         }
         if self.verbose > 0 && self.should_print(done) && Some(done) != self.total {
             let w = self.width();
-            let elapsed = format_time(self.started.elapsed().as_secs_f64());
+            let elapsed = format_time(self.started.map_or(0.0, |t| t.elapsed().as_secs_f64()));
             let msg = match self.total {
                 Some(n) => format!("Done {done:>w$} out of {n:>w$} | elapsed: {elapsed}"),
                 None => format!(
@@ -211,7 +212,7 @@ impl<'p> Progress<'p> {
             let w = self
                 .width()
                 .max((done.max(1) as f64).log10().floor() as usize + 1);
-            let elapsed = format_time(self.started.elapsed().as_secs_f64());
+            let elapsed = format_time(self.started.map_or(0.0, |t| t.elapsed().as_secs_f64()));
             self.line(&format!(
                 "Done {done:>w$} out of {done:>w$} | elapsed: {elapsed} finished"
             ));
