@@ -17,7 +17,7 @@ use parjob_loom_tests::model;
 
 #[test]
 fn no_notification_is_lost_across_re_arms() {
-    model("signal", 2, || {
+    model("signal", 3, || {
         let step = Arc::new(AtomicUsize::new(0));
         let signal = SignalModel::for_current_thread();
         let producer = {
