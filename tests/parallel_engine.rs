@@ -411,3 +411,34 @@ fn two_task_calls_run_both_at_once_and_report_like_any_call() {
         );
     }
 }
+
+/// A task panics while later tasks of its batch, whose `Drop` panics unconditionally, are still
+/// unrun: they are dropped after the panic is caught (one by one, contained), not while
+/// unwinding (which would abort the process).
+#[test]
+fn unrun_tasks_of_a_panicking_batch_are_dropped_after_the_catch() {
+    struct Grenade;
+    impl Drop for Grenade {
+        fn drop(&mut self) {
+            panic!("Grenade::drop");
+        }
+    }
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Parallel::new()
+            .backend(Backend::Pool(pool.clone()))
+            .batch_size(BatchSize::Fixed(8))
+            .run((0..8).map(|i| {
+                let grenade = (i > 0).then(|| Grenade);
+                Delayed::new(move || {
+                    if i == 0 {
+                        panic!("task 0");
+                    }
+                    std::mem::forget(grenade);
+                })
+            }))
+    }));
+    let payload = caught.expect_err("task 0 panicked");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"task 0"));
+    assert_eq!(pool.install(|| 7), 7);
+}

@@ -143,6 +143,8 @@ pub(crate) struct Shared<T: Task> {
     pub(crate) tracker: Tracker,
     queue: Mutex<Queue<T>>,
     done: Mutex<Vec<Chunk<T::Output>>>,
+    /// Emptied batch buffers (no values in them), reused by the driver.
+    spare: Mutex<Vec<Vec<T>>>,
     /// The driver's wake-up, notified after every chunk posted and every batch finished. Set by the
     /// driver before it first waits, replaced if it moves to another thread (a stream).
     waiter: Mutex<Option<Arc<Signal>>>,
@@ -210,31 +212,36 @@ impl<T: Task> Shared<T> {
         let plain = !std::mem::needs_drop::<T::Output>()
             && self.fail_fast.is_none()
             && self.deadline.is_none();
+        // Outside the closure: if a task panics, the tasks not yet run are not dropped while
+        // unwinding (a panicking `Drop` there would abort), but below, one by one.
+        let mut left = tasks.drain(..);
         let outcome = unwind::halt_unwinding(|| match &dest {
             Dest::Slots(ptr) if plain => {
-                let mut left = tasks.drain(..);
-                loop {
-                    if self.tracker.is_closed() {
+                while !self.tracker.is_closed() {
+                    let run = left.len().min(CHECK_EVERY);
+                    if run == 0 {
                         break;
                     }
-                    let mut ran = 0;
-                    for task in left.by_ref().take(CHECK_EVERY) {
-                        // SAFETY: this batch owns slots `start .. start + tasks.len()` of the output
-                        // buffer (disjoint from other batches', inside its capacity:
-                        // `Engine::refill`); `written + ran` counts the tasks taken so far, so it
-                        // is below `tasks.len()`. The buffer outlives every active runner
-                        // (`Engine::new`'s contract); each slot is written once.
-                        unsafe { ptr.0.add(written + ran).write(task.run()) };
-                        ran += 1;
-                    }
-                    written += ran;
-                    if ran < CHECK_EVERY {
-                        break;
-                    }
+                    // SAFETY: this batch owns slots `start .. start + tasks.len()` of the output
+                    // buffer (disjoint from other batches', inside its capacity:
+                    // `Engine::refill`); `written` tasks were taken so far and `run` more are
+                    // left, so `written .. written + run` is inside the batch's range. The buffer
+                    // outlives every active runner (`Engine::new`'s contract); each slot is
+                    // written once. Viewed as `MaybeUninit`, the slots may hold anything.
+                    let slots = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            ptr.0
+                                .add(written)
+                                .cast::<std::mem::MaybeUninit<T::Output>>(),
+                            run,
+                        )
+                    };
+                    run_plain(&mut left, slots);
+                    written += run;
                 }
             }
             _ => {
-                for task in tasks.drain(..) {
+                for task in left.by_ref() {
                     if self.tracker.is_closed() {
                         break;
                     }
@@ -265,9 +272,11 @@ impl<T: Task> Shared<T> {
                 }
             }
         });
-        // The tasks left in `tasks` (skipped after a close) are dropped by its `Drop` when this
-        // frame ends; a task's `Drop` is user code, so drop them here, contained.
-        std::mem::take(&mut tasks).into_iter().for_each(quietly);
+        // The tasks not run (skipped after a close, or after a panic): a task's `Drop` is user
+        // code, so each is dropped on its own, contained. The emptied buffer goes back to the
+        // driver for a later batch (fresh multi-megabyte buffers cost a page fault per page).
+        left.for_each(quietly);
+        self.recycle(tasks);
         let panic = outcome.err();
         if panic.is_some() && self.close_on_panic {
             self.tracker.close();
@@ -288,6 +297,15 @@ impl<T: Task> Shared<T> {
         // After the push: a driver that installed its signal after our read of `waiter` finds the
         // chunk when it checks `done` (both under locks, see `Engine::wait`).
         self.notify();
+    }
+
+    /// Keeps an emptied batch buffer for the driver's next batch (a few at most).
+    fn recycle(&self, buffer: Vec<T>) {
+        debug_assert!(buffer.is_empty());
+        let mut spare = lock(&self.spare);
+        if spare.len() < MAX_SPARE_BUFFERS {
+            spare.push(buffer);
+        }
     }
 
     fn pop(&self) -> Option<Batch<T>> {
@@ -358,11 +376,32 @@ fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
     }
 }
 
+/// A batch buffer holds at most this many bytes of tasks, so that the runner reads the tasks
+/// while they are still in a cache near the driver that wrote them (a 200 µs batch of 1 ns tasks
+/// would be megabytes).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Emptied batch buffers kept for reuse, per call.
+const MAX_SPARE_BUFFERS: usize = 8;
+
 /// Before the first batch has been timed, at most this many batches per runner are in flight.
 const PROBE_BATCHES: usize = 2;
 
 /// In the plain loop of `run_batch`, the cancel flag is checked once per this many tasks.
 const CHECK_EVERY: usize = 64;
+
+/// `slots[k] = next task's result`, for every slot. A function of its own so that `slots` is a
+/// `&mut` argument: the compiler may assume the writes change nothing else it reads (the tasks),
+/// and can keep the loop tight or vectorise it. The caller gives no more slots than tasks left.
+#[inline]
+fn run_plain<T: Task>(
+    tasks: &mut std::vec::Drain<'_, T>,
+    slots: &mut [std::mem::MaybeUninit<T::Output>],
+) {
+    for (slot, task) in slots.iter_mut().zip(tasks) {
+        slot.write(task.run());
+    }
+}
 
 /// What a wait ended with.
 pub(crate) enum Waited {
@@ -437,6 +476,7 @@ where
                     tokens: 0,
                 }),
                 done: Mutex::new(Vec::new()),
+                spare: Mutex::new(Vec::new()),
                 waiter: Mutex::new(None),
                 tasks_done: AtomicUsize::new(0),
                 timing_tasks: AtomicU64::new(0),
@@ -490,10 +530,14 @@ where
         while !self.exhausted {
             let retired = read.unwrap_or_else(|| self.shared.tasks_done.load(Ordering::Acquire));
             let in_flight = self.pulled - retired.min(self.pulled);
-            let size = self.batcher.next_size(
-                self.exact_len.map(|n| n.saturating_sub(self.pulled)),
-                runners,
-            );
+            let size = self
+                .batcher
+                .next_size(
+                    self.exact_len.map(|n| n.saturating_sub(self.pulled)),
+                    runners,
+                )
+                .min(MAX_BATCH_BYTES / std::mem::size_of::<T>().max(1))
+                .max(1);
             let mut window = self.pre_dispatch.saturating_mul(size).max(1);
             if self.batcher.expected_batch_ns().is_none() {
                 // Nothing measured yet (batches of one task, as joblib starts): probe with a few
@@ -504,8 +548,10 @@ where
                 break;
             }
             let take = size.min(window - in_flight);
-            // Bulk: one buffer per batch, filled by `extend` (no per-task lock or atomic).
-            let mut tasks = Vec::with_capacity(take);
+            // Bulk: one buffer per batch (a recycled one when there is one), filled by `extend`
+            // (no per-task lock, atomic or allocation).
+            let mut tasks = lock(&self.shared.spare).pop().unwrap_or_default();
+            tasks.reserve(take);
             tasks.extend(self.tasks.by_ref().take(take));
             if tasks.len() < take {
                 self.exhausted = true;
