@@ -530,15 +530,17 @@ where
         while !self.exhausted {
             let retired = read.unwrap_or_else(|| self.shared.tasks_done.load(Ordering::Acquire));
             let in_flight = self.pulled - retired.min(self.pulled);
-            let size = self
-                .batcher
-                .next_size(
-                    self.exact_len.map(|n| n.saturating_sub(self.pulled)),
-                    runners,
-                )
+            let natural = self.batcher.next_size(
+                self.exact_len.map(|n| n.saturating_sub(self.pulled)),
+                runners,
+            );
+            let size = natural
                 .min(MAX_BATCH_BYTES / std::mem::size_of::<T>().max(1))
                 .max(1);
-            let mut window = self.pre_dispatch.saturating_mul(size).max(1);
+            // The window counts batches of the size the batcher asked for (a duration), even when
+            // buffers are cut smaller: cutting must not shrink the work queued ahead, or runners
+            // run dry (and sleep) while the driver refills.
+            let mut window = self.pre_dispatch.saturating_mul(natural).max(1);
             if self.batcher.expected_batch_ns().is_none() {
                 // Nothing measured yet (batches of one task, as joblib starts): probe with a few
                 // batches per runner before a large window fills with tiny batches.
