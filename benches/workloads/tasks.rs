@@ -66,43 +66,67 @@ fn input(len: usize) -> Vec<f64> {
 
 /// The first joblib example, `Parallel(n_jobs)(delayed(sqrt)(n) for n in numbers)`, with the output
 /// in *fresh* memory: every contender returns a newly allocated vector (page faults included, as
-/// for all of them). parjob: the joblib spelling, one `Delayed` per element, on the user's pool.
+/// for all of them). parjob, on the user's pool: the joblib spelling, one `Delayed` per element,
+/// or (`split`) the splittable form `Parallel::map(&numbers, f)`.
 pub struct SqrtFresh {
     numbers: Vec<f64>,
+    split: bool,
+}
+
+/// The name suffix of the splittable variant of a workload.
+fn split_suffix(split: bool, form: &str) -> String {
+    if split {
+        format!(", {form} (splittable)")
+    } else {
+        String::new()
+    }
 }
 
 impl Workload for SqrtFresh {
     fn name(&self) -> String {
         format!(
-            "sqrt {} fresh output",
-            super::fork_join::human(self.numbers.len())
+            "sqrt {} fresh output{}",
+            super::fork_join::human(self.numbers.len()),
+            split_suffix(self.split, "map")
         )
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
         let numbers = &self.numbers;
         let out: Vec<f64> = match contender {
+            Contender::Sequential => numbers.iter().map(|&n| n.sqrt()).collect(),
+            Contender::Parjob if self.split => user_parallel(pools).map(numbers, |n| n.sqrt()),
             Contender::Parjob => {
                 user_parallel(pools).run(numbers.iter().map(|&n| delayed(f64::sqrt)(n)))
             }
-            other => return SqrtFresh::run_with(numbers, other, pools),
+            Contender::Rayon => pools
+                .rayon
+                .install(|| numbers.par_iter().map(|&n| n.sqrt()).collect()),
+            Contender::StaticSplit if pools.threads == 2 => {
+                let mut out = vec![0.0; numbers.len()];
+                sqrt_split(&mut out, numbers);
+                out
+            }
+            Contender::StaticSplit | Contender::Chili => return None,
         };
         Some(f64_checksum(&out))
     }
 }
 
-/// The same computation into a *recycled* output buffer (already faulted in). parjob: the joblib
-/// spelling, one `Delayed` per element (each borrowing its input and output element), on the
-/// user's pool.
+/// The same computation into a *recycled* output buffer (already faulted in). parjob, on the
+/// user's pool: the joblib spelling, one `Delayed` per element (each borrowing its input and
+/// output element), or (`split`) `Parallel::map_into(&numbers, &mut out, f)`.
 pub struct SqrtRecycled {
     numbers: Vec<f64>,
     out: Vec<f64>,
+    split: bool,
 }
 
 impl Workload for SqrtRecycled {
     fn name(&self) -> String {
         format!(
-            "sqrt {} recycled output",
-            super::fork_join::human(self.numbers.len())
+            "sqrt {} recycled output{}",
+            super::fork_join::human(self.numbers.len()),
+            split_suffix(self.split, "map_into")
         )
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
@@ -110,6 +134,9 @@ impl Workload for SqrtRecycled {
         let out = &mut self.out[..];
         match contender {
             Contender::Sequential => out.iter_mut().zip(numbers).for_each(|(o, n)| *o = n.sqrt()),
+            Contender::Parjob if self.split => {
+                user_parallel(pools).map_into(numbers, out, |n| n.sqrt())
+            }
             Contender::Parjob => {
                 user_parallel(pools).run(
                     out.iter_mut()
@@ -133,143 +160,41 @@ impl Workload for SqrtRecycled {
     }
 }
 
-/// sqrt into fresh output with the splittable form: `Parallel::map(&numbers, f)`, on the user's
-/// pool (runners claim index ranges themselves).
-pub struct SqrtFreshSplit {
-    numbers: Vec<f64>,
-}
-
-impl Workload for SqrtFreshSplit {
-    fn name(&self) -> String {
-        format!(
-            "sqrt {} fresh output, map (splittable)",
-            super::fork_join::human(self.numbers.len())
-        )
-    }
-    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
-        let numbers = &self.numbers;
-        let out: Vec<f64> = match contender {
-            Contender::Parjob => user_parallel(pools).map(numbers, |n| n.sqrt()),
-            other => return SqrtFresh::run_with(numbers, other, pools),
-        };
-        Some(f64_checksum(&out))
-    }
-}
-
-impl SqrtFresh {
-    fn run_with(numbers: &[f64], contender: Contender, pools: &Pools) -> Option<u64> {
-        let out: Vec<f64> = match contender {
-            Contender::Sequential => numbers.iter().map(|&n| n.sqrt()).collect(),
-            Contender::Rayon => pools
-                .rayon
-                .install(|| numbers.par_iter().map(|&n| n.sqrt()).collect()),
-            Contender::StaticSplit if pools.threads == 2 => {
-                let mut out = vec![0.0; numbers.len()];
-                sqrt_split(&mut out, numbers);
-                out
-            }
-            _ => return None,
-        };
-        Some(f64_checksum(&out))
-    }
-}
-
-/// sqrt into a recycled output buffer with the splittable form:
-/// `Parallel::map_into(&numbers, &mut out, f)`, on the user's pool.
-pub struct SqrtRecycledSplit {
-    numbers: Vec<f64>,
-    out: Vec<f64>,
-}
-
-impl Workload for SqrtRecycledSplit {
-    fn name(&self) -> String {
-        format!(
-            "sqrt {} recycled output, map_into (splittable)",
-            super::fork_join::human(self.numbers.len())
-        )
-    }
-    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
-        let numbers = &self.numbers;
-        let out = &mut self.out[..];
-        match contender {
-            Contender::Sequential => out.iter_mut().zip(numbers).for_each(|(o, n)| *o = n.sqrt()),
-            Contender::Parjob => user_parallel(pools).map_into(numbers, out, |n| n.sqrt()),
-            Contender::Rayon => pools.rayon.install(|| {
-                out.par_iter_mut()
-                    .zip(numbers.par_iter())
-                    .for_each(|(o, n)| *o = n.sqrt())
-            }),
-            Contender::StaticSplit if pools.threads == 2 => sqrt_split(out, numbers),
-            Contender::StaticSplit | Contender::Chili => return None,
-        }
-        let checksum = f64_checksum(&self.out);
-        self.out.iter_mut().for_each(|o| *o = 0.0);
-        Some(checksum)
-    }
-}
-
 // ---------------------------------------------------------------- many tiny tasks
 
 fn tiny(i: u64, iterations: u64) -> u64 {
     spin_work(i, iterations)
 }
 
-/// A million tasks of about 50 ns each, results in order.
+/// A million tasks of about 50 ns each, results in order. parjob: the joblib spelling (one
+/// `Delayed` per task, as the comparison's default contender), or (`split`)
+/// `Parallel::run_indexed(count, f)` on the user's pool.
 pub struct TinyTasks {
     count: u64,
     iterations: u64,
+    split: bool,
 }
 
 impl Workload for TinyTasks {
-    on_contender_pool!();
+    fn runs_on_contender_pool(&self, pools: &Pools) -> bool {
+        self.split || !pools.default_parallel
+    }
     fn name(&self) -> String {
         format!(
-            "{} tiny tasks (~50 ns)",
-            super::fork_join::human(self.count as usize)
+            "{} tiny tasks (~50 ns){}",
+            super::fork_join::human(self.count as usize),
+            split_suffix(self.split, "run_indexed")
         )
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
         let (count, iterations) = (self.count, self.iterations);
         let out: Vec<u64> = match contender {
             Contender::Sequential => (0..count).map(|i| tiny(i, iterations)).collect(),
+            Contender::Parjob if self.split => {
+                user_parallel(pools).run_indexed(count as usize, |i| tiny(i as u64, iterations))
+            }
             Contender::Parjob => {
                 parallel(pools).run((0..count).map(|i| Delayed::new(move || tiny(i, iterations))))
-            }
-            Contender::Rayon => pools.rayon.install(|| {
-                (0..count)
-                    .into_par_iter()
-                    .map(|i| tiny(i, iterations))
-                    .collect()
-            }),
-            Contender::StaticSplit if pools.threads == 2 => {
-                map_split(count, |i| tiny(i, iterations))
-            }
-            Contender::StaticSplit | Contender::Chili => return None,
-        };
-        Some(out.iter().fold(0u64, |h, &x| h.rotate_left(3) ^ x))
-    }
-}
-
-/// The million tiny tasks with the splittable form: `Parallel::run_indexed(count, f)`, on the
-/// user's pool.
-pub struct TinyTasksSplit {
-    count: u64,
-    iterations: u64,
-}
-
-impl Workload for TinyTasksSplit {
-    fn name(&self) -> String {
-        format!(
-            "{} tiny tasks (~50 ns), run_indexed (splittable)",
-            super::fork_join::human(self.count as usize)
-        )
-    }
-    fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
-        let (count, iterations) = (self.count, self.iterations);
-        let out: Vec<u64> = match contender {
-            Contender::Sequential => (0..count).map(|i| tiny(i, iterations)).collect(),
-            Contender::Parjob => {
-                user_parallel(pools).run_indexed(count as usize, |i| tiny(i as u64, iterations))
             }
             Contender::Rayon => pools.rayon.install(|| {
                 (0..count)
@@ -458,34 +383,30 @@ pub fn all(quick: bool) -> Vec<Box<dyn Workload>> {
             100.0,
         )
     };
-    vec![
-        Box::new(SqrtFresh {
+    let mut list: Vec<Box<dyn Workload>> = Vec::new();
+    for split in [false, true] {
+        list.push(Box::new(SqrtFresh {
             numbers: input(sqrt_len),
-        }),
-        Box::new(SqrtRecycled {
-            numbers: input(sqrt_len),
-            out: vec![0.0; sqrt_len],
-        }),
-        Box::new(SqrtFreshSplit {
-            numbers: input(sqrt_len),
-        }),
-        Box::new(SqrtRecycledSplit {
+            split,
+        }));
+        list.push(Box::new(SqrtRecycled {
             numbers: input(sqrt_len),
             out: vec![0.0; sqrt_len],
-        }),
-        Box::new(TinyTasks {
+            split,
+        }));
+    }
+    for split in [false, true] {
+        list.push(Box::new(TinyTasks {
             count: tiny,
             iterations: iterations_for_ns(50.0),
-        }),
-        Box::new(TinyTasksSplit {
-            count: tiny,
-            iterations: iterations_for_ns(50.0),
-        }),
-        Box::new(uneven),
-        Box::new(Nested {
-            iterations: iterations_for_ns(nested_us * 1e3),
-        }),
-    ]
+            split,
+        }));
+    }
+    list.push(Box::new(uneven));
+    list.push(Box::new(Nested {
+        iterations: iterations_for_ns(nested_us * 1e3),
+    }));
+    list
 }
 
 /// The latency workloads.
