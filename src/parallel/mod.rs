@@ -7,7 +7,7 @@
 //! backend.rs   Backend, Plan, the pool cache            where a call runs
 //! batch.rs     BatchSize, Batcher                       joblib-style adaptive batching
 //! cancel.rs    Tracker                                  the cancellation protocol (loom-checked)
-//! engine.rs    Engine, Shared, Setup, Limits            the one engine: window, tokens, help-or-wait
+//! engine/      Engine, Setup, Limits; shared.rs: Shared  the one engine: window, tokens, help-or-wait
 //! dispatch.rs  run / try_run                            results in place, assembled in order
 //! stream.rs    run_iter / run_unordered / scope_iter    ordering of streamed results
 //! indexed.rs   map / run_indexed                        splittable input: runners claim ranges
