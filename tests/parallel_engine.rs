@@ -442,3 +442,40 @@ fn unrun_tasks_of_a_panicking_batch_are_dropped_after_the_catch() {
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"task 0"));
     assert_eq!(pool.install(|| 7), 7);
 }
+
+/// A task panics after others wrote results in place whose `Drop` panics: the call drops every
+/// written result (each on its own, its panic discarded) and resumes the task's panic.
+#[test]
+fn written_results_whose_drop_panics_are_all_dropped_after_a_task_panic() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    #[derive(Debug)]
+    struct Loud;
+    impl Drop for Loud {
+        fn drop(&mut self) {
+            DROPPED.fetch_add(1, Ordering::SeqCst);
+            panic!("Loud::drop");
+        }
+    }
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let made = AtomicUsize::new(0);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Parallel::new()
+            .backend(Backend::Pool(pool.clone()))
+            .batch_size(BatchSize::Fixed(1))
+            .pre_dispatch(2)
+            .run((0..12).map(|i| {
+                let made = &made;
+                Delayed::new(move || {
+                    if i == 6 {
+                        panic!("task 6");
+                    }
+                    made.fetch_add(1, Ordering::SeqCst);
+                    Loud
+                })
+            }))
+    }));
+    let payload = caught.expect_err("task 6 panicked");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"task 6"));
+    assert_eq!(DROPPED.load(Ordering::SeqCst), made.load(Ordering::SeqCst));
+    assert_eq!(pool.install(|| 7), 7);
+}

@@ -179,25 +179,22 @@ impl<I, T: Task> Drop for Call<'_, I, T> {
         drop_unstarted(unstarted);
         let chunks = std::mem::take(&mut self.chunks);
         let base = self.base;
-        quietly(unwind_guard(|| drop_written(base, &chunks)));
+        drop_written(base, &chunks);
         chunks.into_iter().for_each(drop_chunk);
     }
 }
 
-/// Runs `f` now, catching its panic (the value returned is what to drop quietly).
-fn unwind_guard(f: impl FnOnce()) -> Option<crate::pool::unwind::Panic> {
-    crate::pool::unwind::halt_unwinding(f).err()
-}
-
 /// Results written in place by the chunks: drop them (the output vector's length stays 0, so it
 /// would otherwise leak them).
-fn drop_written<R>(base: *mut R, chunks: &[Chunk<R>]) {
+/// Each result is dropped on its own and a panic from its `Drop` (user code) is discarded, so one
+/// panicking result neither skips the others nor unwinds into a second panic.
+pub(super) fn drop_written<R>(base: *mut R, chunks: &[Chunk<R>]) {
     for chunk in chunks.iter().filter(|c| c.own.is_none()) {
-        // SAFETY: slots `start .. start + written` were initialised by the chunk's batch, which
-        // has finished (the call is settled), and nothing else owns or reads them.
-        unsafe {
-            std::ptr::slice_from_raw_parts_mut(base.add(chunk.start), chunk.written)
-                .drop_in_place();
+        for k in chunk.start..chunk.start + chunk.written {
+            // SAFETY: slots `start .. start + written` were initialised by the chunk's batch,
+            // which has finished (the call is settled); nothing else owns or reads them, and each
+            // is read (moved out) exactly once, here.
+            quietly(unsafe { base.add(k).read() });
         }
     }
 }

@@ -294,11 +294,12 @@ where
         if mode == Write::Fresh {
             let ranges = std::mem::take(&mut *super::engine::lock(&shared.written));
             for (lo, written) in ranges {
-                // SAFETY: slots `lo .. lo + written` were initialised by a runner that has
-                // finished (settled), and the vector's length is still 0, so nothing else owns
-                // them.
-                unsafe {
-                    std::ptr::slice_from_raw_parts_mut(out.add(lo), written).drop_in_place();
+                for k in lo..lo + written {
+                    // SAFETY: slots `lo .. lo + written` were initialised by a runner that has
+                    // finished (settled); the vector's length is still 0, so nothing else owns
+                    // them, and each is read (moved out) exactly once, here. Dropped one by one,
+                    // a panic from a result's `Drop` discarded, so none is skipped.
+                    super::engine::quietly(unsafe { out.add(k).read() });
                 }
             }
         }
