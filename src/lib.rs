@@ -65,7 +65,7 @@ pub use parallel::batch::BatchSize;
 pub use parallel::config::{parallel_backend, parallel_config, Config};
 pub use parallel::delayed::{delayed, Apply, Delayed};
 pub use parallel::error::{ConfigError, Error};
-pub use parallel::stream::{RunIter, RunUnordered};
+pub use parallel::stream::{RunIter, RunUnordered, ScopedIter};
 pub use parallel::{effective_n_jobs, Parallel};
 pub use pool::builder::{
     BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS,
