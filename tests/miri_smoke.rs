@@ -123,6 +123,9 @@ fn shutdown_with_work_in_flight() {
     }
 }
 
+/// One round of the `Parallel` tests under Miri (each round is several calls, about 3 s per seed).
+const PARALLEL_ROUNDS: usize = if cfg!(miri) { 1 } else { 20 };
+
 /// The `Parallel` engine's unsafe code: tasks and output slots that borrow the caller, lifetimes
 /// erased for the tokens, results written in place; and the splittable form's ranges.
 #[test]
@@ -132,7 +135,7 @@ fn parallel_calls_borrow_the_callers_data() {
     let parallel = parjob::Parallel::new()
         .n_jobs(2)
         .backend(parjob::Backend::Pool(p.clone()));
-    for _ in 0..ROUNDS {
+    for _ in 0..PARALLEL_ROUNDS {
         let doubled = parallel.run(data.iter().map(|x| parjob::delayed(|x: &u64| x * 2)(x)));
         assert_eq!(doubled[23], 46);
         let strings = parallel.map(&data, |x| x.to_string());
@@ -156,7 +159,7 @@ fn parallel_panics_drop_written_results() {
     let parallel = parjob::Parallel::new()
         .n_jobs(2)
         .backend(parjob::Backend::Pool(p.clone()));
-    for _ in 0..ROUNDS {
+    for _ in 0..PARALLEL_ROUNDS {
         let caught = catch_unwind(AssertUnwindSafe(|| {
             parallel.run((0..16).map(|i| {
                 parjob::Delayed::new(move || {
