@@ -283,8 +283,12 @@ fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
     }
 }
 
-/// Emptied batch buffers kept for reuse, per call.
-const MAX_SPARE_BUFFERS: usize = 8;
+/// Emptied batch buffers kept for reuse, per call: enough for every batch of a full window
+/// (`pre_dispatch` batches of the batcher's size, cut into buffers of at most `MAX_BATCH_BYTES`),
+/// so a call in its steady state allocates no buffer at all. Buffers of that size come from
+/// `mmap`, and a fresh one costs a page fault per page. Spares only come from finished batches,
+/// so they never outnumber the buffers the call had in flight at once.
+pub(super) const MAX_SPARE_BUFFERS: usize = 64;
 
 /// In the plain loop of `run_batch`, the cancel flag is checked once per this many tasks.
 const CHECK_EVERY: usize = 64;
