@@ -144,7 +144,8 @@ fn parallel_calls_borrow_the_callers_data() {
         parallel.map_into(&data, &mut out, |x| format!("{x}!"));
         assert_eq!(out[3], "3!");
         let first = parallel.scope_iter(
-            data.iter().map(|x| parjob::delayed(|x: &u64| x.to_string())(x)),
+            data.iter()
+                .map(|x| parjob::delayed(|x: &u64| x.to_string())(x)),
             |results| results.nth(2),
         );
         assert_eq!(first.as_deref(), Some("2"));
