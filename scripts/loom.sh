@@ -13,6 +13,7 @@ unset LOOM_MAX_DURATION LOOM_MAX_PERMUTATIONS
 start=$(date +%s)
 models=(sleep inject latch join scope shutdown handoff publish batch)
 [ -f loom-tests/tests/cancel.rs ] && models+=(cancel)
+[ -f loom-tests/tests/signal.rs ] && models+=(signal)
 # mutant | model files it must break (space-separated) | expected failure text (grep -E)
 twins=(
   "sleep_skips_fence|sleep inject|deadlock"
@@ -28,6 +29,7 @@ twins=(
   "batch_skips_notify|batch|deadlock|maximum number of branches"
 )
 [ -f loom-tests/tests/cancel.rs ] && twins+=("cancel_check_before_claim|cancel|started after the cancel")
+[ -f loom-tests/tests/signal.rs ] && twins+=("signal_notify_skips_fence|signal|deadlock")
 log=$(mktemp -d)
 fail=0
 rows=()

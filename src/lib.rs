@@ -69,7 +69,7 @@ pub use parallel::delayed::{delayed, Apply, Delayed};
 pub use parallel::error::{ConfigError, Error};
 #[cfg(feature = "processes")]
 pub use parallel::processes::{RunIterInProcesses, RunUnorderedInProcesses};
-pub use parallel::stream::{RunIter, RunUnordered};
+pub use parallel::stream::{RunIter, RunUnordered, ScopedIter};
 pub use parallel::{effective_n_jobs, Parallel};
 pub use pool::builder::{
     BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS,

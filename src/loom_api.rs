@@ -167,3 +167,26 @@ impl Default for CancelTracker {
         Self::new()
     }
 }
+
+/// The re-armable wake-up `Signal` (`src/pool/signal.rs`) with an outside-thread waiter: the
+/// waiter calls `wait_while(condition)`; producers change the state the condition reads, then
+/// `notify`.
+#[derive(Clone)]
+pub struct SignalModel(crate::sync::Arc<crate::pool::signal::Signal>);
+
+impl SignalModel {
+    /// A signal whose waiter is the current thread.
+    pub fn for_current_thread() -> Self {
+        SignalModel(crate::sync::Arc::new(
+            crate::pool::signal::Signal::for_current_thread(),
+        ))
+    }
+    /// Wakes the waiter if it waits (call after changing the state).
+    pub fn notify(&self) {
+        self.0.notify()
+    }
+    /// Blocks while `condition()` is true (only on the thread that made the signal).
+    pub fn wait_while(&self, condition: impl Fn() -> bool) {
+        self.0.wait_while(condition)
+    }
+}

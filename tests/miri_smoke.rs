@@ -174,3 +174,60 @@ fn scope_with_panicking_payload_drops() {
     }
     assert_eq!(pool.install(|| parjob::join(|| 1, || 2)), (1, 2));
 }
+
+/// One round of the `Parallel` tests under Miri (each round is several calls, about 3 s per seed).
+const PARALLEL_ROUNDS: usize = if cfg!(miri) { 1 } else { 20 };
+
+/// The `Parallel` engine's unsafe code: tasks and output slots that borrow the caller, lifetimes
+/// erased for the tokens, results written in place; and the splittable form's ranges.
+#[test]
+fn parallel_calls_borrow_the_callers_data() {
+    let p = pool(2);
+    let data: Vec<u64> = (0..24).collect();
+    let parallel = parjob::Parallel::new()
+        .n_jobs(2)
+        .backend(parjob::Backend::Pool(p.clone()));
+    for _ in 0..PARALLEL_ROUNDS {
+        let doubled = parallel.run(data.iter().map(|x| parjob::delayed(|x: &u64| x * 2)(x)));
+        assert_eq!(doubled[23], 46);
+        let strings = parallel.map(&data, |x| x.to_string());
+        assert_eq!(strings[7], "7");
+        let mut out = vec![String::new(); data.len()];
+        parallel.map_into(&data, &mut out, |x| format!("{x}!"));
+        assert_eq!(out[3], "3!");
+        let first = parallel.scope_iter(
+            data.iter()
+                .map(|x| parjob::delayed(|x: &u64| x.to_string())(x)),
+            |results| results.nth(2),
+        );
+        assert_eq!(first.as_deref(), Some("2"));
+    }
+}
+
+/// A panicking task in each form: written results (owning heap data) are dropped, the call waits
+/// for the other runner, the panic comes back.
+#[test]
+fn parallel_panics_drop_written_results() {
+    let p = pool(2);
+    let parallel = parjob::Parallel::new()
+        .n_jobs(2)
+        .backend(parjob::Backend::Pool(p.clone()));
+    for _ in 0..PARALLEL_ROUNDS {
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            parallel.run((0..16).map(|i| {
+                parjob::Delayed::new(move || {
+                    assert!(i != 9, "task 9");
+                    vec![i; 3]
+                })
+            }))
+        }));
+        assert!(caught.is_err());
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            parallel.run_indexed(16, |i| {
+                assert!(i != 9, "index 9");
+                vec![i; 3]
+            })
+        }));
+        assert!(caught.is_err());
+    }
+}

@@ -411,11 +411,11 @@ fn invalid_configuration() {
 }
 
 #[test]
-fn timeout_cancels_unstarted_tasks() {
+fn deadline_cancels_unstarted_tasks() {
     let ran = AtomicUsize::new(0);
     let result = Parallel::new()
         .n_jobs(2)
-        .timeout(Duration::from_millis(20))
+        .deadline(Duration::from_millis(20))
         .try_run((0..200).map(|_| {
             let ran = &ran;
             Delayed::new(move || {
@@ -435,7 +435,7 @@ fn timeout_cancels_unstarted_tasks() {
     let panicked = std::panic::catch_unwind(|| {
         Parallel::new()
             .n_jobs(2)
-            .timeout(Duration::from_millis(5))
+            .deadline(Duration::from_millis(5))
             .run((0..100).map(|_| Delayed::new(|| std::thread::sleep(Duration::from_millis(2)))))
     });
     let payload = panicked.expect_err("run panics on timeout");
@@ -446,7 +446,7 @@ fn timeout_cancels_unstarted_tasks() {
     // Sequential calls honour the timeout too.
     let sequential = Parallel::new()
         .n_jobs(1)
-        .timeout(Duration::from_millis(5))
+        .deadline(Duration::from_millis(5))
         .try_run((0..100).map(|_| {
             Delayed::new(|| {
                 std::thread::sleep(Duration::from_millis(1));
@@ -823,7 +823,7 @@ fn a_call_that_skipped_nothing_succeeds_despite_the_deadline() {
         let result = Parallel::new()
             .n_jobs(n_jobs as i32)
             .batch_size(BatchSize::Fixed(1))
-            .timeout(timeout)
+            .deadline(timeout)
             .try_run((0..n_jobs as u32).map(|i| {
                 let both_running = &both_running;
                 Delayed::new(move || {

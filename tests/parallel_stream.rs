@@ -42,9 +42,16 @@ fn run_unordered_yields_every_index_once() {
 
 #[test]
 fn run_unordered_returns_fast_results_first() {
-    // Task 0 is slow; the others are instant, so some of them arrive before it.
+    // Task 0 is slow; the others are instant, so some of them arrive before it. On a pool of its
+    // own: on the global pool, another test's long task could hold the second worker, and then
+    // one worker runs every task in order.
+    let pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     let order: Vec<usize> = Parallel::new()
         .n_jobs(2)
+        .backend(parjob::Backend::Pool(pool))
         .batch_size(BatchSize::Fixed(1))
         .run_unordered((0..6u64).map(|i| {
             delayed(|i: u64| {

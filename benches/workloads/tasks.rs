@@ -18,6 +18,14 @@ fn parallel(pools: &Pools) -> Parallel<'static> {
     }
 }
 
+/// `Parallel` as a user writes it from the main thread on a pool they built:
+/// `Parallel::new().n_jobs(threads).backend(Backend::Pool(pool.clone()))`.
+fn user_parallel(pools: &Pools) -> Parallel<'static> {
+    Parallel::new()
+        .n_jobs(pools.threads as i32)
+        .backend(Backend::Pool(pools.parjob.clone()))
+}
+
 /// Implements `Workload::runs_on_contender_pool` for the `Parallel` workloads.
 macro_rules! on_contender_pool {
     () => {
@@ -58,25 +66,37 @@ fn input(len: usize) -> Vec<f64> {
 
 /// The first joblib example, `Parallel(n_jobs)(delayed(sqrt)(n) for n in numbers)`, with the output
 /// in *fresh* memory: every contender returns a newly allocated vector (page faults included, as
-/// for all of them).
+/// for all of them). parjob, on the user's pool: the joblib spelling, one `Delayed` per element,
+/// or (`split`) the splittable form `Parallel::map(&numbers, f)`.
 pub struct SqrtFresh {
     numbers: Vec<f64>,
+    split: bool,
+}
+
+/// The name suffix of the splittable variant of a workload.
+fn split_suffix(split: bool, form: &str) -> String {
+    if split {
+        format!(", {form} (splittable)")
+    } else {
+        String::new()
+    }
 }
 
 impl Workload for SqrtFresh {
-    on_contender_pool!();
     fn name(&self) -> String {
         format!(
-            "sqrt {} fresh output",
-            super::fork_join::human(self.numbers.len())
+            "sqrt {} fresh output{}",
+            super::fork_join::human(self.numbers.len()),
+            split_suffix(self.split, "map")
         )
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
         let numbers = &self.numbers;
         let out: Vec<f64> = match contender {
             Contender::Sequential => numbers.iter().map(|&n| n.sqrt()).collect(),
+            Contender::Parjob if self.split => user_parallel(pools).map(numbers, |n| n.sqrt()),
             Contender::Parjob => {
-                parallel(pools).run(numbers.iter().map(|&n| delayed(f64::sqrt)(n)))
+                user_parallel(pools).run(numbers.iter().map(|&n| delayed(f64::sqrt)(n)))
             }
             Contender::Rayon => pools
                 .rayon
@@ -92,21 +112,21 @@ impl Workload for SqrtFresh {
     }
 }
 
-/// The same computation into a *recycled* output buffer (already faulted in): parjob runs one
-/// `Delayed` task per chunk, each borrowing its chunk of input and output.
+/// The same computation into a *recycled* output buffer (already faulted in). parjob, on the
+/// user's pool: the joblib spelling, one `Delayed` per element (each borrowing its input and
+/// output element), or (`split`) `Parallel::map_into(&numbers, &mut out, f)`.
 pub struct SqrtRecycled {
     numbers: Vec<f64>,
     out: Vec<f64>,
+    split: bool,
 }
 
-const SQRT_CHUNK: usize = 16 * 1024;
-
 impl Workload for SqrtRecycled {
-    on_contender_pool!();
     fn name(&self) -> String {
         format!(
-            "sqrt {} recycled output",
-            super::fork_join::human(self.numbers.len())
+            "sqrt {} recycled output{}",
+            super::fork_join::human(self.numbers.len()),
+            split_suffix(self.split, "map_into")
         )
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
@@ -114,15 +134,14 @@ impl Workload for SqrtRecycled {
         let out = &mut self.out[..];
         match contender {
             Contender::Sequential => out.iter_mut().zip(numbers).for_each(|(o, n)| *o = n.sqrt()),
+            Contender::Parjob if self.split => {
+                user_parallel(pools).map_into(numbers, out, |n| n.sqrt())
+            }
             Contender::Parjob => {
-                parallel(pools).run(
-                    out.chunks_mut(SQRT_CHUNK)
-                        .zip(numbers.chunks(SQRT_CHUNK))
-                        .map(|(o, i)| {
-                            Delayed::new(move || {
-                                o.iter_mut().zip(i).for_each(|(o, n)| *o = n.sqrt())
-                            })
-                        }),
+                user_parallel(pools).run(
+                    out.iter_mut()
+                        .zip(numbers)
+                        .map(|(o, &n)| Delayed::new(move || *o = n.sqrt())),
                 );
             }
             Contender::Rayon => pools.rayon.install(|| {
@@ -147,24 +166,33 @@ fn tiny(i: u64, iterations: u64) -> u64 {
     spin_work(i, iterations)
 }
 
-/// A million tasks of about 50 ns each, results in order.
+/// A million tasks of about 50 ns each, results in order. parjob: the joblib spelling (one
+/// `Delayed` per task, as the comparison's default contender), or (`split`)
+/// `Parallel::run_indexed(count, f)` on the user's pool.
 pub struct TinyTasks {
     count: u64,
     iterations: u64,
+    split: bool,
 }
 
 impl Workload for TinyTasks {
-    on_contender_pool!();
+    fn runs_on_contender_pool(&self, pools: &Pools) -> bool {
+        self.split || !pools.default_parallel
+    }
     fn name(&self) -> String {
         format!(
-            "{} tiny tasks (~50 ns)",
-            super::fork_join::human(self.count as usize)
+            "{} tiny tasks (~50 ns){}",
+            super::fork_join::human(self.count as usize),
+            split_suffix(self.split, "run_indexed")
         )
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
         let (count, iterations) = (self.count, self.iterations);
         let out: Vec<u64> = match contender {
             Contender::Sequential => (0..count).map(|i| tiny(i, iterations)).collect(),
+            Contender::Parjob if self.split => {
+                user_parallel(pools).run_indexed(count as usize, |i| tiny(i as u64, iterations))
+            }
             Contender::Parjob => {
                 parallel(pools).run((0..count).map(|i| Delayed::new(move || tiny(i, iterations))))
             }
@@ -298,22 +326,35 @@ impl Workload for Nested {
 // ---------------------------------------------------------------- call latency
 
 /// A `Parallel` call with 2 trivial tasks from outside the pool, `calls` times per run (rayon: a
-/// 2-element `par_iter` collected inside `install`).
+/// 2-element `par_iter` collected inside `install`). `pool_backend`: on the user's pool
+/// (`Backend::Pool`), else as the comparison's default contender (`Pools::default_parallel`).
 pub struct ParallelLatency {
     calls: u64,
+    pool_backend: bool,
 }
 
 impl Workload for ParallelLatency {
-    on_contender_pool!();
+    fn runs_on_contender_pool(&self, pools: &Pools) -> bool {
+        self.pool_backend || !pools.default_parallel
+    }
     fn name(&self) -> String {
-        "Parallel latency, 2 trivial tasks, outside caller (per call)".to_string()
+        if self.pool_backend {
+            "Parallel latency, 2 trivial tasks, outside caller, Backend::Pool (per call)"
+                .to_string()
+        } else {
+            "Parallel latency, 2 trivial tasks, outside caller (per call)".to_string()
+        }
     }
     fn calls_per_run(&self) -> u64 {
         self.calls
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
         let mut total = 0u64;
-        let p = parallel(pools);
+        let p = if self.pool_backend {
+            user_parallel(pools)
+        } else {
+            parallel(pools)
+        };
         for i in 0..self.calls {
             let i = std::hint::black_box(i);
             let out: Vec<u64> = match contender {
@@ -342,28 +383,43 @@ pub fn all(quick: bool) -> Vec<Box<dyn Workload>> {
             100.0,
         )
     };
-    vec![
-        Box::new(SqrtFresh {
+    let mut list: Vec<Box<dyn Workload>> = Vec::new();
+    for split in [false, true] {
+        list.push(Box::new(SqrtFresh {
             numbers: input(sqrt_len),
-        }),
-        Box::new(SqrtRecycled {
+            split,
+        }));
+        list.push(Box::new(SqrtRecycled {
             numbers: input(sqrt_len),
             out: vec![0.0; sqrt_len],
-        }),
-        Box::new(TinyTasks {
+            split,
+        }));
+    }
+    for split in [false, true] {
+        list.push(Box::new(TinyTasks {
             count: tiny,
             iterations: iterations_for_ns(50.0),
-        }),
-        Box::new(uneven),
-        Box::new(Nested {
-            iterations: iterations_for_ns(nested_us * 1e3),
-        }),
-    ]
+            split,
+        }));
+    }
+    list.push(Box::new(uneven));
+    list.push(Box::new(Nested {
+        iterations: iterations_for_ns(nested_us * 1e3),
+    }));
+    list
 }
 
 /// The latency workloads.
 pub fn latency(quick: bool) -> Vec<Box<dyn Workload>> {
-    vec![Box::new(ParallelLatency {
-        calls: if quick { 2_000 } else { 20_000 },
-    })]
+    let calls = if quick { 2_000 } else { 20_000 };
+    vec![
+        Box::new(ParallelLatency {
+            calls,
+            pool_backend: false,
+        }),
+        Box::new(ParallelLatency {
+            calls,
+            pool_backend: true,
+        }),
+    ]
 }

@@ -26,7 +26,10 @@ pub enum Backend {
     /// Every task on the calling thread, in input order (joblib's `SequentialBackend`).
     Sequential,
     /// A pool you built. At most `min(n_jobs, its threads)` of its workers run this call's tasks;
-    /// the calling thread only dispatches (unless it is itself one of the pool's workers).
+    /// the calling thread only dispatches (unless it is itself one of the pool's workers), except
+    /// in a call of exactly two tasks, which runs as [`ThreadPool::join`] (the caller runs the
+    /// first), and in the splittable form ([`Parallel::map`](crate::Parallel::map),
+    /// [`run_indexed`](crate::Parallel::run_indexed)), where the caller is one of the runners.
     Pool(ThreadPool),
     /// Worker processes (joblib's `loky`/`multiprocessing`; cargo feature `processes`): a pool of
     /// exactly `n_jobs` processes per distinct count, started on first use and kept until the

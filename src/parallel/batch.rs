@@ -104,3 +104,52 @@ impl Batcher {
         size
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{BatchSize, Batcher, MAX_AUTO_BATCH, TARGET_BATCH_NS};
+
+    #[test]
+    fn auto_starts_at_one_task_then_aims_at_the_target_duration() {
+        let mut b = Batcher::new(BatchSize::Auto);
+        assert_eq!(b.next_size(None, 2), 1);
+        assert_eq!(b.expected_batch_ns(), None);
+        // 10 tasks of 1 µs each: the next batch should last about TARGET_BATCH_NS.
+        b.observe(10, 10_000);
+        let size = b.next_size(None, 2);
+        assert_eq!(size, (TARGET_BATCH_NS / 1_000.0) as usize);
+        assert_eq!(b.expected_batch_ns(), Some(size as f64 * 1_000.0));
+        // The same totals again add nothing new.
+        b.observe(10, 10_000);
+        assert_eq!(b.next_size(None, 2), size);
+    }
+
+    #[test]
+    fn auto_smooths_samples_and_is_bounded() {
+        let mut b = Batcher::new(BatchSize::Auto);
+        b.observe(1, 1_000);
+        b.observe(2, 4_000); // a 3 µs sample: the mean moves halfway, to 2 µs
+        assert_eq!(b.next_size(None, 1), (TARGET_BATCH_NS / 2_000.0) as usize);
+        // Free tasks: capped.
+        let mut fast = Batcher::new(BatchSize::Auto);
+        fast.observe(1_000_000, 0);
+        assert_eq!(fast.next_size(None, 1), MAX_AUTO_BATCH);
+    }
+
+    #[test]
+    fn the_tail_shrinks_so_runners_finish_together() {
+        let mut b = Batcher::new(BatchSize::Auto);
+        b.observe(100, 100); // 1 ns per task: huge batches wanted
+        assert_eq!(b.next_size(Some(1_000), 2), 250);
+        assert_eq!(b.next_size(Some(3), 2), 1);
+        assert_eq!(b.next_size(Some(0), 2), 1);
+    }
+
+    #[test]
+    fn fixed_is_fixed() {
+        let mut b = Batcher::new(BatchSize::Fixed(7));
+        b.observe(10, 1_000_000_000);
+        assert_eq!(b.next_size(Some(3), 4), 7);
+        assert_eq!(b.expected_batch_ns(), Some(7.0 * 100_000_000.0));
+    }
+}

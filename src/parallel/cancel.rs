@@ -94,3 +94,61 @@ impl Tracker {
 }
 
 // The loom model of this protocol (model 9) and its broken twin are in `loom-tests/tests/cancel.rs`.
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Tracker;
+
+    #[test]
+    fn begin_counts_until_finish_and_fails_after_close() {
+        let t = Tracker::new();
+        assert!(t.is_quiescent() && !t.is_closed());
+        assert!(t.begin());
+        assert!(t.begin());
+        assert!(!t.is_quiescent());
+        t.close();
+        assert!(t.is_closed());
+        assert!(!t.begin(), "no begin succeeds after close");
+        assert!(!t.is_quiescent(), "the two active runners still count");
+        t.finish();
+        t.finish();
+        assert!(t.is_quiescent());
+        assert!(!t.begin());
+        assert!(
+            t.is_quiescent(),
+            "a backed-out begin leaves no count behind"
+        );
+    }
+
+    /// Threads that begin while another closes: after the closer sees quiescence, no begin ever
+    /// succeeds again, and every successful begin was counted until its finish.
+    #[test]
+    fn no_runner_starts_after_the_close_is_observed() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        for _ in 0..200 {
+            let t = Tracker::new();
+            let observed = AtomicBool::new(false);
+            let late = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..100 {
+                            if t.begin() {
+                                if observed.load(Ordering::SeqCst) {
+                                    late.fetch_add(1, Ordering::SeqCst);
+                                }
+                                t.finish();
+                            }
+                        }
+                    });
+                }
+                t.close();
+                while !t.is_quiescent() {
+                    std::hint::spin_loop();
+                }
+                observed.store(true, Ordering::SeqCst);
+            });
+            assert_eq!(late.load(Ordering::SeqCst), 0);
+        }
+    }
+}

@@ -7,8 +7,10 @@
 //! backend.rs   Backend, Plan, the pool cache            where a call runs
 //! batch.rs     BatchSize, Batcher                       joblib-style adaptive batching
 //! cancel.rs    Tracker                                  the cancellation protocol (loom-checked)
-//! dispatch.rs  run / try_run engine                     borrowed tasks, caller-thread dispatcher
-//! stream.rs    run_iter / run_unordered                 'static tasks, backpressure
+//! engine/      Engine, Setup, Limits; shared.rs: Shared  the one engine: window, tokens, help-or-wait
+//! dispatch.rs  run / try_run                            results in place, assembled in order
+//! stream.rs    run_iter / run_unordered / scope_iter    ordering of streamed results
+//! indexed.rs   map / run_indexed                        splittable input: runners claim ranges
 //! progress.rs  on_progress, verbose lines, progress bar
 //! error.rs     Error, ConfigError
 //! ```
@@ -20,7 +22,9 @@ pub(crate) mod cancel;
 pub(crate) mod config;
 pub(crate) mod delayed;
 mod dispatch;
+mod engine;
 pub(crate) mod error;
+mod indexed;
 #[cfg(feature = "processes")]
 pub(crate) mod processes;
 pub(crate) mod progress;
@@ -29,7 +33,7 @@ pub(crate) mod stream;
 use backend::{Backend, Plan};
 use batch::{BatchSize, Batcher};
 use delayed::{Apply, Delayed};
-use dispatch::{Options, Stop};
+use engine::{Limits, Setup, Stop};
 use error::{ConfigError, Error};
 use progress::{Callback, Progress};
 use std::sync::{Arc, Mutex};
@@ -110,6 +114,7 @@ pub struct Parallel<'p> {
     batch_size: BatchSize,
     pre_dispatch: Option<usize>,
     timeout: Option<Duration>,
+    deadline: Option<Duration>,
     verbose: u32,
     progress_bar: bool,
     on_progress: Option<Callback<'p>>,
@@ -123,6 +128,7 @@ impl std::fmt::Debug for Parallel<'_> {
             .field("batch_size", &self.batch_size)
             .field("pre_dispatch", &self.pre_dispatch)
             .field("timeout", &self.timeout)
+            .field("deadline", &self.deadline)
             .field("verbose", &self.verbose)
             .finish_non_exhaustive()
     }
@@ -152,6 +158,7 @@ impl<'p> Parallel<'p> {
             batch_size: BatchSize::Auto,
             pre_dispatch: None,
             timeout: None,
+            deadline: None,
             verbose: config.verbose.unwrap_or(0),
             progress_bar: false,
             on_progress: None,
@@ -215,7 +222,9 @@ impl<'p> Parallel<'p> {
     }
 
     /// How many tasks may be taken from the input ahead of the results: joblib's `pre_dispatch`,
-    /// default `2 × n_jobs`; `usize::MAX` is joblib's `'all'`. Counted in tasks while batches hold
+    /// default `2 × n_jobs` (but `'all'` for a call made from inside a pool whose input has an
+    /// exact length: the calling worker runs other jobs while it waits, and must not hold its own
+    /// call back meanwhile); `usize::MAX` is joblib's `'all'`. Counted in tasks while batches hold
     /// one task (always the case at the start of a call, and with slow tasks); once `Auto`
     /// batching packs several tasks per batch, the window is `pre_dispatch` batches. The input is
     /// consumed lazily, so a huge lazy input never sits in memory at once. `0` is an error.
@@ -230,25 +239,44 @@ impl<'p> Parallel<'p> {
         self
     }
 
-    /// A time limit; cooperative: tasks already running finish, tasks not yet started are
-    /// cancelled. For `run`/`try_run` it is a wall-clock budget for the whole call (expired: `run`
-    /// panics, `try_run` returns [`Error::Timeout`], unless no task was skipped: a call whose tasks
-    /// all ran, some past the deadline, succeeds); for `run_iter`/`run_unordered` it limits each
-    /// wait for the next result (expired: `next()` panics). See `docs/joblib.md` for how this
-    /// differs from joblib's per-result timeout. In worker processes (the `*_in_processes`
-    /// methods under a process backend, feature `processes`) it is a limit on each task, and a
-    /// task past it is killed with its worker.
+    /// joblib's `timeout`: the longest the call waits for its next result (for `run`/`try_run`:
+    /// for any task to finish; for `run_iter`: for the next result in order; for
+    /// `run_unordered`: for any result). Cooperative: when it expires, tasks already running
+    /// finish and tasks not yet started are cancelled; `run` panics, `try_run` returns
+    /// [`Error::Timeout`], a stream's `next()` panics. A call that skipped no task succeeds. For a
+    /// budget on the whole call, see [`deadline`](Parallel::deadline). In worker processes (the
+    /// `*_in_processes` methods under a process backend, feature `processes`) it is a limit on
+    /// each task, and a task past it is killed with its worker.
     ///
     /// ```
     /// use parjob::{delayed, Error, Parallel};
     /// use std::time::Duration;
-    /// let slow = |_: u32| -> Result<(), ()> { std::thread::sleep(Duration::from_millis(20)); Ok(()) };
+    /// let slow = |_: u32| -> Result<(), ()> { std::thread::sleep(Duration::from_millis(50)); Ok(()) };
     /// let result = Parallel::new().n_jobs(2).timeout(Duration::from_millis(1))
     ///     .try_run((0..50).map(|i| delayed(slow)(i)));
     /// assert!(matches!(result, Err(Error::Timeout { .. })));
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// A wall-clock budget for the whole call, counted from its start. Cooperative, like
+    /// [`timeout`](Parallel::timeout): once it has passed, no task starts (runners check it
+    /// before each task), running tasks finish, and the call fails the same way (`run` panics,
+    /// `try_run` returns [`Error::Timeout`] with this budget, a stream's `next()` panics), unless
+    /// no task was skipped.
+    ///
+    /// ```
+    /// use parjob::{delayed, Error, Parallel};
+    /// use std::time::Duration;
+    /// let step = |_: u32| -> Result<(), ()> { std::thread::sleep(Duration::from_millis(5)); Ok(()) };
+    /// let result = Parallel::new().n_jobs(2).deadline(Duration::from_millis(20))
+    ///     .try_run((0..200).map(|i| delayed(step)(i)));
+    /// assert!(matches!(result, Err(Error::Timeout { .. })));
+    /// ```
+    pub fn deadline(mut self, budget: Duration) -> Self {
+        self.deadline = Some(budget);
         self
     }
 
@@ -271,7 +299,7 @@ impl<'p> Parallel<'p> {
     where
         G: FnMut(usize, Option<usize>) + Send + 'p,
     {
-        self.on_progress = Some(Arc::new(Mutex::new(callback)));
+        self.on_progress = Some(Arc::new(Mutex::new(Some(Box::new(callback)))));
         self
     }
 
@@ -322,7 +350,37 @@ impl<'p> Parallel<'p> {
         )
     }
 
-    fn engine<I, F, A, R>(
+    /// Resolves this `Parallel` for one call: validates, picks the plan, sizes the window, starts
+    /// the clocks. The one place where the settings become a call's configuration.
+    fn setup(&self, total: Option<usize>) -> Result<Setup<'p>, ConfigError> {
+        let (n_jobs, mut pre_dispatch) = self.validate()?;
+        let started = self.deadline.map(|d| (d, Instant::now() + d));
+        let plan = Plan::new(&self.backend, n_jobs);
+        if let Plan::Pool { pool, .. } = &plan {
+            // Nested call of known length, window not set: the whole input. A driver that is a
+            // worker runs other jobs of the pool while it waits, and a window it cannot refill
+            // meanwhile would hold its own call back (see docs/joblib.md, `pre_dispatch`).
+            if self.pre_dispatch.is_none() && total.is_some() && pool.is_current() {
+                pre_dispatch = usize::MAX;
+            }
+        }
+        let progress = self.progress_for(total);
+        if let Plan::Pool { runners, .. } = &plan {
+            progress.announce(backend_name(&self.backend), *runners);
+        }
+        Ok(Setup {
+            plan,
+            batcher: Batcher::new(self.batch_size),
+            pre_dispatch,
+            limits: Limits {
+                timeout: self.timeout,
+                budget: started,
+            },
+            progress,
+        })
+    }
+
+    fn call<I, F, A, R>(
         &self,
         tasks: I,
         fail_fast: Option<fn(&R) -> bool>,
@@ -333,24 +391,9 @@ impl<'p> Parallel<'p> {
         A: Send,
         R: Send,
     {
-        let (n_jobs, pre_dispatch) = self.validate()?;
-        let deadline = self.timeout.map(|t| Instant::now() + t);
         let tasks = tasks.into_iter();
-        let total = exact_len(&tasks);
-        let plan = Plan::new(&self.backend, n_jobs);
-        let mut progress = self.progress_for(total);
-        if let Plan::Pool { runners, .. } = &plan {
-            progress.announce(backend_name(&self.backend), *runners);
-        }
-        let opts = Options {
-            plan,
-            batcher: Batcher::new(self.batch_size),
-            pre_dispatch,
-            deadline,
-            fail_fast,
-            progress: &mut progress,
-        };
-        Ok(dispatch::run(tasks, opts))
+        let setup = self.setup(exact_len(&tasks))?;
+        Ok(dispatch::run(tasks, setup, fail_fast))
     }
 
     /// Runs every task and returns the results in input order (joblib's `return_as="list"`).
@@ -383,13 +426,12 @@ impl<'p> Parallel<'p> {
         A: Send,
         R: Send,
     {
-        match self.engine(tasks, None) {
+        match self.call(tasks, None) {
             Err(error) => panic!("parjob: invalid Parallel configuration: {error}"),
             Ok(Ok(results)) => results,
             Ok(Err(Stop::Panic(payload))) => crate::pool::unwind::resume_unwinding(payload),
-            Ok(Err(Stop::Timeout { completed })) => panic!(
-                "parjob: Parallel call timed out after {:?} ({completed} tasks completed; the rest were cancelled)",
-                self.timeout.unwrap_or_default()
+            Ok(Err(Stop::Timeout { completed, limit })) => panic!(
+                "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
             ),
             Ok(Err(Stop::Failed { .. })) => unreachable!("run does not fail fast"),
         }
@@ -418,15 +460,15 @@ impl<'p> Parallel<'p> {
         T: Send,
         E: Send,
     {
-        match self.engine(tasks, Some(Result::is_err)) {
+        match self.call(tasks, Some(Result::is_err)) {
             Err(error) => Err(Error::Config { error }),
             Ok(Ok(results)) => Ok(results
                 .into_iter()
                 .map(|r| r.unwrap_or_else(|_| unreachable!()))
                 .collect()),
             Ok(Err(Stop::Panic(payload))) => crate::pool::unwind::resume_unwinding(payload),
-            Ok(Err(Stop::Timeout { completed })) => Err(Error::Timeout {
-                timeout: self.timeout.unwrap_or_default(),
+            Ok(Err(Stop::Timeout { completed, limit })) => Err(Error::Timeout {
+                timeout: limit,
                 completed,
             }),
             Ok(Err(Stop::Failed { index, value })) => match value {
@@ -436,13 +478,24 @@ impl<'p> Parallel<'p> {
         }
     }
 
-    fn stream_setup(&self) -> Result<(Plan, Batcher, usize), ConfigError> {
-        let (n_jobs, pre_dispatch) = self.validate()?;
-        Ok((
-            Plan::new(&self.backend, n_jobs),
-            Batcher::new(self.batch_size),
-            pre_dispatch,
-        ))
+    fn stream<I, F, A, R>(
+        &self,
+        tasks: I,
+        ordered: bool,
+    ) -> stream::Stream<'p, I::IntoIter, Delayed<F, A>>
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Send,
+        A: Send,
+        R: Send,
+    {
+        let tasks = tasks.into_iter();
+        let setup = self
+            .setup(exact_len(&tasks))
+            .unwrap_or_else(|error| panic!("parjob: invalid Parallel configuration: {error}"));
+        // SAFETY: our callers either require `'static` tasks and results (`run_iter`,
+        // `run_unordered`) or settle the stream before returning, on every path (`scope_iter`).
+        unsafe { stream::Stream::new(tasks, setup, ordered) }
     }
 
     /// Results in input order, as they complete (joblib's `return_as="generator"`).
@@ -471,12 +524,7 @@ impl<'p> Parallel<'p> {
         A: Send + 'static,
         R: Send + 'static,
     {
-        let (plan, batcher, pre_dispatch) = self
-            .stream_setup()
-            .unwrap_or_else(|error| panic!("parjob: invalid Parallel configuration: {error}"));
-        let tasks = tasks.into_iter();
-        let progress = self.progress_for(exact_len(&tasks));
-        stream::run_iter(tasks, plan, batcher, pre_dispatch, self.timeout, progress)
+        stream::RunIter(self.stream(tasks, true))
     }
 
     /// `(index, result)` pairs in completion order (joblib's `return_as="generator_unordered"`).
@@ -499,12 +547,162 @@ impl<'p> Parallel<'p> {
         A: Send + 'static,
         R: Send + 'static,
     {
-        let (plan, batcher, pre_dispatch) = self
-            .stream_setup()
+        stream::RunUnordered(self.stream(tasks, false))
+    }
+
+    /// Runs `f(i)` for every `i` in `0..n` and returns the results in order: the splittable form
+    /// of [`run`](Parallel::run). No thread pulls tasks one by one: every runner (the calling
+    /// thread, which always takes part, and up to `n_jobs - 1` workers of the backend's pool)
+    /// claims the next range of indices itself, with shrinking range sizes (large first, single
+    /// indices at the end), and writes results in place. `n_jobs`, the backend, `on_progress`,
+    /// `verbose` and [`deadline`](Parallel::deadline) apply; `batch_size` and `pre_dispatch` do
+    /// not (there is no input to pull), and neither does `timeout` (the caller is itself a runner
+    /// until the last range is claimed).
+    ///
+    /// Several inputs are zipped by indexing them in `f`.
+    ///
+    /// # Panics
+    /// If `f` panics: ranges not yet claimed are cancelled, running ones finish, then the first
+    /// panic is resumed here. Also on an invalid configuration and when the deadline passes
+    /// before every index ran.
+    ///
+    /// ```
+    /// use parjob::Parallel;
+    /// let (a, b) = (vec![1.0f64, 2.0, 3.0], vec![4.0f64, 5.0, 6.0]);
+    /// let dot: Vec<f64> = Parallel::new().n_jobs(2).run_indexed(a.len(), |i| a[i] * b[i]);
+    /// assert_eq!(dot, vec![4.0, 10.0, 18.0]);
+    /// ```
+    pub fn run_indexed<F, R>(&self, n: usize, f: F) -> Vec<R>
+    where
+        F: Fn(usize) -> R + Sync,
+        R: Send,
+    {
+        self.indexed(n, &f, indexed::Write::Fresh, None)
+    }
+
+    /// `f(&item)` for every item of `items`, results in order: joblib's
+    /// `Parallel()(delayed(f)(x) for x in items)` over a slice, with the splittable engine of
+    /// [`run_indexed`](Parallel::run_indexed) (same rules).
+    ///
+    /// ```
+    /// use parjob::Parallel;
+    /// let numbers: Vec<f64> = (0..10).map(|i| (i * i) as f64).collect();
+    /// let roots = Parallel::new().n_jobs(2).map(&numbers, |x| x.sqrt());
+    /// assert_eq!(roots, (0..10).map(|i| i as f64).collect::<Vec<_>>());
+    /// ```
+    pub fn map<T, F, R>(&self, items: &[T], f: F) -> Vec<R>
+    where
+        T: Sync,
+        F: Fn(&T) -> R + Sync,
+        R: Send,
+    {
+        let n = items.len();
+        self.run_indexed(n, |i| {
+            // SAFETY: `run_indexed` calls this only with `i < n == items.len()`.
+            f(unsafe { items.get_unchecked(i) })
+        })
+    }
+
+    /// Like [`map`](Parallel::map), but writes `out[i] = f(&items[i])` into a buffer you
+    /// already have (the old values are dropped), so a recycled buffer is reused.
+    ///
+    /// # Panics
+    /// If `out.len() != items.len()`, and as [`run_indexed`](Parallel::run_indexed) (after a
+    /// panic some elements of `out` hold new values and the rest old ones).
+    ///
+    /// ```
+    /// use parjob::Parallel;
+    /// let numbers = [1.0f64, 4.0, 9.0];
+    /// let mut roots = [0.0f64; 3];
+    /// Parallel::new().n_jobs(2).map_into(&numbers, &mut roots, |x| x.sqrt());
+    /// assert_eq!(roots, [1.0, 2.0, 3.0]);
+    /// ```
+    pub fn map_into<T, F, R>(&self, items: &[T], out: &mut [R], f: F)
+    where
+        T: Sync,
+        F: Fn(&T) -> R + Sync,
+        R: Send,
+    {
+        assert_eq!(
+            items.len(),
+            out.len(),
+            "parjob: map_into needs an output as long as the input"
+        );
+        let n = items.len();
+        let f = |i: usize| {
+            // SAFETY: `run_indexed` calls this only with `i < n == items.len()`.
+            f(unsafe { items.get_unchecked(i) })
+        };
+        self.indexed(n, &f, indexed::Write::Assign, Some(out));
+    }
+
+    fn indexed<F, R>(&self, n: usize, f: &F, mode: indexed::Write, into: Option<&mut [R]>) -> Vec<R>
+    where
+        F: Fn(usize) -> R + Sync,
+        R: Send,
+    {
+        let setup = self
+            .setup(Some(n))
             .unwrap_or_else(|error| panic!("parjob: invalid Parallel configuration: {error}"));
-        let tasks = tasks.into_iter();
-        let progress = self.progress_for(exact_len(&tasks));
-        stream::run_unordered(tasks, plan, batcher, pre_dispatch, self.timeout, progress)
+        match indexed::run_indexed(setup, n, f, mode, into) {
+            Ok(results) => results,
+            Err(Stop::Panic(payload)) => crate::pool::unwind::resume_unwinding(payload),
+            Err(Stop::Timeout { completed, limit }) => panic!(
+                "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
+            ),
+            Err(Stop::Failed { .. }) => unreachable!("run_indexed does not fail fast"),
+        }
+    }
+
+    /// A stream whose tasks may borrow: `consume` gets the results in input order (as from
+    /// [`run_iter`](Parallel::run_iter)), and the call ends when it returns: tasks not yet started
+    /// are cancelled, running ones are waited for, unread results are dropped. Dispatch starts
+    /// before `consume` is called and is bounded by the window, as for `run_iter`.
+    ///
+    /// # Panics
+    /// Whatever `consume` panics with (the call is still ended first), including a task's panic
+    /// or an expired limit surfacing from `next()`; and on an invalid configuration.
+    ///
+    /// ```
+    /// use parjob::{delayed, Parallel};
+    /// let words = vec!["alpha".to_string(), "be".to_string(), "gamma".to_string()];
+    /// let first_long = Parallel::new().n_jobs(2).scope_iter(
+    ///     words.iter().map(|w| delayed(|w: &String| w.len())(w)),
+    ///     |mut lengths| lengths.find(|&n| n > 4),
+    /// );
+    /// assert_eq!(first_long, Some(5));
+    /// ```
+    pub fn scope_iter<I, F, A, R, C, O>(&self, tasks: I, consume: C) -> O
+    where
+        I: IntoIterator<Item = Delayed<F, A>>,
+        F: Apply<A, Output = R> + Send,
+        A: Send,
+        R: Send,
+        C: for<'s> FnOnce(&'s mut stream::ScopedIter<'p, I::IntoIter, F, A, R>) -> O,
+    {
+        /// Settles the stream on every path out of `scope_iter`.
+        struct Settle<
+            'a,
+            'p,
+            I: Iterator<Item = Delayed<F, A>>,
+            F: Apply<A, Output = R> + Send,
+            A: Send,
+            R: Send,
+        >(&'a mut stream::ScopedIter<'p, I, F, A, R>);
+        impl<
+                I: Iterator<Item = Delayed<F, A>>,
+                F: Apply<A, Output = R> + Send,
+                A: Send,
+                R: Send,
+            > Drop for Settle<'_, '_, I, F, A, R>
+        {
+            fn drop(&mut self) {
+                self.0 .0.settle();
+            }
+        }
+        let mut results = stream::ScopedIter(self.stream(tasks, true));
+        let guard = Settle(&mut results);
+        consume(guard.0)
     }
 }
 

@@ -315,23 +315,25 @@ fn outcome<R>(
     outcome.map_err(|failure| failure_error(index, failure, timeout))
 }
 
-enum Runner<'p, I, F, A, R> {
+enum Runner<'p, I, F: Apply<A, Output = R>, A, R> {
     Threads(RunIter<'p, I, F, A, R>),
     Processes(Call<'p, I, F, A, R>, Option<std::time::Duration>),
 }
 
 /// Outcomes in input order: [`Parallel::run_iter_in_processes`]. Dropping it early stops
 /// dispatching; batches already sent finish in their workers and their results are dropped.
-pub struct RunIterInProcesses<'p, I, F, A, R>(Runner<'p, I, F, A, R>);
+pub struct RunIterInProcesses<'p, I, F: Apply<A, Output = R>, A, R>(Runner<'p, I, F, A, R>);
 
-enum UnorderedRunner<'p, I, F, A, R> {
+enum UnorderedRunner<'p, I, F: Apply<A, Output = R>, A, R> {
     Threads(RunUnordered<'p, I, F, A, R>),
     Processes(Call<'p, I, F, A, R>, Option<std::time::Duration>),
 }
 
 /// `(index, outcome)` in completion order: [`Parallel::run_unordered_in_processes`]. Same drop
 /// rules as [`RunIterInProcesses`].
-pub struct RunUnorderedInProcesses<'p, I, F, A, R>(UnorderedRunner<'p, I, F, A, R>);
+pub struct RunUnorderedInProcesses<'p, I, F: Apply<A, Output = R>, A, R>(
+    UnorderedRunner<'p, I, F, A, R>,
+);
 
 impl<I, F, A, R> Iterator for RunIterInProcesses<'_, I, F, A, R>
 where
@@ -371,7 +373,7 @@ where
     }
 }
 
-impl<I, F, A, R> std::fmt::Debug for RunIterInProcesses<'_, I, F, A, R> {
+impl<I, F: Apply<A, Output = R>, A, R> std::fmt::Debug for RunIterInProcesses<'_, I, F, A, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let on = match self.0 {
             Runner::Threads(_) => "threads",
@@ -383,7 +385,7 @@ impl<I, F, A, R> std::fmt::Debug for RunIterInProcesses<'_, I, F, A, R> {
     }
 }
 
-impl<I, F, A, R> std::fmt::Debug for RunUnorderedInProcesses<'_, I, F, A, R> {
+impl<I, F: Apply<A, Output = R>, A, R> std::fmt::Debug for RunUnorderedInProcesses<'_, I, F, A, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let on = match self.0 {
             UnorderedRunner::Threads(_) => "threads",

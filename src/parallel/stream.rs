@@ -1,437 +1,187 @@
 //! `run_iter` / `run_unordered`: results as they complete (joblib's `return_as="generator"` and
-//! `"generator_unordered"`), with backpressure.
+//! `"generator_unordered"`), with backpressure; and their scoped form.
 //!
-//! The consumer's `next()` is the dispatcher: it pulls tasks from the input (which therefore need
-//! not be `Send`), packs batches and queues them for *tokens* (`spawn_detached` jobs that run
-//! batches until the queue is empty), exactly as `run` does. Unlike joblib's generators, dispatch
-//! is driven by consumption: tasks pulled but not yet *read* never exceed the window
-//! (`pre_dispatch × batch size`), so unread results never pile up beyond it. A consumer waiting
-//! for a result waits through a [`Signal`] (as `run`'s dispatcher does): on a pool worker it keeps
-//! running that pool's work, so a call on another pool whose tasks need the consumer's pool
-//! cannot deadlock; the timeout is a timed wait on that signal.
+//! The [engine](super::engine) does the work; this module only orders what it delivers. Dispatch
+//! starts when the iterator is made (as joblib's generators start on the call), and is then
+//! driven by consumption: tasks pulled but not yet *read* never exceed the window
+//! (`pre_dispatch × batch size`), so unread results never pile up beyond it (joblib's generators
+//! have no such bound). A consumer waiting for a result waits through the engine's signal: on a
+//! pool worker it keeps running that pool's work.
 //!
-//! Tasks and results are `'static`, so nothing here borrows the consumer's stack and nothing has
-//! to be waited for on drop: dropping the iterator closes the call's [`Tracker`] and drops the
-//! batches not yet started; batches already running finish, post their results into the shared
-//! state, and everything is freed with the last `Arc` (no thread, task or result leaks, even if
-//! the iterator itself is `mem::forget`-ed: then only the shared state stays allocated).
+//! With `'static` tasks and results (`Parallel::run_iter`) nothing borrows the consumer's stack and
+//! nothing has to be waited for on drop: dropping the iterator closes the call and drops the
+//! batches not yet started; running ones finish and post their results into the shared state,
+//! which is freed with the last `Arc` (even if the iterator is `mem::forget`-ed, only that state
+//! stays allocated). The scoped form (`Parallel::scope_iter`) lends the iterator to a closure and
+//! settles the call after it returns, so its tasks may borrow.
 //!
-//! The last `Arc` may thus go with a token, on a pool worker, which must never unwind (a
-//! `spawn_detached` job): the shared state's `Drop` drops the unread results, unstarted tasks and
-//! panic payloads one by one and discards panics from their `Drop`, and each token runs under
-//! `halt_unwinding` besides. Dropping the iterator treats the unread results it holds the same way.
+//! Every value this module drops (unread results, payloads) is user data whose `Drop` may panic:
+//! each is dropped on its own and such a panic is discarded, so one cannot lose the others.
 
-use super::backend::Plan;
-use super::batch::Batcher;
-use super::cancel::Tracker;
 use super::delayed::{Apply, Delayed};
-use super::dispatch::discard;
+use super::engine::{quietly, Chunk, Engine, Limits, Setup, Task, Waited};
 use super::progress::Progress;
-use crate::pool::signal::Signal;
 use crate::pool::unwind::{self, Panic};
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
-use crate::ThreadPool;
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-struct Chunk<R> {
-    start: usize,
-    results: Vec<R>,
-    /// The task at `start + results.len()` panicked with this payload.
-    panic: Option<Panic>,
-}
-
-struct Queue<T> {
-    batches: VecDeque<(usize, Vec<T>)>,
-    tokens: usize,
-}
-
-struct Shared<T, R> {
-    tracker: Tracker,
-    queue: Mutex<Queue<T>>,
-    done: Mutex<Vec<Chunk<R>>>,
-    /// The consumer's wake-up, notified after every chunk posted (`None` before its first wait).
-    /// A [`Signal`], so that a consumer on a pool worker keeps running that pool's work while it
-    /// waits (blocking it could deadlock a call whose tasks need that pool); set by the consumer
-    /// before it waits, replaced if it moves to another thread.
-    waiter: Mutex<Option<Arc<Signal>>>,
-    tasks_done: AtomicUsize,
-    timing_tasks: AtomicU64,
-    timing_ns: AtomicU64,
-}
-
-impl<T, R> Drop for Shared<T, R> {
-    /// The last `Arc` may be dropped by a token, on a pool worker, after the iterator was dropped:
-    /// the unread results, unstarted tasks and panic payloads left here are user values whose
-    /// `Drop` may panic, so each is dropped on its own and such a panic is discarded (a worker must
-    /// never unwind, and one panicking value must not leak the others).
-    fn drop(&mut self) {
-        let batches = std::mem::take(&mut lock(&self.queue).batches);
-        for (_, tasks) in batches {
-            tasks.into_iter().for_each(quietly);
-        }
-        for chunk in std::mem::take(&mut *lock(&self.done)) {
-            chunk.results.into_iter().for_each(quietly);
-            quietly(chunk.panic);
-        }
-    }
-}
-
-/// Drops `value`, discarding a panic from its `Drop`.
-fn quietly<V>(value: V) {
-    if let Err(payload) = unwind::halt_unwinding(move || drop(value)) {
-        discard(payload);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> impl std::ops::DerefMut<Target = T> + '_ {
-    // Nothing panics while these locks are held (tasks run outside them).
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl<F, A, R> Shared<Delayed<F, A>, R>
-where
-    F: Apply<A, Output = R>,
-{
-    /// Runs a batch and posts its results. The caller must be active in the tracker.
-    fn run_batch(&self, start: usize, tasks: Vec<Delayed<F, A>>) {
-        let started = Instant::now();
-        crate::pool::worker::trace_current(crate::EventKind::BatchStart, tasks.len() as u32);
-        let mut results = Vec::with_capacity(tasks.len());
-        let outcome = unwind::halt_unwinding(|| {
-            for task in tasks {
-                if self.tracker.is_closed() {
-                    break;
-                }
-                results.push(task.call());
-            }
-        });
-        let ran = results.len();
-        crate::pool::worker::trace_current(crate::EventKind::BatchEnd, ran as u32);
-        self.timing_tasks.fetch_add(ran as u64, Ordering::Relaxed);
-        self.timing_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.tasks_done.fetch_add(ran, Ordering::Relaxed);
-        lock(&self.done).push(Chunk {
-            start,
-            results,
-            panic: outcome.err(),
-        });
-        // After the push (see `Signal`): a consumer that installed its signal after this read
-        // finds the chunk when it checks `done`.
-        let waiter = lock(&self.waiter).clone();
-        if let Some(signal) = waiter {
-            signal.notify();
-        }
-    }
-
-    fn run_one(&self) -> bool {
-        let batch = lock(&self.queue).batches.pop_front();
-        match batch {
-            Some((start, tasks)) => {
-                self.run_batch(start, tasks);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-/// A token's job. Never unwinds (a `spawn_detached` job must not): `token_loop` does not by
-/// construction (`run_batch` catches every panic of a task), the last `Arc` it may drop frees the
-/// shared state through `Shared`'s `Drop`, which catches the panics of dropping unread results
-/// and payloads; anything else (a bug) is caught here and its payload discarded.
-fn token<F, A, R>(shared: Arc<Shared<Delayed<F, A>, R>>)
-where
-    F: Apply<A, Output = R>,
-{
-    if let Err(payload) = unwind::halt_unwinding(move || token_loop(shared)) {
-        discard(payload);
-    }
-}
-
-fn token_loop<F, A, R>(shared: Arc<Shared<Delayed<F, A>, R>>)
-where
-    F: Apply<A, Output = R>,
-{
-    loop {
-        let batch = {
-            let mut queue = lock(&shared.queue);
-            // Active only with a batch in hand (see `dispatch::token_loop`).
-            let batch = if queue.batches.is_empty() || !shared.tracker.begin() {
-                None
-            } else {
-                queue.batches.pop_front()
-            };
-            if batch.is_none() {
-                queue.tokens -= 1;
-            }
-            batch
-        };
-        let Some((start, tasks)) = batch else { return };
-        shared.run_batch(start, tasks);
-        shared.tracker.finish();
-    }
-}
-
-enum Mode {
+enum Source<'p, I, T: Task> {
     /// Sequential: each `next()` runs the next task on the consumer's thread.
-    Inline,
-    Pool {
-        pool: ThreadPool,
-        runners: usize,
-        helps: bool,
+    Inline {
+        tasks: I,
+        progress: Progress<'p>,
+        limits: Limits,
     },
+    Pool(Engine<'p, I, T>),
 }
 
-/// The engine shared by [`RunIter`] and [`RunUnordered`].
-struct Stream<'p, I, F, A, R> {
-    tasks: I,
-    exhausted: bool,
-    mode: Mode,
-    shared: Arc<Shared<Delayed<F, A>, R>>,
-    batcher: Batcher,
-    pre_dispatch: usize,
-    timeout: Option<Duration>,
-    progress: Progress<'p>,
+/// The ordering shared by [`RunIter`], [`RunUnordered`] and the scoped form.
+pub(crate) struct Stream<'p, I, T: Task> {
+    source: Source<'p, I, T>,
+    ordered: bool,
     exact_len: Option<usize>,
-    /// Tasks pulled from the input so far.
-    pulled: usize,
     /// Results handed to the consumer so far.
     yielded: usize,
-    /// Ordered mode: chunks that arrived, by start index; `cursor`: the chunk being read.
-    waiting: BTreeMap<usize, Chunk<R>>,
-    /// Unordered mode: results ready to hand out, and a panic to resume after them.
-    ready: VecDeque<(usize, R)>,
-    ready_panic: Option<Panic>,
-    cursor: Option<(usize, std::vec::IntoIter<R>, Option<Panic>)>,
+    /// Chunks that arrived from the engine so far.
+    arrived: usize,
+    /// Ordered: chunks that arrived, by start index; `cursor`: the chunk being read.
+    waiting: BTreeMap<usize, Chunk<T::Output>>,
+    cursor: Option<(usize, std::vec::IntoIter<T::Output>, Option<Panic>)>,
+    /// Unordered: results ready to hand out, then the panics to resume after them.
+    ready: VecDeque<(usize, T::Output)>,
+    panics: VecDeque<Panic>,
     finished: bool,
-    /// The consumer's wake-up and the thread it belongs to (see `Shared::waiter`).
-    signal: Option<(std::thread::ThreadId, Arc<Signal>)>,
+    /// When the consumer began waiting for its next result (the timeout counts from here).
+    since: Instant,
+    scratch: Vec<Chunk<T::Output>>,
 }
 
-impl<I, F, A, R> Stream<'_, I, F, A, R> {
-    /// Stops dispatching: later tokens do nothing, unstarted batches are dropped.
-    fn close(&mut self) {
-        self.shared.tracker.close();
-        let unstarted = std::mem::take(&mut lock(&self.shared.queue).batches);
-        drop(unstarted);
-    }
-}
-
-impl<I, F, A, R> Drop for Stream<'_, I, F, A, R> {
-    /// Closes the call, then drops the unread results and payloads it holds one by one, discarding
-    /// panics from their `Drop` (as `Shared`'s `Drop` does for what tokens posted after this).
+impl<I, T: Task> Drop for Stream<'_, I, T> {
+    /// Drops the unread results and payloads held here one by one, discarding panics from their
+    /// `Drop`. (The engine, dropped after this, closes the call.)
     fn drop(&mut self) {
-        self.close();
+        if let Source::Pool(engine) = &self.source {
+            drop(engine.close());
+        }
         for (_, chunk) in std::mem::take(&mut self.waiting) {
-            chunk.results.into_iter().for_each(quietly);
-            quietly(chunk.panic);
+            super::engine::drop_chunk(chunk);
         }
         if let Some((_, results, panic)) = self.cursor.take() {
             results.for_each(quietly);
-            quietly(panic);
+            if let Some(payload) = panic {
+                super::engine::discard(payload);
+            }
         }
         std::mem::take(&mut self.ready)
             .into_iter()
             .for_each(quietly);
-        quietly(self.ready_panic.take());
+        std::mem::take(&mut self.panics)
+            .into_iter()
+            .for_each(super::engine::discard);
     }
 }
 
-impl<'p, I, F, A, R> Stream<'p, I, F, A, R>
+impl<'p, I, T> Stream<'p, I, T>
 where
-    I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Send + 'static,
-    A: Send + 'static,
-    R: Send + 'static,
+    I: Iterator<Item = T>,
+    T: Task + Send,
+    T::Output: Send,
 {
-    fn new(
-        tasks: I,
-        plan: Plan,
-        batcher: Batcher,
-        pre_dispatch: usize,
-        timeout: Option<Duration>,
-        progress: Progress<'p>,
-    ) -> Self {
-        let exact_len = match tasks.size_hint() {
-            (low, Some(high)) if low == high => Some(low),
-            _ => None,
-        };
-        let mode = match plan {
-            Plan::Inline => Mode::Inline,
-            Plan::Pool { pool, runners, .. } => {
-                let helps = pool.is_current();
-                Mode::Pool {
-                    pool,
-                    runners,
-                    helps,
-                }
+    /// A stream over `tasks`; on a pool, dispatch starts now.
+    ///
+    /// # Safety
+    /// As [`Engine::new`]: unless `T` and `T::Output` are `'static`, the caller must call
+    /// [`settle`](Self::settle) before anything they borrow goes away, on every path.
+    pub(crate) unsafe fn new(tasks: I, setup: Setup<'p>, ordered: bool) -> Self {
+        let exact_len = super::exact_len(&tasks);
+        let source = match setup.plan {
+            super::backend::Plan::Inline => Source::Inline {
+                tasks,
+                progress: setup.progress,
+                limits: setup.limits,
+            },
+            super::backend::Plan::Pool {
+                ref pool, runners, ..
+            } => {
+                // The consumer runs batches only when it is a worker of the pool (never idle a
+                // worker, never deadlock a 1-thread pool); from outside it only reads, so a
+                // consumer waiting on a limit is never stuck inside a long task of its own.
+                let pool = (pool.clone(), runners, pool.is_current());
+                // SAFETY: forwarded to our caller (no slots: results go to the chunks).
+                let mut engine = unsafe { Engine::new(tasks, setup, pool, None, None) };
+                engine.refill(Some(0));
+                Source::Pool(engine)
             }
         };
         Stream {
-            tasks,
-            exhausted: false,
-            mode,
-            shared: Arc::new(Shared {
-                tracker: Tracker::new(),
-                queue: Mutex::new(Queue {
-                    batches: VecDeque::new(),
-                    tokens: 0,
-                }),
-                done: Mutex::new(Vec::new()),
-                waiter: Mutex::new(None),
-                tasks_done: AtomicUsize::new(0),
-                timing_tasks: AtomicU64::new(0),
-                timing_ns: AtomicU64::new(0),
-            }),
-            batcher,
-            pre_dispatch,
-            timeout,
-            progress,
+            source,
+            ordered,
             exact_len,
-            pulled: 0,
             yielded: 0,
+            arrived: 0,
             waiting: BTreeMap::new(),
-            ready: VecDeque::new(),
-            ready_panic: None,
             cursor: None,
+            ready: VecDeque::new(),
+            panics: VecDeque::new(),
             finished: false,
-            signal: None,
+            since: Instant::now(),
+            scratch: Vec::new(),
         }
     }
 
-    /// Pulls tasks into batches while the window has room, and wakes tokens for them.
-    fn refill(&mut self) {
-        let Mode::Pool {
-            pool,
-            runners,
-            helps,
-        } = &self.mode
-        else {
-            return;
-        };
-        let (runners, helps) = (*runners, *helps);
-        self.batcher.observe(
-            self.shared.timing_tasks.load(Ordering::Relaxed),
-            self.shared.timing_ns.load(Ordering::Relaxed),
-        );
-        let mut pushed = Vec::new();
-        while !self.exhausted && !self.shared.tracker.is_closed() {
-            let unread = self.pulled - self.yielded;
-            let size = self.batcher.next_size(
-                self.exact_len.map(|n| n.saturating_sub(self.pulled)),
-                runners,
-            );
-            let window = self.pre_dispatch.saturating_mul(size).max(1);
-            if unread >= window {
-                break;
-            }
-            let take = size.min(window - unread);
-            let mut batch = Vec::with_capacity(take);
-            batch.extend(self.tasks.by_ref().take(take));
-            if batch.len() < take {
-                self.exhausted = true;
-                if batch.is_empty() {
-                    break;
-                }
-            }
-            pushed.push((self.pulled, std::mem::take(&mut batch)));
-            self.pulled += pushed.last().map_or(0, |(_, b)| b.len());
+    fn end(&mut self) -> Option<(usize, T::Output)> {
+        self.finished = true;
+        match &mut self.source {
+            Source::Inline { progress, .. } => progress.finish(self.yielded),
+            Source::Pool(engine) => engine.progress.finish(self.yielded),
         }
-        let max_tokens = if helps { runners - 1 } else { runners };
-        let spawn = {
-            let mut queue = lock(&self.shared.queue);
-            queue.batches.extend(pushed);
-            let wanted = queue
-                .batches
-                .len()
-                .min(max_tokens)
-                .saturating_sub(queue.tokens);
-            queue.tokens += wanted;
-            wanted
-        };
-        for _ in 0..spawn {
-            let shared = Arc::clone(&self.shared);
-            pool.spawn_detached(move || token(shared));
-        }
-    }
-
-    /// Moves posted chunks into the consumer's buffers; `true` if any arrived.
-    fn collect(&mut self, ordered: bool) -> bool {
-        let chunks = std::mem::take(&mut *lock(&self.shared.done));
-        let any = !chunks.is_empty();
-        for chunk in chunks {
-            if ordered {
-                self.waiting.insert(chunk.start, chunk);
-            } else {
-                let start = chunk.start;
-                self.ready.extend(
-                    chunk
-                        .results
-                        .into_iter()
-                        .enumerate()
-                        .map(|(k, r)| (start + k, r)),
-                );
-                if chunk.panic.is_some() && self.ready_panic.is_none() {
-                    self.ready_panic = chunk.panic;
-                }
-            }
-        }
-        self.progress
-            .update(self.shared.tasks_done.load(Ordering::Relaxed));
-        any
+        None
     }
 
     fn fail(&mut self, payload: Panic) -> ! {
         self.finished = true;
-        self.close();
+        if let Source::Pool(engine) = &self.source {
+            drop(engine.close());
+        }
         unwind::resume_unwinding(payload)
     }
 
+    fn expire(&mut self, limit: std::time::Duration, whole_call: bool) -> ! {
+        self.finished = true;
+        if let Source::Pool(engine) = &self.source {
+            drop(engine.close());
+        }
+        if whole_call {
+            panic!("parjob: Parallel stream passed its deadline ({limit:?}); unstarted tasks were cancelled")
+        }
+        panic!(
+            "parjob: timed out after {limit:?} waiting for the next result; unstarted tasks were cancelled"
+        )
+    }
+
+    /// A result the consumer gets now: the timeout restarts.
+    fn hand_out(&mut self, item: (usize, T::Output)) -> Option<(usize, T::Output)> {
+        self.yielded += 1;
+        self.since = Instant::now();
+        Some(item)
+    }
+
     /// The next result in input order (`ordered`), or in completion order with its index.
-    fn next_result(&mut self, ordered: bool) -> Option<(usize, R)> {
+    pub(crate) fn next_result(&mut self) -> Option<(usize, T::Output)> {
         if self.finished {
             return None;
         }
-        if let Mode::Inline = self.mode {
-            let task = self.tasks.next();
-            let Some(task) = task else {
-                self.finished = true;
-                self.progress.finish(self.yielded);
-                return None;
-            };
-            // As on a pool: a task's panic ends the iterator, and so does a result that took
-            // longer than the timeout to arrive (here: the task, run by `next()` itself, took
-            // that long; its result is dropped, as a late result on a pool is).
-            let started = Instant::now();
-            let value = match unwind::halt_unwinding(|| task.call()) {
-                Ok(value) => value,
-                Err(payload) => {
-                    self.finished = true;
-                    unwind::resume_unwinding(payload)
-                }
-            };
-            if let Some(timeout) = self.timeout.filter(|&t| started.elapsed() > t) {
-                self.finished = true;
-                drop(value);
-                panic!(
-                    "parjob: timed out after {timeout:?} waiting for the next result; unstarted tasks were cancelled"
-                );
-            }
-            self.yielded += 1;
-            self.progress.update(self.yielded);
-            return Some((self.yielded - 1, value));
+        if let Source::Inline { .. } = self.source {
+            return self.next_inline();
         }
         loop {
             // 1. Hand out what is ready.
-            if ordered {
+            if self.ordered {
                 if let Some((index, results, _)) = &mut self.cursor {
                     if let Some(value) = results.next() {
                         let i = *index;
                         *index += 1;
-                        self.yielded += 1;
-                        return Some((i, value));
+                        return self.hand_out((i, value));
                     }
                     let (_, _, panic) = self.cursor.take().expect("cursor is set");
                     if let Some(payload) = panic {
@@ -439,66 +189,140 @@ where
                     }
                 }
                 if let Some(chunk) = self.waiting.remove(&self.yielded) {
-                    self.cursor = Some((chunk.start, chunk.results.into_iter(), chunk.panic));
+                    let results = chunk.own.unwrap_or_default();
+                    self.cursor = Some((chunk.start, results.into_iter(), chunk.panic));
                     continue;
                 }
             } else {
                 if let Some(item) = self.ready.pop_front() {
-                    self.yielded += 1;
-                    return Some(item);
+                    return self.hand_out(item);
                 }
-                if let Some(payload) = self.ready_panic.take() {
+                if let Some(payload) = self.panics.pop_front() {
                     self.fail(payload);
                 }
             }
+            let Source::Pool(engine) = &mut self.source else {
+                unreachable!("the inline source returned above")
+            };
             // 2. Keep the window full, then see whether we are done.
-            self.refill();
-            if self.collect(ordered) {
+            engine.refill(Some(self.yielded));
+            if engine.take_done(&mut self.scratch) {
+                let done = engine
+                    .shared
+                    .tasks_done
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                engine.report(done);
+                self.collect();
                 continue;
             }
-            if self.exhausted && self.yielded == self.pulled {
-                self.finished = true;
-                self.progress.finish(self.yielded);
-                return None;
+            if engine.exhausted && self.yielded == engine.pulled {
+                return self.end();
             }
-            // 3. Help with our own batches when nested on the pool (never idles a worker, cannot
-            //    deadlock a one-thread pool), else wait for a chunk.
-            if let Mode::Pool { helps: true, .. } = self.mode {
-                if self.shared.tracker.begin() {
-                    let ran = self.shared.run_one();
-                    self.shared.tracker.finish();
-                    if ran {
-                        continue;
-                    }
+            // 3. A closed call posts nothing more once no runner is active: end it.
+            if engine.shared.tracker.is_closed() && engine.shared.tracker.is_quiescent() {
+                if engine.take_done(&mut self.scratch) {
+                    self.collect();
+                    continue;
                 }
+                let budget = engine
+                    .limits
+                    .budget
+                    .map_or_else(Default::default, |(b, _)| b);
+                self.expire(budget, true);
             }
-            let deadline = self.timeout.map(|t| Instant::now() + t);
-            let signal = self.signal();
-            let shared = &self.shared;
-            Signal::wait_while_until(&signal, deadline, || lock(&shared.done).is_empty());
-            if lock(&shared.done).is_empty() && deadline.is_some_and(|d| Instant::now() >= d) {
-                self.finished = true;
-                self.close();
-                panic!(
-                    "parjob: timed out after {:?} waiting for the next result; unstarted tasks were cancelled",
-                    self.timeout.unwrap_or_default()
-                );
+            // 4. Help with our own batches (if a runner), else wait for a chunk.
+            if engine.help() {
+                continue;
+            }
+            if engine.past_deadline() {
+                let budget = engine
+                    .limits
+                    .budget
+                    .map_or_else(Default::default, |(b, _)| b);
+                self.expire(budget, true);
+            }
+            if let Waited::Expired(limit) = engine.wait(self.since) {
+                let whole_call = engine.past_deadline();
+                self.expire(limit, whole_call);
             }
         }
     }
 
-    /// The consumer's signal for the current thread, installed in the shared state.
-    fn signal(&mut self) -> Arc<Signal> {
-        let me = std::thread::current().id();
-        match &self.signal {
-            Some((thread, signal)) if *thread == me => Arc::clone(signal),
-            _ => {
-                let signal = Arc::new(Signal::for_current_thread());
-                *lock(&self.shared.waiter) = Some(Arc::clone(&signal));
-                self.signal = Some((me, Arc::clone(&signal)));
-                signal
+    /// Moves newly arrived chunks into the ordering buffers (moves only: no user value is
+    /// dropped here, so nothing can unwind half-way and lose chunks).
+    fn collect(&mut self) {
+        for chunk in self.scratch.drain(..) {
+            self.arrived += 1;
+            if self.ordered {
+                self.waiting.insert(chunk.start, chunk);
+            } else {
+                let start = chunk.start;
+                if let Some(own) = chunk.own {
+                    self.ready
+                        .extend(own.into_iter().enumerate().map(|(k, r)| (start + k, r)));
+                }
+                if let Some(payload) = chunk.panic {
+                    self.panics.push_back(payload);
+                }
             }
         }
+    }
+
+    /// The sequential path: runs the next task here. As on a pool, a task's panic ends the
+    /// iterator, and so does a result that took longer than the timeout (the task, run by `next()`
+    /// itself, took that long; its result is dropped, as a late result on a pool is) or a passed
+    /// deadline.
+    fn next_inline(&mut self) -> Option<(usize, T::Output)> {
+        let Source::Inline { tasks, limits, .. } = &mut self.source else {
+            unreachable!("called for the inline source")
+        };
+        let limits = *limits;
+        if let Some((budget, at)) = limits.budget {
+            if Instant::now() >= at {
+                self.expire(budget, true);
+            }
+        }
+        let Some(task) = tasks.next() else {
+            return self.end();
+        };
+        let started = Instant::now();
+        let value = match unwind::halt_unwinding(|| task.run()) {
+            Ok(value) => value,
+            Err(payload) => self.fail(payload),
+        };
+        if let Some(timeout) = limits.timeout.filter(|&t| started.elapsed() > t) {
+            quietly(value);
+            self.expire(timeout, false);
+        }
+        if let Source::Inline { progress, .. } = &mut self.source {
+            progress.update(self.yielded + 1);
+        }
+        let index = self.yielded;
+        self.hand_out((index, value))
+    }
+
+    /// Ends a scoped stream: closes it and waits until no runner is active, then drops
+    /// everything left of the call's types (contained). See `Parallel::scope_iter`.
+    pub(crate) fn settle(&mut self) {
+        if let Source::Pool(engine) = &mut self.source {
+            let (unstarted, done) = engine.settle();
+            super::engine::drop_unstarted(unstarted);
+            done.into_iter().for_each(super::engine::drop_chunk);
+        }
+        self.finished = true;
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.exact_len.map(|n| n.saturating_sub(self.yielded));
+        (0, left)
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        let pulled = match &self.source {
+            Source::Inline { .. } => self.yielded,
+            Source::Pool(engine) => engine.pulled,
+        };
+        (pulled, self.yielded)
     }
 }
 
@@ -508,113 +332,62 @@ where
 /// finish in the background and their results are dropped.
 ///
 /// # Panics
-/// `next()` resumes a task's panic when it reaches that task's position, and panics when a
-/// [`timeout`](crate::Parallel::timeout) expires while waiting. Either ends the iterator: later
-/// calls return `None`. The same holds with an effective `n_jobs` of 1, where `next()` runs the
-/// task itself: it panics if that task took longer than the timeout (the result is dropped).
-pub struct RunIter<'p, I, F, A, R>(Stream<'p, I, F, A, R>);
+/// `next()` resumes a task's panic when it reaches that task's position, and panics when the
+/// [`timeout`](crate::Parallel::timeout) expires while waiting or the
+/// [`deadline`](crate::Parallel::deadline) has passed. Either ends the iterator: later calls return
+/// `None`. The same holds with an effective `n_jobs` of 1, where `next()` runs the task itself: it
+/// panics if that task took longer than the timeout (the result is dropped).
+pub struct RunIter<'p, I, F: Apply<A, Output = R>, A, R>(pub(crate) Stream<'p, I, Delayed<F, A>>);
 
 /// `(index, result)` pairs in completion order: [`Parallel::run_unordered`](crate::Parallel::run_unordered).
 ///
 /// Same drop, panic and timeout rules as [`RunIter`].
-pub struct RunUnordered<'p, I, F, A, R>(Stream<'p, I, F, A, R>);
+pub struct RunUnordered<'p, I, F: Apply<A, Output = R>, A, R>(
+    pub(crate) Stream<'p, I, Delayed<F, A>>,
+);
 
-impl<I, F, A, R> Iterator for RunIter<'_, I, F, A, R>
-where
-    I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Send + 'static,
-    A: Send + 'static,
-    R: Send + 'static,
-{
-    type Item = R;
-    fn next(&mut self) -> Option<R> {
-        self.0.next_result(true).map(|(_, r)| r)
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.0.exact_len.map(|n| n.saturating_sub(self.0.yielded));
-        (0, left)
-    }
+/// The stream lent to the closure of [`Parallel::scope_iter`](crate::Parallel::scope_iter):
+/// results in input order; tasks may borrow. Same panic and timeout rules as [`RunIter`].
+pub struct ScopedIter<'p, I, F: Apply<A, Output = R>, A, R>(
+    pub(crate) Stream<'p, I, Delayed<F, A>>,
+);
+
+macro_rules! stream_iterator {
+    ($name:ident, $item:ty, $map:expr) => {
+        impl<I, F, A, R> Iterator for $name<'_, I, F, A, R>
+        where
+            I: Iterator<Item = Delayed<F, A>>,
+            F: Apply<A, Output = R> + Send,
+            A: Send,
+            R: Send,
+        {
+            type Item = $item;
+            fn next(&mut self) -> Option<$item> {
+                self.0.next_result().map($map)
+            }
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                self.0.size_hint()
+            }
+        }
+
+        impl<I, F, A, R> std::fmt::Debug for $name<'_, I, F, A, R>
+        where
+            I: Iterator<Item = Delayed<F, A>>,
+            F: Apply<A, Output = R> + Send,
+            A: Send,
+            R: Send,
+        {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let (pulled, yielded) = self.0.counts();
+                f.debug_struct(stringify!($name))
+                    .field("pulled", &pulled)
+                    .field("yielded", &yielded)
+                    .finish()
+            }
+        }
+    };
 }
 
-impl<I, F, A, R> Iterator for RunUnordered<'_, I, F, A, R>
-where
-    I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Send + 'static,
-    A: Send + 'static,
-    R: Send + 'static,
-{
-    type Item = (usize, R);
-    fn next(&mut self) -> Option<(usize, R)> {
-        self.0.next_result(false)
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.0.exact_len.map(|n| n.saturating_sub(self.0.yielded));
-        (0, left)
-    }
-}
-
-impl<I, F, A, R> std::fmt::Debug for RunIter<'_, I, F, A, R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunIter")
-            .field("pulled", &self.0.pulled)
-            .field("yielded", &self.0.yielded)
-            .finish()
-    }
-}
-
-impl<I, F, A, R> std::fmt::Debug for RunUnordered<'_, I, F, A, R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunUnordered")
-            .field("pulled", &self.0.pulled)
-            .field("yielded", &self.0.yielded)
-            .finish()
-    }
-}
-
-pub(crate) fn run_iter<'p, I, F, A, R>(
-    tasks: I,
-    plan: Plan,
-    batcher: Batcher,
-    pre_dispatch: usize,
-    timeout: Option<Duration>,
-    progress: Progress<'p>,
-) -> RunIter<'p, I, F, A, R>
-where
-    I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Send + 'static,
-    A: Send + 'static,
-    R: Send + 'static,
-{
-    RunIter(Stream::new(
-        tasks,
-        plan,
-        batcher,
-        pre_dispatch,
-        timeout,
-        progress,
-    ))
-}
-
-pub(crate) fn run_unordered<'p, I, F, A, R>(
-    tasks: I,
-    plan: Plan,
-    batcher: Batcher,
-    pre_dispatch: usize,
-    timeout: Option<Duration>,
-    progress: Progress<'p>,
-) -> RunUnordered<'p, I, F, A, R>
-where
-    I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Send + 'static,
-    A: Send + 'static,
-    R: Send + 'static,
-{
-    RunUnordered(Stream::new(
-        tasks,
-        plan,
-        batcher,
-        pre_dispatch,
-        timeout,
-        progress,
-    ))
-}
+stream_iterator!(RunIter, R, |(_, r)| r);
+stream_iterator!(RunUnordered, (usize, R), |pair| pair);
+stream_iterator!(ScopedIter, R, |(_, r)| r);

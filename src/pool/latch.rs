@@ -135,7 +135,7 @@ impl Latch for SpinLatch<'_> {
         // on that latch and cannot leave its frame before it is set. The target lives in the
         // owner's `WorkerThread` (alive for the owner's whole life, longer than this wait).
         let (registry, index): (*const Registry, usize) =
-            unsafe { ((*(*this).owner).registry, (*(*this).owner).index) };
+            unsafe { ((*this).owner.registry, (*this).owner.index) };
         // SAFETY: `this` is valid on entry: the owner is blocked on this very latch; the core
         // latch is a field of it, passed as a raw pointer so no reference to the frame outlives
         // the set.

@@ -165,9 +165,10 @@ impl ThreadPool {
         self.registry().trace.stop()
     }
 
-    /// Queues a `'static` job on this pool without waiting for it (used by the streaming
-    /// `Parallel` iterators). The job should catch its own panics: one that escapes aborts the
-    /// process (`HeapJob::execute`), since it could skip whatever the job owed its waiter.
+    /// Queues a `'static` job on this pool without waiting for it (used by the loom models). The
+    /// job should catch its own panics: one that escapes aborts the process
+    /// (`HeapJob::execute`), since it could skip whatever the job owed its waiter.
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub(crate) fn spawn_detached<F: FnOnce() + Send + 'static>(&self, job: F) {
         // SAFETY: the job is 'static and owns everything it uses.
         unsafe { self.spawn_unchecked(job) }

@@ -39,10 +39,15 @@ pub(crate) const BATCH_SKIPS_NOTIFY: bool = cfg!(all(loom, parjob_mutant = "batc
 pub(crate) const CANCEL_CHECK_BEFORE_CLAIM: bool =
     cfg!(all(loom, parjob_mutant = "cancel_check_before_claim"));
 
+/// `Signal::notify` skips the `fence(SeqCst)` between the producer's state change and its read of
+/// the waiter's `waiting` flag (`src/pool/signal.rs`).
+pub(crate) const SIGNAL_NOTIFY_SKIPS_FENCE: bool =
+    cfg!(all(loom, parjob_mutant = "signal_notify_skips_fence"));
+
 /// The mutant this build was compiled with, if any (for the models' banners and `scripts/loom.sh`).
 #[allow(dead_code)]
 pub(crate) const ACTIVE: Option<&str> = {
-    const ALL: [(bool, &str); 12] = [
+    const ALL: [(bool, &str); 13] = [
         (SLEEP_SKIPS_FENCE, "sleep_skips_fence"),
         (SLEEP_SKIPS_RECHECK, "sleep_skips_recheck"),
         (PUBLISH_SKIPS_FENCE, "publish_skips_fence"),
@@ -55,6 +60,7 @@ pub(crate) const ACTIVE: Option<&str> = {
         (PUBLISH_SKIPS_NOTIFY, "publish_skips_notify"),
         (CANCEL_CHECK_BEFORE_CLAIM, "cancel_check_before_claim"),
         (BATCH_SKIPS_NOTIFY, "batch_skips_notify"),
+        (SIGNAL_NOTIFY_SKIPS_FENCE, "signal_notify_skips_fence"),
     ];
     let mut i = 0;
     let mut found = None;

@@ -1,0 +1,449 @@
+//! The one engine behind `run`, `try_run`, `run_iter` and `run_unordered`: a driver on the calling
+//! thread, batches on a pool.
+//!
+//! # Shape of a call
+//! The driver ([`Engine`], owned by the calling frame or by the stream iterator) is the only one that
+//! touches the input iterator (so it need not be `Send`). It pulls tasks in bulk into batch
+//! buffers ([`Batcher`] sizes them), pushes the batches onto the call's ready queue, and makes sure
+//! enough *tokens* (small jobs on the pool) exist to run them: a token pops batches until the queue
+//! is empty. At most `runners` threads run this call's batches at once (tokens, plus the driver
+//! when it helps). Every finished batch posts a [`Chunk`] (where its results are, whether a task
+//! panicked or failed) to the shared `done` list and notifies the driver's [`Signal`].
+//!
+//! What differs between the entry points is only where results go and how chunks are consumed:
+//! `run` / `try_run` give every batch a disjoint slot range of the output vector ([`Dest::Slots`],
+//! written in place) and assemble the vector at the end (`dispatch.rs`); the streams let each batch
+//! collect its own vector ([`Dest::Own`]) and hand chunks out in input or completion order
+//! (`stream.rs`).
+//!
+//! # The window, and the one help-or-wait rule
+//! Tasks pulled but not yet *retired* never exceed `pre_dispatch × batch size` (with batches of
+//! one task, as at the start of every `Auto` call: `pre_dispatch` tasks). `run` retires a task when
+//! it has run; a stream when the consumer has read its result (backpressure). When the driver has
+//! nothing to pull, it helps (runs a queued batch itself) if it is one of the runners and batches
+//! are short, and otherwise waits on its signal until a chunk arrives, the call is closed, or a
+//! limit ([`Limits`]) passes. On a pool worker that wait keeps running the pool's work.
+//!
+//! # Limits
+//! `timeout` bounds each wait for the next result, `deadline` the whole call. Both are
+//! cooperative: batches check the deadline before each task, the driver checks both after each
+//! wait; running tasks are never interrupted. An expired timeout fails the call; a call in which no
+//! task was skipped succeeds even if it ran past its deadline.
+//!
+//! # Soundness with borrowed tasks
+//! Tokens are queued with `spawn_unchecked`, so tasks, results and the output slots may borrow the
+//! caller's stack. A token touches them only between a successful [`Tracker::begin`] and its
+//! `finish` (`run_batch` never unwinds). [`Engine::new`] is therefore `unsafe`: its caller must
+//! [`settle`](Engine::settle) the call (close the tracker, wait until it is quiescent) before any
+//! borrowed data dies, on every path including unwinding — or use only `'static` types. After
+//! `settle` no token can reach the call's values again: a token that runs later finds the tracker
+//! closed and only drops its `Arc`, and the shared state it may then free holds none of the call's
+//! values (settle moved them all out).
+
+mod shared;
+
+pub(crate) use shared::{discard, drop_chunk, lock, quietly, Batch, Chunk, Dest, Shared};
+use shared::{token, Queue, SlotPtr};
+
+use super::backend::Plan;
+use super::batch::Batcher;
+use super::cancel::Tracker;
+use super::delayed::{Apply, Delayed};
+use super::progress::Progress;
+use crate::pool::signal::Signal;
+use crate::pool::unwind::Panic;
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::ThreadPool;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A unit of work the engine runs (a [`Delayed`]).
+pub(crate) trait Task {
+    /// What the task returns.
+    type Output;
+    /// Runs the task.
+    fn run(self) -> Self::Output;
+}
+
+impl<F: Apply<A>, A> Task for Delayed<F, A> {
+    type Output = F::Output;
+    #[inline]
+    fn run(self) -> F::Output {
+        self.call()
+    }
+}
+
+/// A call's time limits (see the module docs, "Limits").
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Limits {
+    /// The longest wait for the next result.
+    pub(crate) timeout: Option<Duration>,
+    /// The whole call's budget, and when it ends.
+    pub(crate) budget: Option<(Duration, Instant)>,
+}
+
+impl Limits {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.budget.map(|(_, at)| at)
+    }
+}
+
+/// Everything a call needs from its `Parallel`, resolved once per call.
+pub(crate) struct Setup<'p> {
+    pub(crate) plan: Plan,
+    pub(crate) batcher: Batcher,
+    pub(crate) pre_dispatch: usize,
+    pub(crate) limits: Limits,
+    pub(crate) progress: Progress<'p>,
+}
+
+/// How a call stopped early.
+pub(crate) enum Stop<R> {
+    /// A task panicked (the first panic caught).
+    Panic(Panic),
+    /// `fail_fast` flagged this task's result (the failure with the smallest index).
+    Failed { index: usize, value: R },
+    /// A limit passed before every task had run; `limit` is the timeout or the budget that did.
+    Timeout { completed: usize, limit: Duration },
+}
+
+/// A batch buffer holds at most this many bytes of tasks, so that the runner reads the tasks
+/// while they are still in a cache near the driver that wrote them (a 200 µs batch of 1 ns tasks
+/// would be megabytes).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Before the first batch has been timed, at most this many batches per runner are in flight.
+const PROBE_BATCHES: usize = 2;
+
+/// What a wait ended with.
+pub(crate) enum Waited {
+    /// Something may have changed: a chunk arrived, the call was closed, or a spurious wake.
+    Changed,
+    /// A limit passed with no new chunk: the timeout or budget that did.
+    Expired(Duration),
+}
+
+/// The pool side of a call's plan.
+struct OnPool {
+    pool: ThreadPool,
+    runners: usize,
+    /// The driver may run batches itself (it is one of the runners).
+    caller_runs: bool,
+}
+
+/// Above this expected batch duration the driver stops running batches itself (it would delay
+/// refilling the window by that long) and only dispatches.
+const CALLER_HELPS_BELOW_NS: f64 = 4.0 * super::batch::TARGET_BATCH_NS;
+
+/// The driver of one call on a pool (see the module docs).
+pub(crate) struct Engine<'p, I, T: Task> {
+    pub(crate) shared: Arc<Shared<T>>,
+    tasks: I,
+    /// The input has no more tasks.
+    pub(crate) exhausted: bool,
+    on_pool: OnPool,
+    batcher: Batcher,
+    pre_dispatch: usize,
+    pub(crate) limits: Limits,
+    pub(crate) progress: Progress<'p>,
+    pub(crate) exact_len: Option<usize>,
+    /// Tasks pulled from the input so far (the next task's index).
+    pub(crate) pulled: usize,
+    /// Batches pushed so far (each posts exactly one chunk, unless a settle drops it unstarted).
+    pub(crate) batches: usize,
+    /// `run`'s output buffer and its capacity: batches inside it write in place.
+    slots: Option<(*mut T::Output, usize)>,
+    /// The driver's wake-up and the thread it belongs to (see `Shared::waiter`).
+    signal: Option<(std::thread::ThreadId, Arc<Signal>)>,
+}
+
+impl<'p, I, T> Engine<'p, I, T>
+where
+    I: Iterator<Item = T>,
+    T: Task + Send,
+    T::Output: Send,
+{
+    /// A driver for `tasks` on `pool`. Dispatches nothing yet.
+    ///
+    /// # Safety
+    /// Unless `T` and `T::Output` are `'static` (and `slots` is `None`), the caller must call
+    /// [`settle`](Self::settle) before anything the tasks or results borrow, and the `slots`
+    /// buffer, goes away, on every path including unwinding, and must not free the buffer before.
+    /// `slots` must point to an allocation with room for `capacity` values of `T::Output`.
+    pub(crate) unsafe fn new(
+        tasks: I,
+        setup: Setup<'p>,
+        pool: (ThreadPool, usize, bool),
+        fail_fast: Option<fn(&T::Output) -> bool>,
+        slots: Option<(*mut T::Output, usize)>,
+    ) -> Self {
+        let exact_len = super::exact_len(&tasks);
+        let close_on_panic = slots.is_some();
+        let (pool, runners, caller_runs) = pool;
+        Engine {
+            shared: Arc::new(Shared {
+                tracker: Tracker::new(),
+                queue: Mutex::new(Queue {
+                    batches: VecDeque::new(),
+                    tokens: 0,
+                }),
+                done: Mutex::new(Vec::new()),
+                spare: Mutex::new(Vec::new()),
+                waiter: Mutex::new(None),
+                tasks_done: AtomicUsize::new(0),
+                timing_tasks: AtomicU64::new(0),
+                timing_ns: AtomicU64::new(0),
+                deadline: setup.limits.deadline(),
+                deadline_hit: AtomicBool::new(false),
+                fail_fast,
+                close_on_panic,
+            }),
+            tasks,
+            exhausted: false,
+            on_pool: OnPool {
+                pool,
+                runners: runners.max(1),
+                caller_runs,
+            },
+            batcher: setup.batcher,
+            pre_dispatch: setup.pre_dispatch,
+            limits: setup.limits,
+            progress: setup.progress,
+            exact_len,
+            pulled: 0,
+            batches: 0,
+            slots,
+            signal: None,
+        }
+    }
+
+    /// Does the driver run batches itself now? (It is a runner, and batches are short.)
+    fn helps(&self) -> bool {
+        self.on_pool.caller_runs
+            && self
+                .batcher
+                .expected_batch_ns()
+                .map_or(true, |ns| ns < CALLER_HELPS_BELOW_NS)
+    }
+
+    /// Pulls tasks into batches while the window has room, queues them and wakes tokens for them.
+    /// `read`: results the consumer has read (a stream's window); `None`: the window counts tasks
+    /// that have not run yet (`run`'s).
+    pub(crate) fn refill(&mut self, read: Option<usize>) {
+        if self.shared.tracker.is_closed() {
+            return;
+        }
+        let runners = self.on_pool.runners;
+        self.batcher.observe(
+            self.shared.timing_tasks.load(Ordering::Relaxed),
+            self.shared.timing_ns.load(Ordering::Relaxed),
+        );
+        let mut pushed: Vec<Batch<T>> = Vec::new();
+        while !self.exhausted {
+            let retired = read.unwrap_or_else(|| self.shared.tasks_done.load(Ordering::Acquire));
+            let in_flight = self.pulled - retired.min(self.pulled);
+            let natural = self.batcher.next_size(
+                self.exact_len.map(|n| n.saturating_sub(self.pulled)),
+                runners,
+            );
+            let size = natural
+                .min(MAX_BATCH_BYTES / std::mem::size_of::<T>().max(1))
+                .max(1);
+            // The window counts batches of the size the batcher asked for (a duration), even when
+            // buffers are cut smaller: cutting must not shrink the work queued ahead, or runners
+            // run dry (and sleep) while the driver refills.
+            let mut window = self.pre_dispatch.saturating_mul(natural).max(1);
+            if self.batcher.expected_batch_ns().is_none() {
+                // Nothing measured yet (batches of one task, as joblib starts): probe with a few
+                // batches per runner before a large window fills with tiny batches.
+                window = window.min(PROBE_BATCHES * runners * size);
+            }
+            if in_flight >= window {
+                break;
+            }
+            let take = size.min(window - in_flight);
+            // Bulk: one buffer per batch (a recycled one when there is one), filled by `extend`
+            // (no per-task lock, atomic or allocation).
+            let mut tasks = lock(&self.shared.spare).pop().unwrap_or_default();
+            tasks.reserve(take);
+            tasks.extend(self.tasks.by_ref().take(take));
+            if tasks.len() < take {
+                self.exhausted = true;
+                if tasks.is_empty() {
+                    break;
+                }
+            }
+            let len = tasks.len();
+            let dest = match self.slots {
+                Some((base, capacity)) if self.pulled + len <= capacity => {
+                    // SAFETY: `pulled + len <= capacity`, so the range is inside the allocation
+                    // (`new`'s contract), and no earlier batch was given any slot of it.
+                    Dest::Slots(SlotPtr(unsafe { base.add(self.pulled) }))
+                }
+                _ => Dest::Own,
+            };
+            pushed.push(Batch {
+                start: self.pulled,
+                tasks,
+                dest,
+            });
+            self.pulled += len;
+            self.batches += 1;
+        }
+        if pushed.is_empty() {
+            return;
+        }
+        let max_tokens = if self.helps() { runners - 1 } else { runners };
+        let spawn = {
+            let mut queue = lock(&self.shared.queue);
+            queue.batches.extend(pushed);
+            let wanted = queue
+                .batches
+                .len()
+                .min(max_tokens)
+                .saturating_sub(queue.tokens);
+            queue.tokens += wanted;
+            wanted
+        };
+        for _ in 0..spawn {
+            let shared = Arc::clone(&self.shared);
+            // SAFETY: the token touches tasks, results and slots (which may borrow the caller)
+            // only while active in `shared.tracker`, and `new`'s caller settles the call (closes
+            // the tracker and waits until it is quiescent) before any of them goes away, or they
+            // are all `'static`. `token` never unwinds.
+            unsafe { self.on_pool.pool.spawn_unchecked(move || token(shared)) };
+        }
+    }
+
+    /// Runs one queued batch on the driver's thread if the driver is a runner and batches are
+    /// short. `true` if it ran one.
+    pub(crate) fn help(&mut self) -> bool {
+        if !self.helps() || lock(&self.shared.queue).tokens >= self.on_pool.runners {
+            return false;
+        }
+        if !self.shared.tracker.begin() {
+            return false;
+        }
+        let batch = self.shared.pop();
+        let ran = batch.is_some();
+        if let Some(batch) = batch {
+            self.shared.run_batch(batch);
+        }
+        self.shared.tracker.finish();
+        ran
+    }
+
+    /// Moves the posted chunks out (into `into`); `true` if any arrived.
+    pub(crate) fn take_done(&mut self, into: &mut Vec<Chunk<T::Output>>) -> bool {
+        let mut done = lock(&self.shared.done);
+        if done.is_empty() {
+            return false;
+        }
+        into.append(&mut done);
+        true
+    }
+
+    /// Reports progress to the callback, verbose lines and bar (user code: called with no lock
+    /// held).
+    pub(crate) fn report(&mut self, done: usize) {
+        self.progress.update(done);
+    }
+
+    /// Waits until a chunk arrives, the call is closed, or a limit passes: the timeout counted
+    /// from `since` (when the driver began waiting for the next result), or the budget.
+    pub(crate) fn wait(&mut self, since: Instant) -> Waited {
+        let by_timeout = self.limits.timeout.map(|t| (t, since + t));
+        let by_budget = self.limits.budget;
+        let until = match (by_timeout, by_budget) {
+            (Some(a), Some(b)) => Some(if a.1 <= b.1 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let signal = self.signal();
+        let shared = &self.shared;
+        Signal::wait_while_until(&signal, until.map(|(_, at)| at), || {
+            lock(&shared.done).is_empty() && !shared.tracker.is_closed()
+        });
+        match until {
+            Some((limit, at))
+                if Instant::now() >= at
+                    && lock(&shared.done).is_empty()
+                    && !shared.tracker.is_closed() =>
+            {
+                Waited::Expired(limit)
+            }
+            _ => Waited::Changed,
+        }
+    }
+
+    /// The deadline has passed (checked by the driver between waits).
+    pub(crate) fn past_deadline(&self) -> bool {
+        self.limits.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Pulls one more task to see whether the input is exhausted (dropping it if not).
+    pub(crate) fn input_has_more(&mut self) -> bool {
+        if self.exhausted {
+            return false;
+        }
+        match self.tasks.next() {
+            Some(task) => {
+                drop(task);
+                true
+            }
+            None => {
+                self.exhausted = true;
+                false
+            }
+        }
+    }
+}
+
+impl<I, T: Task> Engine<'_, I, T> {
+    /// The driver's signal for the current thread, installed in the shared state.
+    fn signal(&mut self) -> Arc<Signal> {
+        let me = std::thread::current().id();
+        match &self.signal {
+            Some((thread, signal)) if *thread == me => Arc::clone(signal),
+            _ => {
+                let signal = Arc::new(Signal::for_current_thread());
+                *lock(&self.shared.waiter) = Some(Arc::clone(&signal));
+                self.signal = Some((me, Arc::clone(&signal)));
+                signal
+            }
+        }
+    }
+
+    /// Stops dispatching: no batch starts after this. Returns the batches not yet started (their
+    /// tasks may borrow the caller: the caller drops them when that is allowed).
+    pub(crate) fn close(&self) -> VecDeque<Batch<T>> {
+        self.shared.tracker.close();
+        std::mem::take(&mut lock(&self.shared.queue).batches)
+    }
+
+    /// Closes the call, waits until no runner is active, and moves every value of the call's types
+    /// out of the shared state (unstarted tasks, posted chunks) into the returned parts. After it,
+    /// no runner touches anything of the call again. Never unwinds and drops no user value.
+    pub(crate) fn settle(&mut self) -> (VecDeque<Batch<T>>, Vec<Chunk<T::Output>>) {
+        let unstarted = self.close();
+        let signal = self.signal();
+        let shared = &self.shared;
+        signal.wait_while(|| !shared.tracker.is_quiescent());
+        let done = std::mem::take(&mut *lock(&shared.done));
+        (unstarted, done)
+    }
+}
+
+/// Drops unstarted batches' tasks one by one, containing panics from their `Drop`.
+pub(crate) fn drop_unstarted<T: Task>(batches: VecDeque<Batch<T>>) {
+    batches
+        .into_iter()
+        .for_each(|b| b.tasks.into_iter().for_each(quietly));
+}
+
+impl<I, T: Task> Drop for Engine<'_, I, T> {
+    /// Closes the call (a settled one is closed already): queued batches never start. Values of a
+    /// stream's `'static` types still running are dropped with the shared state.
+    fn drop(&mut self) {
+        drop_unstarted(self.close());
+    }
+}

@@ -1,0 +1,307 @@
+//! The runner side of the engine: the state a call's driver and its tokens share, the batches
+//! and the chunks they post, and the token loop. See the parent module for the protocol.
+
+use super::Task;
+use crate::parallel::cancel::Tracker;
+use crate::pool::signal::Signal;
+use crate::pool::unwind::{self, Panic};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// A pointer into the output vector, sent to the runner that owns that slot range.
+pub(crate) struct SlotPtr<R>(pub(crate) *mut R);
+// SAFETY: a `SlotPtr` is only dereferenced by the single runner that owns the batch it belongs to
+// (slot ranges of batches are disjoint), and `R: Send` lets that runner produce the value there.
+unsafe impl<R: Send> Send for SlotPtr<R> {}
+
+/// Where a batch puts its results.
+pub(crate) enum Dest<R> {
+    /// Write result `k` of the batch to `ptr.add(k)`.
+    Slots(SlotPtr<R>),
+    /// Collect the results into a vector of the batch's own.
+    Own,
+}
+
+pub(crate) struct Batch<T: Task> {
+    pub(super) start: usize,
+    pub(super) tasks: Vec<T>,
+    pub(super) dest: Dest<T::Output>,
+}
+
+/// A finished (or stopped) batch: `written` results from input index `start` on, in place or in
+/// `own`; the task after them panicked (`panic`) or failed fast (`failure`), or was skipped.
+pub(crate) struct Chunk<R> {
+    pub(crate) start: usize,
+    pub(crate) written: usize,
+    pub(crate) own: Option<Vec<R>>,
+    pub(crate) panic: Option<Panic>,
+    pub(crate) failure: Option<R>,
+}
+
+pub(super) struct Queue<T: Task> {
+    pub(super) batches: VecDeque<Batch<T>>,
+    /// Tokens queued or running (each counts as a potential runner).
+    pub(super) tokens: usize,
+}
+
+/// The state a call's driver and its tokens share.
+pub(crate) struct Shared<T: Task> {
+    pub(crate) tracker: Tracker,
+    pub(super) queue: Mutex<Queue<T>>,
+    pub(super) done: Mutex<Vec<Chunk<T::Output>>>,
+    /// Emptied batch buffers (no values in them), reused by the driver.
+    pub(super) spare: Mutex<Vec<Vec<T>>>,
+    /// The driver's wake-up, notified after every chunk posted and every batch finished. Set by the
+    /// driver before it first waits, replaced if it moves to another thread (a stream).
+    pub(super) waiter: Mutex<Option<Arc<Signal>>>,
+    /// Tasks that ran to completion (progress, and `run`'s window).
+    pub(crate) tasks_done: AtomicUsize,
+    pub(super) timing_tasks: AtomicU64,
+    pub(super) timing_ns: AtomicU64,
+    pub(super) deadline: Option<Instant>,
+    /// A batch found the deadline passed and closed the call.
+    pub(crate) deadline_hit: AtomicBool,
+    /// Results for which this returns `true` close the call (`try_run`'s `Err`).
+    pub(super) fail_fast: Option<fn(&T::Output) -> bool>,
+    /// A panic closes the call (`run`), or only ends the stream at its position (streams).
+    pub(super) close_on_panic: bool,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> impl std::ops::DerefMut<Target = T> + '_ {
+    // No user code runs while these locks are held; poisoning could only come from an allocation
+    // failure, and the data stays consistent then.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops a panic payload that will not be resumed, without unwinding: a payload whose own `Drop`
+/// panics is leaked, together with that second payload.
+pub(crate) fn discard(payload: Panic) {
+    if let Err(again) = unwind::halt_unwinding(move || drop(payload)) {
+        std::mem::forget(again);
+    }
+}
+
+/// Drops `value`, discarding a panic from its `Drop` (user code).
+pub(crate) fn quietly<V>(value: V) {
+    if let Err(payload) = unwind::halt_unwinding(move || drop(value)) {
+        discard(payload);
+    }
+}
+
+impl<T: Task> Shared<T> {
+    pub(super) fn notify(&self) {
+        let waiter = lock(&self.waiter).clone();
+        if let Some(signal) = waiter {
+            signal.notify();
+        }
+    }
+
+    /// Runs one batch and posts its chunk. The caller must be active in the tracker. Never
+    /// unwinds: a task's panic is caught and posted.
+    pub(super) fn run_batch(&self, batch: Batch<T>) {
+        let Batch {
+            start,
+            mut tasks,
+            dest,
+        } = batch;
+        let started = Instant::now();
+        crate::pool::worker::trace_current(crate::EventKind::BatchStart, tasks.len() as u32);
+        let mut written = 0usize;
+        let mut failure = None;
+        let mut own = match dest {
+            Dest::Own => Some(Vec::with_capacity(tasks.len())),
+            Dest::Slots(_) => None,
+        };
+        // Results that need no drop, in place, with nothing to check per task: runs of
+        // `CHECK_EVERY` tasks in a plain loop (a panic mid-run leaves nothing that must be
+        // dropped, and fails the call anyway), the cancel flag checked between runs.
+        let plain = !std::mem::needs_drop::<T::Output>()
+            && self.fail_fast.is_none()
+            && self.deadline.is_none();
+        // Outside the closure: if a task panics, the tasks not yet run are not dropped while
+        // unwinding (a panicking `Drop` there would abort), but below, one by one.
+        let mut left = tasks.drain(..);
+        let outcome = unwind::halt_unwinding(|| match &dest {
+            Dest::Slots(ptr) if plain => {
+                while !self.tracker.is_closed() {
+                    let run = left.len().min(CHECK_EVERY);
+                    if run == 0 {
+                        break;
+                    }
+                    // SAFETY: this batch owns slots `start .. start + tasks.len()` of the output
+                    // buffer (disjoint from other batches', inside its capacity:
+                    // `Engine::refill`); `written` tasks were taken so far and `run` more are
+                    // left, so `written .. written + run` is inside the batch's range. The buffer
+                    // outlives every active runner (`Engine::new`'s contract); each slot is
+                    // written once. Viewed as `MaybeUninit`, the slots may hold anything.
+                    let slots = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            ptr.0
+                                .add(written)
+                                .cast::<std::mem::MaybeUninit<T::Output>>(),
+                            run,
+                        )
+                    };
+                    run_plain(&mut left, slots);
+                    written += run;
+                }
+            }
+            _ => {
+                for task in left.by_ref() {
+                    if self.tracker.is_closed() {
+                        break;
+                    }
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.deadline_hit.store(true, Ordering::Relaxed);
+                        self.tracker.close();
+                        break;
+                    }
+                    let value = task.run();
+                    if self.fail_fast.is_some_and(|failed| failed(&value)) {
+                        failure = Some(value);
+                        self.tracker.close();
+                        break;
+                    }
+                    match (&dest, &mut own) {
+                        (Dest::Slots(ptr), _) => {
+                            // SAFETY: this batch owns slots `start .. start + tasks.len()` of the
+                            // output buffer (disjoint from every other batch's, inside its
+                            // capacity: `Engine::refill`), and `written < tasks.len()`; the buffer
+                            // outlives every active runner (`Engine::new`'s contract). Each slot
+                            // is written once, and read only after the tracker is quiescent.
+                            unsafe { ptr.0.add(written).write(value) }
+                        }
+                        (Dest::Own, Some(v)) => v.push(value),
+                        (Dest::Own, None) => unreachable!("an Own batch has its vector"),
+                    }
+                    written += 1;
+                }
+            }
+        });
+        // The tasks not run (skipped after a close, or after a panic): a task's `Drop` is user
+        // code, so each is dropped on its own, contained. The emptied buffer goes back to the
+        // driver for a later batch (fresh multi-megabyte buffers cost a page fault per page).
+        left.for_each(quietly);
+        self.recycle(tasks);
+        let panic = outcome.err();
+        if panic.is_some() && self.close_on_panic {
+            self.tracker.close();
+        }
+        crate::pool::worker::trace_current(crate::EventKind::BatchEnd, written as u32);
+        self.timing_tasks
+            .fetch_add(written as u64, Ordering::Relaxed);
+        self.timing_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.tasks_done.fetch_add(written, Ordering::Release);
+        lock(&self.done).push(Chunk {
+            start,
+            written,
+            own,
+            panic,
+            failure,
+        });
+        // After the push: a driver that installed its signal after our read of `waiter` finds the
+        // chunk when it checks `done` (both under locks, see `Engine::wait`).
+        self.notify();
+    }
+
+    /// Keeps an emptied batch buffer for the driver's next batch (a few at most).
+    fn recycle(&self, buffer: Vec<T>) {
+        debug_assert!(buffer.is_empty());
+        let mut spare = lock(&self.spare);
+        if spare.len() < MAX_SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    }
+
+    pub(super) fn pop(&self) -> Option<Batch<T>> {
+        lock(&self.queue).batches.pop_front()
+    }
+}
+
+impl<T: Task> Drop for Shared<T> {
+    /// Only a stream's shared state can still hold values here (a settled call holds none): the
+    /// last `Arc` may go with a token, on a pool worker, which must never unwind, so each value is
+    /// dropped on its own and a panic from its `Drop` is discarded.
+    fn drop(&mut self) {
+        let batches = std::mem::take(&mut lock(&self.queue).batches);
+        batches
+            .into_iter()
+            .for_each(|b| b.tasks.into_iter().for_each(quietly));
+        for chunk in std::mem::take(&mut *lock(&self.done)) {
+            drop_chunk(chunk);
+        }
+    }
+}
+
+/// Drops a chunk's own results, payload and failure one by one, containing panics. (In-place
+/// results are not the chunk's: see `dispatch::drop_written`.)
+pub(crate) fn drop_chunk<R>(chunk: Chunk<R>) {
+    if let Some(own) = chunk.own {
+        own.into_iter().for_each(quietly);
+    }
+    if let Some(payload) = chunk.panic {
+        discard(payload);
+    }
+    quietly(chunk.failure);
+}
+
+/// A token's job. Never unwinds (a `spawn_unchecked` job must not): `run_batch` catches every
+/// panic of a task, and anything else (a bug) is caught here and its payload discarded.
+pub(super) fn token<T: Task>(shared: Arc<Shared<T>>) {
+    if let Err(payload) = unwind::halt_unwinding(move || token_loop(shared)) {
+        discard(payload);
+    }
+}
+
+/// A token: runs batches of the call until the queue is empty or the call is closed.
+fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
+    loop {
+        let batch = {
+            let mut queue = lock(&shared.queue);
+            // Become active only with a batch in hand: an idle token (the driver or another token
+            // took the work) must not make a settling driver wait for it. `begin` under the queue
+            // lock is still ordered against `close` by the tracker's fences; `settle` drains the
+            // queue under this lock after closing, so we either pop a batch it will then wait
+            // for, or find the tracker closed (or the queue empty).
+            let batch = if queue.batches.is_empty() || !shared.tracker.begin() {
+                None
+            } else {
+                queue.batches.pop_front()
+            };
+            if batch.is_none() {
+                queue.tokens -= 1;
+            }
+            batch
+        };
+        let Some(batch) = batch else { return };
+        shared.run_batch(batch);
+        shared.tracker.finish();
+        // A settling driver waits for `finish`: wake it (`run_batch`'s notify came before).
+        shared.notify();
+    }
+}
+
+/// Emptied batch buffers kept for reuse, per call: enough for every batch of a full window
+/// (`pre_dispatch` batches of the batcher's size, cut into buffers of at most `MAX_BATCH_BYTES`),
+/// so a call in its steady state allocates no buffer at all. Buffers of that size come from
+/// `mmap`, and a fresh one costs a page fault per page. Spares only come from finished batches,
+/// so they never outnumber the buffers the call had in flight at once.
+pub(super) const MAX_SPARE_BUFFERS: usize = 64;
+
+/// In the plain loop of `run_batch`, the cancel flag is checked once per this many tasks.
+const CHECK_EVERY: usize = 64;
+
+/// `slots[k] = next task's result`, for every slot. A function of its own so that `slots` is a
+/// `&mut` argument: the compiler may assume the writes change nothing else it reads (the tasks),
+/// and can keep the loop tight or vectorise it. The caller gives no more slots than tasks left.
+#[inline]
+fn run_plain<T: Task>(
+    tasks: &mut std::vec::Drain<'_, T>,
+    slots: &mut [std::mem::MaybeUninit<T::Output>],
+) {
+    for (slot, task) in slots.iter_mut().zip(tasks) {
+        slot.write(task.run());
+    }
+}
