@@ -40,10 +40,12 @@ const BAND_GAP: u32 = 10;
 const PANEL_CHROME: u32 = 95;
 const HEADER: u32 = 60;
 
-/// One bar: the value it reaches and its whisker.
+/// One bar: the value it reaches and its whisker, or no bar (`value` is `None`) and a note saying
+/// why (a contender that gave a wrong result is not timed, and the chart says so rather than
+/// leaving a gap).
 struct Bar {
     contender: usize,
-    value: f64,
+    value: Option<f64>,
     low: f64,
     high: f64,
     text: String,
@@ -69,14 +71,18 @@ pub fn speedup_svg(rows: &[Row]) -> Option<String> {
     });
     let title = "Speedup over sequential (median of the repetitions; whiskers: fastest and \
                  slowest repetition; log scale, right of the line is faster)";
-    render(title, &panels, &contenders, true, |v| format!("{v}×"))
+    render(title, &panels, &contenders, true, |v| {
+        format!("{}×", (v * 1000.0).round() / 1000.0)
+    })
 }
 
 /// Renders the latency chart (time per call); `None` if no latency workload ran.
 pub fn latency_svg(rows: &[Row]) -> Option<String> {
     let rows: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.latency && r.median().is_some_and(|m| m > Duration::ZERO))
+        .filter(|r| {
+            r.latency && (r.times.is_err() || r.median().is_some_and(|m| m > Duration::ZERO))
+        })
         .collect();
     let contenders = contenders(&rows);
     let ns = |d: Duration| (d.as_nanos() as f64).max(1.0);
@@ -91,9 +97,37 @@ pub fn latency_svg(rows: &[Row]) -> Option<String> {
     });
     let title = "Latency per call (median; whiskers: fastest and slowest repetition; log scale, \
                  shorter is better)";
-    render(title, &panels, &contenders, false, |v| {
-        super::fmt_duration(Duration::from_nanos(*v as u64))
-    })
+    render(title, &panels, &contenders, false, |v| duration_tick(*v))
+}
+
+/// 1, 2 and 5 times the powers of ten within `lo..=hi`.
+fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        for step in [1.0, 2.0, 5.0] {
+            let v = decade * step;
+            if (lo..=hi).contains(&v) {
+                ticks.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
+}
+
+/// A tick label for a time in nanoseconds: "20 ns", "5 µs", "1 ms" (no trailing ".0").
+fn duration_tick(ns: f64) -> String {
+    let (value, unit) = if ns >= 1e9 {
+        (ns / 1e9, "s")
+    } else if ns >= 1e6 {
+        (ns / 1e6, "ms")
+    } else if ns >= 1e3 {
+        (ns / 1e3, "µs")
+    } else {
+        (ns, "ns")
+    };
+    format!("{} {unit}", (value * 100.0).round() / 100.0)
 }
 
 /// Contender labels in order of first appearance, so a colour means the same in every panel.
@@ -124,8 +158,10 @@ fn panels(
                 if !workloads.iter().any(|(w, _)| *w == r.workload) {
                     workloads.push((r.workload.clone(), Vec::new()));
                 }
-                let Some((value, low, high, text)) = bar(r) else {
-                    continue;
+                let (value, low, high, text) = match (bar(r), &r.times) {
+                    (Some((value, low, high, text)), _) => (Some(value), low, high, text),
+                    (None, Err(_)) => (None, 1.0, 1.0, "wrong result, not timed".to_string()),
+                    (None, Ok(_)) => continue,
                 };
                 let contender = contenders.iter().position(|c| *c == r.contender);
                 let band = workloads.iter_mut().find(|(w, _)| *w == r.workload);
@@ -225,7 +261,8 @@ fn draw(
         let values = panel
             .workloads
             .iter()
-            .flat_map(|(_, bars)| bars.iter().flat_map(|b| [b.value, b.low, b.high]))
+            .flat_map(|(_, bars)| bars.iter().filter(|b| b.value.is_some()))
+            .flat_map(|b| [b.value.unwrap_or(1.0), b.low, b.high])
             .filter(|v| v.is_finite() && *v > 0.0);
         let (mut lo, mut hi) =
             values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -247,14 +284,24 @@ fn draw(
             .build_cartesian_2d((lo..hi).log_scale(), 0.0..n)?;
         chart
             .configure_mesh()
-            .disable_y_mesh()
+            .disable_mesh()
+            .x_labels(0)
             .y_labels(0)
-            .x_labels(12)
-            .x_label_formatter(tick)
-            .label_style((FONT, 15))
-            .light_line_style(WHITE.mix(0.0))
-            .bold_line_style(BLACK.mix(0.12))
+            // The log axis labels its powers of ten whatever `x_labels` says; the ticks below
+            // replace them.
+            .x_label_formatter(&|_| String::new())
             .draw()?;
+        // Ticks at 1, 2 and 5 times each power of ten: plotters' log axis labels only the powers
+        // of ten, which leaves a 0.1×–6× range with two labels.
+        for v in ticks(lo, hi) {
+            chart.draw_series([PathElement::new([(v, 0.0), (v, n)], BLACK.mix(0.12))])?;
+            let (px, py) = chart.backend_coord(&(v, 0.0));
+            root.draw(&Text::new(
+                tick(&v),
+                (px, py + 6),
+                text(15.0).pos(Pos::new(HPos::Center, VPos::Top)),
+            ))?;
+        }
         // The bars start at 1× (speedup) or at the left edge (latency).
         let origin = if reference_line { 1.0 } else { lo };
         let bar_h = 1.0 / (contenders.len().max(1) as f64 + BAND_GAP as f64 / BAR as f64);
@@ -272,10 +319,17 @@ fn draw(
                 let y1 = top - bar.contender as f64 * bar_h;
                 let (y0, y1) = (y1 - bar_h * 0.85, y1);
                 let yc = (y0 + y1) / 2.0;
-                chart.draw_series([Rectangle::new(
-                    [(origin, y0), (bar.value, y1)],
-                    color.filled(),
-                )])?;
+                let Some(value) = bar.value else {
+                    chart.draw_series([Text::new(
+                        bar.text.clone(),
+                        (origin * 1.06, yc),
+                        text(13.0)
+                            .color(&color)
+                            .pos(Pos::new(HPos::Left, VPos::Center)),
+                    )])?;
+                    continue;
+                };
+                chart.draw_series([Rectangle::new([(origin, y0), (value, y1)], color.filled())])?;
                 let whisker = BLACK.mix(0.7).stroke_width(1);
                 let cap = bar_h * 0.3;
                 chart.draw_series([
@@ -462,6 +516,26 @@ mod tests {
             .count();
         assert_eq!(vertical_reference_lines, 2, "one 1× line per panel");
         assert_eq!(texts.iter().filter(|t| *t == REFERENCE_LABEL).count(), 2);
+    }
+
+    #[test]
+    fn wrong_results_are_noted_not_left_blank() {
+        let svg = speedup_svg(&sample()).unwrap();
+        assert!(texts(&svg).iter().any(|t| t == "wrong result, not timed"));
+    }
+
+    #[test]
+    fn ticks_are_1_2_5_per_decade_with_readable_labels() {
+        let labels: Vec<String> = ticks(0.04, 7.0)
+            .iter()
+            .map(|v| format!("{}×", (v * 1000.0).round() / 1000.0))
+            .collect();
+        assert_eq!(labels, ["0.05×", "0.1×", "0.2×", "0.5×", "1×", "2×", "5×"]);
+        let labels: Vec<String> = ticks(80.0, 2_500.0)
+            .into_iter()
+            .map(duration_tick)
+            .collect();
+        assert_eq!(labels, ["100 ns", "200 ns", "500 ns", "1 µs", "2 µs"]);
     }
 
     #[test]
