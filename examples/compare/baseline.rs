@@ -145,7 +145,7 @@ pub fn regressions(changes: &[Change], pct: f64) -> Vec<&Change> {
 }
 
 /// The diff as a markdown table, headed by what the baseline was.
-pub fn render(baseline: &str, old: &Run, changes: &[Change]) -> String {
+pub fn render(baseline: &str, old: &Run, new: &Run, changes: &[Change]) -> String {
     let mut out = String::new();
     let p = &old.provenance;
     let _ = writeln!(
@@ -156,6 +156,14 @@ pub fn render(baseline: &str, old: &Run, changes: &[Change]) -> String {
         p.date,
         if old.quick { "quick" } else { "full" },
     );
+    if old.quick != new.quick {
+        // Quick and full runs use different input sizes, so their workload names differ.
+        let _ = writeln!(
+            out,
+            "This run is in {} mode: most rows have different inputs and will not match.\n",
+            if new.quick { "quick" } else { "full" }
+        );
+    }
     let _ = writeln!(
         out,
         "| workload | threads | contender | baseline median | this run | change | verdict | chance if unchanged |"
@@ -316,7 +324,7 @@ mod tests {
         let fail = |pct: f64| regressions(&changes, pct).len();
         assert_eq!((fail(10.0), fail(26.0), fail(30.0)), (1, 1, 0));
 
-        let table = render("old", &old, &changes);
+        let table = render("old", &old, &new, &changes);
         assert!(table.contains("| fib | 2 | parjob | 105 ns | 133 ns | +26.7% | **slower** |"));
         assert!(table.contains("1 faster, 1 slower, 2 within noise (of 6 rows)."));
     }

@@ -136,7 +136,7 @@ fn main() {
     let mut status = 0;
     if let (Some(old), Some(name)) = (&old, &options.baseline) {
         let changes = baseline::diff(old, &run);
-        let table = baseline::render(name, old, &changes);
+        let table = baseline::render(name, old, &run, &changes);
         // The diff follows a markdown report on stdout; after CSV or JSON it goes to stderr, so
         // stdout stays one parseable document.
         if options.format == cli::Format::Markdown {
