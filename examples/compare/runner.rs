@@ -72,7 +72,7 @@ pub fn build_pools(options: &Options) -> Vec<Vec<(String, Pools)>> {
 }
 
 /// Times `reps` runs (per call, for latency workloads), sorted.
-fn measure(
+pub fn measure(
     workload: &mut dyn Workload,
     contender: Contender,
     pools: &Pools,
@@ -92,7 +92,7 @@ fn measure(
 
 /// Repetitions: `--reps`, or as many as fit in a time budget, within bounds (at least 3, so a
 /// baseline comparison always has a spread to look at).
-fn reps_for(first: Duration, options: &Options) -> usize {
+pub fn reps_for(first: Duration, options: &Options) -> usize {
     if let Some(r) = options.reps {
         return r as usize;
     }
