@@ -1,4 +1,4 @@
-//! Criterion: every workload of the comparison run (`examples/compare.rs`, same code in
+//! Criterion: every workload of the comparison run (`examples/compare/`, same code in
 //! `benches/workloads/`), sequential vs parjob vs rayon vs chili (vs a static 2-way split), each on
 //! 1 thread and on all cores, one criterion group per workload so the report puts them side by
 //! side. `cargo bench --bench compare` (filter: `cargo bench --bench compare -- fib`).

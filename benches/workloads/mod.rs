@@ -1,4 +1,4 @@
-//! Workloads shared by the criterion benches and the comparison run (`examples/compare.rs`), so both
+//! Workloads shared by the criterion benches and the comparison run (`examples/compare/`), so both
 //! time exactly the same code. Each workload has one implementation per contender: sequential,
 //! parjob, rayon, chili and a hand-written static split over `std::thread::scope` (an anchor: what
 //! perfect 2-way load balance with zero scheduling costs gives on the workloads that split evenly).
