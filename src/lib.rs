@@ -71,13 +71,11 @@ pub use parallel::error::{ConfigError, Error};
 pub use parallel::processes::{RunIterInProcesses, RunUnorderedInProcesses};
 pub use parallel::stream::{RunIter, RunUnordered, ScopedIter};
 pub use parallel::{effective_n_jobs, Parallel};
-pub use pool::builder::{
-    BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS,
+pub use pool::{
+    cpu_count, current_thread_index, join, scope, BuildError, EventKind, LatencySummary, Metrics,
+    Scope, SharePolicy, ThreadPool, ThreadPoolBuilder, Trace, TraceEvent, TraceSummary,
+    VictimPolicy, WorkerMetrics, WorkerTime, DEFAULT_SPIN_ROUNDS, TRACE_CAPACITY,
 };
-pub use pool::metrics::{LatencySummary, Metrics, WorkerMetrics};
-pub use pool::scope::Scope;
-pub use pool::thread_pool::{cpu_count, current_thread_index, join, scope, ThreadPool};
-pub use pool::trace::{EventKind, Trace, TraceEvent, TraceSummary, WorkerTime, TRACE_CAPACITY};
 
 /// The README's Rust examples are compiled and run as doctests.
 #[cfg(doctest)]

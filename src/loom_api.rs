@@ -5,12 +5,12 @@
 //! handle on the code that ships (the same `Sleep`, latches, registry and worker loop), so the
 //! models explore the real protocols rather than copies of them. See `docs/verification.md`.
 
-use crate::pool::metrics::{LatencyHistogram, WorkerCounters};
-use crate::pool::sleep::{Sleep, Woken};
-use crate::pool::thread_pool::ThreadPool;
-use crate::pool::worker::{take_injected, WorkerThread};
+use crate::pool::loom_access::{
+    take_injected, LatencyHistogram, Sleep, Woken, WorkerCounters, WorkerThread,
+};
 use crate::sync::deque::{Injector, Steal, Worker};
 use crate::sync::Ordering;
+use crate::ThreadPool;
 use std::time::Instant;
 
 /// The broken variant this build was compiled with (`--cfg parjob_mutant="NAME"`), if any.
@@ -122,7 +122,7 @@ pub fn spawn_detached<F: FnOnce() + Send + 'static>(pool: &ThreadPool, job: F) {
 
 /// The pool the current thread works for, as a handle that does not shut it down when dropped.
 pub fn current_pool() -> Option<ThreadPool> {
-    crate::pool::thread_pool::current_pool()
+    ThreadPool::current()
 }
 
 /// Is worker `index`'s hunger flag set (a thief asked it to publish a private fork)?
@@ -172,13 +172,13 @@ impl Default for CancelTracker {
 /// waiter calls `wait_while(condition)`; producers change the state the condition reads, then
 /// `notify`.
 #[derive(Clone)]
-pub struct SignalModel(crate::sync::Arc<crate::pool::signal::Signal>);
+pub struct SignalModel(crate::sync::Arc<crate::pool::Signal>);
 
 impl SignalModel {
     /// A signal whose waiter is the current thread.
     pub fn for_current_thread() -> Self {
         SignalModel(crate::sync::Arc::new(
-            crate::pool::signal::Signal::for_current_thread(),
+            crate::pool::Signal::for_current_thread(),
         ))
     }
     /// Wakes the waiter if it waits (call after changing the state).

@@ -1,6 +1,5 @@
 //! [`Backend`]: where a `Parallel` call runs its tasks, and the cache of pools per `n_jobs`.
 
-use crate::pool::thread_pool::{current_pool, global_pool};
 use crate::{ThreadPool, ThreadPoolBuilder};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -86,7 +85,7 @@ impl Plan {
                     caller_runs: inside,
                 }
             }
-            Backend::WorkStealing => match current_pool() {
+            Backend::WorkStealing => match ThreadPool::current() {
                 // Nested: no new threads; the calling worker is one of the runners.
                 Some(pool) => {
                     let runners = n_jobs.min(pool.num_threads());
@@ -114,7 +113,7 @@ impl Plan {
 /// exactly `n_jobs` threads, built once and kept (so repeated calls spawn no threads).
 pub(crate) fn cached_pool(n_jobs: usize) -> ThreadPool {
     if n_jobs == super::cores() {
-        return global_pool().clone();
+        return ThreadPool::global().clone();
     }
     // A plain std Mutex: this cache is not part of any concurrent protocol loom checks.
     static CACHE: OnceLock<Mutex<HashMap<usize, ThreadPool>>> = OnceLock::new();

@@ -18,8 +18,8 @@
 use super::backend::Plan;
 use super::cancel::Tracker;
 use super::engine::{discard, Setup, Stop};
-use crate::pool::signal::Signal;
 use crate::pool::unwind::{self, Panic};
+use crate::pool::Signal;
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 use std::time::Instant;
 
@@ -159,14 +159,14 @@ impl Shared {
                 }
             };
             let Some(hi) = hi else { break };
-            crate::pool::worker::trace_current(crate::EventKind::BatchStart, (hi - lo) as u32);
+            crate::pool::trace_current(crate::EventKind::BatchStart, (hi - lo) as u32);
             let mut written = 0usize;
             let outcome = unwind::halt_unwinding(|| {
                 // SAFETY: `f` and `out` are alive while we are active (module docs); the claim
                 // made us the only runner of `lo..hi`, which is inside the buffer (`hi <= n`).
                 unsafe { (self.body)(self.f, self.out, lo, hi, &mut written) }
             });
-            crate::pool::worker::trace_current(crate::EventKind::BatchEnd, written as u32);
+            crate::pool::trace_current(crate::EventKind::BatchEnd, written as u32);
             self.done.fetch_add(written, Ordering::Relaxed);
             stopped_ranges.push((lo, written));
             if let Err(payload) = outcome {

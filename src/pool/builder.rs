@@ -42,6 +42,18 @@ pub(crate) struct Policy {
     pub(crate) max_searchers: usize,
 }
 
+/// A pool's configuration with every default resolved: what [`Registry::new`] builds from.
+pub(crate) struct PoolConfig {
+    pub(crate) num_threads: usize,
+    pub(crate) policy: Policy,
+    pub(crate) pin_threads: bool,
+    /// One name per worker, in index order.
+    pub(crate) thread_names: Vec<String>,
+    pub(crate) stack_size: Option<usize>,
+    pub(crate) start_handler: Option<Handler>,
+    pub(crate) exit_handler: Option<Handler>,
+}
+
 /// Default spin rounds before an idle worker parks. Round `r` spins `2^min(r, 6)` pause
 /// instructions, so 32 rounds are about 1,800 pauses: tens of microseconds, long enough to catch
 /// the next fork of a running computation, short enough that an idle pool costs nothing measurable.
@@ -243,8 +255,22 @@ impl ThreadPoolBuilder {
     /// # Errors
     /// [`BuildError`] if a thread cannot be spawned (the threads already started are stopped and
     /// joined) or pinning was asked for where it is unsupported.
-    pub fn build(mut self) -> Result<ThreadPool, BuildError> {
-        Registry::new(&mut self).map(ThreadPool::from_registry)
+    pub fn build(self) -> Result<ThreadPool, BuildError> {
+        Registry::new(self.resolve()).map(ThreadPool::from_registry)
+    }
+
+    /// Resolves every default (thread count, policy, names) into what a registry is built from.
+    pub(crate) fn resolve(mut self) -> PoolConfig {
+        let num_threads = self.resolved_num_threads();
+        PoolConfig {
+            num_threads,
+            policy: self.policy(num_threads),
+            pin_threads: self.pin_threads,
+            thread_names: (0..num_threads).map(|i| self.name_for(i)).collect(),
+            stack_size: self.stack_size,
+            start_handler: self.start_handler.take(),
+            exit_handler: self.exit_handler.take(),
+        }
     }
 }
 

@@ -14,16 +14,39 @@
 //! back by its owner or stolen → executed → latch set → owner (woken if asleep) reads the result.
 //! `docs/architecture.md` tells the whole story.
 
-pub(crate) mod builder;
-pub(crate) mod job;
-pub(crate) mod join;
-pub(crate) mod latch;
-pub(crate) mod metrics;
-pub(crate) mod registry;
-pub(crate) mod scope;
-pub(crate) mod signal;
-pub(crate) mod sleep;
-pub(crate) mod thread_pool;
-pub(crate) mod trace;
+mod builder;
+mod job;
+mod join;
+mod latch;
+mod metrics;
+mod registry;
+mod scope;
+mod signal;
+mod sleep;
+mod thread_pool;
+mod trace;
 pub(crate) mod unwind;
-pub(crate) mod worker;
+mod worker;
+
+// The public API (re-exported by the crate root).
+pub use builder::{BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS};
+pub use metrics::{LatencySummary, Metrics, WorkerMetrics};
+pub use scope::Scope;
+pub use thread_pool::{cpu_count, current_thread_index, join, scope, ThreadPool};
+pub use trace::{EventKind, Trace, TraceEvent, TraceSummary, WorkerTime, TRACE_CAPACITY};
+
+// Exactly what the layers above (`src/parallel/`) may use of the scheduler: the pool handle
+// (`ThreadPool::current`/`global`, `is_current`, `spawn_unchecked`), the re-armable wake-up they
+// wait on, the unwind helpers (`unwind`) and a hook that puts their batches into traces. Nothing
+// else of the scheduler is reachable from outside `src/pool/`.
+pub(crate) use signal::Signal;
+pub(crate) use worker::trace_current;
+
+/// The scheduler internals that the loom models drive directly (`src/loom_api.rs`, loom builds
+/// only).
+#[cfg(loom)]
+pub(crate) mod loom_access {
+    pub(crate) use super::metrics::{LatencyHistogram, WorkerCounters};
+    pub(crate) use super::sleep::{Sleep, Woken};
+    pub(crate) use super::worker::{take_injected, WorkerThread};
+}

@@ -1,6 +1,6 @@
 //! The state a pool's workers share: queues, sleep state, counters, policy, threads.
 
-use super::builder::{BuildError, Policy, SharePolicy, ThreadPoolBuilder};
+use super::builder::{BuildError, Policy, PoolConfig, SharePolicy};
 use super::job::{JobRef, StackJob};
 use super::latch::{CrossLatch, LockLatch};
 use super::metrics::PoolCounters;
@@ -44,10 +44,17 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(builder: &mut ThreadPoolBuilder) -> Result<Arc<Registry>, BuildError> {
-        let num_threads = builder.resolved_num_threads();
-        let policy = builder.policy(num_threads);
-        let cores = if builder.pin_threads {
+    pub(crate) fn new(config: PoolConfig) -> Result<Arc<Registry>, BuildError> {
+        let PoolConfig {
+            num_threads,
+            policy,
+            pin_threads,
+            thread_names,
+            stack_size,
+            start_handler,
+            exit_handler,
+        } = config;
+        let cores = if pin_threads {
             pinning_cores()?
         } else {
             Vec::new()
@@ -70,18 +77,18 @@ impl Registry {
             started: Mutex::new(0),
             all_started: Condvar::new(),
         });
-        for (index, deque) in deques.into_iter().enumerate() {
+        for ((index, deque), name) in deques.into_iter().enumerate().zip(thread_names) {
             let core = if cores.is_empty() {
                 None
             } else {
                 Some(cores[index % cores.len()])
             };
-            let mut thread_builder = thread::Builder::new().name(builder.name_for(index));
-            if let Some(size) = builder.stack_size {
+            let mut thread_builder = thread::Builder::new().name(name);
+            if let Some(size) = stack_size {
                 thread_builder = thread_builder.stack_size(size);
             }
             let for_thread = Arc::clone(&registry);
-            let (on_start, on_exit) = (builder.start_handler.clone(), builder.exit_handler.clone());
+            let (on_start, on_exit) = (start_handler.clone(), exit_handler.clone());
             let spawned = thread_builder.spawn(move || {
                 worker::run_handler(on_start.as_deref(), index, "start");
                 worker::main_loop(for_thread, index, deque, core);

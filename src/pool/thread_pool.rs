@@ -1,7 +1,7 @@
 //! The public `ThreadPool` handle, and the global pool.
 
 use super::builder::ThreadPoolBuilder;
-use super::join;
+use super::join as fork_join;
 use super::metrics::Metrics;
 use super::registry::{Caller, Registry};
 use super::scope::{self, Scope};
@@ -104,7 +104,7 @@ impl ThreadPool {
         RA: Send,
         RB: Send,
     {
-        join::join_on(self.registry(), a, b)
+        fork_join::join_on(self.registry(), a, b)
     }
 
     /// Creates a [`Scope`] on this pool, runs `op` in it and waits for every task spawned in it.
@@ -195,6 +195,19 @@ impl ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// A non-owning handle to the pool the current thread works for (dropping it shuts nothing
+    /// down); `None` outside any pool.
+    pub(crate) fn current() -> Option<ThreadPool> {
+        current_pool()
+    }
+
+    /// The global pool (see [`global_pool`]).
+    pub(crate) fn global() -> &'static ThreadPool {
+        global_pool()
+    }
+}
+
 /// A non-owning handle to the pool the current thread works for (dropping it shuts nothing down).
 pub(crate) fn current_pool() -> Option<ThreadPool> {
     WorkerThread::current().map(|worker| ThreadPool {
@@ -206,18 +219,18 @@ pub(crate) fn current_pool() -> Option<ThreadPool> {
 }
 
 /// The pool that `join`, `scope` and `Parallel` use outside any pool. Built on first use with
-/// [`cpu_count`](crate::cpu_count) threads (or `PARJOB_NUM_THREADS`, if set to a positive number);
-/// never shut down.
+/// [`cpu_count`](crate::cpu_count) threads (which honours `PARJOB_NUM_THREADS`, so the two always
+/// agree); never shut down.
 pub(crate) fn global_pool() -> &'static ThreadPool {
     use std::sync::OnceLock;
     static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
     GLOBAL.get_or_init(|| {
-        let threads = std::env::var("PARJOB_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        let registry = Registry::new(&mut ThreadPoolBuilder::new().num_threads(threads))
-            .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
+        let registry = Registry::new(
+            ThreadPoolBuilder::new()
+                .num_threads(crate::cpu_count())
+                .resolve(),
+        )
+        .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
         ThreadPool {
             inner: Arc::new(PoolHandle {
                 registry,
@@ -258,8 +271,8 @@ where
     RB: Send,
 {
     match WorkerThread::current() {
-        Some(worker) => join::join_in_worker(worker, a, b),
-        None => join::join_outside(global_pool().registry(), a, b),
+        Some(worker) => fork_join::join_in_worker(worker, a, b),
+        None => fork_join::join_outside(global_pool().registry(), a, b),
     }
 }
 

@@ -3,8 +3,8 @@
 
 use super::Task;
 use crate::parallel::cancel::Tracker;
-use crate::pool::signal::Signal;
 use crate::pool::unwind::{self, Panic};
+use crate::pool::Signal;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -106,7 +106,7 @@ impl<T: Task> Shared<T> {
             dest,
         } = batch;
         let started = Instant::now();
-        crate::pool::worker::trace_current(crate::EventKind::BatchStart, tasks.len() as u32);
+        crate::pool::trace_current(crate::EventKind::BatchStart, tasks.len() as u32);
         let mut written = 0usize;
         let mut failure = None;
         let mut own = match dest {
@@ -188,7 +188,7 @@ impl<T: Task> Shared<T> {
         if panic.is_some() && self.close_on_panic {
             self.tracker.close();
         }
-        crate::pool::worker::trace_current(crate::EventKind::BatchEnd, written as u32);
+        crate::pool::trace_current(crate::EventKind::BatchEnd, written as u32);
         self.timing_tasks
             .fetch_add(written as u64, Ordering::Relaxed);
         self.timing_ns
