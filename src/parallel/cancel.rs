@@ -85,6 +85,26 @@ impl Tracker {
         self.closed.load(Ordering::Relaxed)
     }
 
+    /// The check a runner makes before each task: stop if the call was cancelled, or if its
+    /// `deadline` has passed — then record that (`deadline_hit`, so the call can report a
+    /// timeout) and cancel the rest. Returns `true` when the runner must stop.
+    #[inline]
+    pub(crate) fn stop_before_next_task(
+        &self,
+        deadline: Option<std::time::Instant>,
+        deadline_hit: &AtomicBool,
+    ) -> bool {
+        if self.is_closed() {
+            return true;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            deadline_hit.store(true, Ordering::Relaxed);
+            self.close();
+            return true;
+        }
+        false
+    }
+
     /// No runner is active. After `close`, once this returns `true`, it stays `true` and no task
     /// will ever start again.
     #[inline]

@@ -134,12 +134,10 @@ impl Shared {
     fn run(&self, mut on_range: impl FnMut(&Shared)) {
         let mut stopped_ranges = Vec::new();
         loop {
-            if self.tracker.is_closed() {
-                break;
-            }
-            if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                self.deadline_hit.store(true, Ordering::Relaxed);
-                self.tracker.close();
+            if self
+                .tracker
+                .stop_before_next_task(self.deadline, &self.deadline_hit)
+            {
                 break;
             }
             let mut lo = self.cursor.load(Ordering::Relaxed);

@@ -1,9 +1,9 @@
 //! `join`: run two closures, potentially in parallel.
 
-use super::job::{Job, JobRef, StackJob};
+use super::job::{Job, JobRef, JobResult, StackJob};
 use super::latch::{LockLatch, SpinLatch};
 use super::registry::{Caller, Registry};
-use super::unwind;
+use super::unwind::{self, Panic};
 use super::worker::WorkerThread;
 use crate::sync::mutant;
 use crate::sync::{Arc, AtomicBool, Ordering};
@@ -34,16 +34,7 @@ where
     let result_a = unwind::halt_unwinding(a);
     // Still private, or published but popped back before any thief took it: run B inline.
     if worker.pop_fork(fork) || worker.take_back(job_b_ref) {
-        let b = job_b.take_func();
-        return match result_a {
-            Ok(ra) => (ra, b()),
-            Err(payload) => {
-                // B's result or panic payload is user data whose `Drop` may panic: contained,
-                // so A's panic is the one resumed.
-                unwind::drop_contained(unwind::halt_unwinding(b));
-                unwind::resume_unwinding(payload)
-            }
-        };
+        return run_b_inline(result_a, job_b.take_func());
     }
     if mutant::JOIN_SKIPS_WAIT_ON_PANIC {
         if let Err(payload) = result_a {
@@ -52,7 +43,27 @@ where
     }
     // B was stolen: help until the thief sets its latch.
     worker.wait_until(job_b.latch.core());
-    let result_b = job_b.into_result();
+    combine(result_a, job_b.into_result())
+}
+
+/// B was reclaimed unexecuted (by its owner, or an outside caller that won the ticket): run it
+/// here. If A panicked, B still runs (it may hold borrows the caller expects it to finish with);
+/// its result or panic payload is user data whose `Drop` may panic, so it is dropped contained
+/// and A's panic is the one resumed.
+#[inline(always)]
+fn run_b_inline<RA, RB>(result_a: Result<RA, Panic>, b: impl FnOnce() -> RB) -> (RA, RB) {
+    match result_a {
+        Ok(ra) => (ra, b()),
+        Err(payload) => {
+            unwind::drop_contained(unwind::halt_unwinding(b));
+            unwind::resume_unwinding(payload)
+        }
+    }
+}
+
+/// B ran elsewhere and its latch is set: A's panic first (B's leftovers dropped contained), else
+/// B's panic, else both values.
+fn combine<RA, RB>(result_a: Result<RA, Panic>, result_b: JobResult<RB>) -> (RA, RB) {
     match result_a {
         Ok(ra) => (ra, result_b.into_return_value()),
         Err(payload) => {
@@ -112,25 +123,10 @@ where
     let result_a = unwind::halt_unwinding(a);
     // AcqRel pairs with a worker's claim swap in `Ticket::execute`: exactly one of the two wins.
     if !ticket.claimed.swap(true, Ordering::AcqRel) {
-        let b = job_b.take_func();
-        return match result_a {
-            Ok(ra) => (ra, b()),
-            Err(payload) => {
-                // As in `join_in_worker`: B's leftovers are user data, dropped contained.
-                unwind::drop_contained(unwind::halt_unwinding(b));
-                unwind::resume_unwinding(payload)
-            }
-        };
+        return run_b_inline(result_a, job_b.take_func());
     }
     job_b.latch.wait();
-    let result_b = job_b.into_result();
-    match result_a {
-        Ok(ra) => (ra, result_b.into_return_value()),
-        Err(payload) => {
-            unwind::drop_contained(result_b);
-            unwind::resume_unwinding(payload)
-        }
-    }
+    combine(result_a, job_b.into_result())
 }
 
 impl Job for Ticket {

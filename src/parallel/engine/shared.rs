@@ -149,12 +149,10 @@ impl<T: Task> Shared<T> {
             }
             _ => {
                 for task in left.by_ref() {
-                    if self.tracker.is_closed() {
-                        break;
-                    }
-                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                        self.deadline_hit.store(true, Ordering::Relaxed);
-                        self.tracker.close();
+                    if self
+                        .tracker
+                        .stop_before_next_task(self.deadline, &self.deadline_hit)
+                    {
                         break;
                     }
                     let value = task.run();
