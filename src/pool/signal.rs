@@ -89,8 +89,9 @@ impl Signal {
                 waiting,
             } => {
                 // Skip the lock while the waiter is spinning or working: it will re-check anyway.
-                // Pairs with the SeqCst store of `waiting` in `wait_while` (a Dekker pair: we
-                // changed the state, then read `waiting`; it set `waiting`, then reads the state).
+                // Pairs with the `fence(SeqCst)` that follows the waiter's (Relaxed) store of
+                // `waiting` in `wait_while` (a Dekker pair of fences: we changed the state, fenced,
+                // then read `waiting`; it set `waiting`, fenced, then re-reads the state).
                 // The loom model `loom-tests/tests/signal.rs` checks it, and its broken twin
                 // (`mutant::SIGNAL_NOTIFY_SKIPS_FENCE`) loses the wake-up.
                 if !crate::sync::mutant::SIGNAL_NOTIFY_SKIPS_FENCE {
