@@ -199,3 +199,21 @@ fn scope_body_panic_with_bomb_tasks() {
         assert_eq!(pool.install(|| 7), 7);
     }
 }
+
+/// The body returns a value whose `Drop` panics while a task panicked: the value is dropped
+/// inside the scheduler (contained), and the task's panic is the one resumed.
+#[test]
+fn scope_body_value_with_panicking_drop_while_a_task_panics() {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for _ in 0..if cfg!(miri) { 1 } else { 20 } {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            pool.scope(|s| {
+                s.spawn(|_| panic!("task"));
+                Bomb
+            })
+        }));
+        let payload = outcome.expect_err("the task panicked");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"task"));
+        assert_eq!(pool.install(|| 5), 5);
+    }
+}

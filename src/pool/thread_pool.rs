@@ -199,45 +199,35 @@ impl ThreadPool {
     /// A non-owning handle to the pool the current thread works for (dropping it shuts nothing
     /// down); `None` outside any pool.
     pub(crate) fn current() -> Option<ThreadPool> {
-        current_pool()
-    }
-
-    /// The global pool (see [`global_pool`]).
-    pub(crate) fn global() -> &'static ThreadPool {
-        global_pool()
-    }
-}
-
-/// A non-owning handle to the pool the current thread works for (dropping it shuts nothing down).
-pub(crate) fn current_pool() -> Option<ThreadPool> {
-    WorkerThread::current().map(|worker| ThreadPool {
-        inner: Arc::new(PoolHandle {
-            registry: Arc::clone(worker.registry()),
-            shut_down_on_drop: false,
-        }),
-    })
-}
-
-/// The pool that `join`, `scope` and `Parallel` use outside any pool. Built on first use with
-/// [`cpu_count`](crate::cpu_count) threads (which honours `PARJOB_NUM_THREADS`, so the two always
-/// agree); never shut down.
-pub(crate) fn global_pool() -> &'static ThreadPool {
-    use std::sync::OnceLock;
-    static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
-    GLOBAL.get_or_init(|| {
-        let registry = Registry::new(
-            ThreadPoolBuilder::new()
-                .num_threads(crate::cpu_count())
-                .resolve(),
-        )
-        .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
-        ThreadPool {
+        WorkerThread::current().map(|worker| ThreadPool {
             inner: Arc::new(PoolHandle {
-                registry,
+                registry: Arc::clone(worker.registry()),
                 shut_down_on_drop: false,
             }),
-        }
-    })
+        })
+    }
+
+    /// The pool that `join`, `scope` and `Parallel` use outside any pool. Built on first use with
+    /// [`cpu_count`](crate::cpu_count) threads (which honours `PARJOB_NUM_THREADS`, so the two
+    /// always agree); never shut down.
+    pub(crate) fn global() -> &'static ThreadPool {
+        use std::sync::OnceLock;
+        static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let registry = Registry::new(
+                ThreadPoolBuilder::new()
+                    .num_threads(crate::cpu_count())
+                    .resolve(),
+            )
+            .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
+            ThreadPool {
+                inner: Arc::new(PoolHandle {
+                    registry,
+                    shut_down_on_drop: false,
+                }),
+            }
+        })
+    }
 }
 
 /// Runs `a` and `b`, potentially in parallel, and returns both results.
@@ -272,7 +262,7 @@ where
 {
     match WorkerThread::current() {
         Some(worker) => fork_join::join_in_worker(worker, a, b),
-        None => fork_join::join_outside(global_pool().registry(), a, b),
+        None => fork_join::join_outside(ThreadPool::global().registry(), a, b),
     }
 }
 
@@ -302,7 +292,7 @@ where
 {
     match WorkerThread::current() {
         Some(worker) => scope::scope_in_worker(worker, op),
-        None => global_pool().scope(op),
+        None => ThreadPool::global().scope(op),
     }
 }
 
