@@ -10,15 +10,39 @@ use crate::sync::{Arc, AtomicBool, Ordering};
 
 /// The worker side of `join`.
 ///
+/// Most joins are not recorded at all (see `WorkerThread::may_skip_fork`): A runs, then B, as in
+/// the sequential program, with nothing but a counter decrement and a flag load added. Only a
+/// sample of the forks is recorded (`join_recorded`), which is all a thief ever needs: it is given
+/// the oldest recorded fork, and the sampling rule keeps the forks nearest the root recorded.
+///
+/// Panics: B always runs (or is waited for) even if A panicked, so no task outlives the borrows
+/// it holds; A's panic, if any, is resumed first, else B's.
+#[inline(always)]
+pub(crate) fn join_in_worker<A, B, RA, RB>(worker: &WorkerThread, a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    if worker.may_skip_fork() {
+        return run_b_inline(unwind::halt_unwinding(a), b);
+    }
+    join_recorded(worker, a, b)
+}
+
+/// A `join` whose fork is recorded, so that a hungry thief can be given B.
+///
 /// Fast path (nobody asked for work): B's job is recorded in the worker's private fork list, A
 /// runs, and B runs inline: no atomic read-modify-write, no fence, no allocation. If a thief was
 /// hungry, B (or an older fork) was published to the deque; then we pop it back if it is still
 /// there (and run it inline all the same), or help with other work until the thief that took it
 /// sets B's latch.
 ///
-/// Panics: B always runs (or is waited for) even if A panicked, so no task outlives the borrows
-/// it holds; A's panic, if any, is resumed first, else B's.
-pub(crate) fn join_in_worker<A, B, RA, RB>(worker: &WorkerThread, a: A, b: B) -> (RA, RB)
+/// Out of line so that the unrecorded path, which is almost every join, keeps the caller's frame
+/// small and its registers free.
+#[inline(never)]
+fn join_recorded<A, B, RA, RB>(worker: &WorkerThread, a: A, b: B) -> (RA, RB)
 where
     A: FnOnce() -> RA + Send,
     B: FnOnce() -> RB + Send,
