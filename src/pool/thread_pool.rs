@@ -252,7 +252,11 @@ impl ThreadPool {
 /// }
 /// assert_eq!(fib(20), 6765);
 /// ```
-#[inline]
+// Never inlined: in a recursive caller like `fib` above, this makes `join` the function that
+// recurses, with the caller's small body (its leaf test) inlined into it, so a leaf costs no call.
+// Inlined the other way round, every leaf would pay a call, which on fine-grained recursions
+// costs more than the scheduler's own work per join.
+#[inline(never)]
 pub fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
 where
     A: FnOnce() -> RA + Send,
