@@ -127,7 +127,9 @@ pub fn current_pool() -> Option<ThreadPool> {
 
 /// Is worker `index`'s hunger flag set (a thief asked it to publish a private fork)?
 pub fn is_hungry(pool: &ThreadPool, index: usize) -> bool {
-    pool.registry().hungry[index].load(Ordering::Relaxed)
+    pool.registry().fork_requests[index]
+        .hungry
+        .load(Ordering::Relaxed)
 }
 
 /// Index of the current worker, if the current thread is one.

@@ -8,7 +8,7 @@ use super::sleep::Sleep;
 use super::worker::{self, WorkerThread};
 use crate::sync::deque::{Injector, Stealer, Worker};
 use crate::sync::mutant;
-use crate::sync::{thread, Arc, AtomicBool, Condvar, Mutex, Ordering};
+use crate::sync::{thread, Arc, AtomicBool, AtomicU32, Condvar, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Where a thread stands relative to a pool ([`Registry::caller`]).
@@ -21,15 +21,30 @@ pub(crate) enum Caller<'w> {
     Outside,
 }
 
+/// How thieves ask a worker for work, and how the worker decides which forks to record.
+///
+/// Both fields are written by thieves and read by the owner: they share a cache line that the
+/// owner keeps to itself until a thief finds its deque empty.
+pub(crate) struct ForkRequests {
+    /// A thief found this worker's deque empty and would like it to publish a private fork (lazy
+    /// share policy); the owner clears it when it publishes. Under the eager policy it is set from
+    /// the start and never cleared, so the fork path has one check for both policies.
+    pub(crate) hungry: AtomicBool,
+    /// How many more joins the owner may run without recording their forks
+    /// (`WorkerThread::may_skip_fork`). The owner counts it down; a thief that sets `hungry` also
+    /// zeroes it, so the owner's very next join is recorded and sees the flag. Only a hint: the
+    /// owner's count-down store can overwrite a thief's zero, which then delays the answer by at
+    /// most one sampling period (the flag stays set and every recorded join reads it).
+    pub(crate) unrecorded_left: AtomicU32,
+}
+
 pub(crate) struct Registry {
     /// Work that arrives from outside the pool (FIFO). Workers look here after their own deque.
     pub(crate) injector: Injector<JobRef>,
     /// Thief ends of every worker's deque, indexed by worker.
     pub(crate) stealers: Box<[Stealer<JobRef>]>,
-    /// Per worker: a thief found this worker's deque empty and would like it to publish a private
-    /// fork (lazy share policy). Written by thieves, read by the owner at each fork. Under the eager
-    /// policy it is set from the start and never cleared, so the fork path has one check for both.
-    pub(crate) hungry: Box<[CachePadded<AtomicBool>]>,
+    /// Per worker: how thieves ask it for work (see [`ForkRequests`]).
+    pub(crate) fork_requests: Box<[CachePadded<ForkRequests>]>,
     pub(crate) sleep: Sleep,
     pub(crate) counters: PoolCounters,
     #[cfg(feature = "trace")]
@@ -64,8 +79,13 @@ impl Registry {
         let registry = Arc::new(Registry {
             injector: Injector::new(),
             stealers: deques.iter().map(|d| d.stealer()).collect(),
-            hungry: (0..num_threads)
-                .map(|_| CachePadded::new(AtomicBool::new(policy.share == SharePolicy::Eager)))
+            fork_requests: (0..num_threads)
+                .map(|_| {
+                    CachePadded::new(ForkRequests {
+                        hungry: AtomicBool::new(policy.share == SharePolicy::Eager),
+                        unrecorded_left: AtomicU32::new(0),
+                    })
+                })
                 .collect(),
             sleep: Sleep::new(num_threads, policy.max_searchers, counters.epoch),
             counters,
@@ -173,10 +193,11 @@ impl Registry {
     /// Marks worker `victim` as wanted: at its next fork it publishes its oldest private fork.
     #[inline]
     pub(crate) fn mark_hungry(&self, victim: usize) {
-        let flag = &self.hungry[victim];
+        let requests = &self.fork_requests[victim];
         // Read first: writing an already-set flag would bounce the victim's cache line for nothing.
-        if !flag.load(Ordering::Relaxed) {
-            flag.store(true, Ordering::Relaxed);
+        if !requests.hungry.load(Ordering::Relaxed) {
+            requests.hungry.store(true, Ordering::Relaxed);
+            requests.unrecorded_left.store(0, Ordering::Relaxed);
         }
     }
 

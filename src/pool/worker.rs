@@ -5,13 +5,13 @@ use super::job::JobRef;
 use super::latch::{CoreLatch, WakeTarget};
 use super::metrics::now_ns;
 use super::metrics::WorkerCounters;
-use super::registry::Registry;
+use super::registry::{ForkRequests, Registry};
 use super::sleep::{Sleep, Woken};
 use super::trace::EventKind;
 use super::unwind;
 use crate::sync::deque::{Injector, Steal, Worker};
 use crate::sync::mutant;
-use crate::sync::{spin_loop, Arc, AtomicBool, Ordering};
+use crate::sync::{spin_loop, Arc, Ordering};
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
 
@@ -36,11 +36,9 @@ pub(crate) struct WorkerThread {
     registry: Arc<Registry>,
     /// This worker as a latch setter needs it (`SpinLatch`): the registry above and `index`.
     wake_target: WakeTarget,
-    /// Points into `registry.hungry[index]`, which the `Arc` above keeps alive.
-    hungry: *const AtomicBool,
+    /// Points into `registry.fork_requests[index]`, which the `Arc` above keeps alive.
+    requests: *const ForkRequests,
     eager: bool,
-    /// How many more joins may run unrecorded (see `may_skip_fork`).
-    unrecorded_left: Cell<u32>,
     rng: Cell<u64>,
     last_victim: Cell<usize>,
 }
@@ -108,31 +106,47 @@ impl WorkerThread {
     /// A fork that is never recorded can never be given to a thief, so recording is sampled such
     /// that thieves still get big pieces: every join is recorded while fewer than
     /// `MIN_PRIVATE_FORKS` forks are private (so the oldest, biggest forks of the running job are),
-    /// then one in `UNRECORDED_JOINS_PER_RECORD + 1`; and every join is recorded while a thief is
-    /// hungry (so it is answered at once; under the eager policy the flag is always set, so every
-    /// fork is recorded and published). An unrecorded join costs a counter decrement and a flag
-    /// load: the caller runs A then B as the sequential program would.
+    /// then one in `UNRECORDED_JOINS_PER_RECORD + 1`; and a hungry thief zeroes the count, so the
+    /// next join is recorded and publishes at once. Under the eager policy the count stays zero:
+    /// every fork is recorded and published. An unrecorded join costs one load and one store of
+    /// the count: the caller runs A then B as the sequential program would.
     #[inline(always)]
     pub(crate) fn may_skip_fork(&self) -> bool {
-        let left = self.unrecorded_left.get();
-        // SAFETY: `hungry` points into `registry.hungry[index]`, which the `Arc<Registry>` this
-        // worker holds keeps alive for the worker's whole life.
-        if left == 0 || unsafe { (*self.hungry).load(Ordering::Relaxed) } {
-            return false;
+        let left = &self.requests().unrecorded_left;
+        // Relaxed: a hint (see `ForkRequests::unrecorded_left`). A thief that wants work zeroes
+        // it, so this one load also answers "is a thief hungry?" on the path almost every join
+        // takes; the recorded path then reads the flag itself.
+        match left.load(Ordering::Relaxed) {
+            0 => false,
+            n => {
+                left.store(n - 1, Ordering::Relaxed);
+                true
+            }
         }
-        self.unrecorded_left.set(left - 1);
-        true
+    }
+
+    #[inline(always)]
+    fn requests(&self) -> &ForkRequests {
+        // SAFETY: `requests` points into `registry.fork_requests[index]`, which the
+        // `Arc<Registry>` this worker holds keeps alive for the worker's whole life.
+        unsafe { &*self.requests }
     }
 
     /// Sets how many joins may go unrecorded from now on, given the private forks left.
     #[inline]
     fn refresh_fork_sampling(&self, private: &PrivateForks) {
-        let left = if private.jobs.len() - private.bottom < MIN_PRIVATE_FORKS {
+        let left = if self.eager || private.jobs.len() - private.bottom < MIN_PRIVATE_FORKS {
             0
         } else {
             UNRECORDED_JOINS_PER_RECORD
         };
-        self.unrecorded_left.set(left);
+        self.requests().unrecorded_left.store(left, Ordering::Relaxed);
+    }
+
+    /// Every join from now on is recorded until the sampling is refreshed.
+    #[inline]
+    fn record_next_forks(&self) {
+        self.requests().unrecorded_left.store(0, Ordering::Relaxed);
     }
 
     /// Records a `join`'s second half. Returns its index for `pop_fork`.
@@ -145,9 +159,8 @@ impl WorkerThread {
             private.jobs.push(job);
             private.jobs.len() - 1
         };
-        // SAFETY: `hungry` points into the registry, kept alive by `self.registry`. (Under the
-        // eager policy the flag is never cleared, so every fork is published.)
-        if unsafe { (*self.hungry).load(Ordering::Relaxed) } {
+        // Under the eager policy the flag is never cleared, so every fork is published.
+        if self.requests().hungry.load(Ordering::Relaxed) {
             self.publish_oldest();
         }
         // SAFETY: only this thread touches `private`; this shared borrow ends with the statement
@@ -170,7 +183,7 @@ impl WorkerThread {
                 private.bottom = index;
             }
             if private.jobs.len() - private.bottom < MIN_PRIVATE_FORKS {
-                self.unrecorded_left.set(0);
+                self.record_next_forks();
             }
             still_private
         }
@@ -180,9 +193,7 @@ impl WorkerThread {
     #[cold]
     fn publish_oldest(&self) {
         if !self.eager {
-            // SAFETY: `hungry` points into `registry.hungry[index]`, which the `Arc<Registry>` this
-            // worker holds keeps alive for the worker's whole life.
-            unsafe { (*self.hungry).store(false, Ordering::Relaxed) };
+            self.requests().hungry.store(false, Ordering::Relaxed);
         }
         // SAFETY: only this thread touches `private`; the block calls no user code (the deque push
         // below happens after the reference is gone), so this is the only live borrow.
@@ -223,7 +234,7 @@ impl WorkerThread {
     #[inline]
     pub(crate) fn execute(&self, job: JobRef) {
         // A new job starts from its root: record its first forks, the biggest it will make.
-        self.unrecorded_left.set(0);
+        self.record_next_forks();
         self.counters().bump_tasks_executed();
         self.trace(EventKind::TaskStart, 0);
         // SAFETY: every JobRef in our queues is live until executed, and each is popped/stolen by
@@ -509,7 +520,7 @@ pub(crate) fn main_loop(
         .counters
         .worker(index)
         .set_started_ns(now_ns(registry.counters.epoch));
-    let hungry: *const AtomicBool = &*registry.hungry[index];
+    let requests: *const ForkRequests = &*registry.fork_requests[index];
     let wake_target = WakeTarget {
         registry: Arc::as_ptr(&registry),
         index,
@@ -524,8 +535,7 @@ pub(crate) fn main_loop(
         index,
         eager: registry.eager(),
         registry,
-        hungry,
-        unrecorded_left: Cell::new(0),
+        requests,
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) << 17)),
         last_victim: Cell::new(index),
     };

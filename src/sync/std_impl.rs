@@ -2,7 +2,7 @@
 //! the same in both builds.
 
 pub(crate) use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 pub(crate) use std::sync::{Arc, Condvar, Mutex};
 pub(crate) use std::thread;
