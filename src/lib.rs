@@ -74,7 +74,8 @@ pub use parallel::{effective_n_jobs, Parallel};
 pub use pool::{
     cpu_count, current_thread_index, join, scope, BuildError, EventKind, LatencySummary, Metrics,
     Scope, SharePolicy, ThreadPool, ThreadPoolBuilder, Trace, TraceEvent, TraceSummary,
-    VictimPolicy, WorkerMetrics, WorkerTime, DEFAULT_SPIN_ROUNDS, TRACE_CAPACITY,
+    VictimPolicy, WorkerMetrics, WorkerTime, DEFAULT_FORK_SAMPLE_PERIOD, DEFAULT_SPIN_ROUNDS,
+    TRACE_CAPACITY,
 };
 
 /// The README's Rust examples are compiled and run as doctests.

@@ -129,6 +129,8 @@ pub enum Policy {
     LastVictim,
     /// Park as soon as a search fails (spin budget 0)
     NoSpin,
+    /// Record every fork (`fork_sample_period(1)`): the lazy policy without sampling
+    RecordAll,
 }
 
 impl Policy {
@@ -140,6 +142,7 @@ impl Policy {
             Policy::RoundRobin => "round-robin",
             Policy::LastVictim => "last-victim",
             Policy::NoSpin => "no-spin",
+            Policy::RecordAll => "record-all",
         }
     }
 
@@ -161,6 +164,7 @@ impl Policy {
             Policy::RoundRobin => builder.victim_policy(parjob::VictimPolicy::RoundRobin),
             Policy::LastVictim => builder.victim_policy(parjob::VictimPolicy::LastSuccessful),
             Policy::NoSpin => builder.spin_rounds(0),
+            Policy::RecordAll => builder.fork_sample_period(1),
         }
     }
 }

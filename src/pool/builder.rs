@@ -40,6 +40,8 @@ pub(crate) struct Policy {
     pub(crate) victims: VictimPolicy,
     pub(crate) spin_rounds: u32,
     pub(crate) max_searchers: usize,
+    /// Joins that go unrecorded after each recorded one (`fork_sample_period - 1`).
+    pub(crate) unrecorded_per_record: u32,
 }
 
 /// A pool's configuration with every default resolved: what [`Registry::new`] builds from.
@@ -59,6 +61,11 @@ pub(crate) struct PoolConfig {
 /// the next fork of a running computation, short enough that an idle pool costs nothing measurable.
 /// The same in every build: the loom models ask for `spin_rounds(0)` explicitly.
 pub const DEFAULT_SPIN_ROUNDS: u32 = 32;
+
+/// Default [`ThreadPoolBuilder::fork_sample_period`]: one recorded fork in 64 joins (once the
+/// running job's first forks are recorded). A record costs a few nanoseconds, so this keeps its
+/// share of an average join under a tenth of a nanosecond.
+pub const DEFAULT_FORK_SAMPLE_PERIOD: u32 = 64;
 
 /// Configures and builds a [`ThreadPool`].
 ///
@@ -80,6 +87,7 @@ pub struct ThreadPoolBuilder {
     victims: VictimPolicy,
     spin_rounds: u32,
     max_searchers: Option<usize>,
+    fork_sample_period: u32,
     pub(crate) start_handler: Option<Handler>,
     pub(crate) exit_handler: Option<Handler>,
 }
@@ -103,6 +111,7 @@ impl fmt::Debug for ThreadPoolBuilder {
             .field("victims", &self.victims)
             .field("spin_rounds", &self.spin_rounds)
             .field("max_searchers", &self.max_searchers)
+            .field("fork_sample_period", &self.fork_sample_period)
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +129,7 @@ impl ThreadPoolBuilder {
             victims: VictimPolicy::default(),
             spin_rounds: DEFAULT_SPIN_ROUNDS,
             max_searchers: None,
+            fork_sample_period: DEFAULT_FORK_SAMPLE_PERIOD,
             start_handler: None,
             exit_handler: None,
         }
@@ -177,6 +187,26 @@ impl ThreadPoolBuilder {
     /// workers, rounded up: more searchers only contend on the same empty deques.
     pub fn max_searchers(mut self, max: usize) -> Self {
         self.max_searchers = Some(max);
+        self
+    }
+
+    /// Under the lazy share policy, how many joins share one recorded fork.
+    ///
+    /// Only a recorded fork can be given to a thief; an unrecorded `join` runs `a` then `b` inline
+    /// at the cost of a counter update. A worker records every join while fewer than 3 of its
+    /// forks are private (so the first forks of each job, the biggest, always are) and whenever
+    /// a thief has asked it for work; otherwise one join in `period`. `1` (or `0`) records every
+    /// join, the behaviour of a scheduler without sampling; larger periods make fine-grained
+    /// joins cheaper and give thieves the same big pieces. The default is
+    /// [`DEFAULT_FORK_SAMPLE_PERIOD`]. Ignored under [`SharePolicy::Eager`], which records and
+    /// publishes every fork.
+    ///
+    /// ```
+    /// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).fork_sample_period(1).build().unwrap();
+    /// assert_eq!(pool.join(|| 1, || 2), (1, 2));
+    /// ```
+    pub fn fork_sample_period(mut self, period: u32) -> Self {
+        self.fork_sample_period = period;
         self
     }
 
@@ -240,6 +270,7 @@ impl ThreadPoolBuilder {
             victims: self.victims,
             spin_rounds: self.spin_rounds,
             max_searchers: self.max_searchers.unwrap_or(num_threads.div_ceil(2)).max(1),
+            unrecorded_per_record: self.fork_sample_period.saturating_sub(1),
         }
     }
 

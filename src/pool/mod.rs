@@ -29,7 +29,10 @@ pub(crate) mod unwind;
 mod worker;
 
 // The public API (re-exported by the crate root).
-pub use builder::{BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_SPIN_ROUNDS};
+pub use builder::{
+    BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_FORK_SAMPLE_PERIOD,
+    DEFAULT_SPIN_ROUNDS,
+};
 pub use metrics::{LatencySummary, Metrics, WorkerMetrics};
 pub use scope::Scope;
 pub use thread_pool::{cpu_count, current_thread_index, join, scope, ThreadPool};

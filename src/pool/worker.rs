@@ -39,6 +39,8 @@ pub(crate) struct WorkerThread {
     /// Points into `registry.fork_requests[index]`, which the `Arc` above keeps alive.
     requests: *const ForkRequests,
     eager: bool,
+    /// Joins that may go unrecorded after a recorded one (the policy's sampling period - 1).
+    unrecorded_per_record: u32,
     rng: Cell<u64>,
     last_victim: Cell<usize>,
 }
@@ -56,12 +58,6 @@ const MAX_SPIN_SHIFT: u32 = 6;
 /// CPU, so a round count alone does not bound the time. The default 32 rounds stay well inside it
 /// on the CPUs measured; larger counts are cut here.
 const MAX_SPIN_NS: u64 = 100_000;
-
-/// A recorded fork lets this many following joins run unrecorded (while enough forks are private;
-/// see `may_skip_fork`). With 63, a record (a few nanoseconds) adds well under a tenth of a
-/// nanosecond to the average join; a hungry thief does not wait for it (the flag is checked at
-/// every join).
-const UNRECORDED_JOINS_PER_RECORD: u32 = 63;
 
 /// Every join is recorded while fewer forks than this are private, so the forks nearest the root
 /// of the running job (the biggest pieces of work) are always available to a thief.
@@ -106,7 +102,7 @@ impl WorkerThread {
     /// A fork that is never recorded can never be given to a thief, so recording is sampled such
     /// that thieves still get big pieces: every join is recorded while fewer than
     /// `MIN_PRIVATE_FORKS` forks are private (so the oldest, biggest forks of the running job are),
-    /// then one in `UNRECORDED_JOINS_PER_RECORD + 1`; and a hungry thief zeroes the count, so the
+    /// then one in the policy's `fork_sample_period`; and a hungry thief zeroes the count, so the
     /// next join is recorded and publishes at once. Under the eager policy the count stays zero:
     /// every fork is recorded and published. An unrecorded join costs one load and one store of
     /// the count: the caller runs A then B as the sequential program would.
@@ -138,9 +134,11 @@ impl WorkerThread {
         let left = if self.eager || private.jobs.len() - private.bottom < MIN_PRIVATE_FORKS {
             0
         } else {
-            UNRECORDED_JOINS_PER_RECORD
+            self.unrecorded_per_record
         };
-        self.requests().unrecorded_left.store(left, Ordering::Relaxed);
+        self.requests()
+            .unrecorded_left
+            .store(left, Ordering::Relaxed);
     }
 
     /// Every join from now on is recorded until the sampling is refreshed.
@@ -534,6 +532,7 @@ pub(crate) fn main_loop(
         }),
         index,
         eager: registry.eager(),
+        unrecorded_per_record: registry.policy.unrecorded_per_record,
         registry,
         requests,
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) << 17)),
@@ -556,4 +555,43 @@ pub(crate) fn main_loop(
     worker.registry.worker_started();
     worker.run_until(None);
     std::mem::forget(abort);
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::WorkerThread;
+    use crate::ThreadPoolBuilder;
+
+    /// Past the forks a worker always records, sampling lets joins go unrecorded; a thief's
+    /// request must end that at once (not after a sampling period, here never).
+    #[test]
+    fn a_thiefs_request_makes_the_next_join_recorded() {
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(1)
+            .fork_sample_period(u32::MAX)
+            .build()
+            .unwrap();
+        let (skipped_before, skipped_after) = pool.install(|| {
+            let nested = || {
+                let worker = WorkerThread::current().expect("on a worker");
+                let before = worker.may_skip_fork();
+                worker.registry().mark_hungry(worker.index());
+                (before, worker.may_skip_fork())
+            };
+            // Three recorded forks are private while `nested` runs.
+            crate::join(
+                || crate::join(|| crate::join(nested, || ()).0, || ()).0,
+                || (),
+            )
+            .0
+        });
+        assert!(
+            skipped_before,
+            "with three private forks, sampling skips the next join"
+        );
+        assert!(
+            !skipped_after,
+            "after a thief's request, the next join is recorded"
+        );
+    }
 }
