@@ -59,8 +59,11 @@ const MAX_SPIN_SHIFT: u32 = 6;
 /// on the CPUs measured; larger counts are cut here.
 const MAX_SPIN_NS: u64 = 100_000;
 
-/// Every join is recorded while fewer forks than this are private, so the forks nearest the root
-/// of the running job (the biggest pieces of work) are always available to a thief.
+/// Every join is recorded while fewer forks than this are private, and the next one is whenever one
+/// of the first this-many recorded forks returns, so the forks nearest the root of the running job
+/// (the biggest pieces of work) are always available to a thief. (A returning fork further down
+/// the list does not count: refilling its slot at once would record a small fork after every
+/// small fork that returns.)
 const MIN_PRIVATE_FORKS: usize = 3;
 
 impl WorkerThread {
@@ -180,7 +183,7 @@ impl WorkerThread {
             if !still_private {
                 private.bottom = index;
             }
-            if private.jobs.len() - private.bottom < MIN_PRIVATE_FORKS {
+            if index < MIN_PRIVATE_FORKS {
                 self.record_next_forks();
             }
             still_private
