@@ -7,6 +7,7 @@ use super::unwind::{self, Panic};
 use super::worker::WorkerThread;
 use crate::sync::mutant;
 use crate::sync::{Arc, AtomicBool, Ordering};
+use std::cell::Cell;
 
 /// The worker side of `join`.
 ///
@@ -117,7 +118,8 @@ where
 
 /// `join` called from a thread outside any pool.
 ///
-/// B goes to the injector wrapped in a heap-allocated ticket (the one allocation of the call); the caller runs A, then tries to
+/// B goes to the injector wrapped in a ticket (recycled from this thread's previous outside join
+/// when the worker that popped it is done with it, else allocated); the caller runs A, then tries to
 /// claim the ticket back. Whoever claims it first (a worker, or the caller) runs B; a worker
 /// that pops an already-claimed ticket only drops it, so the stack job is never touched after
 /// the caller reclaimed it. The caller thus does its own work instead of paying two context
@@ -135,22 +137,51 @@ where
     // SAFETY: the JobRef is executed only by whoever wins the ticket; if that is a worker, we
     // wait for the latch below before leaving this frame.
     let job_b_ref = unsafe { job_b.as_job_ref() };
-    // One allocation per call: the ticket is itself the injected job (its `Arc` is the queue's
-    // reference), and the caller keeps a second reference to claim it back.
-    let ticket = Arc::new(Ticket {
-        claimed: AtomicBool::new(false),
-        job: job_b_ref,
-    });
+    let ticket = Ticket::for_job(job_b_ref);
     // SAFETY: the JobRef owns one strong count of the ticket (`into_raw`), which its single
     // execution (`Ticket::execute`) takes back; the ticket itself borrows nothing.
     registry.inject(unsafe { JobRef::new(Arc::into_raw(Arc::clone(&ticket))) });
     let result_a = unwind::halt_unwinding(a);
     // AcqRel pairs with a worker's claim swap in `Ticket::execute`: exactly one of the two wins.
-    if !ticket.claimed.swap(true, Ordering::AcqRel) {
+    let caller_won = !ticket.claimed.swap(true, Ordering::AcqRel);
+    Ticket::keep_spare(ticket);
+    if caller_won {
         return run_b_inline(result_a, job_b.take_func());
     }
     job_b.latch.wait();
     combine(result_a, job_b.into_result())
+}
+
+crate::sync::thread_local_const! {
+    /// The last ticket this thread used, kept for the next outside `join`: once the worker that
+    /// popped it has dropped its reference (it always pops it soon, claimed or not), it can be
+    /// reused instead of allocating, so a stream of outside joins allocates nothing.
+    static SPARE_TICKET: Cell<Option<Arc<Ticket>>> = Cell::new(None);
+}
+
+impl Ticket {
+    /// A fresh claim on `job`: the spare ticket if no one else holds it any more, else a new one.
+    fn for_job(job: JobRef) -> Arc<Ticket> {
+        if let Some(mut spare) = SPARE_TICKET.with(Cell::take) {
+            // `get_mut` succeeds only if ours is the last reference; it synchronises with the
+            // worker's release of its reference (the `Arc`'s own Release/Acquire pair), so all of
+            // that worker's accesses to the ticket happened before we reset it here.
+            if let Some(unshared) = Arc::get_mut(&mut spare) {
+                unshared.claimed = AtomicBool::new(false);
+                unshared.job = job;
+                return spare;
+            }
+        }
+        Arc::new(Ticket {
+            claimed: AtomicBool::new(false),
+            job,
+        })
+    }
+
+    /// Keeps `ticket` as this thread's spare (dropping the previous spare, if any).
+    fn keep_spare(ticket: Arc<Ticket>) {
+        drop(SPARE_TICKET.with(|spare| spare.replace(Some(ticket))));
+    }
 }
 
 impl Job for Ticket {
