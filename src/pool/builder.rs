@@ -8,11 +8,12 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SharePolicy {
-    /// Forks stay in a private list, with no atomic operations, until a thief that found this
-    /// worker's deque empty flags it as hungry; at its next fork the worker then publishes its
-    /// oldest private fork (the biggest piece of work). The default: a `join` nobody wants costs
-    /// a few plain loads and stores. Trade-off: a worker deep inside a long leaf computation does
-    /// not publish until its next fork (or until it waits for something).
+    /// Forks stay in a private list, with no atomic read-modify-write, until a thief that found
+    /// this worker's deque empty flags it as hungry; at its next fork the worker then publishes
+    /// its oldest private fork (the biggest piece of work). Most forks are not even recorded (see
+    /// [`ThreadPoolBuilder::fork_sample_period`]): the default, where a `join` nobody wants costs
+    /// a load and a store. Trade-off: a worker deep inside a long leaf computation does not
+    /// publish until its next fork (or until it waits for something).
     #[default]
     Lazy,
     /// Every fork is pushed to the stealable deque at once, and each push checks for sleepers
