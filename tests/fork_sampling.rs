@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Three nested recorded forks (the most a worker keeps recording unconditionally), then a loop
-/// of joins that sampling would never record with this period: the outermost fork's half, which
+/// of joins that sampling would not record for 16 million joins: the outermost fork's half, which
 /// sets the flag the loop waits for, must still reach the idle worker. (The idle worker may ask
 /// before the loop starts, while joins are still recorded; the unit test next to
 /// `WorkerThread::may_skip_fork` pins down the request during the loop.)
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 fn a_hungry_thief_is_answered_even_when_sampling_would_skip_every_join() {
     let pool = parjob::ThreadPoolBuilder::new()
         .num_threads(2)
-        .fork_sample_period(u32::MAX)
+        .fork_sample_period(1 << 24)
         .build()
         .unwrap();
     let released = AtomicBool::new(false);

@@ -202,6 +202,10 @@ impl ThreadPoolBuilder {
     /// [`DEFAULT_FORK_SAMPLE_PERIOD`]. Ignored under [`SharePolicy::Eager`], which records and
     /// publishes every fork.
     ///
+    /// The second half of an unrecorded join is never given to another worker (not even while
+    /// its worker waits for something), and in a rare race a thief's request is answered up to
+    /// one period of joins late: very large periods trade parallelism for nothing measurable.
+    ///
     /// ```
     /// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).fork_sample_period(1).build().unwrap();
     /// assert_eq!(pool.join(|| 1, || 2), (1, 2));

@@ -143,26 +143,31 @@ where
     registry.inject(unsafe { JobRef::new(Arc::into_raw(Arc::clone(&ticket))) });
     let result_a = unwind::halt_unwinding(a);
     // AcqRel pairs with a worker's claim swap in `Ticket::execute`: exactly one of the two wins.
-    let caller_won = !ticket.claimed.swap(true, Ordering::AcqRel);
-    Ticket::keep_spare(ticket);
-    if caller_won {
+    if !ticket.claimed.swap(true, Ordering::AcqRel) {
+        Ticket::keep_spare(ticket);
         return run_b_inline(result_a, job_b.take_func());
     }
+    // Kept only after the wait: nothing may stand between losing the claim and waiting for the
+    // worker that runs B in this frame.
     job_b.latch.wait();
+    Ticket::keep_spare(ticket);
     combine(result_a, job_b.into_result())
 }
 
 crate::sync::thread_local_const! {
     /// The last ticket this thread used, kept for the next outside `join`: once the worker that
-    /// popped it has dropped its reference (it always pops it soon, claimed or not), it can be
-    /// reused instead of allocating, so a stream of outside joins allocates nothing.
+    /// popped it has dropped its reference (it pops it soon, claimed or not; an idle pool's
+    /// spinning workers within a few hundred nanoseconds), it is reused instead of allocating.
+    /// A ticket a worker still holds is left to it and a new one allocated.
     static SPARE_TICKET: Cell<Option<Arc<Ticket>>> = Cell::new(None);
 }
 
 impl Ticket {
     /// A fresh claim on `job`: the spare ticket if no one else holds it any more, else a new one.
     fn for_job(job: JobRef) -> Arc<Ticket> {
-        if let Some(mut spare) = SPARE_TICKET.with(Cell::take) {
+        // `try_with`: from a thread-local destructor at thread exit the slot may be gone; then
+        // allocate, as without a spare.
+        if let Some(mut spare) = SPARE_TICKET.try_with(Cell::take).ok().flatten() {
             // `get_mut` succeeds only if ours is the last reference; it synchronises with the
             // worker's release of its reference (the `Arc`'s own Release/Acquire pair), so all of
             // that worker's accesses to the ticket happened before we reset it here.
@@ -178,9 +183,12 @@ impl Ticket {
         })
     }
 
-    /// Keeps `ticket` as this thread's spare (dropping the previous spare, if any).
+    /// Keeps `ticket` as this thread's spare (dropping the previous spare, if any; if the slot is
+    /// already destroyed, at thread exit, the ticket is simply dropped). Never panics.
     fn keep_spare(ticket: Arc<Ticket>) {
-        drop(SPARE_TICKET.with(|spare| spare.replace(Some(ticket))));
+        let mut ticket = Some(ticket);
+        let previous = SPARE_TICKET.try_with(|spare| spare.replace(ticket.take()));
+        drop((previous, ticket));
     }
 }
 

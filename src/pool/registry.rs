@@ -23,19 +23,22 @@ pub(crate) enum Caller<'w> {
 
 /// How thieves ask a worker for work, and how the worker decides which forks to record.
 ///
-/// Both fields are written by thieves and read by the owner: they share a cache line that the
-/// owner keeps to itself until a thief finds its deque empty.
+/// Two cache lines: the owner writes the count-down at almost every `join`, while searching
+/// thieves read the flag at every empty steal; on one line, every search would cost the owner a
+/// coherence miss per join. Thieves write the count-down only when they raise the flag.
 pub(crate) struct ForkRequests {
     /// A thief found this worker's deque empty and would like it to publish a private fork (lazy
     /// share policy); the owner clears it when it publishes. Under the eager policy it is set from
     /// the start and never cleared, so the fork path has one check for both policies.
-    pub(crate) hungry: AtomicBool,
+    pub(crate) hungry: CachePadded<AtomicBool>,
     /// How many more joins the owner may run without recording their forks
-    /// (`WorkerThread::may_skip_fork`). The owner counts it down; a thief that sets `hungry` also
-    /// zeroes it, so the owner's very next join is recorded and sees the flag. Only a hint: the
-    /// owner's count-down store can overwrite a thief's zero, which then delays the answer by at
-    /// most one sampling period (the flag stays set and every recorded join reads it).
-    pub(crate) unrecorded_left: AtomicU32,
+    /// (`WorkerThread::may_skip_fork`). The owner counts it down; a thief that raises `hungry`
+    /// also zeroes it, so the owner's next join is recorded and sees the flag. Only a hint: the
+    /// owner's count-down store can overwrite the thief's zero (a window of one load and one
+    /// store), which delays the answer by at most one sampling period of joins (the flag stays set
+    /// and every recorded join reads it). The owner narrows the other window itself: it re-reads
+    /// the flag after each store of a non-zero count (`refresh_fork_sampling`).
+    pub(crate) unrecorded_left: CachePadded<AtomicU32>,
 }
 
 pub(crate) struct Registry {
@@ -44,7 +47,7 @@ pub(crate) struct Registry {
     /// Thief ends of every worker's deque, indexed by worker.
     pub(crate) stealers: Box<[Stealer<JobRef>]>,
     /// Per worker: how thieves ask it for work (see [`ForkRequests`]).
-    pub(crate) fork_requests: Box<[CachePadded<ForkRequests>]>,
+    pub(crate) fork_requests: Box<[ForkRequests]>,
     pub(crate) sleep: Sleep,
     pub(crate) counters: PoolCounters,
     #[cfg(feature = "trace")]
@@ -80,11 +83,9 @@ impl Registry {
             injector: Injector::new(),
             stealers: deques.iter().map(|d| d.stealer()).collect(),
             fork_requests: (0..num_threads)
-                .map(|_| {
-                    CachePadded::new(ForkRequests {
-                        hungry: AtomicBool::new(policy.share == SharePolicy::Eager),
-                        unrecorded_left: AtomicU32::new(0),
-                    })
+                .map(|_| ForkRequests {
+                    hungry: CachePadded::new(AtomicBool::new(policy.share == SharePolicy::Eager)),
+                    unrecorded_left: CachePadded::new(AtomicU32::new(0)),
                 })
                 .collect(),
             sleep: Sleep::new(num_threads, policy.max_searchers, counters.epoch),
@@ -195,6 +196,8 @@ impl Registry {
     pub(crate) fn mark_hungry(&self, victim: usize) {
         let requests = &self.fork_requests[victim];
         // Read first: writing an already-set flag would bounce the victim's cache line for nothing.
+        // The count-down is written only here, when the flag is raised: it is the line the owner
+        // writes at every join (see `ForkRequests`).
         if !requests.hungry.load(Ordering::Relaxed) {
             requests.hungry.store(true, Ordering::Relaxed);
             requests.unrecorded_left.store(0, Ordering::Relaxed);

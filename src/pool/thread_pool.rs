@@ -238,8 +238,11 @@ impl ThreadPool {
 ///
 /// "Potentially in parallel" means exactly that: `b` may run on the same thread after `a` — always
 /// on a 1-thread pool, and with the default [`SharePolicy::Lazy`](crate::SharePolicy::Lazy)
-/// whenever no idle worker asks for work while `a` runs. So `a` must never wait for something
-/// that `b` does (a channel message, a flag): that deadlocks (as it can with rayon on one thread).
+/// whenever no idle worker asks for work while `a` runs, or the join is one of those whose
+/// second half is not even recorded (see
+/// [`ThreadPoolBuilder::fork_sample_period`](crate::ThreadPoolBuilder::fork_sample_period)), on
+/// any number of threads. So `a` must never wait for something that `b` does (a channel message,
+/// a flag): that deadlocks (as it can with rayon on one thread).
 ///
 /// # Panics
 /// Both closures always run (or panic); then `a`'s panic is resumed if it had one, else `b`'s.

@@ -41,6 +41,10 @@ pub(crate) struct WorkerThread {
     eager: bool,
     /// Joins that may go unrecorded after a recorded one (the policy's sampling period - 1).
     unrecorded_per_record: u32,
+    /// Length of the fork list when the running job started (jobs run while helping stack their
+    /// forks above the waiting job's): the job's own first forks are the ones at
+    /// `job_base..job_base + MIN_PRIVATE_FORKS`.
+    job_base: Cell<usize>,
     rng: Cell<u64>,
     last_victim: Cell<usize>,
 }
@@ -183,7 +187,7 @@ impl WorkerThread {
             if !still_private {
                 private.bottom = index;
             }
-            if index < MIN_PRIVATE_FORKS {
+            if index < self.job_base.get() + MIN_PRIVATE_FORKS {
                 self.record_next_forks();
             }
             still_private
@@ -212,9 +216,12 @@ impl WorkerThread {
         self.registry.sleep.new_work(self.counters());
     }
 
-    /// Publishes every private fork: called before this worker waits, so its pending forks never
-    /// sit invisible while it is blocked on something else.
+    /// Publishes every recorded private fork: called before this worker waits, so they never sit
+    /// invisible while it is blocked on something else. (The second halves of unrecorded joins
+    /// around the wait cannot be published: they exist only as closures in their callers' frames.)
+    /// The joins of whatever job the wait runs next are recorded from its start.
     fn publish_all_private(&self) {
+        self.record_next_forks();
         // SAFETY: only this thread touches `private`, and this shared borrow ends inside the
         // condition, before `publish_oldest` takes its own mutable one.
         while unsafe {
@@ -236,12 +243,17 @@ impl WorkerThread {
     pub(crate) fn execute(&self, job: JobRef) {
         // A new job starts from its root: record its first forks, the biggest it will make.
         self.record_next_forks();
+        // SAFETY: only this thread touches `private`; this shared borrow ends with the statement.
+        let base = unsafe { (*self.private.get()).jobs.len() };
+        let outer_base = self.job_base.replace(base);
         self.counters().bump_tasks_executed();
         self.trace(EventKind::TaskStart, 0);
         // SAFETY: every JobRef in our queues is live until executed, and each is popped/stolen by
         // exactly one thread (crossbeam's guarantee), so this is its single execution.
         unsafe { job.execute() }
         self.trace(EventKind::TaskEnd, 0);
+        // (Jobs never unwind: stack and heap jobs abort on an escaping panic.)
+        self.job_base.set(outer_base);
     }
 
     /// Records a trace event (feature `trace`; otherwise nothing at all).
@@ -521,7 +533,7 @@ pub(crate) fn main_loop(
         .counters
         .worker(index)
         .set_started_ns(now_ns(registry.counters.epoch));
-    let requests: *const ForkRequests = &*registry.fork_requests[index];
+    let requests: *const ForkRequests = &registry.fork_requests[index];
     let wake_target = WakeTarget {
         registry: Arc::as_ptr(&registry),
         index,
@@ -536,6 +548,7 @@ pub(crate) fn main_loop(
         index,
         eager: registry.eager(),
         unrecorded_per_record: registry.policy.unrecorded_per_record,
+        job_base: Cell::new(0),
         registry,
         requests,
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) << 17)),
