@@ -216,8 +216,9 @@ where
     // never handed out; on every path it settles the engine before anything the tasks borrow or
     // `out` goes away: `finish` below, or its `Drop` on unwinding. `base` has room for
     // `out.capacity()` values, and `out` is not touched until the call is settled.
-    let engine =
+    let mut engine =
         unsafe { Engine::new(tasks, setup, pool, fail_fast, Some((base, out.capacity()))) };
+    engine.runs_from_input();
     let mut call = Call {
         engine,
         chunks: Vec::new(),
@@ -249,6 +250,12 @@ where
         engine.refill(None);
         if engine.exhausted && call.chunks.len() == engine.batches {
             break;
+        }
+        // Help: run the next tasks straight from the input, else a queued batch, else wait.
+        if let Some(chunk) = engine.run_from_input() {
+            call.chunks.push(chunk);
+            last_result = Instant::now();
+            continue;
         }
         if engine.help() {
             continue;

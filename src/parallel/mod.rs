@@ -355,7 +355,11 @@ impl<'p> Parallel<'p> {
     fn setup(&self, total: Option<usize>) -> Result<Setup<'p>, ConfigError> {
         let (n_jobs, mut pre_dispatch) = self.validate()?;
         let started = self.deadline.map(|d| (d, Instant::now() + d));
-        let plan = Plan::new(&self.backend, n_jobs);
+        let plan = Plan::new(
+            &self.backend,
+            n_jobs,
+            self.timeout.is_some() || self.deadline.is_some(),
+        );
         if let Plan::Pool { pool, .. } = &plan {
             // Nested call of known length, window not set: the whole input. A driver that is a
             // worker runs other jobs of the pool while it waits, and a window it cannot refill
