@@ -25,9 +25,9 @@ pub enum Backend {
     /// Every task on the calling thread, in input order (joblib's `SequentialBackend`).
     Sequential,
     /// A pool you built. At most `min(n_jobs, its threads)` threads run this call's tasks: its
-    /// workers and, as on the default backend, the calling thread while batches are short (it
-    /// runs tasks instead of sleeping while it refills; once tasks prove long it only
-    /// dispatches). `Parallel` calls made by a task that runs on the calling thread nest into
+    /// workers and, in `run`/`try_run` as on the default backend, the calling thread while
+    /// batches are short (it runs tasks instead of sleeping while it refills; once tasks prove
+    /// long it only dispatches; a stream's consumer outside the pool only reads). `Parallel` calls made by a task that runs on the calling thread nest into
     /// this pool, as they do on its workers. With a [`timeout`](crate::Parallel::timeout) or
     /// [`deadline`](crate::Parallel::deadline), a caller outside the pool only dispatches (so it
     /// is never inside a task when a limit passes), except in a call of exactly two tasks, which
