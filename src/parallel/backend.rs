@@ -65,6 +65,8 @@ pub(crate) enum Plan {
         pool: ThreadPool,
         runners: usize,
         caller_runs: bool,
+        /// The calling thread is one of `pool`'s workers.
+        inside: bool,
     },
 }
 
@@ -89,11 +91,12 @@ impl Plan {
                     pool: pool.clone(),
                     runners: runners.max(1),
                     caller_runs: inside || !limited,
+                    inside,
                 }
             }
             Backend::WorkStealing => match current_pool() {
-                // Nested: no new threads; the calling worker is one of the runners.
-                Some(pool) => {
+                // Nested: no new threads; the calling thread is one of the runners.
+                Some((pool, inside)) => {
                     let runners = n_jobs.min(pool.num_threads());
                     if runners <= 1 {
                         Plan::Inline
@@ -102,6 +105,7 @@ impl Plan {
                             pool,
                             runners,
                             caller_runs: true,
+                            inside,
                         }
                     }
                 }
@@ -109,6 +113,7 @@ impl Plan {
                     pool: cached_pool(n_jobs),
                     runners: n_jobs,
                     caller_runs: true,
+                    inside: false,
                 },
             },
         }
@@ -122,10 +127,14 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// The pool a `Parallel` call on the default backend nests into: the pool of the worker we are
-/// on, else the pool whose call's tasks this thread is running (a caller that helps).
-fn current_pool() -> Option<ThreadPool> {
-    ThreadPool::current().or_else(|| RUNNING_TASKS_OF.with(|p| p.borrow().clone()))
+/// The pool a `Parallel` call on the default backend nests into, and whether this thread is one of
+/// its workers: the pool of the worker we are on, else the pool whose call's tasks this thread is
+/// running (a caller that helps).
+fn current_pool() -> Option<(ThreadPool, bool)> {
+    match ThreadPool::current() {
+        Some(pool) => Some((pool, true)),
+        None => RUNNING_TASKS_OF.with(|p| p.borrow().clone().map(|pool| (pool, false))),
+    }
 }
 
 /// Runs `f` (tasks of a call on `pool`, run by the calling thread as one of its runners) so that

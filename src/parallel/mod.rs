@@ -360,11 +360,11 @@ impl<'p> Parallel<'p> {
             n_jobs,
             self.timeout.is_some() || self.deadline.is_some(),
         );
-        if let Plan::Pool { pool, .. } = &plan {
+        if let Plan::Pool { inside: true, .. } = &plan {
             // Nested call of known length, window not set: the whole input. A driver that is a
             // worker runs other jobs of the pool while it waits, and a window it cannot refill
             // meanwhile would hold its own call back (see docs/joblib.md, `pre_dispatch`).
-            if self.pre_dispatch.is_none() && total.is_some() && pool.is_current() {
+            if self.pre_dispatch.is_none() && total.is_some() {
                 pre_dispatch = usize::MAX;
             }
         }
