@@ -20,9 +20,16 @@
 //! Tasks pulled but not yet *retired* never exceed `pre_dispatch × batch size` (with batches of
 //! one task, as at the start of every `Auto` call: `pre_dispatch` tasks). `run` retires a task when
 //! it has run; a stream when the consumer has read its result (backpressure). When the driver has
-//! nothing to pull, it helps (runs a queued batch itself) if it is one of the runners and batches
-//! are short, and otherwise waits on its signal until a chunk arrives, the call is closed, or a
-//! limit ([`Limits`]) passes. On a pool worker that wait keeps running the pool's work.
+//! nothing to pull, it helps if it is one of the runners and batches are short, and otherwise
+//! waits on its signal until a chunk arrives, the call is closed, or a limit ([`Limits`]) passes.
+//! On a pool worker that wait keeps running the pool's work. `run`'s driver helps by running the
+//! next batch's worth of tasks straight from the input ([`Engine::run_from_input`]: no batch
+//! buffer, so the tasks it keeps are never moved, and it pays for pulling only the tasks it hands
+//! to others; `refill` keeps one batch of the window free for this), and, once the input is
+//! exhausted, by running queued batches ([`Engine::help`]), which is how a stream's consumer helps.
+//! A helping driver refills after every chunk, so its window counts the buffers it cuts (queued
+//! tasks stay in a cache until a runner reads them); one that only dispatches counts batches of
+//! the size the batcher asked for.
 //!
 //! # Limits
 //! `timeout` bounds each wait for the next result, `deadline` the whole call. Both are
