@@ -27,13 +27,17 @@ pub enum Backend {
     /// A pool you built. At most `min(n_jobs, its threads)` threads run this call's tasks: its
     /// workers and, in `run`/`try_run` as on the default backend, the calling thread while
     /// batches are short (it runs tasks instead of sleeping while it refills; once tasks prove
-    /// long it only dispatches; a stream's consumer outside the pool only reads). `Parallel` calls made by a task that runs on the calling thread nest into
-    /// this pool, as they do on its workers. With a [`timeout`](crate::Parallel::timeout) or
-    /// [`deadline`](crate::Parallel::deadline), a caller outside the pool only dispatches (so it
-    /// is never inside a task when a limit passes), except in a call of exactly two tasks, which
-    /// runs as [`ThreadPool::join`] (the caller runs the first), and in the splittable form
-    /// ([`Parallel::map`](crate::Parallel::map), [`run_indexed`](crate::Parallel::run_indexed)),
-    /// where the caller is always one of the runners.
+    /// long it only dispatches; a stream's consumer outside the pool only reads). `Parallel`
+    /// calls made by a task that runs on the calling thread nest into this pool, as they do on
+    /// its workers; there, as for any code outside the pool,
+    /// [`current_thread_index`](crate::current_thread_index) is `None` and the free
+    /// [`join`](crate::join) / [`scope`](crate::scope) use the global pool. With a
+    /// [`timeout`](crate::Parallel::timeout) or [`deadline`](crate::Parallel::deadline), a caller
+    /// outside the pool only dispatches (so it is never inside a task when a limit passes),
+    /// except in a call of exactly two tasks, which runs as [`ThreadPool::join`] (the caller runs
+    /// the first), and in the splittable form ([`Parallel::map`](crate::Parallel::map),
+    /// [`run_indexed`](crate::Parallel::run_indexed)), where the caller is always one of the
+    /// runners.
     Pool(ThreadPool),
     /// Worker processes (joblib's `loky`/`multiprocessing`; cargo feature `processes`): a pool of
     /// exactly `n_jobs` processes per distinct count, started on first use and kept until the
