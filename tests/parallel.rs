@@ -456,26 +456,90 @@ fn deadline_cancels_unstarted_tasks() {
     assert!(matches!(sequential, Err(Error::Timeout { .. })));
 }
 
+/// Where a task runs under `Backend::Pool(pool)` called from outside: on one of `pool`'s workers
+/// (named `prefix-i`) or on the calling thread, which is one of the call's runners while batches
+/// are short; never on another pool's threads.
+fn on_pool_or_caller(prefix: &str, caller: std::thread::ThreadId) -> (bool, bool) {
+    let me = std::thread::current();
+    let on_pool = me.name().is_some_and(|n| n.starts_with(prefix));
+    (on_pool, me.id() == caller)
+}
+
 #[test]
 fn nested_parallel_runs_on_the_current_pool() {
-    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(2)
+        .thread_name(|i| format!("nested-test-{i}"))
+        .build()
+        .unwrap();
+    let caller = std::thread::current().id();
     let outer = Parallel::new()
         .backend(parjob::Backend::Pool(pool.clone()))
         .n_jobs(2)
         .run((0..8u64).map(|i| {
             Delayed::new(move || {
-                // Inside a task: the inner call uses this pool (no new threads, no deadlock).
+                let outer_place = on_pool_or_caller("nested-test-", caller);
+                // Inside a task (on a worker, or on the caller helping): the inner call uses this
+                // pool (no new threads, no deadlock).
                 let inner = Parallel::new().n_jobs(2).run((0..100u64).map(|j| {
-                    Delayed::new(move || (parjob::current_thread_index().is_some(), i * 100 + j))
+                    Delayed::new(move || (on_pool_or_caller("nested-test-", caller), i * 100 + j))
                 }));
-                assert!(inner.iter().all(|(on_pool, _)| *on_pool));
-                inner.iter().map(|(_, v)| v).sum::<u64>()
+                assert!(
+                    inner
+                        .iter()
+                        .all(|((on_pool, on_caller), _)| *on_pool || *on_caller),
+                    "an inner task ran outside the pool"
+                );
+                (outer_place, inner.iter().map(|(_, v)| v).sum::<u64>())
             })
         }));
+    assert!(outer
+        .iter()
+        .all(|((on_pool, on_caller), _)| *on_pool || *on_caller));
+    let sums: Vec<u64> = outer.iter().map(|(_, v)| *v).collect();
     let expected: Vec<u64> = (0..8u64)
         .map(|i| (0..100).map(|j| i * 100 + j).sum())
         .collect();
-    assert_eq!(outer, expected);
+    assert_eq!(sums, expected);
+}
+
+/// The calling thread helps under `Backend::Pool` (it runs the first task itself before any
+/// timing exists), and a `Parallel` call made by a task it runs nests into that pool, not into
+/// the global one.
+#[test]
+fn pool_backend_caller_helps_and_its_tasks_nest_into_the_pool() {
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(2)
+        .thread_name(|i| format!("helping-test-{i}"))
+        .build()
+        .unwrap();
+    let caller = std::thread::current().id();
+    let outer = Parallel::new()
+        .backend(parjob::Backend::Pool(pool.clone()))
+        .n_jobs(2)
+        .run((0..4u64).map(|_| {
+            Delayed::new(move || {
+                let place = on_pool_or_caller("helping-test-", caller);
+                let inner = Parallel::new().n_jobs(2).run(
+                    (0..64u64)
+                        .map(|_| Delayed::new(move || on_pool_or_caller("helping-test-", caller))),
+                );
+                (place, inner)
+            })
+        }));
+    assert!(
+        outer.iter().any(|((_, on_caller), _)| *on_caller),
+        "the caller ran no task"
+    );
+    for ((_, on_caller), inner) in &outer {
+        if *on_caller {
+            // The nested call of a task on the caller: its tasks run on the pool's workers or
+            // on the caller (helping that call in turn), never on the global pool.
+            assert!(inner
+                .iter()
+                .all(|(on_pool, on_caller)| *on_pool || *on_caller));
+        }
+    }
 }
 
 #[test]
@@ -495,9 +559,28 @@ fn nested_parallel_on_a_one_thread_pool_does_not_deadlock() {
 
 #[test]
 fn pool_backend_runs_on_the_given_pool() {
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(2)
+        .thread_name(|i| format!("given-pool-{i}"))
+        .build()
+        .unwrap();
+    let caller = std::thread::current().id();
+    let places = Parallel::new()
+        .backend(parjob::Backend::Pool(pool))
+        .run((0..50).map(|_| Delayed::new(move || on_pool_or_caller("given-pool-", caller))));
+    // On the pool's workers, or on the caller as one of the call's runners; on no other thread.
+    assert!(places
+        .iter()
+        .all(|&(on_pool, on_caller)| on_pool || on_caller));
+}
+
+/// With a timeout, a caller outside the pool only dispatches: every task runs on the pool.
+#[test]
+fn pool_backend_with_a_timeout_runs_every_task_on_the_pool() {
     let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let on_pool = Parallel::new()
         .backend(parjob::Backend::Pool(pool))
+        .timeout(Duration::from_secs(60))
         .run((0..50).map(|_| Delayed::new(|| parjob::current_thread_index().is_some())));
     assert!(on_pool.iter().all(|&b| b));
 }

@@ -479,3 +479,86 @@ fn written_results_whose_drop_panics_are_all_dropped_after_a_task_panic() {
     assert_eq!(DROPPED.load(Ordering::SeqCst), made.load(Ordering::SeqCst));
     assert_eq!(pool.install(|| 7), 7);
 }
+
+/// `run`'s driver runs tasks straight from the input when it helps (no batch buffer), beside the
+/// batches it queues: whatever the split, every task runs exactly once and its result lands at its
+/// index, with results in place (exact length) or in vectors of their own (no exact length), with
+/// plain results and with results that need dropping, on the default backend and on a pool.
+#[test]
+fn tasks_run_from_the_input_and_from_batches_land_in_order() {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for n in [0usize, 1, 3, 5, 64, 1_000, 100_000] {
+        for backend in [None, Some(Backend::Pool(pool.clone()))] {
+            let parallel = match &backend {
+                None => Parallel::new().n_jobs(2),
+                Some(b) => Parallel::new().n_jobs(2).backend(b.clone()),
+            };
+            let runs = AtomicUsize::new(0);
+            let runs = &runs;
+            let plain: Vec<u64> = parallel.run((0..n as u64).map(|i| {
+                Delayed::new(move || {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    i * 3
+                })
+            }));
+            assert_eq!(plain, (0..n as u64).map(|i| i * 3).collect::<Vec<_>>());
+            assert_eq!(runs.load(Ordering::Relaxed), n);
+            // No exact length (`filter`): batches collect vectors of their own.
+            let strings: Vec<String> = parallel.run(
+                (0..n)
+                    .filter(|_| true)
+                    .map(|i| Delayed::new(move || i.to_string())),
+            );
+            assert_eq!(strings, (0..n).map(|i| i.to_string()).collect::<Vec<_>>());
+        }
+    }
+}
+
+/// A value that counts how many of its kind are alive.
+#[derive(Debug)]
+struct Counted<'a>(&'a AtomicUsize);
+impl<'a> Counted<'a> {
+    fn new(alive: &'a AtomicUsize) -> Self {
+        alive.fetch_add(1, Ordering::SeqCst);
+        Counted(alive)
+    }
+}
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The input iterator panics part-way, while the driver may be running tasks straight from it:
+/// the call resumes that panic, and every result already written (in place) and every task
+/// already pulled is dropped before `run` unwinds.
+#[test]
+fn an_input_that_panics_while_the_driver_runs_from_it_loses_nothing() {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for (backend, at) in [(false, 3usize), (false, 20_000), (true, 5), (true, 50_000)] {
+        let alive = AtomicUsize::new(0);
+        let alive_ref = &alive;
+        let parallel = if backend {
+            Parallel::new()
+                .n_jobs(2)
+                .backend(Backend::Pool(pool.clone()))
+        } else {
+            Parallel::new().n_jobs(2)
+        };
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parallel.run((0..100_000usize).map(|i| {
+                if i == at {
+                    std::panic::panic_any(at);
+                }
+                let task = Counted::new(alive_ref);
+                Delayed::new(move || {
+                    let _task = task;
+                    Counted::new(alive_ref)
+                })
+            }))
+        }));
+        let payload = caught.expect_err("the input's panic is resumed");
+        assert_eq!(payload.downcast_ref::<usize>(), Some(&at));
+        assert_eq!(alive.load(Ordering::SeqCst), 0, "a task or result leaked");
+    }
+}

@@ -24,11 +24,20 @@ pub enum Backend {
     WorkStealing,
     /// Every task on the calling thread, in input order (joblib's `SequentialBackend`).
     Sequential,
-    /// A pool you built. At most `min(n_jobs, its threads)` of its workers run this call's tasks;
-    /// the calling thread only dispatches (unless it is itself one of the pool's workers), except
-    /// in a call of exactly two tasks, which runs as [`ThreadPool::join`] (the caller runs the
-    /// first), and in the splittable form ([`Parallel::map`](crate::Parallel::map),
-    /// [`run_indexed`](crate::Parallel::run_indexed)), where the caller is one of the runners.
+    /// A pool you built. At most `min(n_jobs, its threads)` threads run this call's tasks: its
+    /// workers and, in `run`/`try_run` as on the default backend, the calling thread while
+    /// batches are short (it runs tasks instead of sleeping while it refills; once tasks prove
+    /// long it only dispatches; a stream's consumer outside the pool only reads). `Parallel`
+    /// calls made by a task that runs on the calling thread nest into this pool, as they do on
+    /// its workers; there, as for any code outside the pool,
+    /// [`current_thread_index`](crate::current_thread_index) is `None` and the free
+    /// [`join`](crate::join) / [`scope`](crate::scope) use the global pool. With a
+    /// [`timeout`](crate::Parallel::timeout) or [`deadline`](crate::Parallel::deadline), a caller
+    /// outside the pool only dispatches (so it is never inside a task when a limit passes),
+    /// except in a call of exactly two tasks, which runs as [`ThreadPool::join`] (the caller runs
+    /// the first), and in the splittable form ([`Parallel::map`](crate::Parallel::map),
+    /// [`run_indexed`](crate::Parallel::run_indexed)), where the caller is always one of the
+    /// runners.
     Pool(ThreadPool),
     /// Worker processes (joblib's `loky`/`multiprocessing`; cargo feature `processes`): a pool of
     /// exactly `n_jobs` processes per distinct count, started on first use and kept until the
@@ -60,17 +69,20 @@ pub(crate) enum Plan {
         pool: ThreadPool,
         runners: usize,
         caller_runs: bool,
+        /// The calling thread is one of `pool`'s workers.
+        inside: bool,
     },
 }
 
 impl Plan {
-    pub(crate) fn new(backend: &Backend, n_jobs: usize) -> Plan {
+    /// `limited`: the call has a timeout or a deadline.
+    pub(crate) fn new(backend: &Backend, n_jobs: usize, limited: bool) -> Plan {
         match backend {
             Backend::Sequential => Plan::Inline,
             // Thread methods under a process backend: threads (see `Backend::Processes`).
             #[cfg(feature = "processes")]
             Backend::Processes | Backend::ProcessPool(_) => {
-                Plan::new(&Backend::WorkStealing, n_jobs)
+                Plan::new(&Backend::WorkStealing, n_jobs, limited)
             }
             _ if n_jobs <= 1 => Plan::Inline,
             Backend::Pool(pool) => {
@@ -82,12 +94,13 @@ impl Plan {
                 Plan::Pool {
                     pool: pool.clone(),
                     runners: runners.max(1),
-                    caller_runs: inside,
+                    caller_runs: inside || !limited,
+                    inside,
                 }
             }
-            Backend::WorkStealing => match ThreadPool::current() {
-                // Nested: no new threads; the calling worker is one of the runners.
-                Some(pool) => {
+            Backend::WorkStealing => match current_pool() {
+                // Nested: no new threads; the calling thread is one of the runners.
+                Some((pool, inside)) => {
                     let runners = n_jobs.min(pool.num_threads());
                     if runners <= 1 {
                         Plan::Inline
@@ -96,6 +109,7 @@ impl Plan {
                             pool,
                             runners,
                             caller_runs: true,
+                            inside,
                         }
                     }
                 }
@@ -103,10 +117,42 @@ impl Plan {
                     pool: cached_pool(n_jobs),
                     runners: n_jobs,
                     caller_runs: true,
+                    inside: false,
                 },
             },
         }
     }
+}
+
+thread_local! {
+    /// The pool of the call whose tasks this thread (not one of that pool's workers) is running
+    /// as one of the call's runners: see [`running_tasks_of`].
+    static RUNNING_TASKS_OF: std::cell::RefCell<Option<ThreadPool>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The pool a `Parallel` call on the default backend nests into, and whether this thread is one of
+/// its workers: the pool of the worker we are on, else the pool whose call's tasks this thread is
+/// running (a caller that helps).
+fn current_pool() -> Option<(ThreadPool, bool)> {
+    match ThreadPool::current() {
+        Some(pool) => Some((pool, true)),
+        None => RUNNING_TASKS_OF.with(|p| p.borrow().clone().map(|pool| (pool, false))),
+    }
+}
+
+/// Runs `f` (tasks of a call on `pool`, run by the calling thread as one of its runners) so that
+/// `Parallel` calls those tasks make nest into `pool`, as they would on its workers.
+pub(crate) fn running_tasks_of<R>(pool: &ThreadPool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<ThreadPool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            RUNNING_TASKS_OF.with(|p| *p.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(RUNNING_TASKS_OF.with(|p| p.replace(Some(pool.clone()))));
+    f()
 }
 
 /// The pool used for `n_jobs` outside any pool: the global one for `cpu_count()`, else a pool of

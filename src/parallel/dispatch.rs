@@ -42,13 +42,13 @@ where
             && setup.limits.timeout.is_none()
             && setup.limits.budget.is_none() =>
         {
-            let pool = pool.clone();
-            run_pair(tasks, setup, &pool, fail_fast)
+            run_pair(tasks, setup, fail_fast)
         }
         Plan::Pool {
             ref pool,
             runners,
             caller_runs,
+            ..
         } => {
             let pool = (pool.clone(), runners, caller_runs);
             run_on_pool(tasks, setup, pool, fail_fast)
@@ -64,7 +64,6 @@ where
 fn run_pair<I, T>(
     mut tasks: I,
     mut setup: Setup<'_>,
-    pool: &crate::ThreadPool,
     fail_fast: Option<fn(&T::Output) -> bool>,
 ) -> Result<Vec<T::Output>, Stop<T::Output>>
 where
@@ -72,6 +71,9 @@ where
     T: Task + Send,
     T::Output: Send,
 {
+    let Plan::Pool { pool, .. } = &setup.plan else {
+        unreachable!("a pair runs on a pool")
+    };
     let (Some(a), Some(b)) = (tasks.next(), tasks.next()) else {
         unreachable!("an exact length of 2 was checked")
     };
@@ -216,8 +218,9 @@ where
     // never handed out; on every path it settles the engine before anything the tasks borrow or
     // `out` goes away: `finish` below, or its `Drop` on unwinding. `base` has room for
     // `out.capacity()` values, and `out` is not touched until the call is settled.
-    let engine =
+    let mut engine =
         unsafe { Engine::new(tasks, setup, pool, fail_fast, Some((base, out.capacity()))) };
+    engine.runs_from_input();
     let mut call = Call {
         engine,
         chunks: Vec::new(),
@@ -249,6 +252,12 @@ where
         engine.refill(None);
         if engine.exhausted && call.chunks.len() == engine.batches {
             break;
+        }
+        // Help: run the next tasks straight from the input, else a queued batch, else wait.
+        if let Some(chunk) = engine.run_from_input() {
+            call.chunks.push(chunk);
+            last_result = Instant::now();
+            continue;
         }
         if engine.help() {
             continue;

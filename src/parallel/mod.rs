@@ -355,12 +355,16 @@ impl<'p> Parallel<'p> {
     fn setup(&self, total: Option<usize>) -> Result<Setup<'p>, ConfigError> {
         let (n_jobs, mut pre_dispatch) = self.validate()?;
         let started = self.deadline.map(|d| (d, Instant::now() + d));
-        let plan = Plan::new(&self.backend, n_jobs);
-        if let Plan::Pool { pool, .. } = &plan {
+        let plan = Plan::new(
+            &self.backend,
+            n_jobs,
+            self.timeout.is_some() || self.deadline.is_some(),
+        );
+        if let Plan::Pool { inside: true, .. } = &plan {
             // Nested call of known length, window not set: the whole input. A driver that is a
             // worker runs other jobs of the pool while it waits, and a window it cannot refill
             // meanwhile would hold its own call back (see docs/joblib.md, `pre_dispatch`).
-            if self.pre_dispatch.is_none() && total.is_some() && pool.is_current() {
+            if self.pre_dispatch.is_none() && total.is_some() {
                 pre_dispatch = usize::MAX;
             }
         }

@@ -124,6 +124,10 @@ impl<'p> Progress<'p> {
 
     /// joblib's "Using backend ..." line, for calls that run on a pool.
     pub(crate) fn announce(&self, backend: &str, workers: usize) {
+        if self.verbose == 0 {
+            // Not even formatted: a silent call must not pay for the message (an allocation).
+            return;
+        }
         self.line(&format!(
             "Using backend {backend} with {workers} concurrent workers."
         ));

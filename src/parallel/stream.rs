@@ -101,12 +101,15 @@ where
                 limits: setup.limits,
             },
             super::backend::Plan::Pool {
-                ref pool, runners, ..
+                ref pool,
+                runners,
+                inside,
+                ..
             } => {
                 // The consumer runs batches only when it is a worker of the pool (never idle a
                 // worker, never deadlock a 1-thread pool); from outside it only reads, so a
                 // consumer waiting on a limit is never stuck inside a long task of its own.
-                let pool = (pool.clone(), runners, pool.is_current());
+                let pool = (pool.clone(), runners, inside);
                 // SAFETY: forwarded to our caller (no slots: results go to the chunks).
                 let mut engine = unsafe { Engine::new(tasks, setup, pool, None, None) };
                 engine.refill(Some(0));

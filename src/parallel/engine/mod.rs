@@ -20,9 +20,16 @@
 //! Tasks pulled but not yet *retired* never exceed `pre_dispatch × batch size` (with batches of
 //! one task, as at the start of every `Auto` call: `pre_dispatch` tasks). `run` retires a task when
 //! it has run; a stream when the consumer has read its result (backpressure). When the driver has
-//! nothing to pull, it helps (runs a queued batch itself) if it is one of the runners and batches
-//! are short, and otherwise waits on its signal until a chunk arrives, the call is closed, or a
-//! limit ([`Limits`]) passes. On a pool worker that wait keeps running the pool's work.
+//! nothing to pull, it helps if it is one of the runners and batches are short, and otherwise
+//! waits on its signal until a chunk arrives, the call is closed, or a limit ([`Limits`]) passes.
+//! On a pool worker that wait keeps running the pool's work. `run`'s driver helps by running the
+//! next batch's worth of tasks straight from the input ([`Engine::run_from_input`]: no batch
+//! buffer, so the tasks it keeps are never moved, and it pays for pulling only the tasks it hands
+//! to others; `refill` keeps one batch of the window free for this), and, once the input is
+//! exhausted, by running queued batches ([`Engine::help`]), which is how a stream's consumer helps.
+//! A helping driver refills after every chunk, so its window counts the buffers it cuts (queued
+//! tasks stay in a cache until a runner reads them); one that only dispatches counts batches of
+//! the size the batcher asked for.
 //!
 //! # Limits
 //! `timeout` bounds each wait for the next result, `deadline` the whole call. Both are
@@ -155,6 +162,9 @@ pub(crate) struct Engine<'p, I, T: Task> {
     slots: Option<(*mut T::Output, usize)>,
     /// The driver's wake-up and the thread it belongs to (see `Shared::waiter`).
     signal: Option<(std::thread::ThreadId, Arc<Signal>)>,
+    /// The driver runs tasks straight from the input when it helps (`run`'s driver; a stream's
+    /// consumer only runs queued batches).
+    from_input: bool,
 }
 
 impl<'p, I, T> Engine<'p, I, T>
@@ -214,7 +224,15 @@ where
             batches: 0,
             slots,
             signal: None,
+            from_input: false,
         }
+    }
+
+    /// Lets the driver run tasks straight from the input when it helps ([`run_from_input`]).
+    ///
+    /// [`run_from_input`]: Self::run_from_input
+    pub(crate) fn runs_from_input(&mut self) {
+        self.from_input = true;
     }
 
     /// Does the driver run batches itself now? (It is a runner, and batches are short.)
@@ -233,7 +251,6 @@ where
         if self.shared.tracker.is_closed() {
             return;
         }
-        let runners = self.on_pool.runners;
         self.batcher.observe(
             self.shared.timing_tasks.load(Ordering::Relaxed),
             self.shared.timing_ns.load(Ordering::Relaxed),
@@ -242,22 +259,10 @@ where
         while !self.exhausted {
             let retired = read.unwrap_or_else(|| self.shared.tasks_done.load(Ordering::Acquire));
             let in_flight = self.pulled - retired.min(self.pulled);
-            let natural = self.batcher.next_size(
-                self.exact_len.map(|n| n.saturating_sub(self.pulled)),
-                runners,
-            );
-            let size = natural
-                .min(MAX_BATCH_BYTES / std::mem::size_of::<T>().max(1))
-                .max(1);
-            // The window counts batches of the size the batcher asked for (a duration), even when
-            // buffers are cut smaller: cutting must not shrink the work queued ahead, or runners
-            // run dry (and sleep) while the driver refills.
-            let mut window = self.pre_dispatch.saturating_mul(natural).max(1);
-            if self.batcher.expected_batch_ns().is_none() {
-                // Nothing measured yet (batches of one task, as joblib starts): probe with a few
-                // batches per runner before a large window fills with tiny batches.
-                window = window.min(PROBE_BATCHES * runners * size);
-            }
+            let (window, size) = self.window();
+            // A driver that runs tasks straight from the input keeps one batch of the window for
+            // that (see `run_from_input`), if the window holds two or more.
+            let window = window - self.reserve(window, size);
             if in_flight >= window {
                 break;
             }
@@ -293,6 +298,7 @@ where
         if pushed.is_empty() {
             return;
         }
+        let runners = self.on_pool.runners;
         let max_tokens = if self.helps() { runners - 1 } else { runners };
         let spawn = {
             let mut queue = lock(&self.shared.queue);
@@ -315,6 +321,180 @@ where
         }
     }
 
+    /// The window (most tasks pulled and not retired) and the size of the next batch: the size
+    /// the batcher asks for, cut so that a batch buffer holds at most `MAX_BATCH_BYTES` of tasks.
+    fn window(&mut self) -> (usize, usize) {
+        let runners = self.on_pool.runners;
+        let natural = self.batcher.next_size(
+            self.exact_len.map(|n| n.saturating_sub(self.pulled)),
+            runners,
+        );
+        let size = natural
+            .min(MAX_BATCH_BYTES / std::mem::size_of::<T>().max(1))
+            .max(1);
+        // A driver that helps comes back to refill after every chunk it runs (about a batch), so
+        // its window counts the buffers it cuts: the queued tasks stay few enough to be in a
+        // cache when a runner reads them. One that only dispatches refills when a chunk arrives:
+        // its window counts batches of the size the batcher asked for (a duration), even when
+        // buffers are cut smaller, or runners run dry (and sleep) meanwhile.
+        let unit = if self.helps() { size } else { natural };
+        let mut window = self.pre_dispatch.saturating_mul(unit).max(1);
+        if self.batcher.expected_batch_ns().is_none() {
+            // Nothing measured yet (batches of one task, as joblib starts): probe with a few
+            // batches per runner before a large window fills with tiny batches.
+            window = window.min(PROBE_BATCHES * runners * size);
+        }
+        (window, size)
+    }
+
+    /// The part of the window the driver keeps for the tasks it runs straight from the input:
+    /// one batch, when it does that (`run`'s driver, helping) and the window holds at least two.
+    fn reserve(&self, window: usize, size: usize) -> usize {
+        if self.from_input && self.helps() && window >= 2 * size {
+            size
+        } else {
+            0
+        }
+    }
+
+    /// Runs the next tasks of the input on the driver's thread, straight from the iterator, if the
+    /// driver is a runner, batches are short and the input has more: a batch's worth, pulled and
+    /// run one by one with no batch buffer in between (a task is never moved, and the driver
+    /// pays for pulling only the tasks it hands to others). Results go to their slots (past the
+    /// slots' capacity: a vector of the chunk's own). The chunk is returned, not posted; it
+    /// counts as one of the call's batches. `None`: nothing was pulled (not a runner now, the
+    /// call is closed, or the input is exhausted).
+    ///
+    /// No `Tracker::begin` is needed: the tracker keeps *tokens* away from the call's values after
+    /// a settle, and the driver settles the call itself, after this returns. Tokens may close the
+    /// call meanwhile (a panic, a failure): the loop stops at the next check.
+    pub(crate) fn run_from_input(&mut self) -> Option<Chunk<T::Output>> {
+        if !self.from_input
+            || self.exhausted
+            || !self.helps()
+            || self.shared.tracker.is_closed()
+            || lock(&self.shared.queue).tokens >= self.on_pool.runners
+        {
+            return None;
+        }
+        // Within the window: at most the tasks it has room for (the part `refill` kept free).
+        let retired = self.shared.tasks_done.load(Ordering::Acquire);
+        let in_flight = self.pulled - retired.min(self.pulled);
+        let (window, size) = self.window();
+        let size = size.min(window.saturating_sub(in_flight));
+        if size == 0 {
+            return None;
+        }
+        let start = self.pulled;
+        let slots = match self.slots {
+            Some((base, capacity)) if start + size <= capacity => {
+                // SAFETY: `start + size <= capacity`: inside the allocation (`new`'s contract);
+                // no batch was given any slot from `start` on (slots go out in input order).
+                Some(unsafe { base.add(start) })
+            }
+            _ => None,
+        };
+        let shared = &*self.shared;
+        let tasks = &mut self.tasks;
+        let started = Instant::now();
+        crate::pool::trace_current(crate::EventKind::BatchStart, size as u32);
+        let mut taken = 0usize;
+        let mut written = 0usize;
+        let mut ended = false;
+        let mut failure = None;
+        let mut own = slots.is_none().then(Vec::new);
+        let plain = slots.is_some()
+            && !std::mem::needs_drop::<T::Output>()
+            && shared.fail_fast.is_none()
+            && shared.deadline.is_none();
+        let pool = &self.on_pool.pool;
+        let outcome = crate::pool::unwind::halt_unwinding(|| {
+            super::backend::running_tasks_of(pool, || match slots {
+                Some(base) if plain => {
+                    // As `run_batch`'s plain loop: runs of `CHECK_EVERY` tasks, the cancel flag
+                    // checked between them; a panic mid-run leaves nothing that must be dropped (and
+                    // fails the call).
+                    while taken < size && !shared.tracker.is_closed() {
+                        let run = (size - taken).min(shared::CHECK_EVERY);
+                        // SAFETY: slots `start .. start + size` are this chunk's (above), and
+                        // `taken + run <= size`. Viewed as `MaybeUninit`, they may hold anything;
+                        // each is written at most once, and read only after the call is settled.
+                        let run_slots = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                base.add(taken).cast::<std::mem::MaybeUninit<T::Output>>(),
+                                run,
+                            )
+                        };
+                        let n = shared::fill_from(tasks, run_slots);
+                        taken += n;
+                        written += n;
+                        if n < run {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    while taken < size {
+                        if shared
+                            .tracker
+                            .stop_before_next_task(shared.deadline, &shared.deadline_hit)
+                        {
+                            break;
+                        }
+                        let Some(task) = tasks.next() else {
+                            ended = true;
+                            break;
+                        };
+                        taken += 1;
+                        let value = task.run();
+                        if shared.fail_fast.is_some_and(|failed| failed(&value)) {
+                            failure = Some(value);
+                            shared.tracker.close();
+                            break;
+                        }
+                        match (slots, &mut own) {
+                            // SAFETY: slot `start + written` is this chunk's (`written < taken <=
+                            // size`); written once, read only after the call is settled.
+                            (Some(base), _) => unsafe { base.add(written).write(value) },
+                            (None, Some(v)) => v.push(value),
+                            (None, None) => unreachable!("a chunk without slots has its vector"),
+                        }
+                        written += 1;
+                    }
+                }
+            })
+        });
+        let panic = outcome.err();
+        if panic.is_some() {
+            // The task, or the input iterator itself, panicked: the call ends (`run` closes on a
+            // panic), and the input is not pulled again.
+            shared.tracker.close();
+            ended = true;
+        }
+        crate::pool::trace_current(crate::EventKind::BatchEnd, written as u32);
+        shared
+            .timing_tasks
+            .fetch_add(written as u64, Ordering::Relaxed);
+        shared
+            .timing_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        shared.tasks_done.fetch_add(written, Ordering::Release);
+        self.exhausted |= ended;
+        self.pulled += taken;
+        if taken == 0 && panic.is_none() {
+            return None;
+        }
+        self.batches += 1;
+        Some(Chunk {
+            start,
+            written,
+            own,
+            panic,
+            failure,
+        })
+    }
+
     /// Runs one queued batch on the driver's thread if the driver is a runner and batches are
     /// short. `true` if it ran one.
     pub(crate) fn help(&mut self) -> bool {
@@ -327,7 +507,8 @@ where
         let batch = self.shared.pop();
         let ran = batch.is_some();
         if let Some(batch) = batch {
-            self.shared.run_batch(batch);
+            let shared = &self.shared;
+            super::backend::running_tasks_of(&self.on_pool.pool, || shared.run_batch(batch));
         }
         self.shared.tracker.finish();
         ran

@@ -289,7 +289,7 @@ fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
 pub(super) const MAX_SPARE_BUFFERS: usize = 64;
 
 /// In the plain loop of `run_batch`, the cancel flag is checked once per this many tasks.
-const CHECK_EVERY: usize = 64;
+pub(super) const CHECK_EVERY: usize = 64;
 
 /// `slots[k] = next task's result`, for every slot. A function of its own so that `slots` is a
 /// `&mut` argument: the compiler may assume the writes change nothing else it reads (the tasks),
@@ -302,4 +302,21 @@ fn run_plain<T: Task>(
     for (slot, task) in slots.iter_mut().zip(tasks) {
         slot.write(task.run());
     }
+}
+
+/// `slots[k] = next task's result` while the input has tasks; returns how many slots it wrote
+/// (fewer than `slots.len()` only when `tasks` ran out). As [`run_plain`], `slots` is a `&mut`
+/// argument so the loop can stay tight.
+#[inline]
+pub(super) fn fill_from<T: Task>(
+    tasks: &mut impl Iterator<Item = T>,
+    slots: &mut [std::mem::MaybeUninit<T::Output>],
+) -> usize {
+    let mut n = 0;
+    for slot in slots.iter_mut() {
+        let Some(task) = tasks.next() else { break };
+        slot.write(task.run());
+        n += 1;
+    }
+    n
 }
