@@ -19,6 +19,7 @@
 //! the same lock.
 
 use super::death::{kill, wait_for_death, WorkerDeath};
+use super::shm::{Arena, Lease};
 use super::wire::{self, FromWorker};
 use super::worker::{worker_main, WorkerArgs};
 use ipc_channel::ipc::{self, IpcBytesSender, IpcReceiver};
@@ -52,8 +53,12 @@ const EXIT_PATIENCE: Duration = Duration::from_secs(2);
 pub(crate) struct Job {
     pub(crate) call: Arc<CallState>,
     pub(crate) batch: u64,
-    /// Header and arguments, as [`wire`] lays them out.
+    /// The request, as [`wire`] lays it out: a header, and the arguments unless they are in
+    /// `slab`.
     pub(crate) bytes: Arc<Vec<u8>>,
+    /// The slab holding the arguments (and, after the reply, the outcomes); kept for as long as
+    /// the job, so the slab is not reused while a worker may still read it.
+    pub(crate) slab: Option<Arc<Lease>>,
     /// Kill the worker if the batch runs longer than this.
     pub(crate) timeout: Option<Duration>,
     pub(crate) reply: mpsc::Sender<Reply>,
@@ -71,7 +76,7 @@ pub(crate) enum Reply {
     Done {
         batch: u64,
         elapsed_ns: u64,
-        outcomes: Vec<u8>,
+        outcomes: Outcomes,
     },
     Crashed {
         batch: u64,
@@ -84,6 +89,14 @@ pub(crate) enum Reply {
     Skipped {
         batch: u64,
     },
+}
+
+/// Where a finished batch's outcomes are.
+pub(crate) enum Outcomes {
+    /// In the reply.
+    Inline(Vec<u8>),
+    /// The first `len` bytes of the batch's slab's outcome area.
+    InSlab(usize),
 }
 
 struct Queue {
@@ -100,6 +113,7 @@ struct Shared {
     initializer: Option<i64>,
     restarts: AtomicUsize,
     batches: AtomicUsize,
+    arena: Arc<Arena>,
 }
 
 struct Inner {
@@ -187,6 +201,11 @@ impl ProcessPool {
     /// fewer than the tasks when the tasks are short.
     pub fn batches(&self) -> usize {
         self.inner.shared.batches.load(Ordering::Relaxed)
+    }
+
+    /// The pool's shared-memory slabs.
+    pub(crate) fn arena(&self) -> &Arc<Arena> {
+        &self.inner.shared.arena
     }
 
     pub(crate) fn submit(&self, job: Job, urgent: bool) {
@@ -335,6 +354,7 @@ impl ProcessPoolBuilder {
             initializer: self.initializer.map(|f| wire::offset_of(f as usize)),
             restarts: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
+            arena: Arc::new(Arena::new(self.num_workers)),
         });
         let (started_tx, started_rx) = mpsc::channel();
         let mut drivers = Vec::with_capacity(self.num_workers);
@@ -395,6 +415,7 @@ fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
         layout: wire::offset_of(wire::layout_probe as fn() -> u64 as usize),
         parent: std::process::id(),
         initializer: shared.initializer,
+        slabs: shared.arena.for_worker(),
     };
     let spawned = catch_unwind(AssertUnwindSafe(|| {
         let mut builder = procspawn::Builder::new();
@@ -428,7 +449,7 @@ fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
             retire(shared, slot, worker, false);
             Err(WorkerDeath::InitializerPanicked(message))
         }
-        Ok(FromWorker::Batch { .. }) => {
+        Ok(FromWorker::Batch { .. } | FromWorker::BatchInSlab { .. }) => {
             retire(shared, slot, worker, true);
             Err(WorkerDeath::StartFailed(
                 "unexpected first message".to_owned(),
@@ -462,7 +483,7 @@ fn retire(shared: &Shared, slot: usize, worker: Worker, kill_first: bool) -> Wor
 enum Ran {
     Done {
         elapsed_ns: u64,
-        outcomes: Vec<u8>,
+        outcomes: Outcomes,
     },
     /// The reply channel closed: the worker died (its status says how).
     Died,
@@ -491,7 +512,11 @@ fn run_job(worker: &Worker, job: &Job) -> Ran {
             outcomes,
         }) => Ran::Done {
             elapsed_ns,
-            outcomes,
+            outcomes: Outcomes::Inline(outcomes),
+        },
+        Ok(FromWorker::BatchInSlab { elapsed_ns, len }) if job.slab.is_some() => Ran::Done {
+            elapsed_ns,
+            outcomes: Outcomes::InSlab(len as usize),
         },
         Ok(_) => Ran::Confused,
         Err(Some(())) => Ran::TimedOut,

@@ -9,12 +9,19 @@
 //! It holds when parjob and the task functions are linked into the executable (Rust's default);
 //! a parjob built as a `dylib` is not supported.
 //!
-//! **Batches** (parent → worker, raw bytes): `runner offset: i64 LE`, `count: u64 LE`, then the
-//! `count` argument tuples, bincode-encoded back to back.
+//! **Requests** (parent → worker, raw bytes): a 32-byte header `runner offset: i64 LE`,
+//! `count: u64 LE`, `slab: u64 LE`, `len: u64 LE`, then, when `slab` is [`INLINE`], the `len`
+//! bytes of the `count` argument tuples, bincode-encoded back to back. Otherwise those bytes are
+//! at the start of slab `slab`'s argument area ([`shm`](super::shm)).
 //!
-//! **Replies** (worker → parent, [`FromWorker`]): `Ready` once after start-up, then one `Batch`
-//! per batch with `count` outcomes back to back: a tag byte (0 = returned, then the bincode
-//! result; 1 = panicked, then the bincode message).
+//! **Replies** (worker → parent, [`FromWorker`]): `Ready` once after start-up, then per batch
+//! `BatchInSlab` (the outcomes are the first `len` bytes of the batch's slab's outcome area) or,
+//! for a batch that came inline or whose outcomes do not fit the slab, `Batch` with the outcomes
+//! in the message. The outcomes are `count` records back to back: a tag byte (0 = returned, then
+//! the bincode result; 1 = panicked, then the bincode message).
+//!
+//! Encoding is bincode 1's default (fixed-size little-endian integers), written and read through
+//! one `Serializer`/`Deserializer` per batch rather than one call per value.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -23,7 +30,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// The message type of a worker's reply channel.
 #[derive(Serialize, Deserialize, Debug)]
 pub(crate) enum FromWorker {
-    /// Start-up finished (layout checked, initializer run); tasks may come.
+    /// Start-up finished (layout checked, slabs mapped, initializer run); tasks may come.
     Ready,
     /// Start-up failed with this message; the worker exits.
     InitFailed(String),
@@ -33,6 +40,22 @@ pub(crate) enum FromWorker {
         #[serde(with = "serde_bytes")]
         outcomes: Vec<u8>,
     },
+    /// One batch ran; its outcomes are the first `len` bytes of its slab's outcome area.
+    BatchInSlab { elapsed_ns: u64, len: u64 },
+}
+
+/// The `slab` of a request whose arguments are in the message.
+pub(crate) const INLINE: u64 = u64::MAX;
+
+/// Bytes of a request's header.
+pub(crate) const HEADER: usize = 32;
+
+/// bincode 1's default encoding (what `bincode::serialize` uses), as options.
+pub(crate) fn options() -> impl bincode::Options + Copy {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
 }
 
 /// Runs one encoded batch: `(arguments, count, outcomes out)`.
@@ -82,19 +105,63 @@ where
     offset_of(run_batch::<F, A, R> as Runner as usize)
 }
 
-/// Writes a batch header for `count` tasks of runner `runner` at the start of `bytes`.
-pub(crate) fn batch_header(runner: i64, count: u64) -> [u8; 16] {
-    let mut header = [0u8; 16];
+/// A request header: `count` tasks of runner `runner`, `len` argument bytes, in slab `slab`
+/// (or [`INLINE`]: the arguments follow the header).
+pub(crate) fn header(runner: i64, count: u64, slab: u64, len: u64) -> [u8; HEADER] {
+    let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(&runner.to_le_bytes());
-    header[8..].copy_from_slice(&count.to_le_bytes());
+    header[8..16].copy_from_slice(&count.to_le_bytes());
+    header[16..24].copy_from_slice(&slab.to_le_bytes());
+    header[24..].copy_from_slice(&len.to_le_bytes());
     header
 }
 
-/// Splits a batch into `(runner offset, count, arguments)`; `None` if it is too short.
-pub(crate) fn split_batch(bytes: &[u8]) -> Option<(i64, u64, &[u8])> {
-    let runner = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let count = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-    Some((runner, count, &bytes[16..]))
+/// A request's parts: `(runner, count, slab, len, inline bytes)`; `None` if it is too short.
+pub(crate) fn split_request(bytes: &[u8]) -> Option<(i64, u64, u64, u64, &[u8])> {
+    let word = |at: usize| -> Option<[u8; 8]> { bytes.get(at..at + 8)?.try_into().ok() };
+    Some((
+        i64::from_le_bytes(word(0)?),
+        u64::from_le_bytes(word(8)?),
+        u64::from_le_bytes(word(16)?),
+        u64::from_le_bytes(word(24)?),
+        &bytes[HEADER..],
+    ))
+}
+
+/// An `io::Write` over a fixed slice (a slab's argument area) that records running out of room
+/// instead of growing.
+pub(crate) struct SliceWriter<'a> {
+    pub(crate) buf: &'a mut [u8],
+    pub(crate) len: usize,
+    /// A write did not fit: the value being encoded is incomplete.
+    pub(crate) full: bool,
+}
+
+impl std::io::Write for SliceWriter<'_> {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_all(data).map(|()| data.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self.buf.get_mut(self.len..self.len + data.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(data);
+                self.len += data.len();
+                Ok(())
+            }
+            None => {
+                self.full = true;
+                Err(std::io::ErrorKind::WriteZero.into())
+            }
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The text of a panic payload, as a thread task's panic would show it.
@@ -110,45 +177,72 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs `count` tasks of type `F` whose arguments are encoded back to back in `input`, appending
 /// each outcome to `out`. Runs in the worker.
-fn run_batch<F, A, R>(mut input: &[u8], count: u64, out: &mut Vec<u8>)
+///
+/// One `catch_unwind` covers the whole loop (not one per task): after a task's panic its outcome
+/// is recorded and the loop resumes at the next task. A panic while decoding arguments (a
+/// `Deserialize` impl that panics) leaves the input's position unknown, so it propagates: the
+/// worker exits and the batch is re-sent task by task, as for a crash.
+fn run_batch<F, A, R>(input: &[u8], count: u64, out: &mut Vec<u8>)
 where
     F: crate::Apply<A, Output = R> + Copy + 'static,
     A: DeserializeOwned,
     R: Serialize,
 {
-    for _ in 0..count {
-        let outcome = match bincode::deserialize_from::<_, A>(&mut input) {
-            Ok(args) => catch_unwind(AssertUnwindSafe(|| {
+    let mut de = bincode::Deserializer::from_slice(input, options());
+    let mut done = 0u64;
+    // Where the outcome of the task being run starts in `out`, and whether it is being decoded.
+    let mut start = out.len();
+    let mut decoding = false;
+    while done < count {
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            while done < count {
+                start = out.len();
+                decoding = true;
+                let args = match A::deserialize(&mut de) {
+                    Ok(args) => args,
+                    Err(error) => {
+                        // Without the arguments' length the rest of the batch cannot be read.
+                        let message =
+                            format!("parjob: cannot decode the task's arguments: {error}");
+                        while done < count {
+                            push_panic(out, &message);
+                            done += 1;
+                        }
+                        return;
+                    }
+                };
+                decoding = false;
                 // SAFETY: `F` is zero-sized (`runner_offset`, the only way to name this function
                 // to a worker, asserts it at compile time) and `Copy`, and it is inhabited: the
                 // parent held a value of it to build this batch. A zero-sized value has no bytes,
                 // so `zeroed` creates exactly the value the parent holds, and since `F: Copy`
                 // a second instance of it is something safe code could make with a plain copy.
                 let f: F = unsafe { std::mem::zeroed() };
-                f.apply(args)
-            }))
-            .map_err(|payload| panic_message(&*payload)),
-            Err(error) => Err(format!(
-                "parjob: cannot decode the task's arguments: {error}"
-            )),
-        };
-        push_outcome(out, outcome);
+                let value = f.apply(args);
+                push_value(out, start, &value);
+                done += 1;
+            }
+        }));
+        if let Err(payload) = ran {
+            if decoding {
+                std::panic::resume_unwind(payload);
+            }
+            out.truncate(start);
+            push_panic(out, &panic_message(&*payload));
+            done += 1;
+        }
     }
 }
 
-fn push_outcome<R: Serialize>(out: &mut Vec<u8>, outcome: Result<R, String>) {
-    let start = out.len();
-    if let Ok(value) = &outcome {
-        out.push(0);
-        if let Err(error) = bincode::serialize_into(&mut *out, value) {
-            out.truncate(start);
-            push_panic(
-                out,
-                &format!("parjob: cannot encode the task's result: {error}"),
-            );
-        }
-    } else if let Err(message) = &outcome {
-        push_panic(out, message);
+#[inline]
+fn push_value<R: Serialize>(out: &mut Vec<u8>, start: usize, value: &R) {
+    out.push(0);
+    if let Err(error) = value.serialize(&mut bincode::Serializer::new(&mut *out, options())) {
+        out.truncate(start);
+        push_panic(
+            out,
+            &format!("parjob: cannot encode the task's result: {error}"),
+        );
     }
 }
 
@@ -170,5 +264,47 @@ pub(crate) fn read_outcome<R: DeserializeOwned>(input: &mut &[u8]) -> Result<R, 
     } else {
         Err(bincode::deserialize_from::<_, String>(&mut *input)
             .unwrap_or_else(|error| format!("parjob: cannot decode a panic message: {error}")))
+    }
+}
+
+/// Reads `count` outcomes from `input` (a batch's, in task order), handing each to `each`. After
+/// bytes that do not decode, the rest of the batch cannot be located: those tasks get the error.
+#[inline]
+pub(crate) fn read_outcomes<R: DeserializeOwned>(
+    input: &[u8],
+    count: usize,
+    mut each: impl FnMut(Result<R, String>),
+) {
+    let mut de = bincode::Deserializer::from_slice(input, options());
+    for done in 0..count {
+        let (outcome, broken) = match u8::deserialize(&mut de) {
+            Ok(0) => match R::deserialize(&mut de) {
+                Ok(value) => (Ok(value), false),
+                Err(error) => (
+                    Err(format!("parjob: cannot decode the task's result: {error}")),
+                    true,
+                ),
+            },
+            Ok(_) => match String::deserialize(&mut de) {
+                Ok(message) => (Err(message), false),
+                Err(error) => (
+                    Err(format!("parjob: cannot decode a panic message: {error}")),
+                    true,
+                ),
+            },
+            Err(_) => (
+                Err("parjob: a worker sent too few results".to_owned()),
+                true,
+            ),
+        };
+        each(outcome);
+        if broken {
+            let message =
+                "parjob: cannot decode the task's result: the batch's outcomes are corrupt";
+            for _ in done + 1..count {
+                each(Err(message.to_owned()));
+            }
+            return;
+        }
     }
 }
