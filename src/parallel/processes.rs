@@ -116,11 +116,8 @@ impl<'p> Parallel<'p> {
         let mut results = Vec::with_capacity(tasks.size_hint().0);
         let mut ordered = self.process_call(tasks, settings, true);
         let mut first_failure = None;
-        ordered.drain(|index, outcome| match outcome {
-            Ok(value) => results.push(value),
-            Err(failure) => {
-                first_failure.get_or_insert((index, failure));
-            }
+        ordered.drain(&mut results, |index, failure| {
+            first_failure.get_or_insert((index, failure));
         });
         match first_failure {
             None => results,

@@ -232,15 +232,20 @@ where
         }
     }
 
-    /// Every outcome of an ordered call, in input order, handed to `each`: whole batches are
-    /// decoded in one loop, straight from where the worker left them, and the progress is
-    /// updated once per batch.
-    pub(crate) fn drain(&mut self, mut each: impl FnMut(usize, Result<R, Failure>)) {
+    /// Every outcome of an ordered call, in input order: the results appended to `values`, the
+    /// failures handed to `failed` with their task index. Whole batches are decoded in one loop,
+    /// straight from where the worker left them, and the progress is updated once per batch.
+    pub(crate) fn drain(&mut self, values: &mut Vec<R>, mut failed: impl FnMut(usize, Failure)) {
         debug_assert!(self.ordered);
+        let mut each =
+            |values: &mut Vec<R>, (index, outcome): (usize, Result<R, Failure>)| match outcome {
+                Ok(value) => values.push(value),
+                Err(failure) => failed(index, failure),
+            };
         loop {
             if let Some(item) = self.decode_next() {
-                let (index, outcome) = self.hand_out(item);
-                each(index, outcome);
+                let item = self.hand_out(item);
+                each(values, item);
                 continue;
             }
             let key = match self.ready.first_key_value() {
@@ -249,18 +254,24 @@ where
             };
             match key.and_then(|key| self.ready.remove(&key).map(|ready| (key, ready))) {
                 Some((key, Ready::Task(outcome))) => {
-                    let (index, outcome) = self.hand_out((key, outcome));
-                    each(index, outcome);
+                    let item = self.hand_out((key, outcome));
+                    each(values, item);
                 }
                 Some((_, Ready::Batch(decoding))) => {
                     // Keep the workers fed before spending time on decoding.
                     self.fill();
-                    let mut index = decoding.first + decoding.next;
+                    let first = decoding.first + decoding.next;
                     let bytes = &decoding.outcomes.bytes()[decoding.offset..];
-                    wire::read_outcomes::<R>(bytes, decoding.count - decoding.next, |outcome| {
-                        each(index, outcome.map_err(Failure::Panic));
-                        index += 1;
-                    });
+                    let mut batch_failures = Vec::new();
+                    wire::read_outcomes::<R>(
+                        bytes,
+                        decoding.count - decoding.next,
+                        values,
+                        |position, message| batch_failures.push((first + position, message)),
+                    );
+                    for (index, message) in batch_failures {
+                        each(values, (index, Err(Failure::Panic(message))));
+                    }
                     self.completed += decoding.count - decoding.next;
                     self.next_out = decoding.first + decoding.count;
                     self.progress.update(self.completed);
@@ -393,32 +404,16 @@ where
     /// does not fit is kept for the next batch (sent inline if it does not fit an empty slab).
     fn fill_slab(&mut self, size: usize, mut lease: Lease) {
         let first = self.next_index;
-        let mut count = 0;
-        let mut writer = SliceWriter {
-            buf: lease.args_mut(),
-            len: 0,
-            full: false,
-        };
-        let mut unencodable = None;
-        while count < size {
-            let Some(args) = self.next_args() else {
-                break;
-            };
-            let start = writer.len;
-            let mut serializer = bincode::Serializer::new(&mut writer, wire::options());
-            if let Err(error) = args.serialize(&mut serializer) {
-                writer.len = start;
-                if writer.full {
-                    self.pending = Some(args);
-                } else {
-                    unencodable = Some(error);
-                }
-                break;
-            }
-            count += 1;
-        }
-        let len = writer.len;
+        let pending = self.pending.take();
+        let (count, len, stop) = encode_batch(&mut self.tasks, pending, lease.args_mut(), size);
         self.next_index = first + count;
+        let mut unencodable = None;
+        match stop {
+            Stop::Size => {}
+            Stop::Exhausted => self.exhausted = true,
+            Stop::Full(args) => self.pending = Some(args),
+            Stop::Unencodable(error) => unencodable = Some(error),
+        }
         if let Some(error) = unencodable {
             // This task fails on its own; the batch (consecutive tasks) ends before it.
             self.unencodable(first + count, error);
@@ -598,6 +593,62 @@ where
             self.send(flight.first + i, 1, request, args, None, true);
         }
     }
+}
+
+/// Why [`encode_batch`] stopped.
+enum Stop<A> {
+    /// The batch has the size asked for.
+    Size,
+    /// The input has no more tasks.
+    Exhausted,
+    /// These arguments (of the task after the batch) do not fit in what is left of the slab.
+    Full(A),
+    /// The task after the batch cannot be encoded (it fails on its own).
+    Unencodable(bincode::Error),
+}
+
+/// Encodes up to `size` tasks' arguments (`pending` first, then `tasks`) back to back into
+/// `buf`: `(tasks encoded, bytes used, why it stopped)`. A loop of its own over locals, so the
+/// input's state and the write position stay in registers.
+#[inline]
+fn encode_batch<I, F, A>(
+    tasks: &mut I,
+    mut pending: Option<A>,
+    buf: &mut [u8],
+    size: usize,
+) -> (usize, usize, Stop<A>)
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    A: Serialize,
+{
+    let mut writer = SliceWriter {
+        buf,
+        len: 0,
+        full: false,
+    };
+    let mut count = 0;
+    while count < size {
+        let args = match pending.take() {
+            Some(args) => args,
+            None => match tasks.next() {
+                Some(task) => task.into_parts().1,
+                None => return (count, writer.len, Stop::Exhausted),
+            },
+        };
+        let start = writer.len;
+        let mut serializer = bincode::Serializer::new(&mut writer, wire::options());
+        if let Err(error) = args.serialize(&mut serializer) {
+            writer.len = start;
+            let stop = if writer.full {
+                Stop::Full(args)
+            } else {
+                Stop::Unencodable(error)
+            };
+            return (count, start, stop);
+        }
+        count += 1;
+    }
+    (count, writer.len, Stop::Size)
 }
 
 impl<I, F, A, R> Drop for Call<'_, I, F, A, R> {

@@ -267,44 +267,147 @@ pub(crate) fn read_outcome<R: DeserializeOwned>(input: &mut &[u8]) -> Result<R, 
     }
 }
 
-/// Reads `count` outcomes from `input` (a batch's, in task order), handing each to `each`. After
-/// bytes that do not decode, the rest of the batch cannot be located: those tasks get the error.
+/// A bincode reader over a slice that leaves the unread rest in the caller's variable (bincode's
+/// own slice reader does not say where it stopped).
+struct Cursor<'a, 'b>(&'b mut &'a [u8]);
+
+fn eof() -> std::io::Error {
+    std::io::ErrorKind::UnexpectedEof.into()
+}
+
+impl<'a> Cursor<'a, '_> {
+    #[inline]
+    fn take(&mut self, n: usize) -> bincode::Result<&'a [u8]> {
+        if n > self.0.len() {
+            return Err(Box::new(bincode::ErrorKind::Io(eof())));
+        }
+        let (head, tail) = self.0.split_at(n);
+        *self.0 = tail;
+        Ok(head)
+    }
+}
+
+impl std::io::Read for Cursor<'_, '_> {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.0.len());
+        self.read_exact(&mut buf[..n])?;
+        Ok(n)
+    }
+
+    #[inline]
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        if buf.len() > self.0.len() {
+            return Err(eof());
+        }
+        let (head, tail) = self.0.split_at(buf.len());
+        buf.copy_from_slice(head);
+        *self.0 = tail;
+        Ok(())
+    }
+}
+
+impl<'a> bincode::BincodeRead<'a> for Cursor<'a, '_> {
+    #[inline]
+    fn forward_read_str<V: serde::de::Visitor<'a>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> bincode::Result<V::Value> {
+        match std::str::from_utf8(self.take(length)?) {
+            Ok(s) => visitor.visit_borrowed_str(s),
+            Err(error) => Err(Box::new(bincode::ErrorKind::InvalidUtf8Encoding(error))),
+        }
+    }
+
+    #[inline]
+    fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
+        self.take(length).map(<[u8]>::to_vec)
+    }
+
+    #[inline]
+    fn forward_read_bytes<V: serde::de::Visitor<'a>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> bincode::Result<V::Value> {
+        visitor.visit_borrowed_bytes(self.take(length)?)
+    }
+}
+
+/// A panic message at the front of `input`, and the bytes after it.
+#[inline(never)]
+fn read_message(mut input: &[u8]) -> Result<(String, &[u8]), String> {
+    let mut de = bincode::Deserializer::with_bincode_read(Cursor(&mut input), options());
+    match <String as serde::Deserialize>::deserialize(&mut de) {
+        Ok(message) => Ok((message, input)),
+        Err(error) => Err(format!("parjob: cannot decode a panic message: {error}")),
+    }
+}
+
+/// Reads `count` outcomes from `input` (a batch's, in task order): each result is appended to
+/// `values`, each failure handed to `failed` with its position in the batch. After bytes that
+/// do not decode, the rest of the batch cannot be located: those tasks fail with the error.
+///
+/// The loop keeps its state in locals and writes results into `values`' spare capacity, so for
+/// plain result types it compiles to a few instructions per task.
 #[inline]
 pub(crate) fn read_outcomes<R: DeserializeOwned>(
     input: &[u8],
     count: usize,
-    mut each: impl FnMut(Result<R, String>),
+    values: &mut Vec<R>,
+    mut failed: impl FnMut(usize, String),
 ) {
-    let mut de = bincode::Deserializer::from_slice(input, options());
-    for done in 0..count {
-        let (outcome, broken) = match u8::deserialize(&mut de) {
-            Ok(0) => match R::deserialize(&mut de) {
-                Ok(value) => (Ok(value), false),
-                Err(error) => (
-                    Err(format!("parjob: cannot decode the task's result: {error}")),
-                    true,
-                ),
-            },
-            Ok(_) => match String::deserialize(&mut de) {
-                Ok(message) => (Err(message), false),
-                Err(error) => (
-                    Err(format!("parjob: cannot decode a panic message: {error}")),
-                    true,
-                ),
-            },
-            Err(_) => (
-                Err("parjob: a worker sent too few results".to_owned()),
-                true,
-            ),
-        };
-        each(outcome);
-        if broken {
-            let message =
-                "parjob: cannot decode the task's result: the batch's outcomes are corrupt";
-            for _ in done + 1..count {
-                each(Err(message.to_owned()));
+    values.reserve(count);
+    let spare = &mut values.spare_capacity_mut()[..count];
+    let mut written = 0;
+    let mut rest = input;
+    let mut broken = None;
+    for position in 0..count {
+        match rest.split_first() {
+            Some((&0, after)) => {
+                rest = after;
+                let mut de = bincode::Deserializer::with_bincode_read(Cursor(&mut rest), options());
+                match R::deserialize(&mut de) {
+                    Ok(value) => {
+                        spare[written].write(value);
+                        written += 1;
+                    }
+                    Err(error) => {
+                        let message = format!("parjob: cannot decode the task's result: {error}");
+                        broken = Some((position, message));
+                        break;
+                    }
+                }
             }
-            return;
+            Some((_, after)) => match read_message(after) {
+                Ok((message, after)) => {
+                    rest = after;
+                    failed(position, message);
+                }
+                Err(message) => {
+                    broken = Some((position, message));
+                    break;
+                }
+            },
+            None => {
+                broken = Some((position, "parjob: a worker sent too few results".to_owned()));
+                break;
+            }
+        }
+    }
+    let new_len = values.len() + written;
+    // SAFETY: `spare` is the spare capacity of `values` (`reserve(count)` made room for `count`
+    // values), and its first `written` slots were initialized above with `write`; nothing else
+    // touched `values` in between. So the first `new_len` elements are initialized and
+    // `new_len <= capacity`. (A panic in a `Deserialize` impl skips this: the values written are
+    // leaked, not exposed.)
+    unsafe { values.set_len(new_len) };
+    if let Some((position, message)) = broken {
+        failed(position, message.clone());
+        let message = "parjob: cannot decode the task's result: the batch's outcomes are corrupt";
+        for later in position + 1..count {
+            failed(later, message.to_owned());
         }
     }
 }
