@@ -205,30 +205,25 @@ impl WorkerView {
         })
     }
 
-    /// Slab `index`'s first `len` argument bytes; `None` if out of range.
-    pub(crate) fn args(&self, index: usize, len: usize) -> Option<&[u8]> {
+    /// Slab `index`'s first `len` argument bytes and its outcome area; `None` if out of range.
+    pub(crate) fn slab(&mut self, index: usize, len: usize) -> Option<(&[u8], &mut [u8])> {
         if index >= self.slabs || len > SLAB_ARGS {
             return None;
         }
-        // SAFETY: inside the argument mapping (checked above), which `_slabs` keeps mapped.
-        // The parent wrote these bytes before sending the request naming this slab, and does
-        // not write them again until this worker has replied (it holds the slab's lease).
-        Some(unsafe { std::slice::from_raw_parts(self.args_base.add(index * SLAB_ARGS), len) })
-    }
-
-    /// Slab `index`'s outcome area; `None` if out of range.
-    pub(crate) fn outcomes_mut(&mut self, index: usize) -> Option<&mut [u8]> {
-        if index >= self.slabs {
-            return None;
+        // SAFETY: both ranges lie inside their mappings (checked above), which `_slabs` keeps
+        // mapped, and the two mappings are distinct, so the slices do not overlap; `&mut self`
+        // makes the borrow unique in this process. The parent wrote the argument bytes before
+        // sending the request naming this slab and does not write them again until this worker
+        // has replied (it holds the slab's lease; and the mapping is read-only here). It reads
+        // the outcome area only after that reply, under the same lease.
+        unsafe {
+            Some((
+                std::slice::from_raw_parts(self.args_base.add(index * SLAB_ARGS), len),
+                std::slice::from_raw_parts_mut(
+                    self.outcomes_base.add(index * SLAB_OUTCOMES),
+                    SLAB_OUTCOMES,
+                ),
+            ))
         }
-        // SAFETY: inside the outcome mapping (checked above), which `_slabs` keeps mapped;
-        // `&mut self` makes the borrow unique in this process. The parent reads this area only
-        // after the reply that follows this write, under the slab's lease.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(
-                self.outcomes_base.add(index * SLAB_OUTCOMES),
-                SLAB_OUTCOMES,
-            )
-        })
     }
 }

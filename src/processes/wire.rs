@@ -59,7 +59,81 @@ pub(crate) fn options() -> impl bincode::Options + Copy {
 }
 
 /// Runs one encoded batch: `(arguments, count, outcomes out)`.
-pub(crate) type Runner = fn(&[u8], u64, &mut Vec<u8>);
+pub(crate) type Runner = fn(&[u8], u64, &mut Sink<'_>);
+
+/// Where a worker writes a batch's outcomes: straight into the batch's slab outcome area while
+/// they fit, and once one does not, all of them (those written so far copied over) into a
+/// vector that travels in the reply.
+pub(crate) struct Sink<'a> {
+    area: &'a mut [u8],
+    len: usize,
+    spill: &'a mut Vec<u8>,
+    spilled: bool,
+}
+
+impl<'a> Sink<'a> {
+    /// A sink writing into `area` first (empty: straight into `spill`, which is cleared).
+    pub(crate) fn new(area: &'a mut [u8], spill: &'a mut Vec<u8>) -> Self {
+        spill.clear();
+        Sink {
+            area,
+            len: 0,
+            spill,
+            spilled: false,
+        }
+    }
+
+    /// The bytes written so far (wherever they are).
+    #[inline]
+    fn len(&self) -> usize {
+        if self.spilled {
+            self.spill.len()
+        } else {
+            self.len
+        }
+    }
+
+    /// Forgets what was written from `at` on.
+    fn truncate(&mut self, at: usize) {
+        if self.spilled {
+            self.spill.truncate(at);
+        } else {
+            self.len = self.len.min(at);
+        }
+    }
+
+    /// `Some(len)`: every outcome is in the area, `len` bytes; `None`: they are in the vector.
+    pub(crate) fn in_area(&self) -> Option<usize> {
+        (!self.spilled).then_some(self.len)
+    }
+}
+
+impl std::io::Write for Sink<'_> {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_all(data).map(|()| data.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if !self.spilled {
+            if let Some(dst) = self.area.get_mut(self.len..self.len + data.len()) {
+                dst.copy_from_slice(data);
+                self.len += data.len();
+                return Ok(());
+            }
+            self.spill.extend_from_slice(&self.area[..self.len]);
+            self.spilled = true;
+        }
+        self.spill.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// The fixed point every offset is measured from. `#[inline(never)]` and a body of its own so it
 /// has one address.
@@ -182,7 +256,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// is recorded and the loop resumes at the next task. A panic while decoding arguments (a
 /// `Deserialize` impl that panics) leaves the input's position unknown, so it propagates: the
 /// worker exits and the batch is re-sent task by task, as for a crash.
-fn run_batch<F, A, R>(input: &[u8], count: u64, out: &mut Vec<u8>)
+fn run_batch<F, A, R>(input: &[u8], count: u64, out: &mut Sink<'_>)
 where
     F: crate::Apply<A, Output = R> + Copy + 'static,
     A: DeserializeOwned,
@@ -235,9 +309,14 @@ where
 }
 
 #[inline]
-fn push_value<R: Serialize>(out: &mut Vec<u8>, start: usize, value: &R) {
-    out.push(0);
-    if let Err(error) = value.serialize(&mut bincode::Serializer::new(&mut *out, options())) {
+fn push_value<R: Serialize>(out: &mut Sink<'_>, start: usize, value: &R) {
+    use std::io::Write as _;
+    let tagged = out
+        .write_all(&[0])
+        .map_err(|e| Box::new(bincode::ErrorKind::Io(e)));
+    let written =
+        tagged.and_then(|()| value.serialize(&mut bincode::Serializer::new(&mut *out, options())));
+    if let Err(error) = written {
         out.truncate(start);
         push_panic(
             out,
@@ -246,9 +325,11 @@ fn push_value<R: Serialize>(out: &mut Vec<u8>, start: usize, value: &R) {
     }
 }
 
-fn push_panic(out: &mut Vec<u8>, message: &str) {
-    out.push(1);
-    // A `&str` always encodes.
+#[cold]
+fn push_panic(out: &mut Sink<'_>, message: &str) {
+    use std::io::Write as _;
+    // A sink always takes the bytes, and a `&str` always encodes.
+    let _ = out.write_all(&[1]);
     let _ = bincode::serialize_into(&mut *out, message);
 }
 

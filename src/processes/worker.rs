@@ -69,44 +69,40 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let Some((runner, count, slab, len, inline)) = wire::split_request(&request) else {
             return;
         };
-        let input = if slab == wire::INLINE {
-            inline
+        let (input, area) = if slab == wire::INLINE {
+            (inline, None)
         } else {
-            match slabs.args(slab as usize, len as usize) {
-                Some(input) => input,
+            match slabs.slab(slab as usize, len as usize) {
+                Some((input, area)) => (input, Some(area)),
                 None => return,
             }
         };
-        out.clear();
         let started = Instant::now();
         // SAFETY: the parent wrote `runner` with `runner_offset::<F, A, R>()`, the offset of a
         // monomorphized `run_batch` of this same executable, whose type is exactly `Runner`;
         // the layout check at start-up showed offsets mean the same here, so `address_at`
         // gives that function's address in this process.
         let run: wire::Runner = unsafe { std::mem::transmute(wire::address_at(runner)) };
+        let mut sink = wire::Sink::new(area.unwrap_or_default(), &mut out);
         // `run_batch` catches each task's panic itself; this catch is for a panic outside a
         // task (a panicking `Deserialize`), after which the batch's input cannot be trusted:
         // the worker exits, and the parent re-sends the tasks one by one.
-        if catch_unwind(AssertUnwindSafe(|| run(input, count, &mut out))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| run(input, count, &mut sink))).is_err() {
             return;
         }
         let elapsed_ns = started.elapsed().as_nanos() as u64;
-        let area = match slab {
-            wire::INLINE => None,
-            slab => slabs.outcomes_mut(slab as usize),
-        };
-        let reply = match area {
-            Some(area) if out.len() <= area.len() => {
-                area[..out.len()].copy_from_slice(&out);
-                FromWorker::BatchInSlab {
+        let reply = match sink.in_area() {
+            Some(len) if slab != wire::INLINE => FromWorker::BatchInSlab {
+                elapsed_ns,
+                len: len as u64,
+            },
+            _ => {
+                drop(sink);
+                FromWorker::Batch {
                     elapsed_ns,
-                    len: out.len() as u64,
+                    outcomes: std::mem::take(&mut out),
                 }
             }
-            _ => FromWorker::Batch {
-                elapsed_ns,
-                outcomes: std::mem::take(&mut out),
-            },
         };
         let sent = args.replies.send(reply);
         if sent.is_err() {
