@@ -40,7 +40,7 @@ impl<'p> Parallel<'p> {
                         (pool, n)
                     }
                 };
-                let window = self.pre_dispatch.map_or(2 * workers, |_| pre_dispatch);
+                let window = self.pre_dispatch.map_or(3 * workers, |_| pre_dispatch);
                 return Target::Processes(Settings {
                     pool,
                     workers,

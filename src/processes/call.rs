@@ -497,6 +497,7 @@ where
             bytes: request,
             slab,
             timeout: self.settings.timeout,
+            prefetch: count > 1 && self.settings.timeout.is_none(),
             reply: self.tx.clone(),
         };
         self.in_flight

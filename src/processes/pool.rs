@@ -46,6 +46,13 @@ pub const INNER_THREAD_VARS: [&str; 5] = [
 /// initializer) before it is given up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Batches a driver keeps sent to its worker at once, when they allow it ([`Job::prefetch`]):
+/// the next request waits in the worker's socket, so the worker starts it as soon as it
+/// replies, not after the driver (a thread that may wait for a core) has handled the reply.
+/// Only short batches without a timeout are sent ahead: a long one would be committed to this
+/// worker while another might fall idle, and a timeout must cover one batch alone.
+const PREFETCH: usize = 2;
+
 /// How long a worker whose channel broke may take to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -61,6 +68,9 @@ pub(crate) struct Job {
     pub(crate) slab: Option<Arc<Lease>>,
     /// Kill the worker if the batch runs longer than this.
     pub(crate) timeout: Option<Duration>,
+    /// The batch may be sent to a worker that is still running another one (see [`PREFETCH`]):
+    /// set for short batches without a timeout.
+    pub(crate) prefetch: bool,
     pub(crate) reply: mpsc::Sender<Reply>,
 }
 
@@ -492,10 +502,15 @@ enum Ran {
     TimedOut,
 }
 
-fn run_job(worker: &Worker, job: &Job) -> Ran {
+fn send_job(shared: &Shared, worker: &Worker, job: &Job) {
+    shared.batches.fetch_add(1, Ordering::Relaxed);
     if worker.requests.send(&job.bytes).is_err() {
-        // The worker is gone; its reply channel says so below.
+        // The worker is gone; its reply channel says so when the reply is awaited.
     }
+}
+
+/// Waits for the reply to `job`, the oldest job sent to `worker`.
+fn await_reply(worker: &Worker, job: &Job) -> Ran {
     let reply = match job.timeout {
         None => worker.replies.recv().map_err(|_| None),
         Some(timeout) => worker
@@ -522,6 +537,29 @@ fn run_job(worker: &Worker, job: &Job) -> Ran {
         Err(Some(())) => Ran::TimedOut,
         Err(None) => Ran::Died,
     }
+}
+
+/// The next queued job if it may be sent behind others ([`Job::prefetch`]); never waits.
+fn next_prefetchable(shared: &Shared) -> Option<Job> {
+    let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    if queue.shutdown || !queue.jobs.front()?.prefetch {
+        return None;
+    }
+    queue.jobs.pop_front()
+}
+
+/// Puts jobs sent to a worker that died before starting them back at the front of the queue,
+/// in their order, for any driver to take.
+fn requeue(shared: &Shared, jobs: &mut VecDeque<Job>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(job) = jobs.pop_back() {
+        queue.jobs.push_front(job);
+    }
+    drop(queue);
+    shared.wake.notify_all();
 }
 
 fn next_job(shared: &Shared) -> Option<Job> {
@@ -553,27 +591,53 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
         }
     };
     drop(started);
-    while let Some(job) = next_job(&shared) {
-        if job.call.cancelled.load(Ordering::Relaxed) {
-            let _ = job.reply.send(Reply::Skipped { batch: job.batch });
-            continue;
-        }
-        if worker.is_none() {
-            match start(&shared, slot) {
-                Ok(w) => worker = Some(w),
-                Err(death) => failure = Some(death),
+    // Jobs sent to the worker and not answered yet, oldest first (at most `PREFETCH`).
+    let mut sent: VecDeque<Job> = VecDeque::new();
+    loop {
+        if sent.is_empty() {
+            let Some(job) = next_job(&shared) else {
+                break;
+            };
+            if job.call.cancelled.load(Ordering::Relaxed) {
+                let _ = job.reply.send(Reply::Skipped { batch: job.batch });
+                continue;
             }
+            if worker.is_none() {
+                match start(&shared, slot) {
+                    Ok(w) => worker = Some(w),
+                    Err(death) => failure = Some(death),
+                }
+            }
+            let Some(live) = worker.as_ref() else {
+                let death = failure.clone().unwrap_or(WorkerDeath::Exit(-1));
+                let _ = job.reply.send(Reply::Crashed {
+                    batch: job.batch,
+                    death,
+                });
+                continue;
+            };
+            send_job(&shared, live, &job);
+            sent.push_back(job);
         }
+        // `sent` is not empty, so the worker is alive.
         let Some(live) = worker.as_ref() else {
-            let death = failure.clone().unwrap_or(WorkerDeath::Exit(-1));
-            let _ = job.reply.send(Reply::Crashed {
-                batch: job.batch,
-                death,
-            });
+            break;
+        };
+        while sent.len() < PREFETCH && sent.iter().all(|job| job.prefetch) {
+            let Some(job) = next_prefetchable(&shared) else {
+                break;
+            };
+            if job.call.cancelled.load(Ordering::Relaxed) {
+                let _ = job.reply.send(Reply::Skipped { batch: job.batch });
+                continue;
+            }
+            send_job(&shared, live, &job);
+            sent.push_back(job);
+        }
+        let Some(job) = sent.pop_front() else {
             continue;
         };
-        shared.batches.fetch_add(1, Ordering::Relaxed);
-        let ran = run_job(live, &job);
+        let ran = await_reply(live, &job);
         let reply = match ran {
             Ran::Done {
                 elapsed_ns,
@@ -604,17 +668,21 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             }
         };
         let _ = job.reply.send(reply);
-        // Replace a dead worker now, so the next job does not wait for the start-up.
-        if worker.is_none()
-            && !shared
+        drop(job);
+        if worker.is_none() {
+            // The worker died running `job`: the jobs sent behind it never started.
+            requeue(&shared, &mut sent);
+            // Replace it now, so the next job does not wait for the start-up.
+            let shutdown = shared
                 .queue
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .shutdown
-        {
-            match start(&shared, slot) {
-                Ok(w) => worker = Some(w),
-                Err(death) => failure = Some(death),
+                .shutdown;
+            if !shutdown {
+                match start(&shared, slot) {
+                    Ok(w) => worker = Some(w),
+                    Err(death) => failure = Some(death),
+                }
             }
         }
     }
