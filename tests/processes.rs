@@ -436,6 +436,13 @@ fn auto_batching_sends_few_messages_for_many_tiny_tasks() {
         "{} batches for {n} tasks",
         pool.batches()
     );
+    // That call started the shared memory; the same call again goes through it.
+    with_shared_memory(&pool);
+    let again: u64 = parallel
+        .run_in_processes((0..n).map(|x| delayed(work)(x)))
+        .into_iter()
+        .sum();
+    assert_eq!(again, sum);
     // The same results with fixed batches, including a last short one.
     let fixed = parallel
         .batch_size(parjob::BatchSize::Fixed(7))
@@ -475,6 +482,21 @@ fn large_arguments_cross_in_bounded_batches() {
     assert_gone(pool, HashSet::new());
 }
 
+/// Makes `pool` set up its shared memory (the first call that batches tasks starts it) and
+/// waits until it exists, so the test after it exercises the slabs, not the messages.
+fn with_shared_memory(pool: &ProcessPool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pool.has_shared_memory() {
+        assert!(std::time::Instant::now() < deadline, "no shared memory");
+        let out = Parallel::new()
+            .backend(Backend::ProcessPool(pool.clone()))
+            .batch_size(parjob::BatchSize::Fixed(8))
+            .run_in_processes((0..64u64).map(|x| delayed(work)(x)));
+        assert_eq!(out, (0..64).map(work).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn big_result(x: u64) -> Vec<u64> {
     vec![x; 8 << 10]
 }
@@ -483,6 +505,7 @@ fn big_result(x: u64) -> Vec<u64> {
 fn results_larger_than_a_slab_come_back_in_the_reply() {
     let _serial = serial();
     let pool = two_workers();
+    with_shared_memory(&pool);
     // 40 results of 64 KiB in batches of 20: 1.3 MB per batch, more than a slab's outcome area.
     let out = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
@@ -507,6 +530,7 @@ fn aborts_at_3000(x: u64) -> u64 {
 fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
     let _serial = serial();
     let pool = two_workers();
+    with_shared_memory(&pool);
     let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
     // Batches of 1,000 tasks, several sent to each worker: the crash loses its batch (re-sent
     // one task at a time) and the batches queued behind it on the same worker (sent again).
@@ -547,6 +571,7 @@ fn panics_often(x: u64) -> u64 {
 fn several_panics_in_one_batch_each_come_back_at_their_place() {
     let _serial = serial();
     let pool = two_workers();
+    with_shared_memory(&pool);
     let parallel = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
         .batch_size(parjob::BatchSize::Fixed(500));
@@ -575,6 +600,7 @@ fn several_panics_in_one_batch_each_come_back_at_their_place() {
 fn more_batches_in_flight_than_slabs_still_all_arrive() {
     let _serial = serial();
     let pool = two_workers();
+    with_shared_memory(&pool);
     // A window of 200 batches of 10: far more than the pool's shared-memory slabs, so most
     // batches travel in the messages themselves.
     let out = Parallel::new()

@@ -393,7 +393,8 @@ where
     fn fill(&mut self) {
         while !self.stopped && !self.exhausted && self.in_flight.len() < self.settings.window {
             let size = self.batch_size();
-            match self.settings.pool.arena().lease() {
+            let arena = self.settings.pool.arena(size > 1);
+            match arena.and_then(|arena| arena.lease()) {
                 Some(lease) => self.fill_slab(size, lease),
                 None => self.fill_inline(size),
             }

@@ -19,16 +19,16 @@
 //! the same lock.
 
 use super::death::{kill, wait_for_death, WorkerDeath};
-use super::shm::{Arena, Lease};
+use super::shm::{Arena, Lease, WorkerSlabs};
 use super::wire::{self, FromWorker};
 use super::worker::{worker_main, WorkerArgs};
-use ipc_channel::ipc::{self, IpcBytesSender, IpcReceiver};
+use ipc_channel::ipc::{self, IpcBytesSender, IpcReceiver, IpcSender};
 use ipc_channel::TryRecvError;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -123,7 +123,11 @@ struct Shared {
     initializer: Option<i64>,
     restarts: AtomicUsize,
     batches: AtomicUsize,
-    arena: Arc<Arena>,
+    /// The shared-memory slabs, once a background thread has made them: on the first call
+    /// that batches several tasks together (zeroing them takes milliseconds, so neither the
+    /// pool's start nor a call waits for it: until then batches travel in the messages).
+    arena: OnceLock<Arc<Arena>>,
+    arena_started: AtomicBool,
 }
 
 struct Inner {
@@ -214,8 +218,32 @@ impl ProcessPool {
     }
 
     /// The pool's shared-memory slabs.
-    pub(crate) fn arena(&self) -> &Arc<Arena> {
-        &self.inner.shared.arena
+    /// Whether the pool's shared memory exists yet: batches' arguments and outcomes travel
+    /// through it instead of the workers' sockets. It is made in the background on the first
+    /// call that batches several tasks together (until then batches travel in the messages).
+    pub fn has_shared_memory(&self) -> bool {
+        self.inner.shared.arena.get().is_some()
+    }
+
+    /// The pool's shared-memory slabs; `None` while they are being made. A call that would use
+    /// them (`wanted`) starts making them if nobody has.
+    pub(crate) fn arena(&self, wanted: bool) -> Option<&Arc<Arena>> {
+        let shared = &self.inner.shared;
+        if let Some(arena) = shared.arena.get() {
+            return Some(arena);
+        }
+        if wanted && !shared.arena_started.swap(true, Ordering::Relaxed) {
+            let for_arena = Arc::clone(shared);
+            let workers = shared.pids.len();
+            let spawned = std::thread::Builder::new()
+                .name("parjob-process-slabs".to_owned())
+                .spawn(move || {
+                    let _ = for_arena.arena.set(Arc::new(Arena::new(workers)));
+                });
+            // Without the thread (it cannot be spawned) the pool works without slabs.
+            drop(spawned);
+        }
+        None
     }
 
     pub(crate) fn submit(&self, job: Job, urgent: bool) {
@@ -364,7 +392,8 @@ impl ProcessPoolBuilder {
             initializer: self.initializer.map(|f| wire::offset_of(f as usize)),
             restarts: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
-            arena: Arc::new(Arena::new(self.num_workers)),
+            arena: OnceLock::new(),
+            arena_started: AtomicBool::new(false),
         });
         let (started_tx, started_rx) = mpsc::channel();
         let mut drivers = Vec::with_capacity(self.num_workers);
@@ -412,12 +441,16 @@ struct Worker {
     pid: u32,
     requests: IpcBytesSender,
     replies: IpcReceiver<FromWorker>,
+    /// Where the worker gets the pool's slabs, before the first request that names one.
+    slabs: IpcSender<WorkerSlabs>,
+    slabs_sent: std::cell::Cell<bool>,
 }
 
 /// Starts the worker of `slot` and waits for its `Ready`.
 fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
-    let channels = ipc::bytes_channel().and_then(|(tx, rx)| Ok((tx, rx, ipc::channel()?)));
-    let (requests, requests_rx, (replies_tx, replies)) =
+    let channels =
+        ipc::bytes_channel().and_then(|(tx, rx)| Ok((tx, rx, ipc::channel()?, ipc::channel()?)));
+    let (requests, requests_rx, (replies_tx, replies), (slabs, slabs_rx)) =
         channels.map_err(|e| WorkerDeath::StartFailed(format!("cannot open a channel: {e}")))?;
     let args = WorkerArgs {
         requests: requests_rx,
@@ -425,7 +458,7 @@ fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
         layout: wire::offset_of(wire::layout_probe as fn() -> u64 as usize),
         parent: std::process::id(),
         initializer: shared.initializer,
-        slabs: shared.arena.for_worker(),
+        slabs: slabs_rx,
     };
     let spawned = catch_unwind(AssertUnwindSafe(|| {
         let mut builder = procspawn::Builder::new();
@@ -452,6 +485,8 @@ fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
         pid,
         requests,
         replies,
+        slabs,
+        slabs_sent: std::cell::Cell::new(false),
     };
     match worker.replies.try_recv_timeout(START_TIMEOUT) {
         Ok(FromWorker::Ready) => Ok(worker),
@@ -504,6 +539,13 @@ enum Ran {
 
 fn send_job(shared: &Shared, worker: &Worker, job: &Job) {
     shared.batches.fetch_add(1, Ordering::Relaxed);
+    if job.slab.is_some() && !worker.slabs_sent.get() {
+        // A job holds a lease, so the arena exists.
+        if let Some(arena) = shared.arena.get() {
+            let _ = worker.slabs.send(arena.for_worker());
+            worker.slabs_sent.set(true);
+        }
+    }
     if worker.requests.send(&job.bytes).is_err() {
         // The worker is gone; its reply channel says so when the reply is awaited.
     }

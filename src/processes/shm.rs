@@ -4,8 +4,11 @@
 //! A pool owns two memfd-backed mappings made with ipc-channel's [`IpcSharedMemory`], cut into
 //! [`SLABS_PER_WORKER`] × workers slabs: an *argument* area per slab (written by the parent,
 //! mapped read-only in the workers) and an *outcome* area per slab (written by the worker that
-//! ran the slab's batch, read by the parent). Every worker maps both (it is handed them at
-//! start-up), so whichever worker takes a batch finds its arguments in place.
+//! ran the slab's batch, read by the parent). Every worker maps both (its driver sends them before
+//! the first request that names a slab), so whichever worker takes a batch finds its arguments in
+//! place. The pool makes the mappings on a background thread when a call first batches several
+//! tasks together (zeroing them takes milliseconds); until they exist, batches travel in the
+//! messages.
 //!
 //! **Who may touch a slab.** A slab belongs to the holder of its [`Lease`] (taken from the free
 //! list by the call that encodes a batch into it, released when the last `Arc<Lease>` drops):

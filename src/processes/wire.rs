@@ -30,7 +30,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// The message type of a worker's reply channel.
 #[derive(Serialize, Deserialize, Debug)]
 pub(crate) enum FromWorker {
-    /// Start-up finished (layout checked, slabs mapped, initializer run); tasks may come.
+    /// Start-up finished (layout checked, initializer run); tasks may come.
     Ready,
     /// Start-up failed with this message; the worker exits.
     InitFailed(String),

@@ -10,7 +10,7 @@
 
 use super::shm::{WorkerSlabs, WorkerView};
 use super::wire::{self, FromWorker};
-use ipc_channel::ipc::{IpcBytesReceiver, IpcSender};
+use ipc_channel::ipc::{IpcBytesReceiver, IpcReceiver, IpcSender};
 use serde::{Deserialize, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -20,8 +20,9 @@ use std::time::Instant;
 pub(crate) struct WorkerArgs {
     pub(crate) requests: IpcBytesReceiver,
     pub(crate) replies: IpcSender<FromWorker>,
-    /// The pool's shared-memory slabs ([`shm`](super::shm)).
-    pub(crate) slabs: WorkerSlabs,
+    /// The pool's shared-memory slabs ([`shm`](super::shm)), sent before the first request
+    /// that names a slab.
+    pub(crate) slabs: IpcReceiver<WorkerSlabs>,
     /// The parent's `offset_of(layout_probe)`.
     pub(crate) layout: i64,
     /// The parent's pid: if the worker's parent is already another process, the parent died
@@ -45,10 +46,6 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         );
         return;
     }
-    let Some(mut slabs) = WorkerView::new(args.slabs) else {
-        fail("cannot map the pool's shared memory");
-        return;
-    };
     if let Some(offset) = args.initializer {
         // SAFETY: `offset` was computed by the parent as `offset_of(f as fn() as usize)` for a
         // `fn()` of this same executable (the layout check above passed, so every function sits
@@ -64,6 +61,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     if args.replies.send(FromWorker::Ready).is_err() {
         return;
     }
+    let mut slabs: Option<WorkerView> = None;
     let mut out = Vec::new();
     while let Ok(request) = args.requests.recv() {
         let Some((runner, count, slab, len, inline)) = wire::split_request(&request) else {
@@ -72,7 +70,13 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let (input, area) = if slab == wire::INLINE {
             (inline, None)
         } else {
-            match slabs.slab(slab as usize, len as usize) {
+            if slabs.is_none() {
+                slabs = args.slabs.recv().ok().and_then(WorkerView::new);
+            }
+            match slabs
+                .as_mut()
+                .and_then(|view| view.slab(slab as usize, len as usize))
+            {
                 Some((input, area)) => (input, Some(area)),
                 None => return,
             }
