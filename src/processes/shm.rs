@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 /// Slabs per worker: room for the dispatch window (2 batches per worker by default), a batch
 /// being decoded, and a finished one waiting for an earlier one.
-pub(crate) const SLABS_PER_WORKER: usize = 4;
+pub(crate) const SLABS_PER_WORKER: usize = 6;
 
 /// Bytes of one slab's argument area (a batch closes when the next task does not fit).
 pub(crate) const SLAB_ARGS: usize = 512 << 10;
