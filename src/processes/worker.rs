@@ -100,13 +100,10 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 elapsed_ns,
                 len: len as u64,
             },
-            _ => {
-                drop(sink);
-                FromWorker::Batch {
-                    elapsed_ns,
-                    outcomes: std::mem::take(&mut out),
-                }
-            }
+            _ => FromWorker::Batch {
+                elapsed_ns,
+                outcomes: std::mem::take(&mut out),
+            },
         };
         let sent = args.replies.send(reply);
         if sent.is_err() {
