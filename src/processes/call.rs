@@ -1,16 +1,19 @@
 //! One `Parallel` call on a [`ProcessPool`]: batching, the dispatch window, crash bisection.
 //!
 //! The calling thread encodes tasks into batches (at most `window` batches queued or running at
-//! once; the input is read lazily), and decodes outcomes as drivers reply. Batch sizes follow
-//! joblib's auto-batching idea with a process-sized target: start at one task, measure the time
-//! a batch takes *in the worker*, then size batches to last about [`TARGET_BATCH_NS`], shrinking
-//! near the end of an input of known length so the workers finish together. With a timeout, every
-//! batch holds one task, so the timeout applies to each task exactly.
+//! once; the input is read lazily), straight into a shared-memory slab of the pool when one is
+//! free ([`shm`](super::shm)), else into the request message, and decodes outcomes as drivers
+//! reply. Batch sizes follow joblib's auto-batching idea with a process-sized target: start at
+//! one task, measure the time a batch takes *in the worker*, then size batches to last about
+//! [`TARGET_BATCH_NS`], shrinking near the end of an input of known length so the workers finish
+//! together (but not below [`MIN_TAIL_BATCH_NS`]). With a timeout, every batch holds one task, so
+//! the timeout applies to each task exactly.
 //!
 //! **Order.** A batch holds consecutive tasks. Finished batches wait, undecoded, in `ready`
 //! (keyed by their first task); the ordered iterator decodes the one that comes next in input
-//! order, the unordered one whichever finished first. Outcomes are decoded one at a time as they
-//! are asked for, so a large batch is never held twice.
+//! order, the unordered one whichever finished first. The iterators decode outcomes one at a time
+//! as they are asked for, so a large batch is never held twice; `run_in_processes` ([`Call::drain`])
+//! decodes a whole batch in one loop, straight into the output vector.
 //!
 //! **Which task crashed.** When a worker dies in the middle of a batch of several tasks, the
 //! outcomes it had not sent are lost, and so is the knowledge of which task killed it. The batch's
