@@ -102,6 +102,17 @@ impl<'a> Sink<'a> {
         }
     }
 
+    /// The slow path of `write_all`: into the vector (moving what the area holds there first).
+    #[cold]
+    #[inline(never)]
+    fn write_spilled(&mut self, data: &[u8]) {
+        if !self.spilled {
+            self.spill.extend_from_slice(&self.area[..self.len]);
+            self.spilled = true;
+        }
+        self.spill.extend_from_slice(data);
+    }
+
     /// `Some(len)`: every outcome is in the area, `len` bytes; `None`: they are in the vector.
     pub(crate) fn in_area(&self) -> Option<usize> {
         (!self.spilled).then_some(self.len)
@@ -114,7 +125,7 @@ impl std::io::Write for Sink<'_> {
         self.write_all(data).map(|()| data.len())
     }
 
-    #[inline]
+    #[inline(always)]
     fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         if !self.spilled {
             if let Some(dst) = self.area.get_mut(self.len..self.len + data.len()) {
@@ -122,10 +133,8 @@ impl std::io::Write for Sink<'_> {
                 self.len += data.len();
                 return Ok(());
             }
-            self.spill.extend_from_slice(&self.area[..self.len]);
-            self.spilled = true;
         }
-        self.spill.extend_from_slice(data);
+        self.write_spilled(data);
         Ok(())
     }
 
@@ -308,7 +317,7 @@ where
     }
 }
 
-#[inline]
+#[inline(always)]
 fn push_value<R: Serialize>(out: &mut Sink<'_>, start: usize, value: &R) {
     use std::io::Write as _;
     let tagged = out
@@ -317,12 +326,19 @@ fn push_value<R: Serialize>(out: &mut Sink<'_>, start: usize, value: &R) {
     let written =
         tagged.and_then(|()| value.serialize(&mut bincode::Serializer::new(&mut *out, options())));
     if let Err(error) = written {
-        out.truncate(start);
-        push_panic(
-            out,
-            &format!("parjob: cannot encode the task's result: {error}"),
-        );
+        encode_failed(out, start, error);
     }
+}
+
+/// A result that cannot be encoded becomes that task's panic message.
+#[cold]
+#[inline(never)]
+fn encode_failed(out: &mut Sink<'_>, start: usize, error: bincode::Error) {
+    out.truncate(start);
+    push_panic(
+        out,
+        &format!("parjob: cannot encode the task's result: {error}"),
+    );
 }
 
 #[cold]
