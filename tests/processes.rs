@@ -611,3 +611,25 @@ fn more_batches_in_flight_than_slabs_still_all_arrive() {
     assert_eq!(out, (0..20_000).map(work).collect::<Vec<_>>());
     assert_gone(pool, HashSet::new());
 }
+
+fn echo(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
+#[test]
+fn large_batches_in_the_messages_both_ways_do_not_deadlock() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    // Far more batches in flight than slabs, so most travel in the messages: 8 arguments of
+    // 64 KiB per request and 8 results of 64 KiB per reply, each larger than a socket's buffer.
+    // A driver must never send such a request to a worker that may be sending such a reply.
+    let inputs: Vec<Vec<u8>> = (0..200u32).map(|i| vec![i as u8; 64 << 10]).collect();
+    let out = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .pre_dispatch(100)
+        .batch_size(parjob::BatchSize::Fixed(8))
+        .run_in_processes(inputs.clone().into_iter().map(|v| delayed(echo)(v)));
+    assert_eq!(out, inputs);
+    assert_gone(pool, HashSet::new());
+}

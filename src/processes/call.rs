@@ -495,13 +495,15 @@ where
     ) {
         let batch = self.next_batch;
         self.next_batch += 1;
+        // Sent ahead only if its request is the 32-byte header naming a slab (see `PREFETCH`).
+        let prefetch = count > 1 && self.settings.timeout.is_none() && slab.is_some();
         let job = Job {
             call: Arc::clone(&self.state),
             batch,
             bytes: request,
             slab,
             timeout: self.settings.timeout,
-            prefetch: count > 1 && self.settings.timeout.is_none(),
+            prefetch,
             reply: self.tx.clone(),
         };
         self.in_flight

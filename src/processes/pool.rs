@@ -50,7 +50,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// the next request waits in the worker's socket, so the worker starts it as soon as it
 /// replies, not after the driver (a thread that may wait for a core) has handled the reply.
 /// Only short batches without a timeout are sent ahead: a long one would be committed to this
-/// worker while another might fall idle, and a timeout must cover one batch alone.
+/// worker while another might fall idle, and a timeout must cover one batch alone. And only
+/// batches whose arguments are in a slab: their request is a 32-byte header, for which the
+/// worker's socket always has room, so the driver never blocks sending it while the worker
+/// blocks sending a reply too large for the other socket (a batch whose arguments travel in the
+/// message could fill the request socket: each side would wait for the other to read).
 const PREFETCH: usize = 2;
 
 /// How long a worker whose channel broke may take to exit before it is killed.
@@ -69,7 +73,7 @@ pub(crate) struct Job {
     /// Kill the worker if the batch runs longer than this.
     pub(crate) timeout: Option<Duration>,
     /// The batch may be sent to a worker that is still running another one (see [`PREFETCH`]):
-    /// set for short batches without a timeout.
+    /// set for batches of several tasks, in a slab, without a timeout.
     pub(crate) prefetch: bool,
     pub(crate) reply: mpsc::Sender<Reply>,
 }
