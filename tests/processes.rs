@@ -436,6 +436,13 @@ fn auto_batching_sends_few_messages_for_many_tiny_tasks() {
         "{} batches for {n} tasks",
         pool.batches()
     );
+    // That call started the shared memory; the same call again goes through it.
+    with_shared_memory(&pool);
+    let again: u64 = parallel
+        .run_in_processes((0..n).map(|x| delayed(work)(x)))
+        .into_iter()
+        .sum();
+    assert_eq!(again, sum);
     // The same results with fixed batches, including a last short one.
     let fixed = parallel
         .batch_size(parjob::BatchSize::Fixed(7))
@@ -472,5 +479,157 @@ fn large_arguments_cross_in_bounded_batches() {
     assert_eq!(out, expected);
     // 12 MiB of arguments asked for as one batch travel as several messages of at most ~4 MiB.
     assert!(pool.batches() >= 3, "{} batches", pool.batches());
+    assert_gone(pool, HashSet::new());
+}
+
+/// Makes `pool` set up its shared memory (the first call that batches tasks starts it) and
+/// waits until it exists, so the test after it exercises the slabs, not the messages.
+fn with_shared_memory(pool: &ProcessPool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pool.has_shared_memory() {
+        assert!(std::time::Instant::now() < deadline, "no shared memory");
+        let out = Parallel::new()
+            .backend(Backend::ProcessPool(pool.clone()))
+            .batch_size(parjob::BatchSize::Fixed(8))
+            .run_in_processes((0..64u64).map(|x| delayed(work)(x)));
+        assert_eq!(out, (0..64).map(work).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn big_result(x: u64) -> Vec<u64> {
+    vec![x; 8 << 10]
+}
+
+#[test]
+fn results_larger_than_a_slab_come_back_in_the_reply() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    // 40 results of 64 KiB in batches of 20: 1.3 MB per batch, more than a slab's outcome area.
+    let out = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(20))
+        .run_in_processes((0..40u64).map(|x| delayed(big_result)(x)));
+    assert_eq!(out.len(), 40);
+    for (i, v) in out.iter().enumerate() {
+        assert_eq!(v.len(), 8 << 10);
+        assert!(v.iter().all(|&y| y == i as u64), "result {i}");
+    }
+    assert_gone(pool, HashSet::new());
+}
+
+fn aborts_at_3000(x: u64) -> u64 {
+    if x == 3_000 {
+        std::process::abort();
+    }
+    work(x)
+}
+
+#[test]
+fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    // Batches of 1,000 tasks, several sent to each worker: the crash loses its batch (re-sent
+    // one task at a time) and the batches queued behind it on the same worker (sent again).
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(1_000));
+    let outcomes: Vec<_> = parallel
+        .run_iter_in_processes((0..8_000u64).map(|x| delayed(aborts_at_3000)(x)))
+        .collect();
+    assert_eq!(outcomes.len(), 8_000);
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(value) => assert_eq!(value, work(i as u64), "task {i}"),
+            Err(e) => {
+                assert_eq!(i, 3_000, "only task 3000 fails, not {i}: {e}");
+                assert!(
+                    matches!(e, Error::WorkerCrashed { index: 3_000, .. }),
+                    "{e}"
+                );
+            }
+        }
+    }
+    assert!(pool.restarts() >= 1);
+    pids.extend(pool.worker_pids());
+    drop(parallel);
+    assert_gone(pool, pids);
+}
+
+fn panics_often(x: u64) -> u64 {
+    if x % 97 == 5 {
+        panic!("task {x} panicked");
+    }
+    work(x)
+}
+
+#[test]
+fn several_panics_in_one_batch_each_come_back_at_their_place() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(500));
+    let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(panics_often)(x)));
+    for i in 0..1_000u64 {
+        let item = catch_unwind(AssertUnwindSafe(|| iter.next()));
+        if i % 97 == 5 {
+            let payload = item.unwrap_err();
+            let expected = format!("task {i} panicked");
+            assert_eq!(payload.downcast_ref::<String>(), Some(&expected));
+        } else {
+            assert_eq!(item.unwrap().unwrap().unwrap(), work(i), "task {i}");
+        }
+    }
+    assert!(catch_unwind(AssertUnwindSafe(|| iter.next()))
+        .unwrap()
+        .is_none());
+    drop(iter);
+    // Panics do not kill workers.
+    assert_eq!(pool.restarts(), 0);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+#[test]
+fn more_batches_in_flight_than_slabs_still_all_arrive() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    // A window of 200 batches of 10: far more than the pool's shared-memory slabs, so most
+    // batches travel in the messages themselves.
+    let out = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .pre_dispatch(200)
+        .batch_size(parjob::BatchSize::Fixed(10))
+        .run_in_processes((0..20_000u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..20_000).map(work).collect::<Vec<_>>());
+    assert_gone(pool, HashSet::new());
+}
+
+fn echo(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
+#[test]
+fn large_batches_in_the_messages_both_ways_do_not_deadlock() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    // Far more batches in flight than slabs, so most travel in the messages: 8 arguments of
+    // 64 KiB per request and 8 results of 64 KiB per reply, each larger than a socket's buffer.
+    // A driver must never send such a request to a worker that may be sending such a reply.
+    let inputs: Vec<Vec<u8>> = (0..200u32).map(|i| vec![i as u8; 64 << 10]).collect();
+    let out = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .pre_dispatch(100)
+        .batch_size(parjob::BatchSize::Fixed(8))
+        .run_in_processes(inputs.clone().into_iter().map(|v| delayed(echo)(v)));
+    assert_eq!(out, inputs);
     assert_gone(pool, HashSet::new());
 }

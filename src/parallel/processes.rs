@@ -40,7 +40,7 @@ impl<'p> Parallel<'p> {
                         (pool, n)
                     }
                 };
-                let window = self.pre_dispatch.map_or(2 * workers, |_| pre_dispatch);
+                let window = self.pre_dispatch.map_or(3 * workers, |_| pre_dispatch);
                 return Target::Processes(Settings {
                     pool,
                     workers,
@@ -116,14 +116,9 @@ impl<'p> Parallel<'p> {
         let mut results = Vec::with_capacity(tasks.size_hint().0);
         let mut ordered = self.process_call(tasks, settings, true);
         let mut first_failure = None;
-        while let Some((index, outcome)) = ordered.next_completed() {
-            match outcome {
-                Ok(value) => results.push(value),
-                Err(failure) => {
-                    first_failure.get_or_insert((index, failure));
-                }
-            }
-        }
+        ordered.drain(&mut results, |index, failure| {
+            first_failure.get_or_insert((index, failure));
+        });
         match first_failure {
             None => results,
             Some((index, failure)) => raise(index, failure, timeout),

@@ -1,16 +1,19 @@
 //! One `Parallel` call on a [`ProcessPool`]: batching, the dispatch window, crash bisection.
 //!
 //! The calling thread encodes tasks into batches (at most `window` batches queued or running at
-//! once; the input is read lazily), and decodes outcomes as drivers reply. Batch sizes follow
-//! joblib's auto-batching idea with a process-sized target: start at one task, measure the time
-//! a batch takes *in the worker*, then size batches to last about [`TARGET_BATCH_NS`], shrinking
-//! near the end of an input of known length so the workers finish together. With a timeout, every
-//! batch holds one task, so the timeout applies to each task exactly.
+//! once; the input is read lazily), straight into a shared-memory slab of the pool when one is
+//! free ([`shm`](super::shm)), else into the request message, and decodes outcomes as drivers
+//! reply. Batch sizes follow joblib's auto-batching idea with a process-sized target: start at
+//! one task, measure the time a batch takes *in the worker*, then size batches to last about
+//! [`TARGET_BATCH_NS`], shrinking near the end of an input of known length so the workers finish
+//! together (but not below [`MIN_TAIL_BATCH_NS`]). With a timeout, every batch holds one task, so
+//! the timeout applies to each task exactly.
 //!
 //! **Order.** A batch holds consecutive tasks. Finished batches wait, undecoded, in `ready`
 //! (keyed by their first task); the ordered iterator decodes the one that comes next in input
-//! order, the unordered one whichever finished first. Outcomes are decoded one at a time as they
-//! are asked for, so a large batch is never held twice.
+//! order, the unordered one whichever finished first. The iterators decode outcomes one at a time
+//! as they are asked for, so a large batch is never held twice; `run_in_processes` ([`Call::drain`])
+//! decodes a whole batch in one loop, straight into the output vector.
 //!
 //! **Which task crashed.** When a worker dies in the middle of a batch of several tasks, the
 //! outcomes it had not sent are lost, and so is the knowledge of which task killed it. The batch's
@@ -19,8 +22,9 @@
 //! run twice (tasks are expected to be pure functions of their arguments, as in joblib).
 
 use super::death::WorkerDeath;
-use super::pool::{CallState, Job, ProcessPool, Reply};
-use super::wire;
+use super::pool::{CallState, Job, Outcomes, ProcessPool, Reply};
+use super::shm::Lease;
+use super::wire::{self, SliceWriter};
 use crate::parallel::batch::BatchSize;
 use crate::parallel::delayed::{Apply, Delayed};
 use crate::parallel::progress::Progress;
@@ -39,7 +43,12 @@ use std::time::Duration;
 const TARGET_BATCH_NS: f64 = 1_000_000.0;
 
 /// At most this many tasks in one automatic batch (bounds the message and buffer sizes).
-const MAX_AUTO_BATCH: usize = 16_384;
+const MAX_AUTO_BATCH: usize = 32_768;
+
+/// Near the end of an input of known length, batches shrink so the workers finish together, but
+/// not below this much work: a batch's round trip costs tens of microseconds of latency, so a
+/// tail of one-task batches would cost more than the imbalance it avoids.
+const MIN_TAIL_BATCH_NS: f64 = 100_000.0;
 
 /// A batch is closed once its encoded arguments pass this size (it always holds at least one
 /// task), so tasks with large arguments do not build huge messages.
@@ -70,7 +79,40 @@ pub(crate) struct Settings {
 struct InFlight {
     first: usize,
     count: usize,
-    bytes: Arc<Vec<u8>>,
+    args: Args,
+}
+
+/// Where a batch's encoded arguments are (kept to re-send a crashed batch's tasks).
+enum Args {
+    /// In the request: its bytes after the header.
+    Inline(Arc<Vec<u8>>),
+    /// The first `len` bytes of a slab's argument area.
+    Slab(Arc<Lease>, usize),
+}
+
+impl Args {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Args::Inline(request) => &request[wire::HEADER..],
+            Args::Slab(lease, len) => lease.args(*len),
+        }
+    }
+}
+
+/// Where a finished batch's encoded outcomes are.
+enum Source {
+    Inline(Vec<u8>),
+    /// The first `len` bytes of the slab's outcome area (the lease keeps the slab ours).
+    Slab(Arc<Lease>, usize),
+}
+
+impl Source {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Source::Inline(bytes) => bytes,
+            Source::Slab(lease, len) => lease.outcomes(*len),
+        }
+    }
 }
 
 /// What a finished batch, or a task that failed on its own, left for the caller.
@@ -86,7 +128,7 @@ struct Decoding {
     first: usize,
     count: usize,
     next: usize,
-    outcomes: Vec<u8>,
+    outcomes: Source,
     /// Where the next outcome starts in `outcomes`.
     offset: usize,
 }
@@ -95,6 +137,9 @@ struct Decoding {
 /// order.
 pub(crate) struct Call<'p, I, F, A, R> {
     tasks: I,
+    /// The arguments of task `next_index`, taken from `tasks` but not yet in a batch (they did
+    /// not fit the slab being filled).
+    pending: Option<A>,
     exhausted: bool,
     next_index: usize,
     total: Option<usize>,
@@ -117,7 +162,7 @@ pub(crate) struct Call<'p, I, F, A, R> {
     progress: Progress<'p>,
     completed: usize,
     finished: bool,
-    _types: PhantomData<fn(F, A)>,
+    _types: PhantomData<fn(F)>,
 }
 
 impl<'p, I, F, A, R> Call<'p, I, F, A, R>
@@ -136,6 +181,7 @@ where
         let (tx, rx) = mpsc::channel();
         Call {
             tasks,
+            pending: None,
             exhausted: false,
             next_index: 0,
             total,
@@ -183,30 +229,92 @@ where
                 }
                 continue;
             }
-            self.fill();
-            if self.in_flight.is_empty() {
-                match self.ready.first_key_value() {
-                    // Ordered, after a stop: skip the positions that never ran.
-                    Some((&key, _)) => {
-                        self.next_out = key;
-                        continue;
+            if !self.advance() {
+                return None;
+            }
+        }
+    }
+
+    /// Every outcome of an ordered call, in input order: the results appended to `values`, the
+    /// failures handed to `failed` with their task index. Whole batches are decoded in one loop,
+    /// straight from where the worker left them, and the progress is updated once per batch.
+    pub(crate) fn drain(&mut self, values: &mut Vec<R>, mut failed: impl FnMut(usize, Failure)) {
+        debug_assert!(self.ordered);
+        let mut each =
+            |values: &mut Vec<R>, (index, outcome): (usize, Result<R, Failure>)| match outcome {
+                Ok(value) => values.push(value),
+                Err(failure) => failed(index, failure),
+            };
+        loop {
+            if let Some(item) = self.decode_next() {
+                let item = self.hand_out(item);
+                each(values, item);
+                continue;
+            }
+            let key = match self.ready.first_key_value() {
+                Some((&key, _)) if key == self.next_out => Some(key),
+                _ => None,
+            };
+            match key.and_then(|key| self.ready.remove(&key).map(|ready| (key, ready))) {
+                Some((key, Ready::Task(outcome))) => {
+                    let item = self.hand_out((key, outcome));
+                    each(values, item);
+                }
+                Some((_, Ready::Batch(decoding))) => {
+                    // Keep the workers fed before spending time on decoding.
+                    self.fill();
+                    let first = decoding.first + decoding.next;
+                    let bytes = &decoding.outcomes.bytes()[decoding.offset..];
+                    let mut batch_failures = Vec::new();
+                    wire::read_outcomes::<R>(
+                        bytes,
+                        decoding.count - decoding.next,
+                        values,
+                        |position, message| batch_failures.push((first + position, message)),
+                    );
+                    for (index, message) in batch_failures {
+                        each(values, (index, Err(Failure::Panic(message))));
                     }
-                    None => {
-                        if !self.finished {
-                            self.finished = true;
-                            self.progress.finish(self.completed);
-                        }
-                        return None;
+                    self.completed += decoding.count - decoding.next;
+                    self.next_out = decoding.first + decoding.count;
+                    self.progress.update(self.completed);
+                }
+                None => {
+                    if !self.advance() {
+                        return;
                     }
                 }
             }
-            // Cannot fail: `self.tx` keeps the channel open, and every driver replies to every
-            // job it takes.
-            let Ok(reply) = self.rx.recv() else {
-                return None;
-            };
-            self.absorb(reply);
         }
+    }
+
+    /// Dispatches what the window allows and absorbs one reply; `false` once every dispatched
+    /// task is done and the input is exhausted (or the call stopped).
+    fn advance(&mut self) -> bool {
+        self.fill();
+        if self.in_flight.is_empty() {
+            match self.ready.first_key_value() {
+                // Ordered, after a stop: skip the positions that never ran.
+                Some((&key, _)) => {
+                    self.next_out = key;
+                    return true;
+                }
+                None => {
+                    if !self.finished {
+                        self.finished = true;
+                        self.progress.finish(self.completed);
+                    }
+                    return false;
+                }
+            }
+        }
+        // Cannot fail: `self.tx` keeps the channel open, and every driver replies to every
+        // job it takes.
+        let Ok(reply) = self.rx.recv() else {
+            return false;
+        };
+        self.absorb(reply);
+        true
     }
 
     fn hand_out(&mut self, item: (usize, Result<R, Failure>)) -> (usize, Result<R, Failure>) {
@@ -235,9 +343,10 @@ where
         }
         let index = decoding.first + decoding.next;
         decoding.next += 1;
-        let mut input = &decoding.outcomes[decoding.offset..];
+        let all = decoding.outcomes.bytes();
+        let mut input = &all[decoding.offset..];
         let outcome = wire::read_outcome::<R>(&mut input).map_err(Failure::Panic);
-        decoding.offset = decoding.outcomes.len() - input.len();
+        decoding.offset = all.len() - input.len();
         Some((index, outcome))
     }
 
@@ -245,76 +354,160 @@ where
         if self.settings.timeout.is_some() {
             return 1;
         }
-        let size = match (self.settings.batch, self.task_ns) {
+        let (size, floor) = match (self.settings.batch, self.task_ns) {
             (BatchSize::Fixed(n), _) => return n.max(1),
-            (BatchSize::Auto, None) => 1,
+            (BatchSize::Auto, None) => return 1,
             (BatchSize::Auto, Some(ns)) => {
-                ((TARGET_BATCH_NS / ns.max(1.0)) as usize).clamp(1, MAX_AUTO_BATCH)
+                let ns = ns.max(1.0);
+                let size = ((TARGET_BATCH_NS / ns) as usize).clamp(1, MAX_AUTO_BATCH);
+                (size, ((MIN_TAIL_BATCH_NS / ns) as usize).clamp(1, size))
             }
         };
         match self.total {
             Some(total) => {
                 let left = total.saturating_sub(self.next_index);
-                size.min((left / (4 * self.settings.workers.max(1))).max(1))
+                size.min((left / (4 * self.settings.workers.max(1))).max(floor))
             }
             None => size,
         }
     }
 
-    fn fill(&mut self) {
-        while !self.stopped && !self.exhausted && self.in_flight.len() < self.settings.window {
-            let size = self.batch_size();
-            let mut bytes = Vec::with_capacity(16 + 16 * size);
-            bytes.extend_from_slice(&[0; 16]);
-            let first = self.next_index;
-            let mut count = 0;
-            while count < size && bytes.len() < MAX_BATCH_BYTES {
-                let Some(task) = self.tasks.next() else {
-                    self.exhausted = true;
-                    break;
-                };
-                let (_f, args) = task.into_parts();
-                let start = bytes.len();
-                if let Err(error) = bincode::serialize_into(&mut bytes, &args) {
-                    // This task fails on its own; the batch (consecutive tasks) ends before it.
-                    bytes.truncate(start);
-                    let message = format!("parjob: cannot encode the task's arguments: {error}");
-                    self.ready
-                        .insert(first + count, Ready::Task(Err(Failure::Panic(message))));
-                    self.next_index = first + count + 1;
-                    break;
-                }
-                count += 1;
+    /// The next task's arguments: the pending ones, else the input's next task.
+    fn next_args(&mut self) -> Option<A> {
+        if let Some(args) = self.pending.take() {
+            return Some(args);
+        }
+        match self.tasks.next() {
+            Some(task) => Some(task.into_parts().1),
+            None => {
+                self.exhausted = true;
+                None
             }
-            if count == 0 {
-                continue;
-            }
-            if self.next_index == first {
-                self.next_index = first + count;
-            }
-            bytes[..16].copy_from_slice(&wire::batch_header(self.runner, count as u64));
-            self.send(first, count, Arc::new(bytes), false);
         }
     }
 
-    fn send(&mut self, first: usize, count: usize, bytes: Arc<Vec<u8>>, urgent: bool) {
+    /// Records that task `index`'s arguments cannot be encoded: it fails on its own.
+    fn unencodable(&mut self, index: usize, error: bincode::Error) {
+        let message = format!("parjob: cannot encode the task's arguments: {error}");
+        self.ready
+            .insert(index, Ready::Task(Err(Failure::Panic(message))));
+    }
+
+    fn fill(&mut self) {
+        while !self.stopped && !self.exhausted && self.in_flight.len() < self.settings.window {
+            let size = self.batch_size();
+            let arena = self.settings.pool.arena(size > 1);
+            match arena.and_then(|arena| arena.lease()) {
+                Some(lease) => self.fill_slab(size, lease),
+                None => self.fill_inline(size),
+            }
+        }
+    }
+
+    /// Encodes up to `size` tasks into `lease`'s slab and sends them as one batch. A task that
+    /// does not fit is kept for the next batch (sent inline if it does not fit an empty slab).
+    fn fill_slab(&mut self, size: usize, mut lease: Lease) {
+        let first = self.next_index;
+        let pending = self.pending.take();
+        let (count, len, stop) = encode_batch(&mut self.tasks, pending, lease.args_mut(), size);
+        self.next_index = first + count;
+        let mut unencodable = None;
+        match stop {
+            Stop::Size => {}
+            Stop::Exhausted => self.exhausted = true,
+            Stop::Full(args) => self.pending = Some(args),
+            Stop::Unencodable(error) => unencodable = Some(error),
+        }
+        if let Some(error) = unencodable {
+            // This task fails on its own; the batch (consecutive tasks) ends before it.
+            self.unencodable(first + count, error);
+            self.next_index += 1;
+        }
+        if count == 0 {
+            drop(lease);
+            if self.pending.is_some() {
+                // Larger than a slab: on its own, in the request.
+                self.fill_inline(1);
+            }
+            return;
+        }
+        let request = wire::header(self.runner, count as u64, lease.index() as u64, len as u64);
+        let lease = Arc::new(lease);
+        let job_slab = Some(Arc::clone(&lease));
+        self.send(
+            first,
+            count,
+            Arc::new(request.to_vec()),
+            Args::Slab(lease, len),
+            job_slab,
+            false,
+        );
+    }
+
+    /// Encodes up to `size` tasks into a request of their own (no slab free, or a task larger
+    /// than a slab) and sends them as one batch.
+    fn fill_inline(&mut self, size: usize) {
+        let mut bytes = Vec::with_capacity(wire::HEADER + 16 * size.min(MAX_AUTO_BATCH));
+        bytes.extend_from_slice(&[0; wire::HEADER]);
+        let first = self.next_index;
+        let mut count = 0;
+        while count < size && bytes.len() < MAX_BATCH_BYTES {
+            let Some(args) = self.next_args() else {
+                break;
+            };
+            let start = bytes.len();
+            let mut serializer = bincode::Serializer::new(&mut bytes, wire::options());
+            if let Err(error) = args.serialize(&mut serializer) {
+                // This task fails on its own; the batch (consecutive tasks) ends before it.
+                bytes.truncate(start);
+                self.unencodable(first + count, error);
+                self.next_index = first + count + 1;
+                break;
+            }
+            count += 1;
+        }
+        if self.next_index == first {
+            self.next_index = first + count;
+        }
+        if count == 0 {
+            return;
+        }
+        let len = (bytes.len() - wire::HEADER) as u64;
+        bytes[..wire::HEADER].copy_from_slice(&wire::header(
+            self.runner,
+            count as u64,
+            wire::INLINE,
+            len,
+        ));
+        let request = Arc::new(bytes);
+        let args = Args::Inline(Arc::clone(&request));
+        self.send(first, count, request, args, None, false);
+    }
+
+    fn send(
+        &mut self,
+        first: usize,
+        count: usize,
+        request: Arc<Vec<u8>>,
+        args: Args,
+        slab: Option<Arc<Lease>>,
+        urgent: bool,
+    ) {
         let batch = self.next_batch;
         self.next_batch += 1;
+        // Sent ahead only if its request is the 32-byte header naming a slab (see `PREFETCH`).
+        let prefetch = count > 1 && self.settings.timeout.is_none() && slab.is_some();
         let job = Job {
             call: Arc::clone(&self.state),
             batch,
-            bytes: Arc::clone(&bytes),
+            bytes: request,
+            slab,
             timeout: self.settings.timeout,
+            prefetch,
             reply: self.tx.clone(),
         };
-        self.in_flight.insert(
-            batch,
-            InFlight {
-                first,
-                count,
-                bytes,
-            },
-        );
+        self.in_flight
+            .insert(batch, InFlight { first, count, args });
         self.settings.pool.submit(job, urgent);
     }
 
@@ -333,6 +526,13 @@ where
                     None => per_task,
                     Some(old) => 0.5 * old + 0.5 * per_task,
                 });
+                let outcomes = match (outcomes, flight.args) {
+                    (Outcomes::Inline(bytes), _) => Source::Inline(bytes),
+                    (Outcomes::InSlab(len), Args::Slab(lease, _)) => Source::Slab(lease, len),
+                    // Cannot happen: a driver accepts outcomes in a slab only for a batch that
+                    // came in one.
+                    (Outcomes::InSlab(_), Args::Inline(_)) => Source::Inline(Vec::new()),
+                };
                 let decoding = Decoding {
                     first: flight.first,
                     count: flight.count,
@@ -368,18 +568,24 @@ where
     }
 
     /// Sends each task of a batch whose worker died again on its own, first task first in the
-    /// queue. The arguments' boundaries are found by decoding them here.
+    /// queue. The arguments are decoded here and encoded again one per request.
     fn bisect(&mut self, flight: InFlight) {
-        let all = &flight.bytes[16..];
-        let mut rest = all;
-        let mut bounds = vec![0];
+        let mut de = bincode::Deserializer::from_slice(flight.args.bytes(), wire::options());
+        let mut requests = Vec::with_capacity(flight.count);
         for _ in 0..flight.count {
-            if bincode::deserialize_from::<_, A>(&mut rest).is_err() {
+            let Ok(args) = A::deserialize(&mut de) else {
+                break;
+            };
+            let mut bytes = wire::header(self.runner, 1, wire::INLINE, 0).to_vec();
+            let mut serializer = bincode::Serializer::new(&mut bytes, wire::options());
+            if args.serialize(&mut serializer).is_err() {
                 break;
             }
-            bounds.push(all.len() - rest.len());
+            let len = (bytes.len() - wire::HEADER) as u64;
+            bytes[..wire::HEADER].copy_from_slice(&wire::header(self.runner, 1, wire::INLINE, len));
+            requests.push(Arc::new(bytes));
         }
-        if bounds.len() != flight.count + 1 {
+        if requests.len() != flight.count {
             // Cannot happen (these bytes were encoded from `A` here); fail the whole batch
             // rather than guess.
             let message = "parjob: cannot split a crashed batch".to_owned();
@@ -389,14 +595,67 @@ where
             }
             return;
         }
-        for i in (0..flight.count).rev() {
-            let args = &all[bounds[i]..bounds[i + 1]];
-            let mut bytes = Vec::with_capacity(16 + args.len());
-            bytes.extend_from_slice(&wire::batch_header(self.runner, 1));
-            bytes.extend_from_slice(args);
-            self.send(flight.first + i, 1, Arc::new(bytes), true);
+        for (i, request) in requests.into_iter().enumerate().rev() {
+            let args = Args::Inline(Arc::clone(&request));
+            self.send(flight.first + i, 1, request, args, None, true);
         }
     }
+}
+
+/// Why [`encode_batch`] stopped.
+enum Stop<A> {
+    /// The batch has the size asked for.
+    Size,
+    /// The input has no more tasks.
+    Exhausted,
+    /// These arguments (of the task after the batch) do not fit in what is left of the slab.
+    Full(A),
+    /// The task after the batch cannot be encoded (it fails on its own).
+    Unencodable(bincode::Error),
+}
+
+/// Encodes up to `size` tasks' arguments (`pending` first, then `tasks`) back to back into
+/// `buf`: `(tasks encoded, bytes used, why it stopped)`. A loop of its own over locals, so the
+/// input's state and the write position stay in registers.
+#[inline]
+fn encode_batch<I, F, A>(
+    tasks: &mut I,
+    mut pending: Option<A>,
+    buf: &mut [u8],
+    size: usize,
+) -> (usize, usize, Stop<A>)
+where
+    I: Iterator<Item = Delayed<F, A>>,
+    A: Serialize,
+{
+    let mut writer = SliceWriter {
+        buf,
+        len: 0,
+        full: false,
+    };
+    let mut count = 0;
+    while count < size {
+        let args = match pending.take() {
+            Some(args) => args,
+            None => match tasks.next() {
+                Some(task) => task.into_parts().1,
+                None => return (count, writer.len, Stop::Exhausted),
+            },
+        };
+        let start = writer.len;
+        let mut serializer = bincode::Serializer::new(&mut writer, wire::options());
+        if let Err(error) = args.serialize(&mut serializer) {
+            writer.len = start;
+            let stop = if writer.full {
+                Stop::Full(args)
+            } else {
+                Stop::Unencodable(error)
+            };
+            return (count, start, stop);
+        }
+        count += 1;
+    }
+    (count, writer.len, Stop::Size)
 }
 
 impl<I, F, A, R> Drop for Call<'_, I, F, A, R> {

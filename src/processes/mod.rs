@@ -53,6 +53,7 @@
 //! pool.rs    ProcessPool(Builder): driver threads, worker start, death and restart
 //! worker.rs  the worker process's life (hardening, initializer, batch loop)
 //! wire.rs    batches and replies on the wire; how a task function crosses
+//! shm.rs     the pool's shared-memory slabs: batch arguments and outcomes without copies
 //! death.rs   WorkerDeath: exit status read with waitid(WNOWAIT)
 //! call.rs    one call: batching, dispatch window, ordering, crash bisection
 //! ```
@@ -60,6 +61,7 @@
 pub(crate) mod call;
 mod death;
 mod pool;
+mod shm;
 mod wire;
 mod worker;
 

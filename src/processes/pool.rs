@@ -19,15 +19,16 @@
 //! the same lock.
 
 use super::death::{kill, wait_for_death, WorkerDeath};
+use super::shm::{Arena, Lease, WorkerSlabs};
 use super::wire::{self, FromWorker};
 use super::worker::{worker_main, WorkerArgs};
-use ipc_channel::ipc::{self, IpcBytesSender, IpcReceiver};
+use ipc_channel::ipc::{self, IpcBytesSender, IpcReceiver, IpcSender};
 use ipc_channel::TryRecvError;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -45,6 +46,17 @@ pub const INNER_THREAD_VARS: [&str; 5] = [
 /// initializer) before it is given up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Batches a driver keeps sent to its worker at once, when they allow it ([`Job::prefetch`]):
+/// the next request waits in the worker's socket, so the worker starts it as soon as it
+/// replies, not after the driver (a thread that may wait for a core) has handled the reply.
+/// Only short batches without a timeout are sent ahead: a long one would be committed to this
+/// worker while another might fall idle, and a timeout must cover one batch alone. And only
+/// batches whose arguments are in a slab: their request is a 32-byte header, for which the
+/// worker's socket always has room, so the driver never blocks sending it while the worker
+/// blocks sending a reply too large for the other socket (a batch whose arguments travel in the
+/// message could fill the request socket: each side would wait for the other to read).
+const PREFETCH: usize = 2;
+
 /// How long a worker whose channel broke may take to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -52,10 +64,17 @@ const EXIT_PATIENCE: Duration = Duration::from_secs(2);
 pub(crate) struct Job {
     pub(crate) call: Arc<CallState>,
     pub(crate) batch: u64,
-    /// Header and arguments, as [`wire`] lays them out.
+    /// The request, as [`wire`] lays it out: a header, and the arguments unless they are in
+    /// `slab`.
     pub(crate) bytes: Arc<Vec<u8>>,
+    /// The slab holding the arguments (and, after the reply, the outcomes); kept for as long as
+    /// the job, so the slab is not reused while a worker may still read it.
+    pub(crate) slab: Option<Arc<Lease>>,
     /// Kill the worker if the batch runs longer than this.
     pub(crate) timeout: Option<Duration>,
+    /// The batch may be sent to a worker that is still running another one (see [`PREFETCH`]):
+    /// set for batches of several tasks, in a slab, without a timeout.
+    pub(crate) prefetch: bool,
     pub(crate) reply: mpsc::Sender<Reply>,
 }
 
@@ -71,7 +90,7 @@ pub(crate) enum Reply {
     Done {
         batch: u64,
         elapsed_ns: u64,
-        outcomes: Vec<u8>,
+        outcomes: Outcomes,
     },
     Crashed {
         batch: u64,
@@ -84,6 +103,14 @@ pub(crate) enum Reply {
     Skipped {
         batch: u64,
     },
+}
+
+/// Where a finished batch's outcomes are.
+pub(crate) enum Outcomes {
+    /// In the reply.
+    Inline(Vec<u8>),
+    /// The first `len` bytes of the batch's slab's outcome area.
+    InSlab(usize),
 }
 
 struct Queue {
@@ -100,6 +127,11 @@ struct Shared {
     initializer: Option<i64>,
     restarts: AtomicUsize,
     batches: AtomicUsize,
+    /// The shared-memory slabs, once a background thread has made them: on the first call
+    /// that batches several tasks together (zeroing them takes milliseconds, so neither the
+    /// pool's start nor a call waits for it: until then batches travel in the messages).
+    arena: OnceLock<Arc<Arena>>,
+    arena_started: AtomicBool,
 }
 
 struct Inner {
@@ -187,6 +219,35 @@ impl ProcessPool {
     /// fewer than the tasks when the tasks are short.
     pub fn batches(&self) -> usize {
         self.inner.shared.batches.load(Ordering::Relaxed)
+    }
+
+    /// The pool's shared-memory slabs.
+    /// Whether the pool's shared memory exists yet: batches' arguments and outcomes travel
+    /// through it instead of the workers' sockets. It is made in the background on the first
+    /// call that batches several tasks together (until then batches travel in the messages).
+    pub fn has_shared_memory(&self) -> bool {
+        self.inner.shared.arena.get().is_some()
+    }
+
+    /// The pool's shared-memory slabs; `None` while they are being made. A call that would use
+    /// them (`wanted`) starts making them if nobody has.
+    pub(crate) fn arena(&self, wanted: bool) -> Option<&Arc<Arena>> {
+        let shared = &self.inner.shared;
+        if let Some(arena) = shared.arena.get() {
+            return Some(arena);
+        }
+        if wanted && !shared.arena_started.swap(true, Ordering::Relaxed) {
+            let for_arena = Arc::clone(shared);
+            let workers = shared.pids.len();
+            let spawned = std::thread::Builder::new()
+                .name("parjob-process-slabs".to_owned())
+                .spawn(move || {
+                    let _ = for_arena.arena.set(Arc::new(Arena::new(workers)));
+                });
+            // Without the thread (it cannot be spawned) the pool works without slabs.
+            drop(spawned);
+        }
+        None
     }
 
     pub(crate) fn submit(&self, job: Job, urgent: bool) {
@@ -335,6 +396,8 @@ impl ProcessPoolBuilder {
             initializer: self.initializer.map(|f| wire::offset_of(f as usize)),
             restarts: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
+            arena: OnceLock::new(),
+            arena_started: AtomicBool::new(false),
         });
         let (started_tx, started_rx) = mpsc::channel();
         let mut drivers = Vec::with_capacity(self.num_workers);
@@ -382,12 +445,16 @@ struct Worker {
     pid: u32,
     requests: IpcBytesSender,
     replies: IpcReceiver<FromWorker>,
+    /// Where the worker gets the pool's slabs, before the first request that names one.
+    slabs: IpcSender<WorkerSlabs>,
+    slabs_sent: std::cell::Cell<bool>,
 }
 
 /// Starts the worker of `slot` and waits for its `Ready`.
 fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
-    let channels = ipc::bytes_channel().and_then(|(tx, rx)| Ok((tx, rx, ipc::channel()?)));
-    let (requests, requests_rx, (replies_tx, replies)) =
+    let channels =
+        ipc::bytes_channel().and_then(|(tx, rx)| Ok((tx, rx, ipc::channel()?, ipc::channel()?)));
+    let (requests, requests_rx, (replies_tx, replies), (slabs, slabs_rx)) =
         channels.map_err(|e| WorkerDeath::StartFailed(format!("cannot open a channel: {e}")))?;
     let args = WorkerArgs {
         requests: requests_rx,
@@ -395,6 +462,7 @@ fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
         layout: wire::offset_of(wire::layout_probe as fn() -> u64 as usize),
         parent: std::process::id(),
         initializer: shared.initializer,
+        slabs: slabs_rx,
     };
     let spawned = catch_unwind(AssertUnwindSafe(|| {
         let mut builder = procspawn::Builder::new();
@@ -421,6 +489,8 @@ fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
         pid,
         requests,
         replies,
+        slabs,
+        slabs_sent: std::cell::Cell::new(false),
     };
     match worker.replies.try_recv_timeout(START_TIMEOUT) {
         Ok(FromWorker::Ready) => Ok(worker),
@@ -428,7 +498,7 @@ fn start(shared: &Shared, slot: usize) -> Result<Worker, WorkerDeath> {
             retire(shared, slot, worker, false);
             Err(WorkerDeath::InitializerPanicked(message))
         }
-        Ok(FromWorker::Batch { .. }) => {
+        Ok(FromWorker::Batch { .. } | FromWorker::BatchInSlab { .. }) => {
             retire(shared, slot, worker, true);
             Err(WorkerDeath::StartFailed(
                 "unexpected first message".to_owned(),
@@ -462,7 +532,7 @@ fn retire(shared: &Shared, slot: usize, worker: Worker, kill_first: bool) -> Wor
 enum Ran {
     Done {
         elapsed_ns: u64,
-        outcomes: Vec<u8>,
+        outcomes: Outcomes,
     },
     /// The reply channel closed: the worker died (its status says how).
     Died,
@@ -471,10 +541,22 @@ enum Ran {
     TimedOut,
 }
 
-fn run_job(worker: &Worker, job: &Job) -> Ran {
-    if worker.requests.send(&job.bytes).is_err() {
-        // The worker is gone; its reply channel says so below.
+fn send_job(shared: &Shared, worker: &Worker, job: &Job) {
+    shared.batches.fetch_add(1, Ordering::Relaxed);
+    if job.slab.is_some() && !worker.slabs_sent.get() {
+        // A job holds a lease, so the arena exists.
+        if let Some(arena) = shared.arena.get() {
+            let _ = worker.slabs.send(arena.for_worker());
+            worker.slabs_sent.set(true);
+        }
     }
+    if worker.requests.send(&job.bytes).is_err() {
+        // The worker is gone; its reply channel says so when the reply is awaited.
+    }
+}
+
+/// Waits for the reply to `job`, the oldest job sent to `worker`.
+fn await_reply(worker: &Worker, job: &Job) -> Ran {
     let reply = match job.timeout {
         None => worker.replies.recv().map_err(|_| None),
         Some(timeout) => worker
@@ -491,12 +573,39 @@ fn run_job(worker: &Worker, job: &Job) -> Ran {
             outcomes,
         }) => Ran::Done {
             elapsed_ns,
-            outcomes,
+            outcomes: Outcomes::Inline(outcomes),
+        },
+        Ok(FromWorker::BatchInSlab { elapsed_ns, len }) if job.slab.is_some() => Ran::Done {
+            elapsed_ns,
+            outcomes: Outcomes::InSlab(len as usize),
         },
         Ok(_) => Ran::Confused,
         Err(Some(())) => Ran::TimedOut,
         Err(None) => Ran::Died,
     }
+}
+
+/// The next queued job if it may be sent behind others ([`Job::prefetch`]); never waits.
+fn next_prefetchable(shared: &Shared) -> Option<Job> {
+    let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    if queue.shutdown || !queue.jobs.front()?.prefetch {
+        return None;
+    }
+    queue.jobs.pop_front()
+}
+
+/// Puts jobs sent to a worker that died before starting them back at the front of the queue,
+/// in their order, for any driver to take.
+fn requeue(shared: &Shared, jobs: &mut VecDeque<Job>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(job) = jobs.pop_back() {
+        queue.jobs.push_front(job);
+    }
+    drop(queue);
+    shared.wake.notify_all();
 }
 
 fn next_job(shared: &Shared) -> Option<Job> {
@@ -528,27 +637,53 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
         }
     };
     drop(started);
-    while let Some(job) = next_job(&shared) {
-        if job.call.cancelled.load(Ordering::Relaxed) {
-            let _ = job.reply.send(Reply::Skipped { batch: job.batch });
-            continue;
-        }
-        if worker.is_none() {
-            match start(&shared, slot) {
-                Ok(w) => worker = Some(w),
-                Err(death) => failure = Some(death),
+    // Jobs sent to the worker and not answered yet, oldest first (at most `PREFETCH`).
+    let mut sent: VecDeque<Job> = VecDeque::new();
+    loop {
+        if sent.is_empty() {
+            let Some(job) = next_job(&shared) else {
+                break;
+            };
+            if job.call.cancelled.load(Ordering::Relaxed) {
+                let _ = job.reply.send(Reply::Skipped { batch: job.batch });
+                continue;
             }
+            if worker.is_none() {
+                match start(&shared, slot) {
+                    Ok(w) => worker = Some(w),
+                    Err(death) => failure = Some(death),
+                }
+            }
+            let Some(live) = worker.as_ref() else {
+                let death = failure.clone().unwrap_or(WorkerDeath::Exit(-1));
+                let _ = job.reply.send(Reply::Crashed {
+                    batch: job.batch,
+                    death,
+                });
+                continue;
+            };
+            send_job(&shared, live, &job);
+            sent.push_back(job);
         }
+        // `sent` is not empty, so the worker is alive.
         let Some(live) = worker.as_ref() else {
-            let death = failure.clone().unwrap_or(WorkerDeath::Exit(-1));
-            let _ = job.reply.send(Reply::Crashed {
-                batch: job.batch,
-                death,
-            });
+            break;
+        };
+        while sent.len() < PREFETCH && sent.iter().all(|job| job.prefetch) {
+            let Some(job) = next_prefetchable(&shared) else {
+                break;
+            };
+            if job.call.cancelled.load(Ordering::Relaxed) {
+                let _ = job.reply.send(Reply::Skipped { batch: job.batch });
+                continue;
+            }
+            send_job(&shared, live, &job);
+            sent.push_back(job);
+        }
+        let Some(job) = sent.pop_front() else {
             continue;
         };
-        shared.batches.fetch_add(1, Ordering::Relaxed);
-        let ran = run_job(live, &job);
+        let ran = await_reply(live, &job);
         let reply = match ran {
             Ran::Done {
                 elapsed_ns,
@@ -579,17 +714,21 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             }
         };
         let _ = job.reply.send(reply);
-        // Replace a dead worker now, so the next job does not wait for the start-up.
-        if worker.is_none()
-            && !shared
+        drop(job);
+        if worker.is_none() {
+            // The worker died running `job`: the jobs sent behind it never started.
+            requeue(&shared, &mut sent);
+            // Replace it now, so the next job does not wait for the start-up.
+            let shutdown = shared
                 .queue
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .shutdown
-        {
-            match start(&shared, slot) {
-                Ok(w) => worker = Some(w),
-                Err(death) => failure = Some(death),
+                .shutdown;
+            if !shutdown {
+                match start(&shared, slot) {
+                    Ok(w) => worker = Some(w),
+                    Err(death) => failure = Some(death),
+                }
             }
         }
     }

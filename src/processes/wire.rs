@@ -9,12 +9,19 @@
 //! It holds when parjob and the task functions are linked into the executable (Rust's default);
 //! a parjob built as a `dylib` is not supported.
 //!
-//! **Batches** (parent → worker, raw bytes): `runner offset: i64 LE`, `count: u64 LE`, then the
-//! `count` argument tuples, bincode-encoded back to back.
+//! **Requests** (parent → worker, raw bytes): a 32-byte header `runner offset: i64 LE`,
+//! `count: u64 LE`, `slab: u64 LE`, `len: u64 LE`, then, when `slab` is [`INLINE`], the `len`
+//! bytes of the `count` argument tuples, bincode-encoded back to back. Otherwise those bytes are
+//! at the start of slab `slab`'s argument area ([`shm`](super::shm)).
 //!
-//! **Replies** (worker → parent, [`FromWorker`]): `Ready` once after start-up, then one `Batch`
-//! per batch with `count` outcomes back to back: a tag byte (0 = returned, then the bincode
-//! result; 1 = panicked, then the bincode message).
+//! **Replies** (worker → parent, [`FromWorker`]): `Ready` once after start-up, then per batch
+//! `BatchInSlab` (the outcomes are the first `len` bytes of the batch's slab's outcome area) or,
+//! for a batch that came inline or whose outcomes do not fit the slab, `Batch` with the outcomes
+//! in the message. The outcomes are `count` records back to back: a tag byte (0 = returned, then
+//! the bincode result; 1 = panicked, then the bincode message).
+//!
+//! Encoding is bincode 1's default (fixed-size little-endian integers), written and read through
+//! one `Serializer`/`Deserializer` per batch rather than one call per value.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -33,10 +40,109 @@ pub(crate) enum FromWorker {
         #[serde(with = "serde_bytes")]
         outcomes: Vec<u8>,
     },
+    /// One batch ran; its outcomes are the first `len` bytes of its slab's outcome area.
+    BatchInSlab { elapsed_ns: u64, len: u64 },
+}
+
+/// The `slab` of a request whose arguments are in the message.
+pub(crate) const INLINE: u64 = u64::MAX;
+
+/// Bytes of a request's header.
+pub(crate) const HEADER: usize = 32;
+
+/// bincode 1's default encoding (what `bincode::serialize` uses), as options.
+pub(crate) fn options() -> impl bincode::Options + Copy {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
 }
 
 /// Runs one encoded batch: `(arguments, count, outcomes out)`.
-pub(crate) type Runner = fn(&[u8], u64, &mut Vec<u8>);
+pub(crate) type Runner = fn(&[u8], u64, &mut Sink<'_>);
+
+/// Where a worker writes a batch's outcomes: straight into the batch's slab outcome area while
+/// they fit, and once one does not, all of them (those written so far copied over) into a
+/// vector that travels in the reply.
+pub(crate) struct Sink<'a> {
+    area: &'a mut [u8],
+    len: usize,
+    spill: &'a mut Vec<u8>,
+    spilled: bool,
+}
+
+impl<'a> Sink<'a> {
+    /// A sink writing into `area` first (empty: straight into `spill`, which is cleared).
+    pub(crate) fn new(area: &'a mut [u8], spill: &'a mut Vec<u8>) -> Self {
+        spill.clear();
+        Sink {
+            area,
+            len: 0,
+            spill,
+            spilled: false,
+        }
+    }
+
+    /// The bytes written so far (wherever they are).
+    #[inline]
+    fn len(&self) -> usize {
+        if self.spilled {
+            self.spill.len()
+        } else {
+            self.len
+        }
+    }
+
+    /// Forgets what was written from `at` on.
+    fn truncate(&mut self, at: usize) {
+        if self.spilled {
+            self.spill.truncate(at);
+        } else {
+            self.len = self.len.min(at);
+        }
+    }
+
+    /// The slow path of `write_all`: into the vector (moving what the area holds there first).
+    #[cold]
+    #[inline(never)]
+    fn write_spilled(&mut self, data: &[u8]) {
+        if !self.spilled {
+            self.spill.extend_from_slice(&self.area[..self.len]);
+            self.spilled = true;
+        }
+        self.spill.extend_from_slice(data);
+    }
+
+    /// `Some(len)`: every outcome is in the area, `len` bytes; `None`: they are in the vector.
+    pub(crate) fn in_area(&self) -> Option<usize> {
+        (!self.spilled).then_some(self.len)
+    }
+}
+
+impl std::io::Write for Sink<'_> {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_all(data).map(|()| data.len())
+    }
+
+    #[inline(always)]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if !self.spilled {
+            if let Some(dst) = self.area.get_mut(self.len..self.len + data.len()) {
+                dst.copy_from_slice(data);
+                self.len += data.len();
+                return Ok(());
+            }
+        }
+        self.write_spilled(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// The fixed point every offset is measured from. `#[inline(never)]` and a body of its own so it
 /// has one address.
@@ -82,19 +188,63 @@ where
     offset_of(run_batch::<F, A, R> as Runner as usize)
 }
 
-/// Writes a batch header for `count` tasks of runner `runner` at the start of `bytes`.
-pub(crate) fn batch_header(runner: i64, count: u64) -> [u8; 16] {
-    let mut header = [0u8; 16];
+/// A request header: `count` tasks of runner `runner`, `len` argument bytes, in slab `slab`
+/// (or [`INLINE`]: the arguments follow the header).
+pub(crate) fn header(runner: i64, count: u64, slab: u64, len: u64) -> [u8; HEADER] {
+    let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(&runner.to_le_bytes());
-    header[8..].copy_from_slice(&count.to_le_bytes());
+    header[8..16].copy_from_slice(&count.to_le_bytes());
+    header[16..24].copy_from_slice(&slab.to_le_bytes());
+    header[24..].copy_from_slice(&len.to_le_bytes());
     header
 }
 
-/// Splits a batch into `(runner offset, count, arguments)`; `None` if it is too short.
-pub(crate) fn split_batch(bytes: &[u8]) -> Option<(i64, u64, &[u8])> {
-    let runner = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let count = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-    Some((runner, count, &bytes[16..]))
+/// A request's parts: `(runner, count, slab, len, inline bytes)`; `None` if it is too short.
+pub(crate) fn split_request(bytes: &[u8]) -> Option<(i64, u64, u64, u64, &[u8])> {
+    let word = |at: usize| -> Option<[u8; 8]> { bytes.get(at..at + 8)?.try_into().ok() };
+    Some((
+        i64::from_le_bytes(word(0)?),
+        u64::from_le_bytes(word(8)?),
+        u64::from_le_bytes(word(16)?),
+        u64::from_le_bytes(word(24)?),
+        &bytes[HEADER..],
+    ))
+}
+
+/// An `io::Write` over a fixed slice (a slab's argument area) that records running out of room
+/// instead of growing.
+pub(crate) struct SliceWriter<'a> {
+    pub(crate) buf: &'a mut [u8],
+    pub(crate) len: usize,
+    /// A write did not fit: the value being encoded is incomplete.
+    pub(crate) full: bool,
+}
+
+impl std::io::Write for SliceWriter<'_> {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_all(data).map(|()| data.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self.buf.get_mut(self.len..self.len + data.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(data);
+                self.len += data.len();
+                Ok(())
+            }
+            None => {
+                self.full = true;
+                Err(std::io::ErrorKind::WriteZero.into())
+            }
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The text of a panic payload, as a thread task's panic would show it.
@@ -110,51 +260,92 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs `count` tasks of type `F` whose arguments are encoded back to back in `input`, appending
 /// each outcome to `out`. Runs in the worker.
-fn run_batch<F, A, R>(mut input: &[u8], count: u64, out: &mut Vec<u8>)
+///
+/// One `catch_unwind` covers the whole loop (not one per task): after a task's panic its outcome
+/// is recorded and the loop resumes at the next task. A panic while decoding arguments (a
+/// `Deserialize` impl that panics) leaves the input's position unknown, so it propagates: the
+/// worker exits and the batch is re-sent task by task, as for a crash.
+fn run_batch<F, A, R>(input: &[u8], count: u64, out: &mut Sink<'_>)
 where
     F: crate::Apply<A, Output = R> + Copy + 'static,
     A: DeserializeOwned,
     R: Serialize,
 {
-    for _ in 0..count {
-        let outcome = match bincode::deserialize_from::<_, A>(&mut input) {
-            Ok(args) => catch_unwind(AssertUnwindSafe(|| {
+    let mut de = bincode::Deserializer::from_slice(input, options());
+    let mut done = 0u64;
+    // Where the outcome of the task being run starts in `out`, and whether it is being decoded.
+    let mut start = out.len();
+    let mut decoding = false;
+    while done < count {
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            while done < count {
+                start = out.len();
+                decoding = true;
+                let args = match A::deserialize(&mut de) {
+                    Ok(args) => args,
+                    Err(error) => {
+                        // Without the arguments' length the rest of the batch cannot be read.
+                        let message =
+                            format!("parjob: cannot decode the task's arguments: {error}");
+                        while done < count {
+                            push_panic(out, &message);
+                            done += 1;
+                        }
+                        return;
+                    }
+                };
+                decoding = false;
                 // SAFETY: `F` is zero-sized (`runner_offset`, the only way to name this function
                 // to a worker, asserts it at compile time) and `Copy`, and it is inhabited: the
                 // parent held a value of it to build this batch. A zero-sized value has no bytes,
                 // so `zeroed` creates exactly the value the parent holds, and since `F: Copy`
                 // a second instance of it is something safe code could make with a plain copy.
                 let f: F = unsafe { std::mem::zeroed() };
-                f.apply(args)
-            }))
-            .map_err(|payload| panic_message(&*payload)),
-            Err(error) => Err(format!(
-                "parjob: cannot decode the task's arguments: {error}"
-            )),
-        };
-        push_outcome(out, outcome);
-    }
-}
-
-fn push_outcome<R: Serialize>(out: &mut Vec<u8>, outcome: Result<R, String>) {
-    let start = out.len();
-    if let Ok(value) = &outcome {
-        out.push(0);
-        if let Err(error) = bincode::serialize_into(&mut *out, value) {
+                let value = f.apply(args);
+                push_value(out, start, &value);
+                done += 1;
+            }
+        }));
+        if let Err(payload) = ran {
+            if decoding {
+                std::panic::resume_unwind(payload);
+            }
             out.truncate(start);
-            push_panic(
-                out,
-                &format!("parjob: cannot encode the task's result: {error}"),
-            );
+            push_panic(out, &panic_message(&*payload));
+            done += 1;
         }
-    } else if let Err(message) = &outcome {
-        push_panic(out, message);
     }
 }
 
-fn push_panic(out: &mut Vec<u8>, message: &str) {
-    out.push(1);
-    // A `&str` always encodes.
+#[inline(always)]
+fn push_value<R: Serialize>(out: &mut Sink<'_>, start: usize, value: &R) {
+    use std::io::Write as _;
+    let tagged = out
+        .write_all(&[0])
+        .map_err(|e| Box::new(bincode::ErrorKind::Io(e)));
+    let written =
+        tagged.and_then(|()| value.serialize(&mut bincode::Serializer::new(&mut *out, options())));
+    if let Err(error) = written {
+        encode_failed(out, start, error);
+    }
+}
+
+/// A result that cannot be encoded becomes that task's panic message.
+#[cold]
+#[inline(never)]
+fn encode_failed(out: &mut Sink<'_>, start: usize, error: bincode::Error) {
+    out.truncate(start);
+    push_panic(
+        out,
+        &format!("parjob: cannot encode the task's result: {error}"),
+    );
+}
+
+#[cold]
+fn push_panic(out: &mut Sink<'_>, message: &str) {
+    use std::io::Write as _;
+    // A sink always takes the bytes, and a `&str` always encodes.
+    let _ = out.write_all(&[1]);
     let _ = bincode::serialize_into(&mut *out, message);
 }
 
@@ -170,5 +361,150 @@ pub(crate) fn read_outcome<R: DeserializeOwned>(input: &mut &[u8]) -> Result<R, 
     } else {
         Err(bincode::deserialize_from::<_, String>(&mut *input)
             .unwrap_or_else(|error| format!("parjob: cannot decode a panic message: {error}")))
+    }
+}
+
+/// A bincode reader over a slice that leaves the unread rest in the caller's variable (bincode's
+/// own slice reader does not say where it stopped).
+struct Cursor<'a, 'b>(&'b mut &'a [u8]);
+
+fn eof() -> std::io::Error {
+    std::io::ErrorKind::UnexpectedEof.into()
+}
+
+impl<'a> Cursor<'a, '_> {
+    #[inline]
+    fn take(&mut self, n: usize) -> bincode::Result<&'a [u8]> {
+        if n > self.0.len() {
+            return Err(Box::new(bincode::ErrorKind::Io(eof())));
+        }
+        let (head, tail) = self.0.split_at(n);
+        *self.0 = tail;
+        Ok(head)
+    }
+}
+
+impl std::io::Read for Cursor<'_, '_> {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.0.len());
+        self.read_exact(&mut buf[..n])?;
+        Ok(n)
+    }
+
+    #[inline]
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        if buf.len() > self.0.len() {
+            return Err(eof());
+        }
+        let (head, tail) = self.0.split_at(buf.len());
+        buf.copy_from_slice(head);
+        *self.0 = tail;
+        Ok(())
+    }
+}
+
+impl<'a> bincode::BincodeRead<'a> for Cursor<'a, '_> {
+    #[inline]
+    fn forward_read_str<V: serde::de::Visitor<'a>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> bincode::Result<V::Value> {
+        match std::str::from_utf8(self.take(length)?) {
+            Ok(s) => visitor.visit_borrowed_str(s),
+            Err(error) => Err(Box::new(bincode::ErrorKind::InvalidUtf8Encoding(error))),
+        }
+    }
+
+    #[inline]
+    fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
+        self.take(length).map(<[u8]>::to_vec)
+    }
+
+    #[inline]
+    fn forward_read_bytes<V: serde::de::Visitor<'a>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> bincode::Result<V::Value> {
+        visitor.visit_borrowed_bytes(self.take(length)?)
+    }
+}
+
+/// A panic message at the front of `input`, and the bytes after it.
+#[inline(never)]
+fn read_message(mut input: &[u8]) -> Result<(String, &[u8]), String> {
+    let mut de = bincode::Deserializer::with_bincode_read(Cursor(&mut input), options());
+    match <String as serde::Deserialize>::deserialize(&mut de) {
+        Ok(message) => Ok((message, input)),
+        Err(error) => Err(format!("parjob: cannot decode a panic message: {error}")),
+    }
+}
+
+/// Reads `count` outcomes from `input` (a batch's, in task order): each result is appended to
+/// `values`, each failure handed to `failed` with its position in the batch. After bytes that
+/// do not decode, the rest of the batch cannot be located: those tasks fail with the error.
+///
+/// The loop keeps its state in locals and writes results into `values`' spare capacity, so for
+/// plain result types it compiles to a few instructions per task.
+#[inline]
+pub(crate) fn read_outcomes<R: DeserializeOwned>(
+    input: &[u8],
+    count: usize,
+    values: &mut Vec<R>,
+    mut failed: impl FnMut(usize, String),
+) {
+    values.reserve(count);
+    let spare = &mut values.spare_capacity_mut()[..count];
+    let mut written = 0;
+    let mut rest = input;
+    let mut broken = None;
+    for position in 0..count {
+        match rest.split_first() {
+            Some((&0, after)) => {
+                rest = after;
+                let mut de = bincode::Deserializer::with_bincode_read(Cursor(&mut rest), options());
+                match R::deserialize(&mut de) {
+                    Ok(value) => {
+                        spare[written].write(value);
+                        written += 1;
+                    }
+                    Err(error) => {
+                        let message = format!("parjob: cannot decode the task's result: {error}");
+                        broken = Some((position, message));
+                        break;
+                    }
+                }
+            }
+            Some((_, after)) => match read_message(after) {
+                Ok((message, after)) => {
+                    rest = after;
+                    failed(position, message);
+                }
+                Err(message) => {
+                    broken = Some((position, message));
+                    break;
+                }
+            },
+            None => {
+                broken = Some((position, "parjob: a worker sent too few results".to_owned()));
+                break;
+            }
+        }
+    }
+    let new_len = values.len() + written;
+    // SAFETY: `spare` is the spare capacity of `values` (`reserve(count)` made room for `count`
+    // values), and its first `written` slots were initialized above with `write`; nothing else
+    // touched `values` in between. So the first `new_len` elements are initialized and
+    // `new_len <= capacity`. (A panic in a `Deserialize` impl skips this: the values written are
+    // leaked, not exposed.)
+    unsafe { values.set_len(new_len) };
+    if let Some((position, message)) = broken {
+        failed(position, message.clone());
+        let message = "parjob: cannot decode the task's result: the batch's outcomes are corrupt";
+        for later in position + 1..count {
+            failed(later, message.to_owned());
+        }
     }
 }

@@ -4,11 +4,13 @@
 //! working directory), die with the parent (`PR_SET_PDEATHSIG`, Linux), check that the binary's
 //! layout matches the parent's ([`wire`](super::wire)), run the pool's initializer, send
 //! `Ready`. Then, until the parent closes the request channel: receive a batch, run it, send the
-//! outcomes. A task that crashes takes this process with it; the parent notices the closed
+//! outcomes (into the batch's shared-memory slab when it came in one and they fit, else in the
+//! reply). A task that crashes takes this process with it; the parent notices the closed
 //! channel and starts another worker.
 
+use super::shm::{WorkerSlabs, WorkerView};
 use super::wire::{self, FromWorker};
-use ipc_channel::ipc::{IpcBytesReceiver, IpcSender};
+use ipc_channel::ipc::{IpcBytesReceiver, IpcReceiver, IpcSender};
 use serde::{Deserialize, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -18,6 +20,9 @@ use std::time::Instant;
 pub(crate) struct WorkerArgs {
     pub(crate) requests: IpcBytesReceiver,
     pub(crate) replies: IpcSender<FromWorker>,
+    /// The pool's shared-memory slabs ([`shm`](super::shm)), sent before the first request
+    /// that names a slab.
+    pub(crate) slabs: IpcReceiver<WorkerSlabs>,
     /// The parent's `offset_of(layout_probe)`.
     pub(crate) layout: i64,
     /// The parent's pid: if the worker's parent is already another process, the parent died
@@ -30,11 +35,15 @@ pub(crate) struct WorkerArgs {
 /// The worker's whole life (procspawn's entry point in the child).
 pub(crate) fn worker_main(args: WorkerArgs) {
     harden(args.parent);
+    let fail = |message: &str| {
+        let _ = args
+            .replies
+            .send(FromWorker::InitFailed(message.to_owned()));
+    };
     if args.layout != wire::offset_of(wire::layout_probe as fn() -> u64 as usize) {
-        let _ = args.replies.send(FromWorker::InitFailed(
-            "the worker's executable differs from the parent's (parjob must be linked statically)"
-                .to_owned(),
-        ));
+        fail(
+            "the worker's executable differs from the parent's (parjob must be linked statically)",
+        );
         return;
     }
     if let Some(offset) = args.initializer {
@@ -45,38 +54,59 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         // signature and points to code.
         let initializer: fn() = unsafe { std::mem::transmute(wire::address_at(offset)) };
         if let Err(payload) = catch_unwind(initializer) {
-            let message = wire::panic_message(&*payload);
-            let _ = args.replies.send(FromWorker::InitFailed(message));
+            fail(&wire::panic_message(&*payload));
             return;
         }
     }
     if args.replies.send(FromWorker::Ready).is_err() {
         return;
     }
+    let mut slabs: Option<WorkerView> = None;
     let mut out = Vec::new();
-    while let Ok(batch) = args.requests.recv() {
-        out.clear();
-        let started = Instant::now();
-        match wire::split_batch(&batch) {
-            Some((runner, count, input)) => {
-                // SAFETY: the parent wrote `runner` with `runner_offset::<F, A, R>()`, the offset
-                // of a monomorphized `run_batch` of this same executable, whose type is exactly
-                // `Runner`; the layout check at start-up showed offsets mean the same here, so
-                // `address_at` gives that function's address in this process.
-                let run: wire::Runner = unsafe { std::mem::transmute(wire::address_at(runner)) };
-                // `run_batch` catches each task's panic itself; this catch is for a panic
-                // outside a task (none is expected), so the worker still answers.
-                if catch_unwind(AssertUnwindSafe(|| run(input, count, &mut out))).is_err() {
-                    return;
-                }
-            }
-            None => return,
-        }
-        let reply = FromWorker::Batch {
-            elapsed_ns: started.elapsed().as_nanos() as u64,
-            outcomes: std::mem::take(&mut out),
+    while let Ok(request) = args.requests.recv() {
+        let Some((runner, count, slab, len, inline)) = wire::split_request(&request) else {
+            return;
         };
-        if args.replies.send(reply).is_err() {
+        let (input, area) = if slab == wire::INLINE {
+            (inline, None)
+        } else {
+            if slabs.is_none() {
+                slabs = args.slabs.recv().ok().and_then(WorkerView::new);
+            }
+            match slabs
+                .as_mut()
+                .and_then(|view| view.slab(slab as usize, len as usize))
+            {
+                Some((input, area)) => (input, Some(area)),
+                None => return,
+            }
+        };
+        let started = Instant::now();
+        // SAFETY: the parent wrote `runner` with `runner_offset::<F, A, R>()`, the offset of a
+        // monomorphized `run_batch` of this same executable, whose type is exactly `Runner`;
+        // the layout check at start-up showed offsets mean the same here, so `address_at`
+        // gives that function's address in this process.
+        let run: wire::Runner = unsafe { std::mem::transmute(wire::address_at(runner)) };
+        let mut sink = wire::Sink::new(area.unwrap_or_default(), &mut out);
+        // `run_batch` catches each task's panic itself; this catch is for a panic outside a
+        // task (a panicking `Deserialize`), after which the batch's input cannot be trusted:
+        // the worker exits, and the parent re-sends the tasks one by one.
+        if catch_unwind(AssertUnwindSafe(|| run(input, count, &mut sink))).is_err() {
+            return;
+        }
+        let elapsed_ns = started.elapsed().as_nanos() as u64;
+        let reply = match sink.in_area() {
+            Some(len) if slab != wire::INLINE => FromWorker::BatchInSlab {
+                elapsed_ns,
+                len: len as u64,
+            },
+            _ => FromWorker::Batch {
+                elapsed_ns,
+                outcomes: std::mem::take(&mut out),
+            },
+        };
+        let sent = args.replies.send(reply);
+        if sent.is_err() {
             return;
         }
     }
