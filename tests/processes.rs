@@ -596,6 +596,64 @@ fn several_panics_in_one_batch_each_come_back_at_their_place() {
     assert_gone(pool, HashSet::new());
 }
 
+/// A result whose `Drop` panics in the worker (after it was encoded).
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Fuse {
+    value: u64,
+    blows: bool,
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        if self.blows {
+            panic!("fuse {} blew", self.value);
+        }
+    }
+}
+
+fn fused(x: u64) -> Fuse {
+    Fuse {
+        value: work(x),
+        blows: x % 97 == 5,
+    }
+}
+
+/// The worker drops each result after encoding it: a `Drop` that panics makes that task a panic,
+/// counted once, so every later task of the batch still runs and lands at its place.
+#[test]
+fn a_result_whose_drop_panics_in_the_worker_is_that_tasks_panic_only() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(500));
+    let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(fused)(x)));
+    for i in 0..1_000u64 {
+        let item = catch_unwind(AssertUnwindSafe(|| iter.next()));
+        if i % 97 == 5 {
+            let payload = item.unwrap_err();
+            let expected = format!("fuse {} blew", work(i));
+            assert_eq!(
+                payload.downcast_ref::<String>(),
+                Some(&expected),
+                "task {i}"
+            );
+        } else {
+            let fuse = item.unwrap().unwrap().unwrap();
+            assert_eq!(fuse.value, work(i), "task {i}");
+            assert!(!fuse.blows);
+        }
+    }
+    assert!(catch_unwind(AssertUnwindSafe(|| iter.next()))
+        .unwrap()
+        .is_none());
+    drop(iter);
+    assert_eq!(pool.restarts(), 0);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
 #[test]
 fn more_batches_in_flight_than_slabs_still_all_arrive() {
     let _serial = serial();

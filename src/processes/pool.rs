@@ -221,7 +221,6 @@ impl ProcessPool {
         self.inner.shared.batches.load(Ordering::Relaxed)
     }
 
-    /// The pool's shared-memory slabs.
     /// Whether the pool's shared memory exists yet: batches' arguments and outcomes travel
     /// through it instead of the workers' sockets. It is made in the background on the first
     /// call that batches several tasks together (until then batches travel in the messages).
@@ -623,6 +622,10 @@ fn next_job(shared: &Shared) -> Option<Job> {
 
 /// The driver thread of `slot`.
 fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), WorkerDeath>>) {
+    // Jobs sent to the worker and not answered yet, oldest first (at most `PREFETCH`). Declared
+    // before `worker` so that, were this thread ever to unwind, the worker is dropped (killed)
+    // before these jobs give their slabs back.
+    let mut sent: VecDeque<Job> = VecDeque::new();
     let first = start(&shared, slot);
     let mut failure = None;
     let mut worker = match first {
@@ -637,8 +640,6 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
         }
     };
     drop(started);
-    // Jobs sent to the worker and not answered yet, oldest first (at most `PREFETCH`).
-    let mut sent: VecDeque<Job> = VecDeque::new();
     loop {
         if sent.is_empty() {
             let Some(job) = next_job(&shared) else {

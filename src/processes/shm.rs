@@ -20,10 +20,13 @@
 //! * a batch that never reached a worker, or whose worker died or was killed (and reaped, so it
 //!   writes nothing more), gives the slab back with its lease.
 //!
-//! So no byte is ever accessed by two parties at once. A task that writes through wild pointers
-//! can corrupt its own worker's outcome area (the argument area is read-only in workers: the
-//! parent's copy of the arguments, used to re-send a crashed batch's tasks, stays intact);
-//! outcome bytes are only ever decoded, and decoding checks them.
+//! So no byte is ever accessed by two parties at once, as long as tasks are memory-safe. A task
+//! that writes through wild pointers can corrupt any outcome area, since every worker maps all
+//! of them read-write, including one the parent is decoding at that moment (the argument area
+//! is read-only in workers: the parent's copy of the arguments, used to re-send a crashed
+//! batch's tasks, stays intact). Outcome bytes are only ever decoded, and decoding checks their
+//! structure, but a plausible wrong value can get through: like any memory-unsafe code in a
+//! task, such writes are outside what the process backend isolates (it isolates crashes).
 //!
 //! A batch whose arguments do not fit a slab, or that finds no free slab, travels inline in the
 //! socket message instead (the previous path), and so do outcomes that do not fit.
@@ -197,8 +200,11 @@ impl WorkerView {
         if protected != 0 {
             return None;
         }
-        // SAFETY: only the base pointer is taken; accesses go through `args` and `outcomes`
-        // below, one slab at a time, under the protocol of the module documentation.
+        // SAFETY: `deref_mut` is unsafe because other holders of the mapping may access it. The
+        // `&mut [u8]` it returns lives only for this expression and no byte is accessed through
+        // it: only its base pointer is kept. In this process nothing else refers to the mapping
+        // (the worker has not handled a batch yet), and later accesses go through that pointer
+        // one slab at a time, under the protocol of the module documentation.
         let outcomes_base = unsafe { slabs.outcomes.deref_mut() }.as_mut_ptr();
         Some(WorkerView {
             _slabs: slabs,

@@ -303,6 +303,9 @@ where
                 let f: F = unsafe { std::mem::zeroed() };
                 let value = f.apply(args);
                 push_value(out, start, &value);
+                // Dropped before the task is counted: a result whose `Drop` panics is caught
+                // below as this task's panic, and must not be counted twice.
+                drop(value);
                 done += 1;
             }
         }));
