@@ -308,8 +308,8 @@ where
                 }
             }
         }
-        // Cannot fail: `self.tx` keeps the channel open, and every driver replies to every
-        // job it takes.
+        // Cannot fail: `self.tx` keeps the channel open, and every job answers exactly once
+        // (a job dropped unanswered, by a driver that unwound, answers for itself).
         let Ok(reply) = self.rx.recv() else {
             return false;
         };
@@ -505,6 +505,7 @@ where
             timeout: self.settings.timeout,
             prefetch,
             reply: self.tx.clone(),
+            answered: false,
         };
         self.in_flight
             .insert(batch, InFlight { first, count, args });

@@ -34,6 +34,10 @@ pub enum WorkerDeath {
     /// The worker could not be started (see the message; most often `init()` was not called at
     /// the top of `main`).
     StartFailed(String),
+    /// The parent lost its worker's batch: the thread that drives that worker stopped with a
+    /// panic (see the message; e.g. running out of file descriptors), so whether the batch's
+    /// tasks ran is unknown. The call gets this error instead of waiting forever.
+    DriverFailed(String),
 }
 
 impl WorkerDeath {
@@ -89,6 +93,9 @@ impl fmt::Display for WorkerDeath {
                 write!(f, "initializer panicked: {message}")
             }
             WorkerDeath::StartFailed(message) => write!(f, "could not start: {message}"),
+            WorkerDeath::DriverFailed(message) => {
+                write!(f, "its driver thread in the parent failed: {message}")
+            }
         }
     }
 }

@@ -76,6 +76,34 @@ pub(crate) struct Job {
     /// set for batches of several tasks, in a slab, without a timeout.
     pub(crate) prefetch: bool,
     pub(crate) reply: mpsc::Sender<Reply>,
+    /// Set by [`Job::answer`]; a job dropped unanswered (its driver unwound, or the pool shut
+    /// down with it queued) answers for itself, so no call waits forever for it.
+    pub(crate) answered: bool,
+}
+
+impl Job {
+    /// Sends the job's one reply.
+    pub(crate) fn answer(mut self, reply: Reply) {
+        self.answered = true;
+        // A call that stopped waiting (a dropped stream) no longer receives: nothing to do.
+        let _ = self.reply.send(reply);
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !self.answered {
+            let message = if std::thread::panicking() {
+                "the driver thread panicked while it held the batch"
+            } else {
+                "the batch was dropped before any worker answered it"
+            };
+            let _ = self.reply.send(Reply::Crashed {
+                batch: self.batch,
+                death: WorkerDeath::DriverFailed(message.to_string()),
+            });
+        }
+    }
 }
 
 /// What one call shares with the drivers running its batches.
@@ -646,7 +674,8 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
                 break;
             };
             if job.call.cancelled.load(Ordering::Relaxed) {
-                let _ = job.reply.send(Reply::Skipped { batch: job.batch });
+                let batch = job.batch;
+                job.answer(Reply::Skipped { batch });
                 continue;
             }
             if worker.is_none() {
@@ -657,10 +686,8 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             }
             let Some(live) = worker.as_ref() else {
                 let death = failure.clone().unwrap_or(WorkerDeath::Exit(-1));
-                let _ = job.reply.send(Reply::Crashed {
-                    batch: job.batch,
-                    death,
-                });
+                let batch = job.batch;
+                job.answer(Reply::Crashed { batch, death });
                 continue;
             };
             send_job(&shared, live, &job);
@@ -675,7 +702,8 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
                 break;
             };
             if job.call.cancelled.load(Ordering::Relaxed) {
-                let _ = job.reply.send(Reply::Skipped { batch: job.batch });
+                let batch = job.batch;
+                job.answer(Reply::Skipped { batch });
                 continue;
             }
             send_job(&shared, live, &job);
@@ -714,8 +742,7 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
                 }
             }
         };
-        let _ = job.reply.send(reply);
-        drop(job);
+        job.answer(reply);
         if worker.is_none() {
             // The worker died running `job`: the jobs sent behind it never started.
             requeue(&shared, &mut sent);
@@ -735,5 +762,47 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
     }
     if let Some(live) = worker.take() {
         retire(&shared, slot, live, true);
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::{CallState, Job, Reply, WorkerDeath};
+    use std::sync::{mpsc, Arc};
+
+    fn job(reply: mpsc::Sender<Reply>) -> Job {
+        Job {
+            call: Arc::new(CallState::default()),
+            batch: 7,
+            bytes: Arc::new(Vec::new()),
+            slab: None,
+            timeout: None,
+            prefetch: false,
+            reply,
+            answered: false,
+        }
+    }
+
+    /// A driver that unwinds drops the jobs it holds: each must still answer its call, which
+    /// would otherwise wait for it forever.
+    #[test]
+    fn a_job_dropped_unanswered_answers_as_a_failed_driver() {
+        let (tx, rx) = mpsc::channel();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = job(tx.clone());
+            panic!("driver bug");
+        }));
+        assert!(unwound.is_err());
+        match rx.try_recv() {
+            Ok(Reply::Crashed {
+                batch: 7,
+                death: WorkerDeath::DriverFailed(message),
+            }) => assert!(message.contains("panicked"), "{message}"),
+            _ => panic!("expected a DriverFailed reply for batch 7"),
+        }
+        // An answered job replies once, with its answer only.
+        job(tx).answer(Reply::Skipped { batch: 8 });
+        assert!(matches!(rx.try_recv(), Ok(Reply::Skipped { batch: 8 })));
+        assert!(rx.try_recv().is_err());
     }
 }
