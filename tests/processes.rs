@@ -560,6 +560,31 @@ fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
     assert_gone(pool, pids);
 }
 
+/// Reads 1,000 results in order: task `i` with `i % 97 == 5` must resume a panic whose message
+/// is `message(i)`; every other result goes to `check`; then the stream must end.
+fn expect_every_97th_to_panic<R: std::fmt::Debug, E: std::fmt::Debug>(
+    results: &mut dyn Iterator<Item = Result<R, E>>,
+    message: impl Fn(u64) -> String,
+    check: impl Fn(u64, R),
+) {
+    for i in 0..1_000u64 {
+        let item = catch_unwind(AssertUnwindSafe(|| results.next()));
+        if i % 97 == 5 {
+            let payload = item.expect_err("this task panicked");
+            assert_eq!(
+                payload.downcast_ref::<String>(),
+                Some(&message(i)),
+                "task {i}"
+            );
+        } else {
+            check(i, item.unwrap().unwrap().unwrap());
+        }
+    }
+    assert!(catch_unwind(AssertUnwindSafe(|| results.next()))
+        .unwrap()
+        .is_none());
+}
+
 fn panics_often(x: u64) -> u64 {
     if x % 97 == 5 {
         panic!("task {x} panicked");
@@ -576,19 +601,11 @@ fn several_panics_in_one_batch_each_come_back_at_their_place() {
         .backend(Backend::ProcessPool(pool.clone()))
         .batch_size(parjob::BatchSize::Fixed(500));
     let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(panics_often)(x)));
-    for i in 0..1_000u64 {
-        let item = catch_unwind(AssertUnwindSafe(|| iter.next()));
-        if i % 97 == 5 {
-            let payload = item.unwrap_err();
-            let expected = format!("task {i} panicked");
-            assert_eq!(payload.downcast_ref::<String>(), Some(&expected));
-        } else {
-            assert_eq!(item.unwrap().unwrap().unwrap(), work(i), "task {i}");
-        }
-    }
-    assert!(catch_unwind(AssertUnwindSafe(|| iter.next()))
-        .unwrap()
-        .is_none());
+    expect_every_97th_to_panic(
+        &mut iter,
+        |i| format!("task {i} panicked"),
+        |i, value| assert_eq!(value, work(i), "task {i}"),
+    );
     drop(iter);
     // Panics do not kill workers.
     assert_eq!(pool.restarts(), 0);
@@ -629,25 +646,14 @@ fn a_result_whose_drop_panics_in_the_worker_is_that_tasks_panic_only() {
         .backend(Backend::ProcessPool(pool.clone()))
         .batch_size(parjob::BatchSize::Fixed(500));
     let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(fused)(x)));
-    for i in 0..1_000u64 {
-        let item = catch_unwind(AssertUnwindSafe(|| iter.next()));
-        if i % 97 == 5 {
-            let payload = item.unwrap_err();
-            let expected = format!("fuse {} blew", work(i));
-            assert_eq!(
-                payload.downcast_ref::<String>(),
-                Some(&expected),
-                "task {i}"
-            );
-        } else {
-            let fuse = item.unwrap().unwrap().unwrap();
+    expect_every_97th_to_panic(
+        &mut iter,
+        |i| format!("fuse {} blew", work(i)),
+        |i, fuse| {
             assert_eq!(fuse.value, work(i), "task {i}");
             assert!(!fuse.blows);
-        }
-    }
-    assert!(catch_unwind(AssertUnwindSafe(|| iter.next()))
-        .unwrap()
-        .is_none());
+        },
+    );
     drop(iter);
     assert_eq!(pool.restarts(), 0);
     drop(parallel);
