@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 /// The worker side of `join`.
 ///
 /// Most joins are not recorded at all (see `WorkerThread::may_skip_fork`): A runs, then B, as in
-/// the sequential program, with nothing but a counter decrement and a flag load added. Only a
+/// the sequential program, with nothing but a load and a store of a count-down added. Only a
 /// sample of the forks is recorded (`join_recorded`), which is all a thief ever needs: it is given
 /// the oldest recorded fork, and the sampling rule keeps the forks nearest the root recorded.
 ///

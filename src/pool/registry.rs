@@ -196,8 +196,8 @@ impl Registry {
     pub(crate) fn mark_hungry(&self, victim: usize) {
         let requests = &self.fork_requests[victim];
         // Read first: writing an already-set flag would bounce the victim's cache line for nothing.
-        // The count-down is written only here, when the flag is raised: it is the line the owner
-        // writes at every join (see `ForkRequests`).
+        // Thieves write the count-down only here, when they raise the flag: it is the line the
+        // owner writes at every join (see `ForkRequests`).
         if !requests.hungry.load(Ordering::Relaxed) {
             requests.hungry.store(true, Ordering::Relaxed);
             requests.unrecorded_left.store(0, Ordering::Relaxed);

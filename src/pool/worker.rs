@@ -143,9 +143,13 @@ impl WorkerThread {
         } else {
             self.unrecorded_per_record
         };
-        self.requests()
-            .unrecorded_left
-            .store(left, Ordering::Relaxed);
+        let requests = self.requests();
+        requests.unrecorded_left.store(left, Ordering::Relaxed);
+        // A thief that raised the flag since our caller read it had its zero overwritten just
+        // now: put it back, so it is answered at the next join rather than a period later.
+        if left != 0 && requests.hungry.load(Ordering::Relaxed) {
+            requests.unrecorded_left.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Every join from now on is recorded until the sampling is refreshed.
