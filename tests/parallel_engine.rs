@@ -562,3 +562,64 @@ fn an_input_that_panics_while_the_driver_runs_from_it_loses_nothing() {
         assert_eq!(alive.load(Ordering::SeqCst), 0, "a task or result leaked");
     }
 }
+
+/// A 1-thread pool called from outside with `n_jobs(2)`: the calling thread runs short tasks
+/// itself, straight from the input into their slots. A task that panics there, or a progress
+/// callback that panics while those slots hold results, must resume its panic after every task
+/// and result is dropped exactly once, and leave the caller and the pool usable.
+#[test]
+fn panics_while_the_caller_runs_tasks_from_the_input_drop_everything_once() {
+    let pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for (task_panics_at, callback_panics_at) in [
+        (Some(7usize), None),
+        (Some(30_000), None),
+        (None, Some(3usize)),
+    ] {
+        let alive = AtomicUsize::new(0);
+        let alive_ref = &alive;
+        let mut updates = 0usize;
+        let parallel = Parallel::new()
+            .n_jobs(2)
+            .backend(Backend::Pool(pool.clone()))
+            .on_progress(move |_, _| {
+                updates += 1;
+                if Some(updates) == callback_panics_at {
+                    std::panic::panic_any("callback");
+                }
+            });
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parallel.run((0..50_000usize).map(|i| {
+                let task = Counted::new(alive_ref);
+                Delayed::new(move || {
+                    let _task = task;
+                    if Some(i) == task_panics_at {
+                        std::panic::panic_any(i);
+                    }
+                    Counted::new(alive_ref)
+                })
+            }))
+        }));
+        let payload = caught.expect_err("the panic is resumed");
+        match task_panics_at {
+            Some(at) => assert_eq!(payload.downcast_ref::<usize>(), Some(&at)),
+            None => assert_eq!(payload.downcast_ref::<&str>(), Some(&"callback")),
+        }
+        assert_eq!(
+            alive.load(Ordering::SeqCst),
+            0,
+            "a task or result leaked or was not dropped"
+        );
+        // The caller and the pool still work, on the pool and on the default backend.
+        let squares = |p: Parallel| p.run((0..100u64).map(|x| delayed(|x: u64| x * x)(x)));
+        let expected: Vec<u64> = (0..100).map(|x| x * x).collect();
+        assert_eq!(
+            squares(
+                Parallel::new()
+                    .n_jobs(2)
+                    .backend(Backend::Pool(pool.clone()))
+            ),
+            expected
+        );
+        assert_eq!(squares(Parallel::new().n_jobs(2)), expected);
+    }
+}

@@ -28,10 +28,14 @@ pub enum Backend {
     /// workers and, in `run`/`try_run` as on the default backend, the calling thread while
     /// batches are short (it runs tasks instead of sleeping while it refills; once tasks prove
     /// long it only dispatches; a stream's consumer outside the pool only reads). `Parallel`
-    /// calls made by a task that runs on the calling thread nest into this pool, as they do on
-    /// its workers; there, as for any code outside the pool,
+    /// calls made by a task that `run`/`try_run` runs on the calling thread nest into this pool,
+    /// as they do on its workers (unless the caller is a worker of another pool: then they nest
+    /// into that one); there, as for any code outside the pool,
     /// [`current_thread_index`](crate::current_thread_index) is `None` and the free
-    /// [`join`](crate::join) / [`scope`](crate::scope) use the global pool. With a
+    /// [`join`](crate::join) / [`scope`](crate::scope) use the global pool. Such a task runs on
+    /// the caller's stack, not with the pool's [`stack_size`](crate::ThreadPoolBuilder::stack_size)
+    /// or its start handler: a task that needs either must not run under a caller outside the
+    /// pool (use [`ThreadPool::install`] around the call). With a
     /// [`timeout`](crate::Parallel::timeout) or [`deadline`](crate::Parallel::deadline), a caller
     /// outside the pool only dispatches (so it is never inside a task when a limit passes),
     /// except in a call of exactly two tasks, which runs as [`ThreadPool::join`] (the caller runs
@@ -137,7 +141,13 @@ thread_local! {
 fn current_pool() -> Option<(ThreadPool, bool)> {
     match ThreadPool::current() {
         Some(pool) => Some((pool, true)),
-        None => RUNNING_TASKS_OF.with(|p| p.borrow().clone().map(|pool| (pool, false))),
+        // `try_with`: from a thread-local destructor at thread exit the slot may be gone; then
+        // this thread runs no call's tasks.
+        None => RUNNING_TASKS_OF
+            .try_with(|p| p.borrow().clone())
+            .ok()
+            .flatten()
+            .map(|pool| (pool, false)),
     }
 }
 
@@ -148,10 +158,16 @@ pub(crate) fn running_tasks_of<R>(pool: &ThreadPool, f: impl FnOnce() -> R) -> R
     impl Drop for Restore {
         fn drop(&mut self) {
             let previous = self.0.take();
-            RUNNING_TASKS_OF.with(|p| *p.borrow_mut() = previous);
+            // Never panics, even at thread exit (it may run while unwinding).
+            let _ = RUNNING_TASKS_OF.try_with(|p| *p.borrow_mut() = previous);
         }
     }
-    let _restore = Restore(RUNNING_TASKS_OF.with(|p| p.replace(Some(pool.clone()))));
+    // At thread exit the slot may be destroyed: then the tasks run without it (nested calls
+    // then use the default pool, as from any thread outside a pool).
+    let Ok(previous) = RUNNING_TASKS_OF.try_with(|p| p.replace(Some(pool.clone()))) else {
+        return f();
+    };
+    let _restore = Restore(previous);
     f()
 }
 

@@ -410,18 +410,21 @@ where
         let pool = &self.on_pool.pool;
         let outcome = crate::pool::unwind::halt_unwinding(|| {
             super::backend::running_tasks_of(pool, || match slots {
-                Some(base) if plain => {
+                Some(first) if plain => {
                     // As `run_batch`'s plain loop: runs of `CHECK_EVERY` tasks, the cancel flag
                     // checked between them; a panic mid-run leaves nothing that must be dropped (and
                     // fails the call).
                     while taken < size && !shared.tracker.is_closed() {
                         let run = (size - taken).min(shared::CHECK_EVERY);
-                        // SAFETY: slots `start .. start + size` are this chunk's (above), and
-                        // `taken + run <= size`. Viewed as `MaybeUninit`, they may hold anything;
-                        // each is written at most once, and read only after the call is settled.
+                        // SAFETY: `first` points at slot `start` of the output buffer, which
+                        // outlives the call (`Engine::new`'s contract); slots `start .. start +
+                        // size` were given to no batch and are this chunk's alone (above), so no
+                        // other reference to them exists, and `taken + run <= size`. Viewed as
+                        // `MaybeUninit`, they may hold anything; each is written at most once, and
+                        // read only after the call is settled.
                         let run_slots = unsafe {
                             std::slice::from_raw_parts_mut(
-                                base.add(taken).cast::<std::mem::MaybeUninit<T::Output>>(),
+                                first.add(taken).cast::<std::mem::MaybeUninit<T::Output>>(),
                                 run,
                             )
                         };
@@ -456,7 +459,7 @@ where
                         match (slots, &mut own) {
                             // SAFETY: slot `start + written` is this chunk's (`written < taken <=
                             // size`); written once, read only after the call is settled.
-                            (Some(base), _) => unsafe { base.add(written).write(value) },
+                            (Some(first), _) => unsafe { first.add(written).write(value) },
                             (None, Some(v)) => v.push(value),
                             (None, None) => unreachable!("a chunk without slots has its vector"),
                         }
