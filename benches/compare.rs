@@ -26,7 +26,9 @@ fn bench_workload(c: &mut Criterion, workload: &mut dyn Workload, pools: &[Pools
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     workload.setup();
-    let expected = workload.run(Contender::Sequential, &pools[0]);
+    let expected = workload
+        .run(Contender::Sequential, &pools[0])
+        .map(|returned| workload.checksum(returned));
     group.bench_function("sequential", |b| {
         b.iter(|| {
             workload.setup();
@@ -41,10 +43,10 @@ fn bench_workload(c: &mut Criterion, workload: &mut dyn Workload, pools: &[Pools
             Contender::StaticSplit,
         ] {
             workload.setup();
-            let got = workload.run(contender, p);
-            if got.is_none() {
+            let Some(returned) = workload.run(contender, p) else {
                 continue;
-            }
+            };
+            let got = Some(workload.checksum(returned));
             assert_eq!(
                 got,
                 expected,

@@ -79,12 +79,19 @@ impl Pools {
 
 /// One benchmark workload. `setup` prepares the input outside the timed region (and is called
 /// before every repetition, so in-place workloads start from the same state); `run` is timed and
-/// returns a checksum that must equal the sequential one; `None` means the contender has no
-/// implementation for this workload (e.g. the static split at one thread).
+/// returns a value that `checksum` turns, outside the timed region, into the checksum that must
+/// equal the sequential one; `None` means the contender has no implementation for this workload
+/// (e.g. the static split at one thread).
 pub trait Workload {
     fn name(&self) -> String;
     fn setup(&mut self) {}
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64>;
+    /// The checksum of the last `run`, given what it returned. Workloads whose output is large
+    /// compute it here rather than in `run`: a checksum is a serial pass over the output, and
+    /// timing it would cap every contender's speedup by Amdahl's law.
+    fn checksum(&mut self, returned: u64) -> u64 {
+        returned
+    }
     /// How many calls one `run` makes; times are reported per call (latency workloads).
     fn calls_per_run(&self) -> u64 {
         1

@@ -9,12 +9,21 @@ use parjob::{delayed, Backend, Parallel, ThreadPoolBuilder};
 use std::time::{Duration, Instant};
 
 /// Median of `reps` timings of `f`.
-fn median(reps: usize, mut f: impl FnMut()) -> Duration {
+fn median(reps: usize, f: impl FnMut()) -> Duration {
+    median_checked(reps, f, |()| {})
+}
+
+/// Median of `reps` timings of `f`, each output handed to `check` after the clock stops: a check
+/// is a serial pass over the output (and then its free), which would cap every parallel
+/// contender's speedup if it were timed.
+fn median_checked<T>(reps: usize, mut f: impl FnMut() -> T, mut check: impl FnMut(T)) -> Duration {
     let mut times: Vec<Duration> = (0..reps)
         .map(|_| {
             let start = Instant::now();
-            f();
-            start.elapsed()
+            let output = f();
+            let elapsed = start.elapsed();
+            check(output);
+            elapsed
         })
         .collect();
     times.sort();
@@ -94,29 +103,24 @@ pub fn rows(quick: bool) -> String {
     // Tiny: 1M tasks of ~50 ns.
     let count: u64 = if quick { 100_000 } else { 1_000_000 };
     let n = iterations_for_ns(50.0);
-    let expected: u64 = (0..count)
-        .map(|i| spin_work(i, n))
-        .fold(0, u64::wrapping_add);
-    let seq = median(reps, || {
-        let sum = (0..count)
-            .map(|i| spin_work(i, n))
-            .fold(0, u64::wrapping_add);
-        assert_eq!(sum, expected);
-    });
-    let thr = median(reps, || {
-        let sum = threads
-            .run((0..count).map(|i| parjob::delayed!(spin_work(i, n))))
-            .into_iter()
-            .fold(0, u64::wrapping_add);
-        assert_eq!(sum, expected);
-    });
-    let pro = median(reps, || {
-        let sum = processes
-            .run_in_processes((0..count).map(|i| parjob::delayed!(spin_work(i, n))))
-            .into_iter()
-            .fold(0, u64::wrapping_add);
-        assert_eq!(sum, expected);
-    });
+    let expected: Vec<u64> = (0..count).map(|i| spin_work(i, n)).collect();
+    let check = |out: Vec<u64>| assert!(out == expected, "wrong results");
+    // Every contender produces the same vector of results; the check is not timed.
+    let seq = median_checked(
+        reps,
+        || (0..count).map(|i| spin_work(i, n)).collect::<Vec<u64>>(),
+        check,
+    );
+    let thr = median_checked(
+        reps,
+        || threads.run((0..count).map(|i| parjob::delayed!(spin_work(i, n)))),
+        check,
+    );
+    let pro = median_checked(
+        reps,
+        || processes.run_in_processes((0..count).map(|i| parjob::delayed!(spin_work(i, n)))),
+        check,
+    );
     push(
         &mut out,
         &format!("{count} tiny tasks (~50 ns)"),

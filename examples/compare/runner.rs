@@ -118,7 +118,9 @@ pub fn run_workload(
     eprintln!("compare: {name} ...");
     workload.setup();
     let base_pools = &thread_pools[0][0].1;
-    let expected = workload.run(Contender::Sequential, base_pools);
+    let expected = workload
+        .run(Contender::Sequential, base_pools)
+        .map(|returned| workload.checksum(returned));
     let first = measure(workload, Contender::Sequential, base_pools, 1)[0]
         * workload.calls_per_run() as u32;
     let reps = reps_for(first, options);
@@ -172,8 +174,10 @@ pub fn run_workload(
                     sleeps: None,
                 };
                 workload.setup();
-                let got = workload.run(contender, pools);
-                let Some(got) = got else { continue };
+                let Some(returned) = workload.run(contender, pools) else {
+                    continue;
+                };
+                let got = workload.checksum(returned);
                 if Some(got) != expected {
                     row.times = Err(format!(
                         "WRONG RESULT {got} (expected {expected:?}); not timed"
