@@ -14,6 +14,7 @@ start=$(date +%s)
 models=(sleep inject latch join scope shutdown handoff publish batch)
 [ -f loom-tests/tests/cancel.rs ] && models+=(cancel)
 [ -f loom-tests/tests/signal.rs ] && models+=(signal)
+[ -f loom-tests/tests/offer.rs ] && models+=(offer)
 # mutant | model files it must break (space-separated) | expected failure text (grep -E)
 twins=(
   "sleep_skips_fence|sleep inject|deadlock"
@@ -30,6 +31,7 @@ twins=(
 )
 [ -f loom-tests/tests/cancel.rs ] && twins+=("cancel_check_before_claim|cancel|started after the cancel")
 [ -f loom-tests/tests/signal.rs ] && twins+=("signal_notify_skips_fence|signal|deadlock")
+[ -f loom-tests/tests/offer.rs ] && twins+=("offer_withdraw_without_cas|offer|ran more than once|did not reach|Causality violation|deadlock|already")
 log=$(mktemp -d)
 fail=0
 rows=()

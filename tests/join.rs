@@ -157,3 +157,107 @@ fn more_threads_than_cores() {
     assert_eq!(pool.num_threads(), threads);
     assert_eq!(pool.install(|| fib_join(20)), fib_seq(20));
 }
+
+/// Waits (politely) until `done()` holds, for at most `limit`; says whether it did.
+fn wait_for(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
+#[test]
+fn an_outside_join_offers_b_to_a_worker_while_a_runs() {
+    // A waits until B has run. That ends only if B is handed to a worker while A runs: the
+    // caller runs B itself only after A. (The long limit only turns a broken offer into a
+    // failure instead of a hang; on a working pool A waits microseconds.)
+    let limit = std::time::Duration::from_secs(if cfg!(miri) { 60 } else { 20 });
+    for threads in [1, 2] {
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for _ in 0..iterations(20, 2) {
+            let b_ran_on = std::sync::Mutex::new(None);
+            let b_done = AtomicUsize::new(0);
+            let (a_saw_b, ()) = pool.join(
+                || wait_for(limit, || b_done.load(Ordering::Acquire) == 1),
+                || {
+                    *b_ran_on.lock().unwrap() = Some(parjob::current_thread_index());
+                    b_done.fetch_add(1, Ordering::Release);
+                },
+            );
+            assert!(a_saw_b, "B was not run by a worker while A waited for it");
+            let on = b_ran_on.into_inner().unwrap().expect("B ran");
+            assert!(on.is_some_and(|i| i < threads), "B ran on {on:?}");
+            assert_eq!(b_done.load(Ordering::Relaxed), 1, "B ran more than once");
+        }
+    }
+}
+
+#[test]
+fn outside_joins_beyond_the_offer_slots_go_through_the_injector() {
+    // The only worker is held busy, so no offer is claimed while the callers meet inside A:
+    // then more Bs are on offer at once than the pool has offer slots (4), and the ones that
+    // found no free slot were queued in the injector. Every caller gets both results, whoever
+    // runs its B once the worker is released.
+    const CALLERS: usize = 9;
+    let pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let worker_busy = std::sync::Barrier::new(2);
+    let inside_a = AtomicUsize::new(0);
+    let b_runs = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let (pool, worker_busy) = (&pool, &worker_busy);
+        let holder = s.spawn(move || {
+            pool.install(move || {
+                worker_busy.wait();
+                held.recv().unwrap();
+            })
+        });
+        worker_busy.wait();
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|caller| {
+                let (inside_a, b_runs) = (&inside_a, &b_runs);
+                s.spawn(move || {
+                    pool.join(
+                        || {
+                            inside_a.fetch_add(1, Ordering::SeqCst);
+                            // Every caller's B is on offer (or queued) once all are in A.
+                            assert!(
+                                wait_for(std::time::Duration::from_secs(60), || {
+                                    inside_a.load(Ordering::SeqCst) == CALLERS
+                                }),
+                                "the callers never met inside A"
+                            );
+                            caller * 10
+                        },
+                        || {
+                            b_runs.fetch_add(1, Ordering::SeqCst);
+                            caller * 10 + 1
+                        },
+                    )
+                })
+            })
+            .collect();
+        assert!(wait_for(std::time::Duration::from_secs(60), || {
+            inside_a.load(Ordering::SeqCst) == CALLERS
+        }));
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        for (caller, handle) in callers.into_iter().enumerate() {
+            assert_eq!(handle.join().unwrap(), (caller * 10, caller * 10 + 1));
+        }
+    });
+    assert_eq!(
+        b_runs.load(Ordering::SeqCst),
+        CALLERS,
+        "each B runs exactly once"
+    );
+    // The pool still serves outside joins afterwards.
+    assert_eq!(pool.join(|| 1, || 2), (1, 2));
+}

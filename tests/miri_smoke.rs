@@ -40,9 +40,9 @@ fn join_stack_jobs_borrow_the_callers_stack() {
     }
 }
 
-/// Each call after the first reuses the thread's ticket once the worker that popped it let go of
-/// it, while workers may still hold older ones: B writes into the caller's frame, so a ticket
-/// that ran a stale job, or was reset while a worker still read it, is caught here.
+/// Each call offers B from its own frame and withdraws the offer, unless a worker claimed it
+/// first (then the worker reads the `JobRef` and the stack job in the caller's frame). B writes
+/// into that frame, so a B run after the caller left, or run twice, is caught here.
 #[test]
 fn join_from_outside_the_pool() {
     let pool = pool(2);
@@ -51,6 +51,60 @@ fn join_from_outside_the_pool() {
         let (a, ()) = pool.join(|| i, || written = Some(i + 1));
         assert_eq!((a, written), (i, Some(i + 1)));
     }
+}
+
+/// More outside callers offer at once than there are offer slots (4), while the only worker is
+/// held busy: the callers that find no free slot queue their B in the injector inside a ticket
+/// (reused from the thread's earlier calls once no worker holds it). Each B writes into its
+/// caller's frame, and each caller calls twice, so both the slot path and the ticket path (with
+/// its recycling) run under Miri.
+#[test]
+fn outside_joins_beyond_the_offer_slots() {
+    const CALLERS: usize = 5;
+    let pool = pool(1);
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let worker_busy = std::sync::Barrier::new(2);
+    let inside_a = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let (pool, worker_busy, inside_a) = (&pool, &worker_busy, &inside_a);
+        let holder = s.spawn(move || {
+            pool.install(move || {
+                worker_busy.wait();
+                held.recv().unwrap();
+            })
+        });
+        worker_busy.wait();
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|caller| {
+                s.spawn(move || {
+                    for round in 0..2 {
+                        let mut written = None;
+                        let (a, ()) = pool.join(
+                            || {
+                                // In the first round, every caller's B is on offer (or queued)
+                                // once all of them are here.
+                                inside_a.fetch_add(1, Ordering::SeqCst);
+                                while round == 0 && inside_a.load(Ordering::SeqCst) < CALLERS {
+                                    std::thread::yield_now();
+                                }
+                                caller
+                            },
+                            || written = Some(caller + 1),
+                        );
+                        assert_eq!((a, written), (caller, Some(caller + 1)));
+                    }
+                })
+            })
+            .collect();
+        while inside_a.load(Ordering::SeqCst) < CALLERS {
+            std::thread::yield_now();
+        }
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        for caller in callers {
+            caller.join().unwrap();
+        }
+    });
 }
 
 #[test]

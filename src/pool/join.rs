@@ -3,12 +3,13 @@
 use super::job::{Job, JobRef, JobResult, StackJob};
 use super::latch::{LockLatch, SpinLatch};
 use super::registry::{Caller, Registry};
-use super::unwind::{self, Panic};
+use super::unwind::{self, AbortIfPanic, Panic};
 use super::worker::WorkerThread;
 use crate::sync::mutant;
 use crate::sync::{Arc, AtomicBool, Ordering};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::mem;
 
 /// The worker side of `join`.
 ///
@@ -119,12 +120,12 @@ where
 
 /// `join` called from a thread outside any pool.
 ///
-/// B goes to the injector wrapped in a ticket (recycled from this thread's previous outside join
-/// when the worker that popped it is done with it, else allocated); the caller runs A, then tries to
-/// claim the ticket back. Whoever claims it first (a worker, or the caller) runs B; a worker
-/// that pops an already-claimed ticket only drops it, so the stack job is never touched after
-/// the caller reclaimed it. The caller thus does its own work instead of paying two context
-/// switches, and blocks only if a worker really took B.
+/// The caller runs A itself and offers B to the workers meanwhile: in one of the pool's offer
+/// slots (`offers.rs`), or, when every slot is taken, in the injector wrapped in a ticket. After
+/// A, the caller takes B back if no worker has claimed it (and runs it inline), else it waits
+/// for the worker that did. Whoever claims B first runs it, so the stack job is never touched
+/// after the caller took it back. The caller thus does its own work instead of paying two
+/// context switches, and blocks only if a worker really took B.
 #[cold]
 #[inline(never)]
 pub(crate) fn join_outside<A, B, RA, RB>(registry: &Registry, a: A, b: B) -> (RA, RB)
@@ -135,13 +136,36 @@ where
     RB: Send,
 {
     let job_b = StackJob::new(b, LockLatch::new());
-    // SAFETY: the JobRef is executed only by whoever wins the ticket; if that is a worker, we
-    // wait for the latch below before leaving this frame.
+    // SAFETY: the JobRef is executed only by whoever wins the offer or the ticket; if that is a
+    // worker, we wait for the latch below before leaving this frame.
     let job_b_ref = unsafe { job_b.as_job_ref() };
+    // SAFETY: `job_b_ref` and `job_b` stay in this frame, unmoved and unchanged, until the offer is
+    // withdrawn below or B's latch is set: nothing between here and `withdraw` can unwind past
+    // this frame (A runs under `halt_unwinding`; the wake-up check is guarded by an abort).
+    if let Some(offer) = unsafe { registry.offers.offer(&job_b_ref) } {
+        {
+            let abort = AbortIfPanic;
+            registry.sleep.new_work(registry.counters.outside());
+            mem::forget(abort);
+        }
+        let result_a = unwind::halt_unwinding(a);
+        if registry.offers.withdraw(offer) {
+            return run_b_inline(result_a, job_b.take_func());
+        }
+        job_b.latch.wait();
+        return combine(result_a, job_b.into_result());
+    }
     let ticket = Ticket::for_job(job_b_ref);
     // SAFETY: the JobRef owns one strong count of the ticket (`into_raw`), which its single
     // execution (`Ticket::execute`) takes back; the ticket itself borrows nothing.
-    registry.inject(unsafe { JobRef::new(Arc::into_raw(Arc::clone(&ticket))) });
+    let ticket_ref = unsafe { JobRef::new(Arc::into_raw(Arc::clone(&ticket))) };
+    {
+        // Once queued, the ticket may hand a worker B's stack job: this frame must not unwind
+        // until the claim below is settled.
+        let abort = AbortIfPanic;
+        registry.inject(ticket_ref);
+        mem::forget(abort);
+    }
     let result_a = unwind::halt_unwinding(a);
     // AcqRel pairs with a worker's claim swap in `Ticket::execute`: exactly one of the two wins.
     if !ticket.claimed.swap(true, Ordering::AcqRel) {

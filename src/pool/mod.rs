@@ -5,6 +5,7 @@
 //! latch.rs    CoreLatch / SpinLatch / CrossLatch / LockLatch  "done" signals a waiter can sleep on
 //! sleep.rs    searching / sleeping counters, park and targeted unpark
 //! registry.rs the shared pool state: injector, stealers, hunger flags, threads, inject/terminate
+//! offers.rs   outside offers: an outside `join`'s B, on the table until claimed or withdrawn
 //! worker.rs   a worker: deque + private forks, find work, wait by helping, main loop
 //! join.rs, scope.rs                          the fork-join primitives
 //! builder.rs, thread_pool.rs, metrics.rs     the public surface
@@ -19,6 +20,7 @@ mod job;
 mod join;
 mod latch;
 mod metrics;
+mod offers;
 mod registry;
 mod scope;
 mod signal;

@@ -4,6 +4,7 @@ use super::builder::{BuildError, Policy, PoolConfig, SharePolicy};
 use super::job::{JobRef, StackJob};
 use super::latch::{CrossLatch, LockLatch};
 use super::metrics::PoolCounters;
+use super::offers::OutsideOffers;
 use super::sleep::Sleep;
 use super::worker::{self, WorkerThread};
 use crate::sync::deque::{Injector, Stealer, Worker};
@@ -44,6 +45,9 @@ pub(crate) struct ForkRequests {
 pub(crate) struct Registry {
     /// Work that arrives from outside the pool (FIFO). Workers look here after their own deque.
     pub(crate) injector: Injector<JobRef>,
+    /// The second halves of outside `join`s, offered until a worker claims or the caller
+    /// withdraws them (see `offers.rs`). Workers look here after the injector.
+    pub(crate) offers: OutsideOffers,
     /// Thief ends of every worker's deque, indexed by worker.
     pub(crate) stealers: Box<[Stealer<JobRef>]>,
     /// Per worker: how thieves ask it for work (see [`ForkRequests`]).
@@ -81,6 +85,7 @@ impl Registry {
         let counters = PoolCounters::new(num_threads);
         let registry = Arc::new(Registry {
             injector: Injector::new(),
+            offers: OutsideOffers::new(),
             stealers: deques.iter().map(|d| d.stealer()).collect(),
             fork_requests: (0..num_threads)
                 .map(|_| ForkRequests {
@@ -156,7 +161,9 @@ impl Registry {
 
     /// Is there visible work anywhere? A sleeper's re-check after its fence.
     pub(crate) fn has_visible_work(&self) -> bool {
-        !self.injector.is_empty() || self.stealers.iter().any(|s| !s.is_empty())
+        !self.injector.is_empty()
+            || self.offers.any()
+            || self.stealers.iter().any(|s| !s.is_empty())
     }
 
     /// Pushes a job from outside the pool (or from another pool) and wakes a worker if needed.

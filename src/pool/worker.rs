@@ -390,7 +390,7 @@ impl WorkerThread {
         }
     }
 
-    /// Own deque (LIFO), then the injector, then peers.
+    /// Own deque (LIFO), then the injector, then outside offers, then peers.
     #[inline]
     fn find_work(&self) -> Option<JobRef> {
         if let Some(job) = self.deque.pop() {
@@ -403,6 +403,12 @@ impl WorkerThread {
             &self.registry.sleep,
             self.counters(),
         ) {
+            self.counters().bump_injector_pops();
+            self.trace(EventKind::InjectorPop, 0);
+            return Some(job);
+        }
+        if let Some(job) = self.registry.offers.claim() {
+            // Work from outside the pool, like the injector's: counted with it.
             self.counters().bump_injector_pops();
             self.trace(EventKind::InjectorPop, 0);
             return Some(job);

@@ -44,10 +44,15 @@ pub(crate) const CANCEL_CHECK_BEFORE_CLAIM: bool =
 pub(crate) const SIGNAL_NOTIFY_SKIPS_FENCE: bool =
     cfg!(all(loom, parjob_mutant = "signal_notify_skips_fence"));
 
+/// An outside `join` withdraws its offer with a load and a store instead of one
+/// compare-exchange (`src/pool/offers.rs`), so a worker's claim in between is missed.
+pub(crate) const OFFER_WITHDRAW_WITHOUT_CAS: bool =
+    cfg!(all(loom, parjob_mutant = "offer_withdraw_without_cas"));
+
 /// The mutant this build was compiled with, if any (for the models' banners and `scripts/loom.sh`).
 #[allow(dead_code)]
 pub(crate) const ACTIVE: Option<&str> = {
-    const ALL: [(bool, &str); 13] = [
+    const ALL: [(bool, &str); 14] = [
         (SLEEP_SKIPS_FENCE, "sleep_skips_fence"),
         (SLEEP_SKIPS_RECHECK, "sleep_skips_recheck"),
         (PUBLISH_SKIPS_FENCE, "publish_skips_fence"),
@@ -61,6 +66,7 @@ pub(crate) const ACTIVE: Option<&str> = {
         (CANCEL_CHECK_BEFORE_CLAIM, "cancel_check_before_claim"),
         (BATCH_SKIPS_NOTIFY, "batch_skips_notify"),
         (SIGNAL_NOTIFY_SKIPS_FENCE, "signal_notify_skips_fence"),
+        (OFFER_WITHDRAW_WITHOUT_CAS, "offer_withdraw_without_cas"),
     ];
     let mut i = 0;
     let mut found = None;

@@ -1,0 +1,134 @@
+//! Outside offers: how a `join` called from outside the pool hands its second half to the workers
+//! without going through the injector.
+//!
+//! The caller of an outside `join` runs A itself and only *offers* B: it stores a pointer to B's
+//! `JobRef` (which lives in its own frame) into one of a few slots. A searching worker that sees a
+//! non-empty slot claims it with a compare-exchange to null and runs B; the caller, once A is
+//! done, withdraws its offer with the same compare-exchange. The slot's modification order picks
+//! exactly one winner, so B runs exactly once, and the caller leaves its frame only after it won
+//! (B was never touched) or after B's latch was set by the worker that won.
+//!
+//! Why not the injector: a queued job cannot be taken back, so every reclaimed B used to stay in
+//! the injector as a dead ticket that a worker had to pop, reference-count and drop, and each such
+//! pop counted as "found work" for the sleep protocol (ending the worker's search and handing it
+//! on). A withdrawn offer leaves nothing behind: an outside `join` of two short closures touches
+//! one slot twice and the sleep counters once, and a worker sees only offers still on the table.
+//! The injector (with its ticket) remains the fallback when every slot is taken.
+
+use super::job::JobRef;
+use crate::sync::mutant;
+use crate::sync::{AtomicPtr, Ordering};
+use crossbeam_utils::CachePadded;
+use std::ptr;
+
+/// Offers that can be on the table at once; the callers beyond these use the injector. Each slot
+/// is one cache line that idle workers poll, so the count is small.
+const OFFER_SLOTS: usize = 4;
+
+/// The offer slots of one pool (see the module docs).
+pub(crate) struct OutsideOffers {
+    /// Null, or a pointer to an offered job's `JobRef` in its caller's frame.
+    slots: [CachePadded<AtomicPtr<JobRef>>; OFFER_SLOTS],
+}
+
+/// Where an offer was placed, to withdraw it.
+pub(crate) struct Offer {
+    slot: usize,
+    job: *mut JobRef,
+}
+
+impl OutsideOffers {
+    pub(crate) fn new() -> Self {
+        OutsideOffers {
+            slots: std::array::from_fn(|_| CachePadded::new(AtomicPtr::new(ptr::null_mut()))),
+        }
+    }
+
+    /// Puts `job` on the table, or returns `None` if every slot is taken.
+    ///
+    /// # Safety
+    /// Until the offer is withdrawn ([`withdraw`](Self::withdraw) returned `true`) or the job has
+    /// finished (its latch is set), `job` must stay at this address, unchanged, and the job it
+    /// refers to must stay valid: a worker may claim it and execute it at any moment.
+    #[inline]
+    pub(crate) unsafe fn offer(&self, job: &JobRef) -> Option<Offer> {
+        let job = job as *const JobRef as *mut JobRef;
+        // Concurrent outside callers start at different slots (their frames are on different
+        // stacks): a multiplicative hash of the frame address spreads them.
+        let start = ((job as usize).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % OFFER_SLOTS;
+        for step in 0..OFFER_SLOTS {
+            let slot = (start + step) % OFFER_SLOTS;
+            // Release pairs with a claiming worker's Acquire compare-exchange: the worker that
+            // takes the pointer sees the `JobRef` behind it and the job it refers to.
+            if self.slots[slot]
+                .compare_exchange(ptr::null_mut(), job, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some(Offer { slot, job });
+            }
+        }
+        None
+    }
+
+    /// Takes `offer` back. `true`: no worker claimed it, and none ever will (the job is the
+    /// caller's again). `false`: a worker claimed it; the caller must wait for the job's latch.
+    #[inline]
+    pub(crate) fn withdraw(&self, offer: Offer) -> bool {
+        let slot = &self.slots[offer.slot];
+        if mutant::OFFER_WITHDRAW_WITHOUT_CAS {
+            // Broken twin: read, then clear. A worker's claim between the two is missed, and the
+            // job runs twice.
+            let still_ours = slot.load(Ordering::Acquire) == offer.job;
+            if still_ours {
+                crate::sync::thread::yield_now();
+                slot.store(ptr::null_mut(), Ordering::Relaxed);
+            }
+            return still_ours;
+        }
+        // One compare-exchange against the workers' claims on the same slot: the modification
+        // order makes exactly one of them succeed. Relaxed suffices for that decision; what the
+        // worker did with the job reaches the caller through the job's latch (Release/Acquire).
+        slot.compare_exchange(
+            offer.job,
+            ptr::null_mut(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+    }
+
+    /// A worker takes one offer off the table, if there is any.
+    #[inline]
+    pub(crate) fn claim(&self) -> Option<JobRef> {
+        for slot in &self.slots {
+            let job = slot.load(Ordering::Relaxed);
+            if job.is_null() {
+                continue;
+            }
+            // Acquire pairs with the offering caller's Release compare-exchange in `offer`.
+            if slot
+                .compare_exchange(job, ptr::null_mut(), Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                // SAFETY: our compare-exchange removed `job` from the slot while it was on
+                // offer, so its caller has not withdrawn it and never will (its own
+                // compare-exchange will fail), and by `offer`'s contract the `JobRef` stays at
+                // this address, unchanged, until the job's latch is set, which only the execution
+                // we are about to start does. If the same caller withdrew an earlier offer from
+                // this address and made a new one, the pointer we swapped out is that new offer,
+                // and we read the new `JobRef`: nothing was read through `job` before the
+                // compare-exchange.
+                return Some(unsafe { *job });
+            }
+        }
+        None
+    }
+
+    /// Is anything on offer? (For the sleepers' re-check: an offer is work a worker may take.)
+    #[inline]
+    pub(crate) fn any(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| !slot.load(Ordering::Relaxed).is_null())
+    }
+}
