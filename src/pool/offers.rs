@@ -22,8 +22,10 @@ use crossbeam_utils::CachePadded;
 use std::ptr;
 
 /// Offers that can be on the table at once; the callers beyond these use the injector. Each slot
-/// is one cache line that idle workers poll, so the count is small.
-const OFFER_SLOTS: usize = 4;
+/// is one cache line that idle workers poll, so the count is small. Under loom, one: every slot
+/// runs the same protocol, and each extra atomic load a worker's search makes multiplies the
+/// interleavings of every model that drives a pool.
+const OFFER_SLOTS: usize = if cfg!(loom) { 1 } else { 4 };
 
 /// The offer slots of one pool (see the module docs).
 pub(crate) struct OutsideOffers {
