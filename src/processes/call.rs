@@ -258,7 +258,10 @@ pub(crate) struct Call<'p, I, F, A, R> {
     rx: mpsc::Receiver<Reply>,
     in_flight: HashMap<u64, InFlight>,
     next_batch: u64,
+    /// The measured time per task (see `absorb`); `None` until a batch has finished.
     task_ns: Option<f64>,
+    /// Recent batches' time in the worker and their tasks, each sum halved at every reply.
+    timed: (f64, f64),
     /// Finished work not yet handed out, keyed by its first task's index.
     ready: BTreeMap<usize, Ready<R>>,
     /// The batch being handed out.
@@ -301,6 +304,7 @@ where
             in_flight: HashMap::new(),
             next_batch: 0,
             task_ns: None,
+            timed: (0.0, 0.0),
             ready: BTreeMap::new(),
             current: None,
             ordered,
@@ -618,11 +622,16 @@ where
                 let Some(flight) = self.in_flight.remove(&batch) else {
                     return;
                 };
-                let per_task = elapsed_ns as f64 / flight.count as f64;
-                self.task_ns = Some(match self.task_ns {
-                    None => per_task,
-                    Some(old) => 0.5 * old + 0.5 * per_task,
-                });
+                // The recent batches' time over their tasks: each batch weighs as much as it
+                // has tasks. An average of per-batch figures let the first one-task batches,
+                // whose fixed cost of a few hundred nanoseconds reads as the time per task, hold
+                // the estimate far too high for a dozen replies (a million 25 ns tasks started
+                // with ~14 undersized batches, every one a round trip).
+                self.timed = (
+                    0.5 * self.timed.0 + elapsed_ns as f64,
+                    0.5 * self.timed.1 + flight.count as f64,
+                );
+                self.task_ns = Some(self.timed.0 / self.timed.1);
                 let outcomes = match (outcomes, flight.args) {
                     (Outcomes::Inline(bytes), _) => Source::Inline(bytes),
                     (Outcomes::InSlab(len), Args::Slab(lease, _)) => Source::Slab(lease, len),
