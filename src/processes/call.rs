@@ -703,13 +703,15 @@ where
 }
 
 /// Whether a batch of `count` tasks may be sent to a worker still running another
-/// ([`Job::prefetch`]): only if it is expected to be short ([`MAX_PREFETCH_NS`], by the measured
-/// time per task `task_ns`; not before one is measured), has no timeout (a timeout covers one
-/// batch alone), and its arguments are in a slab (its request is then the 32-byte header, see
-/// `PREFETCH` in [`pool`](super::pool)).
+/// ([`Job::prefetch`]): only if it holds several tasks (automatic batching makes one-task
+/// batches of slow tasks, whose times vary the most: each stays free for whichever worker falls
+/// idle first), is expected to be short ([`MAX_PREFETCH_NS`], by the measured time per task
+/// `task_ns`; not before one is measured), has no timeout (a timeout covers one batch alone),
+/// and its arguments are in a slab (its request is then the 32-byte header, see `PREFETCH` in
+/// [`pool`](super::pool)).
 fn may_send_ahead(task_ns: Option<f64>, count: usize, timeout: bool, in_slab: bool) -> bool {
     let short = task_ns.is_some_and(|ns| ns * count as f64 <= MAX_PREFETCH_NS);
-    short && !timeout && in_slab
+    count > 1 && short && !timeout && in_slab
 }
 
 /// Why [`encode_batch`] stopped.
@@ -783,9 +785,11 @@ mod tests {
     fn only_short_measured_batches_in_a_slab_without_timeout_are_sent_ahead() {
         // 30,000 tasks of 25 ns: 0.75 ms.
         assert!(may_send_ahead(Some(25.0), 30_000, false, true));
-        // Not measured yet, or two tasks of 5 ms (10 ms committed to a busy worker).
+        // Not measured yet, two tasks of 5 ms (10 ms committed to a busy worker), or one task
+        // however short.
         assert!(!may_send_ahead(None, 30_000, false, true));
         assert!(!may_send_ahead(Some(5e6), 2, false, true));
+        assert!(!may_send_ahead(Some(25.0), 1, false, true));
         // A timeout, or arguments in the request.
         assert!(!may_send_ahead(Some(25.0), 30_000, true, true));
         assert!(!may_send_ahead(Some(25.0), 30_000, false, false));

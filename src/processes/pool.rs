@@ -73,8 +73,8 @@ pub(crate) struct Job {
     /// Kill the worker if the batch runs longer than this.
     pub(crate) timeout: Option<Duration>,
     /// The batch may be sent to a worker that is still running another one (see [`PREFETCH`]):
-    /// set for batches expected to be short (the call's measured time per task), in a slab,
-    /// without a timeout.
+    /// set for batches of several tasks expected to be short (the call's measured time per
+    /// task), in a slab, without a timeout.
     pub(crate) prefetch: bool,
     pub(crate) reply: mpsc::Sender<Reply>,
     /// Set by [`Job::answer`]; a job dropped unanswered (its driver unwound, or the pool shut
