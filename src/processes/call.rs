@@ -13,7 +13,10 @@
 //! (keyed by their first task); the ordered iterator decodes the one that comes next in input
 //! order, the unordered one whichever finished first. The iterators decode outcomes one at a time
 //! as they are asked for, so a large batch is never held twice; `run_in_processes` ([`Call::drain`])
-//! decodes a whole batch in one loop, straight into the output vector.
+//! decodes a whole batch in one loop, straight into the output vector. Both check the outcomes'
+//! footer first (a malformed one fails every task of the batch) and stop reading at bytes that do
+//! not decode: that task fails with the error, the rest of the batch with "corrupt" (where their
+//! values start is unknown), as typed failures, never a guess.
 //!
 //! **Which task crashed.** When a worker dies in the middle of a batch of several tasks, the
 //! outcomes it had not sent are lost, and so is the knowledge of which task killed it. The batch's
