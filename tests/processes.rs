@@ -438,11 +438,22 @@ fn auto_batching_sends_few_messages_for_many_tiny_tasks() {
     );
     // That call started the shared memory; the same call again goes through it.
     with_shared_memory(&pool);
+    let (batches, in_slabs) = (pool.batches(), pool.shared_memory_batches());
     let again: u64 = parallel
         .run_in_processes((0..n).map(|x| delayed(work)(x)))
         .into_iter()
         .sum();
     assert_eq!(again, sum);
+    // Both ways through the slabs: at most a few batches found every slab taken (finished
+    // batches waiting for an earlier one keep theirs).
+    let (batches, in_slabs) = (
+        pool.batches() - batches,
+        pool.shared_memory_batches() - in_slabs,
+    );
+    assert!(
+        in_slabs > 0 && 2 * in_slabs >= batches,
+        "{in_slabs} of {batches} batches through shared memory"
+    );
     // The same results with fixed batches, including a last short one.
     let fixed = parallel
         .batch_size(parjob::BatchSize::Fixed(7))
@@ -506,12 +517,15 @@ fn results_larger_than_a_slab_come_back_in_the_reply() {
     let _serial = serial();
     let pool = two_workers();
     with_shared_memory(&pool);
+    let in_slabs = pool.shared_memory_batches();
     // 40 results of 64 KiB in batches of 20: 1.3 MB per batch, more than a slab's outcome area.
     let out = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
         .batch_size(parjob::BatchSize::Fixed(20))
         .run_in_processes((0..40u64).map(|x| delayed(big_result)(x)));
     assert_eq!(out.len(), 40);
+    // Both batches' outcomes came back in the reply, not in their slabs.
+    assert_eq!(pool.shared_memory_batches(), in_slabs);
     for (i, v) in out.iter().enumerate() {
         assert_eq!(v.len(), 8 << 10);
         assert!(v.iter().all(|&y| y == i as u64), "result {i}");

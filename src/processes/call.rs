@@ -13,7 +13,10 @@
 //! (keyed by their first task); the ordered iterator decodes the one that comes next in input
 //! order, the unordered one whichever finished first. The iterators decode outcomes one at a time
 //! as they are asked for, so a large batch is never held twice; `run_in_processes` ([`Call::drain`])
-//! decodes a whole batch in one loop, straight into the output vector.
+//! decodes a whole batch in one loop, straight into the output vector. Both check the outcomes'
+//! footer first (a malformed one fails every task of the batch) and stop reading at bytes that do
+//! not decode: that task fails with the error, the rest of the batch with "corrupt" (where their
+//! values start is unknown), as typed failures, never a guess.
 //!
 //! **Which task crashed.** When a worker dies in the middle of a batch of several tasks, the
 //! outcomes it had not sent are lost, and so is the knowledge of which task killed it. The batch's
@@ -49,6 +52,14 @@ const MAX_AUTO_BATCH: usize = 32_768;
 /// not below this much work: a batch's round trip costs tens of microseconds of latency, so a
 /// tail of one-task batches would cost more than the imbalance it avoids.
 const MIN_TAIL_BATCH_NS: f64 = 100_000.0;
+
+/// A batch may be sent to a worker that is still running another ([`Job::prefetch`]) only if it is
+/// expected to take at most this long (its tasks times the measured time per task): a batch sent
+/// ahead is committed to that worker, so a long one could keep tasks waiting behind a busy worker
+/// while another falls idle. Twice [`TARGET_BATCH_NS`], so automatic batches of short tasks are
+/// sent ahead despite the noise in the estimate; batches of slow tasks, or of tasks not measured
+/// yet, are not.
+const MAX_PREFETCH_NS: f64 = 2.0 * TARGET_BATCH_NS;
 
 /// A batch is closed once its encoded arguments pass this size (it always holds at least one
 /// task), so tasks with large arguments do not build huge messages.
@@ -129,8 +140,108 @@ struct Decoding {
     count: usize,
     next: usize,
     outcomes: Source,
-    /// Where the next outcome starts in `outcomes`.
+    /// Where the next value starts in `outcomes`.
     offset: usize,
+    /// The values are `outcomes`' first `values_len` bytes ([`wire::split_outcomes`]).
+    values_len: usize,
+    /// The failed tasks' `(position in the batch, message)`, in order.
+    failures: Vec<(usize, String)>,
+    /// `failures[next_failure..]` are still to come.
+    next_failure: usize,
+    /// Set once bytes did not decode: every task still to come fails with this message (where
+    /// their values start is unknown).
+    broken: Option<String>,
+}
+
+impl Decoding {
+    /// A finished batch of tasks `first .. first + count`, its outcomes checked.
+    fn new(first: usize, count: usize, outcomes: Source) -> Decoding {
+        let (values_len, failures, broken) = match wire::split_outcomes(outcomes.bytes(), count) {
+            Ok((values_len, failures)) => (values_len, failures, None),
+            Err(message) => (0, Vec::new(), Some(message)),
+        };
+        Decoding {
+            first,
+            count,
+            next: 0,
+            outcomes,
+            offset: 0,
+            values_len,
+            failures,
+            next_failure: 0,
+            broken,
+        }
+    }
+
+    /// The next task's outcome, `None` once the batch is done.
+    fn next<R: DeserializeOwned>(&mut self) -> Option<(usize, Result<R, Failure>)> {
+        if self.next == self.count {
+            return None;
+        }
+        let position = self.next;
+        self.next += 1;
+        let index = self.first + position;
+        if let Some(message) = &self.broken {
+            return Some((index, Err(Failure::Panic(message.clone()))));
+        }
+        if let Some((at, message)) = self.failures.get_mut(self.next_failure) {
+            if *at == position {
+                self.next_failure += 1;
+                return Some((index, Err(Failure::Panic(std::mem::take(message)))));
+            }
+        }
+        let values = &self.outcomes.bytes()[..self.values_len];
+        let mut input = &values[self.offset..];
+        let outcome = wire::read_value::<R>(&mut input);
+        self.offset = values.len() - input.len();
+        if outcome.is_err() {
+            // The next value's start is unknown: the rest of the batch cannot be read.
+            self.broken = Some(wire::CORRUPT.to_owned());
+        }
+        Some((index, outcome.map_err(Failure::Panic)))
+    }
+
+    /// Every outcome still to come, in one pass: the results appended to `values`, the failures
+    /// handed to `failed` with their task index. Runs of returned tasks are decoded in one tight
+    /// loop each ([`wire::read_values`]).
+    fn drain<R: DeserializeOwned>(
+        mut self,
+        values: &mut Vec<R>,
+        mut failed: impl FnMut(usize, Failure),
+    ) {
+        while self.next < self.count && self.broken.is_none() {
+            let end = self
+                .failures
+                .get(self.next_failure)
+                .map_or(self.count, |&(at, _)| at);
+            if end > self.next {
+                let values_bytes = &self.outcomes.bytes()[..self.values_len];
+                let mut input = &values_bytes[self.offset..];
+                let before = values.len();
+                let read = wire::read_values(&mut input, end - self.next, values);
+                self.offset = values_bytes.len() - input.len();
+                self.next += values.len() - before;
+                if let Err(message) = read {
+                    failed(self.first + self.next, Failure::Panic(message));
+                    self.next += 1;
+                    self.broken = Some(wire::CORRUPT.to_owned());
+                    break;
+                }
+            }
+            // The failure at `end` (none once `end` is the batch's end).
+            match self.next::<R>() {
+                Some((_, Ok(value))) => values.push(value),
+                Some((index, Err(failure))) => failed(index, failure),
+                None => {}
+            }
+        }
+        while let Some((index, outcome)) = self.next::<R>() {
+            match outcome {
+                Ok(value) => values.push(value),
+                Err(failure) => failed(index, failure),
+            }
+        }
+    }
 }
 
 /// The state of one call; yields `(index, outcome)` in input order (`ordered`) or in completion
@@ -150,7 +261,10 @@ pub(crate) struct Call<'p, I, F, A, R> {
     rx: mpsc::Receiver<Reply>,
     in_flight: HashMap<u64, InFlight>,
     next_batch: u64,
+    /// The measured time per task (see `absorb`); `None` until a batch has finished.
     task_ns: Option<f64>,
+    /// Recent batches' time in the worker and their tasks, each sum halved at every reply.
+    timed: (f64, f64),
     /// Finished work not yet handed out, keyed by its first task's index.
     ready: BTreeMap<usize, Ready<R>>,
     /// The batch being handed out.
@@ -193,6 +307,7 @@ where
             in_flight: HashMap::new(),
             next_batch: 0,
             task_ns: None,
+            timed: (0.0, 0.0),
             ready: BTreeMap::new(),
             current: None,
             ordered,
@@ -236,19 +351,16 @@ where
     }
 
     /// Every outcome of an ordered call, in input order: the results appended to `values`, the
-    /// failures handed to `failed` with their task index. Whole batches are decoded in one loop,
+    /// failures handed to `failed` with their task index. Whole batches are decoded in one pass,
     /// straight from where the worker left them, and the progress is updated once per batch.
     pub(crate) fn drain(&mut self, values: &mut Vec<R>, mut failed: impl FnMut(usize, Failure)) {
         debug_assert!(self.ordered);
-        let mut each =
-            |values: &mut Vec<R>, (index, outcome): (usize, Result<R, Failure>)| match outcome {
-                Ok(value) => values.push(value),
-                Err(failure) => failed(index, failure),
-            };
         loop {
             if let Some(item) = self.decode_next() {
-                let item = self.hand_out(item);
-                each(values, item);
+                match self.hand_out(item) {
+                    (_, Ok(value)) => values.push(value),
+                    (index, Err(failure)) => failed(index, failure),
+                }
                 continue;
             }
             let key = match self.ready.first_key_value() {
@@ -256,27 +368,17 @@ where
                 _ => None,
             };
             match key.and_then(|key| self.ready.remove(&key).map(|ready| (key, ready))) {
-                Some((key, Ready::Task(outcome))) => {
-                    let item = self.hand_out((key, outcome));
-                    each(values, item);
-                }
+                Some((key, Ready::Task(outcome))) => match self.hand_out((key, outcome)) {
+                    (_, Ok(value)) => values.push(value),
+                    (index, Err(failure)) => failed(index, failure),
+                },
                 Some((_, Ready::Batch(decoding))) => {
                     // Keep the workers fed before spending time on decoding.
                     self.fill();
-                    let first = decoding.first + decoding.next;
-                    let bytes = &decoding.outcomes.bytes()[decoding.offset..];
-                    let mut batch_failures = Vec::new();
-                    wire::read_outcomes::<R>(
-                        bytes,
-                        decoding.count - decoding.next,
-                        values,
-                        |position, message| batch_failures.push((first + position, message)),
-                    );
-                    for (index, message) in batch_failures {
-                        each(values, (index, Err(Failure::Panic(message))));
-                    }
-                    self.completed += decoding.count - decoding.next;
+                    let done = decoding.count - decoding.next;
                     self.next_out = decoding.first + decoding.count;
+                    decoding.drain(values, &mut failed);
+                    self.completed += done;
                     self.progress.update(self.completed);
                 }
                 None => {
@@ -336,18 +438,11 @@ where
     }
 
     fn decode_next(&mut self) -> Option<(usize, Result<R, Failure>)> {
-        let decoding = self.current.as_mut()?;
-        if decoding.next == decoding.count {
+        let item = self.current.as_mut()?.next::<R>();
+        if item.is_none() {
             self.current = None;
-            return None;
         }
-        let index = decoding.first + decoding.next;
-        decoding.next += 1;
-        let all = decoding.outcomes.bytes();
-        let mut input = &all[decoding.offset..];
-        let outcome = wire::read_outcome::<R>(&mut input).map_err(Failure::Panic);
-        decoding.offset = all.len() - input.len();
-        Some((index, outcome))
+        item
     }
 
     fn batch_size(&self) -> usize {
@@ -366,7 +461,11 @@ where
         match self.total {
             Some(total) => {
                 let left = total.saturating_sub(self.next_index);
-                size.min((left / (4 * self.settings.workers.max(1))).max(floor))
+                // Half of what is left per worker: the sizes fall geometrically to the floor,
+                // where the workers' finishing times differ by at most a floor-sized batch; a
+                // finer cut (a quarter) took a dozen more batches per million tiny tasks, each a
+                // round trip of wake-ups, for no better balance.
+                size.min((left / (2 * self.settings.workers.max(1))).max(floor))
             }
             None => size,
         }
@@ -495,8 +594,12 @@ where
     ) {
         let batch = self.next_batch;
         self.next_batch += 1;
-        // Sent ahead only if its request is the 32-byte header naming a slab (see `PREFETCH`).
-        let prefetch = count > 1 && self.settings.timeout.is_none() && slab.is_some();
+        let prefetch = may_send_ahead(
+            self.task_ns,
+            count,
+            self.settings.timeout.is_some(),
+            slab.is_some(),
+        );
         let job = Job {
             call: Arc::clone(&self.state),
             batch,
@@ -522,11 +625,16 @@ where
                 let Some(flight) = self.in_flight.remove(&batch) else {
                     return;
                 };
-                let per_task = elapsed_ns as f64 / flight.count as f64;
-                self.task_ns = Some(match self.task_ns {
-                    None => per_task,
-                    Some(old) => 0.5 * old + 0.5 * per_task,
-                });
+                // The recent batches' time over their tasks: each batch weighs as much as it
+                // has tasks. An average of per-batch figures let the first one-task batches,
+                // whose fixed cost of a few hundred nanoseconds reads as the time per task, hold
+                // the estimate far too high for a dozen replies (a million 25 ns tasks started
+                // with ~14 undersized batches, every one a round trip).
+                self.timed = (
+                    0.5 * self.timed.0 + elapsed_ns as f64,
+                    0.5 * self.timed.1 + flight.count as f64,
+                );
+                self.task_ns = Some(self.timed.0 / self.timed.1);
                 let outcomes = match (outcomes, flight.args) {
                     (Outcomes::Inline(bytes), _) => Source::Inline(bytes),
                     (Outcomes::InSlab(len), Args::Slab(lease, _)) => Source::Slab(lease, len),
@@ -534,13 +642,7 @@ where
                     // came in one.
                     (Outcomes::InSlab(_), Args::Inline(_)) => Source::Inline(Vec::new()),
                 };
-                let decoding = Decoding {
-                    first: flight.first,
-                    count: flight.count,
-                    next: 0,
-                    outcomes,
-                    offset: 0,
-                };
+                let decoding = Decoding::new(flight.first, flight.count, outcomes);
                 self.ready.insert(flight.first, Ready::Batch(decoding));
             }
             Reply::Crashed { batch, death } => {
@@ -603,6 +705,18 @@ where
     }
 }
 
+/// Whether a batch of `count` tasks may be sent to a worker still running another
+/// ([`Job::prefetch`]): only if it holds several tasks (automatic batching makes one-task
+/// batches of slow tasks, whose times vary the most: each stays free for whichever worker falls
+/// idle first), is expected to be short ([`MAX_PREFETCH_NS`], by the measured time per task
+/// `task_ns`; not before one is measured), has no timeout (a timeout covers one batch alone),
+/// and its arguments are in a slab (its request is then the 32-byte header, see `PREFETCH` in
+/// [`pool`](super::pool)).
+fn may_send_ahead(task_ns: Option<f64>, count: usize, timeout: bool, in_slab: bool) -> bool {
+    let short = task_ns.is_some_and(|ns| ns * count as f64 <= MAX_PREFETCH_NS);
+    count > 1 && short && !timeout && in_slab
+}
+
 /// Why [`encode_batch`] stopped.
 enum Stop<A> {
     /// The batch has the size asked for.
@@ -663,5 +777,120 @@ impl<I, F, A, R> Drop for Call<'_, I, F, A, R> {
     fn drop(&mut self) {
         // Batches still queued are skipped; running ones finish and their replies are dropped.
         self.state.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{may_send_ahead, wire, Decoding, Failure, Source};
+
+    #[test]
+    fn only_short_measured_batches_in_a_slab_without_timeout_are_sent_ahead() {
+        // 30,000 tasks of 25 ns: 0.75 ms.
+        assert!(may_send_ahead(Some(25.0), 30_000, false, true));
+        // Not measured yet, two tasks of 5 ms (10 ms committed to a busy worker), or one task
+        // however short.
+        assert!(!may_send_ahead(None, 30_000, false, true));
+        assert!(!may_send_ahead(Some(5e6), 2, false, true));
+        assert!(!may_send_ahead(Some(25.0), 1, false, true));
+        // A timeout, or arguments in the request.
+        assert!(!may_send_ahead(Some(25.0), 30_000, true, true));
+        assert!(!may_send_ahead(Some(25.0), 30_000, false, false));
+    }
+
+    /// Outcomes as a worker lays them out: `values` (encoded `u64`s), then `failures`.
+    fn outcomes(values: &[u8], failures: &[(u64, &str)]) -> Vec<u8> {
+        let mut bytes = values.to_vec();
+        for (position, message) in failures {
+            bytes.extend_from_slice(&position.to_le_bytes());
+            bincode::serialize_into(&mut bytes, message).unwrap();
+        }
+        bytes.extend_from_slice(&(values.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&(failures.len() as u64).to_le_bytes());
+        bytes
+    }
+
+    fn encoded(values: &[u64]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    fn one_by_one(decoding: &mut Decoding) -> Vec<(usize, Result<u64, String>)> {
+        std::iter::from_fn(|| decoding.next::<u64>())
+            .map(|(index, outcome)| {
+                let outcome = outcome.map_err(|failure| match failure {
+                    Failure::Panic(message) => message,
+                    other => panic!("unexpected {other:?}"),
+                });
+                (index, outcome)
+            })
+            .collect()
+    }
+
+    fn drained(decoding: Decoding) -> (Vec<u64>, Vec<(usize, String)>) {
+        let (mut values, mut failed) = (Vec::new(), Vec::new());
+        decoding.drain::<u64>(&mut values, |index, failure| match failure {
+            Failure::Panic(message) => failed.push((index, message)),
+            other => panic!("unexpected {other:?}"),
+        });
+        (values, failed)
+    }
+
+    #[test]
+    fn both_decoders_interleave_failures_at_their_places() {
+        let bytes = outcomes(&encoded(&[10, 11, 12]), &[(0, "first"), (2, "third")]);
+        let mut one = Decoding::new(100, 5, Source::Inline(bytes.clone()));
+        assert_eq!(
+            one_by_one(&mut one),
+            [
+                (100, Err("first".to_owned())),
+                (101, Ok(10)),
+                (102, Err("third".to_owned())),
+                (103, Ok(11)),
+                (104, Ok(12)),
+            ]
+        );
+        let all = drained(Decoding::new(100, 5, Source::Inline(bytes)));
+        assert_eq!(all.0, [10, 11, 12]);
+        assert_eq!(
+            all.1,
+            [(100, "first".to_owned()), (102, "third".to_owned())]
+        );
+    }
+
+    /// After a value that does not decode, neither decoder reads on (where the next value
+    /// starts is unknown): the rest of the batch fails with the corrupt-batch message, and its
+    /// failure records are not handed out as if they were in place.
+    #[test]
+    fn after_a_corrupt_value_the_rest_of_the_batch_fails() {
+        // Task 0 returned 10, task 1's value is cut short, task 2 failed, task 3 returned.
+        let mut values = encoded(&[10]);
+        values.extend_from_slice(&[1, 2, 3]);
+        let bytes = outcomes(&values, &[(2, "third")]);
+        let mut one = Decoding::new(0, 4, Source::Inline(bytes.clone()));
+        let got = one_by_one(&mut one);
+        assert_eq!(got[0], (0, Ok(10)));
+        assert!(matches!(&got[1], (1, Err(m)) if m.contains("cannot decode the task's result")));
+        assert_eq!(got[2], (2, Err(wire::CORRUPT.to_owned())));
+        assert_eq!(got[3], (3, Err(wire::CORRUPT.to_owned())));
+
+        let (values, failed) = drained(Decoding::new(0, 4, Source::Inline(bytes)));
+        assert_eq!(values, [10]);
+        assert_eq!(failed.len(), 3);
+        assert!(failed[0].1.contains("cannot decode the task's result"));
+        assert_eq!(failed[1], (2, wire::CORRUPT.to_owned()));
+        assert_eq!(failed[2], (3, wire::CORRUPT.to_owned()));
+    }
+
+    #[test]
+    fn a_malformed_footer_fails_every_task_of_the_batch() {
+        let mut one = Decoding::new(7, 2, Source::Inline(vec![0; 5]));
+        let got = one_by_one(&mut one);
+        assert_eq!(got.len(), 2);
+        assert!(got
+            .iter()
+            .all(|(_, outcome)| matches!(outcome, Err(m) if m.contains("corrupt"))));
+        let (values, failed) = drained(Decoding::new(7, 2, Source::Inline(vec![0; 5])));
+        assert!(values.is_empty());
+        assert_eq!(failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [7, 8]);
     }
 }

@@ -73,7 +73,8 @@ pub(crate) struct Job {
     /// Kill the worker if the batch runs longer than this.
     pub(crate) timeout: Option<Duration>,
     /// The batch may be sent to a worker that is still running another one (see [`PREFETCH`]):
-    /// set for batches of several tasks, in a slab, without a timeout.
+    /// set for batches of several tasks expected to be short (the call's measured time per
+    /// task), in a slab, without a timeout.
     pub(crate) prefetch: bool,
     pub(crate) reply: mpsc::Sender<Reply>,
     /// Set by [`Job::answer`]; a job dropped unanswered (its driver unwound, or the pool shut
@@ -155,6 +156,8 @@ struct Shared {
     initializer: Option<i64>,
     restarts: AtomicUsize,
     batches: AtomicUsize,
+    /// Batches that came back with their outcomes in their slab (see `shared_memory_batches`).
+    slab_batches: AtomicUsize,
     /// The shared-memory slabs, once a background thread has made them: on the first call
     /// that batches several tasks together (zeroing them takes milliseconds, so neither the
     /// pool's start nor a call waits for it: until then batches travel in the messages).
@@ -247,6 +250,14 @@ impl ProcessPool {
     /// fewer than the tasks when the tasks are short.
     pub fn batches(&self) -> usize {
         self.inner.shared.batches.load(Ordering::Relaxed)
+    }
+
+    /// How many of [`batches`](ProcessPool::batches) travelled through the pool's shared memory
+    /// both ways: arguments written into a slab, outcomes read from it. The others travelled in
+    /// the socket messages (before the shared memory existed, with no slab free, or with
+    /// arguments or outcomes too large for a slab), or did not finish.
+    pub fn shared_memory_batches(&self) -> usize {
+        self.inner.shared.slab_batches.load(Ordering::Relaxed)
     }
 
     /// Whether the pool's shared memory exists yet: batches' arguments and outcomes travel
@@ -423,6 +434,7 @@ impl ProcessPoolBuilder {
             initializer: self.initializer.map(|f| wire::offset_of(f as usize)),
             restarts: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
+            slab_batches: AtomicUsize::new(0),
             arena: OnceLock::new(),
             arena_started: AtomicBool::new(false),
         });
@@ -717,11 +729,16 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             Ran::Done {
                 elapsed_ns,
                 outcomes,
-            } => Reply::Done {
-                batch: job.batch,
-                elapsed_ns,
-                outcomes,
-            },
+            } => {
+                if matches!(outcomes, Outcomes::InSlab(_)) {
+                    shared.slab_batches.fetch_add(1, Ordering::Relaxed);
+                }
+                Reply::Done {
+                    batch: job.batch,
+                    elapsed_ns,
+                    outcomes,
+                }
+            }
             Ran::TimedOut => {
                 shared.restarts.fetch_add(1, Ordering::Relaxed);
                 if let Some(dead) = worker.take() {

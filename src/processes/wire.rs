@@ -17,8 +17,13 @@
 //! **Replies** (worker → parent, [`FromWorker`]): `Ready` once after start-up, then per batch
 //! `BatchInSlab` (the outcomes are the first `len` bytes of the batch's slab's outcome area) or,
 //! for a batch that came inline or whose outcomes do not fit the slab, `Batch` with the outcomes
-//! in the message. The outcomes are `count` records back to back: a tag byte (0 = returned, then
-//! the bincode result; 1 = panicked, then the bincode message).
+//! in the message. The outcomes are, in order: the bincode result of every task that returned,
+//! back to back in task order (no per-task tag: the common case, every task returned, is a plain
+//! run of values that the parent decodes in one tight loop); then one record per task that failed
+//! (panicked, or its result could not be encoded), in task order: its position in the batch
+//! (`u64 LE`) and the bincode message; then a [`FOOTER`]: the length of the values (`u64 LE`)
+//! and the number of failure records (`u64 LE`). The parent checks the footer and the failure
+//! records before it trusts any of it ([`split_outcomes`]).
 //!
 //! Encoding is bincode 1's default (fixed-size little-endian integers), written and read through
 //! one `Serializer`/`Deserializer` per batch rather than one call per value.
@@ -258,10 +263,10 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `count` tasks of type `F` whose arguments are encoded back to back in `input`, appending
-/// each outcome to `out`. Runs in the worker.
+/// Runs `count` tasks of type `F` whose arguments are encoded back to back in `input`, writing
+/// their outcomes to `out` (laid out as the module documentation says). Runs in the worker.
 ///
-/// One `catch_unwind` covers the whole loop (not one per task): after a task's panic its outcome
+/// One `catch_unwind` covers the whole loop (not one per task): after a task's panic its failure
 /// is recorded and the loop resumes at the next task. A panic while decoding arguments (a
 /// `Deserialize` impl that panics) leaves the input's position unknown, so it propagates: the
 /// worker exits and the batch is re-sent task by task, as for a crash.
@@ -273,7 +278,10 @@ where
 {
     let mut de = bincode::Deserializer::from_slice(input, options());
     let mut done = 0u64;
-    // Where the outcome of the task being run starts in `out`, and whether it is being decoded.
+    let values_start = out.len();
+    // Failed tasks: (position, message). Kept apart so the values stay a plain run.
+    let mut failures: Vec<(u64, String)> = Vec::new();
+    // Where the value of the task being run starts in `out`, and whether it is being decoded.
     let mut start = out.len();
     let mut decoding = false;
     while done < count {
@@ -288,7 +296,7 @@ where
                         let message =
                             format!("parjob: cannot decode the task's arguments: {error}");
                         while done < count {
-                            push_panic(out, &message);
+                            failures.push((done, message.clone()));
                             done += 1;
                         }
                         return;
@@ -302,7 +310,11 @@ where
                 // a second instance of it is something safe code could make with a plain copy.
                 let f: F = unsafe { std::mem::zeroed() };
                 let value = f.apply(args);
-                push_value(out, start, &value);
+                if let Err(error) =
+                    value.serialize(&mut bincode::Serializer::new(&mut *out, options()))
+                {
+                    encode_failed(out, start, done, error, &mut failures);
+                }
                 // Dropped before the task is counted: a result whose `Drop` panics is caught
                 // below as this task's panic, and must not be counted twice.
                 drop(value);
@@ -313,58 +325,97 @@ where
             if decoding {
                 std::panic::resume_unwind(payload);
             }
+            // The task's value may be partly (or wholly, if its `Drop` panicked) written.
             out.truncate(start);
-            push_panic(out, &panic_message(&*payload));
+            failures.push((done, panic_message(&*payload)));
             done += 1;
         }
     }
+    write_failures(out, values_start, &failures);
 }
 
-#[inline(always)]
-fn push_value<R: Serialize>(out: &mut Sink<'_>, start: usize, value: &R) {
-    use std::io::Write as _;
-    let tagged = out
-        .write_all(&[0])
-        .map_err(|e| Box::new(bincode::ErrorKind::Io(e)));
-    let written =
-        tagged.and_then(|()| value.serialize(&mut bincode::Serializer::new(&mut *out, options())));
-    if let Err(error) = written {
-        encode_failed(out, start, error);
-    }
-}
-
-/// A result that cannot be encoded becomes that task's panic message.
+/// A result that cannot be encoded becomes that task's failure, with the error as its message.
 #[cold]
 #[inline(never)]
-fn encode_failed(out: &mut Sink<'_>, start: usize, error: bincode::Error) {
+fn encode_failed(
+    out: &mut Sink<'_>,
+    start: usize,
+    position: u64,
+    error: bincode::Error,
+    failures: &mut Vec<(u64, String)>,
+) {
     out.truncate(start);
-    push_panic(
-        out,
-        &format!("parjob: cannot encode the task's result: {error}"),
-    );
+    failures.push((
+        position,
+        format!("parjob: cannot encode the task's result: {error}"),
+    ));
 }
 
-#[cold]
-fn push_panic(out: &mut Sink<'_>, message: &str) {
+/// Appends the failure records and the footer after the values (which start at `values_start`).
+fn write_failures(out: &mut Sink<'_>, values_start: usize, failures: &[(u64, String)]) {
     use std::io::Write as _;
-    // A sink always takes the bytes, and a `&str` always encodes.
-    let _ = out.write_all(&[1]);
-    let _ = bincode::serialize_into(&mut *out, message);
+    let values_len = (out.len() - values_start) as u64;
+    // A sink always takes the bytes, and a `&str` always encodes: these writes cannot fail.
+    for (position, message) in failures {
+        let _ = out.write_all(&position.to_le_bytes());
+        let _ = bincode::serialize_into(&mut *out, message.as_str());
+    }
+    let _ = out.write_all(&values_len.to_le_bytes());
+    let _ = out.write_all(&(failures.len() as u64).to_le_bytes());
 }
 
-/// Reads one outcome from the front of `input`: `Ok(result)` or `Err(panic message)`.
-pub(crate) fn read_outcome<R: DeserializeOwned>(input: &mut &[u8]) -> Result<R, String> {
-    let (&tag, rest) = input
-        .split_first()
-        .ok_or_else(|| "parjob: a worker sent too few results".to_owned())?;
-    *input = rest;
-    if tag == 0 {
-        bincode::deserialize_from(&mut *input)
-            .map_err(|error| format!("parjob: cannot decode the task's result: {error}"))
-    } else {
-        Err(bincode::deserialize_from::<_, String>(&mut *input)
-            .unwrap_or_else(|error| format!("parjob: cannot decode a panic message: {error}")))
+/// Bytes of the footer that ends a batch's outcomes.
+pub(crate) const FOOTER: usize = 16;
+
+/// What a batch's outcomes say, checked: `(values_len, failures)`, where the values are the first
+/// `values_len` bytes and `failures` the failed tasks' `(position in the batch, message)`, in
+/// task order. `Err` with a message when the footer or the failure records are not what a worker
+/// writes for `count` tasks: then nothing in the bytes can be located, and every task of the
+/// batch fails with the message.
+pub(crate) fn split_outcomes(
+    bytes: &[u8],
+    count: usize,
+) -> Result<(usize, Vec<(usize, String)>), String> {
+    let corrupt = |what: &str| format!("parjob: the batch's outcomes are corrupt ({what})");
+    let Some(body) = bytes.len().checked_sub(FOOTER) else {
+        return Err(corrupt("too short"));
+    };
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let (values_len, failed) = (word(body), word(body + 8));
+    if values_len > body as u64 || failed > count as u64 {
+        return Err(corrupt("bad footer"));
     }
+    let values_len = values_len as usize;
+    let mut failures = Vec::new();
+    let mut rest = &bytes[values_len..body];
+    for _ in 0..failed {
+        let Some(position) = rest.get(..8) else {
+            return Err(corrupt("truncated failure record"));
+        };
+        let position = u64::from_le_bytes(position.try_into().expect("8 bytes"));
+        let after = &rest[8..];
+        let in_order = failures
+            .last()
+            .map_or(true, |&(last, _)| position > last as u64);
+        if position >= count as u64 || !in_order {
+            return Err(corrupt("failure out of place"));
+        }
+        let (message, after) = read_message(after).map_err(|_| corrupt("bad failure message"))?;
+        failures.push((position as usize, message));
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok((values_len, failures))
+}
+
+/// Reads one result from the front of `input`, leaving the rest there.
+#[inline]
+pub(crate) fn read_value<R: DeserializeOwned>(input: &mut &[u8]) -> Result<R, String> {
+    let mut de = bincode::Deserializer::with_bincode_read(Cursor(input), options());
+    R::deserialize(&mut de)
+        .map_err(|error| format!("parjob: cannot decode the task's result: {error}"))
 }
 
 /// A bincode reader over a slice that leaves the unread rest in the caller's variable (bincode's
@@ -435,7 +486,7 @@ impl<'a> bincode::BincodeRead<'a> for Cursor<'a, '_> {
     }
 }
 
-/// A panic message at the front of `input`, and the bytes after it.
+/// A failure message at the front of `input`, and the bytes after it.
 #[inline(never)]
 fn read_message(mut input: &[u8]) -> Result<(String, &[u8]), String> {
     let mut de = bincode::Deserializer::with_bincode_read(Cursor(&mut input), options());
@@ -445,53 +496,32 @@ fn read_message(mut input: &[u8]) -> Result<(String, &[u8]), String> {
     }
 }
 
-/// Reads `count` outcomes from `input` (a batch's, in task order): each result is appended to
-/// `values`, each failure handed to `failed` with its position in the batch. After bytes that
-/// do not decode, the rest of the batch cannot be located: those tasks fail with the error.
+/// Appends `count` results read from the front of `input` to `values`, leaving the unread rest
+/// in `input`. On bytes that do not decode, stops there with the error: the results before it
+/// are in `values` (so `values`' new length says where it stopped).
 ///
 /// The loop keeps its state in locals and writes results into `values`' spare capacity, so for
 /// plain result types it compiles to a few instructions per task.
 #[inline]
-pub(crate) fn read_outcomes<R: DeserializeOwned>(
-    input: &[u8],
+pub(crate) fn read_values<R: DeserializeOwned>(
+    input: &mut &[u8],
     count: usize,
     values: &mut Vec<R>,
-    mut failed: impl FnMut(usize, String),
-) {
+) -> Result<(), String> {
     values.reserve(count);
     let spare = &mut values.spare_capacity_mut()[..count];
     let mut written = 0;
-    let mut rest = input;
+    let mut rest = *input;
     let mut broken = None;
-    for position in 0..count {
-        match rest.split_first() {
-            Some((&0, after)) => {
-                rest = after;
-                let mut de = bincode::Deserializer::with_bincode_read(Cursor(&mut rest), options());
-                match R::deserialize(&mut de) {
-                    Ok(value) => {
-                        spare[written].write(value);
-                        written += 1;
-                    }
-                    Err(error) => {
-                        let message = format!("parjob: cannot decode the task's result: {error}");
-                        broken = Some((position, message));
-                        break;
-                    }
-                }
+    for slot in spare.iter_mut() {
+        let mut de = bincode::Deserializer::with_bincode_read(Cursor(&mut rest), options());
+        match R::deserialize(&mut de) {
+            Ok(value) => {
+                slot.write(value);
+                written += 1;
             }
-            Some((_, after)) => match read_message(after) {
-                Ok((message, after)) => {
-                    rest = after;
-                    failed(position, message);
-                }
-                Err(message) => {
-                    broken = Some((position, message));
-                    break;
-                }
-            },
-            None => {
-                broken = Some((position, "parjob: a worker sent too few results".to_owned()));
+            Err(error) => {
+                broken = Some(format!("parjob: cannot decode the task's result: {error}"));
                 break;
             }
         }
@@ -503,11 +533,108 @@ pub(crate) fn read_outcomes<R: DeserializeOwned>(
     // `new_len <= capacity`. (A panic in a `Deserialize` impl skips this: the values written are
     // leaked, not exposed.)
     unsafe { values.set_len(new_len) };
-    if let Some((position, message)) = broken {
-        failed(position, message.clone());
-        let message = "parjob: cannot decode the task's result: the batch's outcomes are corrupt";
-        for later in position + 1..count {
-            failed(later, message.to_owned());
+    *input = rest;
+    broken.map_or(Ok(()), Err)
+}
+
+/// The message of the tasks after one whose result did not decode: where their results start
+/// is unknown.
+pub(crate) const CORRUPT: &str =
+    "parjob: cannot decode the task's result: the batch's outcomes are corrupt";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn halve_odd(x: u64) -> u64 {
+        assert!(x % 2 == 0, "odd {x}");
+        x / 2
+    }
+
+    /// Runs `run_batch` here (no worker) for `f` over `args` with an outcome area of `area`
+    /// bytes.
+    fn run_f<F>(_f: F, args: &[u64], area: usize) -> Vec<u8>
+    where
+        F: crate::Apply<(u64,), Output = u64> + Copy + 'static,
+    {
+        // `run_batch` re-creates `F` from nothing: it must be a function item, as
+        // `runner_offset` (not called here) would check.
+        assert_eq!(std::mem::size_of::<F>(), 0);
+        let mut input = Vec::new();
+        for &x in args {
+            bincode::serialize_into(&mut input, &(x,)).unwrap();
         }
+        let mut area = vec![0u8; area];
+        let mut spill = Vec::new();
+        let mut sink = Sink::new(&mut area, &mut spill);
+        run_batch::<F, (u64,), u64>(&input, args.len() as u64, &mut sink);
+        match sink.in_area() {
+            Some(len) => area[..len].to_vec(),
+            None => spill,
+        }
+    }
+
+    fn run(args: &[u64], area: usize) -> Vec<u8> {
+        run_f(halve_odd, args, area)
+    }
+
+    #[test]
+    fn values_and_failures_come_back_at_their_places_in_the_area_or_spilled() {
+        let args = [2, 3, 4, 6, 7, 8];
+        // 6 tasks, 2 of them failing: big enough for all, and too small (spilled).
+        for area in [4096, 20] {
+            let bytes = run(&args, area);
+            let (values_len, failures) = split_outcomes(&bytes, args.len()).unwrap();
+            assert_eq!(values_len, 4 * 8);
+            let positions: Vec<usize> = failures.iter().map(|(p, _)| *p).collect();
+            assert_eq!(positions, [1, 4]);
+            assert!(failures[0].1.contains("odd 3"), "{}", failures[0].1);
+            let mut values = Vec::new();
+            let mut input = &bytes[..values_len];
+            read_values::<u64>(&mut input, 4, &mut values).unwrap();
+            assert_eq!(values, [1, 2, 3, 4]);
+            assert!(input.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_outcomes_are_refused_as_a_whole() {
+        let good = run(&[2, 3, 4], 4096);
+        assert!(split_outcomes(&good, 3).is_ok());
+        let refused = |bytes: &[u8], count: usize| split_outcomes(bytes, count).unwrap_err();
+        assert!(refused(&good[..10], 3).contains("too short"));
+        // The same failure claimed for a batch of one task: its position is out of range.
+        assert!(refused(&good, 1).contains("out of place"));
+        // A footer whose values run past the body.
+        let mut bad = good.clone();
+        let at = bad.len() - FOOTER;
+        bad[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(refused(&bad, 3).contains("bad footer"));
+        // A byte between the failure records and the footer.
+        let mut bad = good[..at].to_vec();
+        bad.push(0);
+        bad.extend_from_slice(&good[at..]);
+        assert!(refused(&bad, 3).contains("trailing bytes"));
+        // Two failures at the same position.
+        let mut bad = Vec::new();
+        for _ in 0..2 {
+            bad.extend_from_slice(&0u64.to_le_bytes());
+            bincode::serialize_into(&mut bad, "boom").unwrap();
+        }
+        bad.extend_from_slice(&0u64.to_le_bytes());
+        bad.extend_from_slice(&2u64.to_le_bytes());
+        assert!(refused(&bad, 3).contains("out of place"));
+    }
+
+    #[test]
+    fn read_values_stops_at_bytes_that_do_not_decode() {
+        let mut bytes = Vec::new();
+        bincode::serialize_into(&mut bytes, &7u64).unwrap();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let mut values = vec![5u64];
+        let mut input = &bytes[..];
+        let error = read_values::<u64>(&mut input, 3, &mut values).unwrap_err();
+        assert!(error.contains("cannot decode the task's result"), "{error}");
+        assert_eq!(values, [5, 7]);
     }
 }
