@@ -40,9 +40,9 @@ fn join_stack_jobs_borrow_the_callers_stack() {
     }
 }
 
-/// Each call offers B from its own frame and withdraws the offer, unless a worker claimed it
-/// first (then the worker reads the `JobRef` and the stack job in the caller's frame). B writes
-/// into that frame, so a B run after the caller left, or run twice, is caught here.
+/// Each call offers B from its own frame and, B being short, almost always withdraws the offer
+/// before a worker claims it. B writes into that frame, so a B run after the caller left, or run
+/// twice, is caught here.
 #[test]
 fn join_from_outside_the_pool() {
     let pool = pool(2);
@@ -53,11 +53,36 @@ fn join_from_outside_the_pool() {
     }
 }
 
+/// A waits until B has run, so the only worker must claim B's offer and run it in the caller's
+/// frame: the worker reads the `JobRef` through the slot's pointer and writes B's result and the
+/// caller's variable there, while the caller spins in A. The second round offers from the same
+/// frame address as the first.
+#[test]
+fn a_worker_claims_an_outside_offer() {
+    let pool = pool(1);
+    for i in 0..2 {
+        let b_done = AtomicUsize::new(0);
+        let mut written = None;
+        let (a, ()) = pool.join(
+            || {
+                while b_done.load(Ordering::Acquire) == 0 {
+                    std::thread::yield_now();
+                }
+                i
+            },
+            || {
+                written = Some(i + 1);
+                b_done.store(1, Ordering::Release);
+            },
+        );
+        assert_eq!((a, written), (i, Some(i + 1)));
+    }
+}
+
 /// More outside callers offer at once than there are offer slots (4), while the only worker is
-/// held busy: the callers that find no free slot queue their B in the injector inside a ticket
-/// (reused from the thread's earlier calls once no worker holds it). Each B writes into its
-/// caller's frame, and each caller calls twice, so both the slot path and the ticket path (with
-/// its recycling) run under Miri.
+/// held busy: in the first round, the callers that find no free slot (at least one) queue their B
+/// in the injector inside a ticket. Each B writes into its caller's frame. The second round
+/// usually finds free slots again (a ticket's reuse by the same thread is not forced here).
 #[test]
 fn outside_joins_beyond_the_offer_slots() {
     const CALLERS: usize = 5;

@@ -111,8 +111,9 @@ where
 {
     match registry.caller() {
         Caller::OwnWorker(worker) => join_in_worker(worker, a, b),
-        // Not `in_worker`: from outside, the ticket below lets the caller run both halves itself
-        // when no worker is free, instead of always paying two context switches.
+        // Not `in_worker`: from outside, the caller runs A and only offers B (`join_outside`),
+        // so it runs both halves itself when no worker takes B, instead of always paying two
+        // context switches.
         Caller::OtherPool(worker) => registry.in_worker_cross(worker, |w| join_in_worker(w, a, b)),
         Caller::Outside => join_outside(registry, a, b),
     }

@@ -257,7 +257,8 @@ pub struct WorkerMetrics {
     pub local_pops: u64,
     /// Jobs stolen from a peer's deque.
     pub steals: u64,
-    /// Jobs taken from the pool's injector (work submitted from outside the pool).
+    /// Jobs from outside the pool: taken from the pool's injector, or the second half of an
+    /// outside `join` claimed from its offer slot.
     pub injector_pops: u64,
     /// Steal rounds over every peer that came back empty-handed.
     pub failed_steals: u64,
@@ -353,8 +354,10 @@ impl Metrics {
         self.wake_latency
     }
 
-    /// Start latency of work injected from outside the pool (`install`, an outside `join`,
-    /// `Parallel` batches): from the push into the injector to a worker starting it. Recorded only
+    /// Start latency of work injected from outside the pool (`install`, `Parallel` batches, an
+    /// outside `join` whose offer slots were all taken): from the push into the injector to a
+    /// worker starting it (an outside `join`'s half claimed from an offer slot is not timed: the
+    /// caller may take it back at any moment, and usually does). Recorded only
     /// with the cargo feature `trace` (it costs two clock reads per injected job); all zeros
     /// without it.
     pub fn inject_latency(&self) -> LatencySummary {

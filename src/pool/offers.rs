@@ -54,19 +54,29 @@ impl OutsideOffers {
     /// refers to must stay valid: a worker may claim it and execute it at any moment.
     #[inline]
     pub(crate) unsafe fn offer(&self, job: &JobRef) -> Option<Offer> {
-        let job = job as *const JobRef as *mut JobRef;
+        // Only ever read through (by the worker that claims it); `AtomicPtr` wants `*mut`.
+        let job = (job as *const JobRef).cast_mut();
         // Concurrent outside callers start at different slots (their frames are on different
-        // stacks): a multiplicative hash of the frame address spreads them.
-        let start = ((job as usize).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % OFFER_SLOTS;
+        // stacks, about 2 MiB apart): the top bits of a multiplicative hash of the frame address
+        // depend on all of its bits, so neighbouring stacks spread over the slots.
+        let start = ((job as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (64 - OFFER_SLOTS.trailing_zeros())) as usize;
         for step in 0..OFFER_SLOTS {
-            let slot = (start + step) % OFFER_SLOTS;
+            let slot = &self.slots[(start + step) % OFFER_SLOTS];
+            // A read first: a taken slot costs a shared read, not a read-for-ownership.
+            if !slot.load(Ordering::Relaxed).is_null() {
+                continue;
+            }
             // Release pairs with a claiming worker's Acquire compare-exchange: the worker that
             // takes the pointer sees the `JobRef` behind it and the job it refers to.
-            if self.slots[slot]
+            if slot
                 .compare_exchange(ptr::null_mut(), job, Ordering::Release, Ordering::Relaxed)
                 .is_ok()
             {
-                return Some(Offer { slot, job });
+                return Some(Offer {
+                    slot: (start + step) % OFFER_SLOTS,
+                    job,
+                });
             }
         }
         None
@@ -99,27 +109,30 @@ impl OutsideOffers {
         .is_ok()
     }
 
-    /// A worker takes one offer off the table, if there is any.
+    /// A worker takes one offer off the table, if there is any, looking from slot `start`
+    /// (its own index: searching workers spread over the slots instead of all contending for the
+    /// first one).
     #[inline]
-    pub(crate) fn claim(&self) -> Option<JobRef> {
-        for slot in &self.slots {
-            let job = slot.load(Ordering::Relaxed);
-            if job.is_null() {
+    pub(crate) fn claim(&self, start: usize) -> Option<JobRef> {
+        for step in 0..OFFER_SLOTS {
+            let slot = &self.slots[(start + step) % OFFER_SLOTS];
+            let seen = slot.load(Ordering::Relaxed);
+            if seen.is_null() {
                 continue;
             }
             // Acquire pairs with the offering caller's Release compare-exchange in `offer`.
-            if slot
-                .compare_exchange(job, ptr::null_mut(), Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+            if let Ok(job) =
+                slot.compare_exchange(seen, ptr::null_mut(), Ordering::Acquire, Ordering::Relaxed)
             {
-                // SAFETY: our compare-exchange removed `job` from the slot while it was on
-                // offer, so its caller has not withdrawn it and never will (its own
-                // compare-exchange will fail), and by `offer`'s contract the `JobRef` stays at
+                // SAFETY: `job` is the pointer our compare-exchange removed from the slot (the
+                // value the slot held, with the provenance its offering caller stored, not the
+                // one our earlier load returned: if that caller withdrew its offer and offered
+                // again from the same address, or a new thread's frame reuses a dead one's
+                // address, the earlier load's pointer belongs to a frame that is gone). It was on
+                // offer when we removed it, so its caller has not withdrawn it and never will (its
+                // own compare-exchange will fail), and by `offer`'s contract the `JobRef` stays at
                 // this address, unchanged, until the job's latch is set, which only the execution
-                // we are about to start does. If the same caller withdrew an earlier offer from
-                // this address and made a new one, the pointer we swapped out is that new offer,
-                // and we read the new `JobRef`: nothing was read through `job` before the
-                // compare-exchange.
+                // we are about to start does.
                 return Some(unsafe { *job });
             }
         }

@@ -407,7 +407,7 @@ impl WorkerThread {
             self.trace(EventKind::InjectorPop, 0);
             return Some(job);
         }
-        if let Some(job) = self.registry.offers.claim() {
+        if let Some(job) = self.registry.offers.claim(self.index) {
             // Work from outside the pool, like the injector's: counted with it.
             self.counters().bump_injector_pops();
             self.trace(EventKind::InjectorPop, 0);
