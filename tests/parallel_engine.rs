@@ -623,3 +623,47 @@ fn panics_while_the_caller_runs_tasks_from_the_input_drop_everything_once() {
         assert_eq!(squares(Parallel::new().n_jobs(2)), expected);
     }
 }
+
+/// A batch is handed to the runners as soon as it is cut, not after the driver has pulled the
+/// whole window: here pulling task 1 waits until task 0 has run, which only a pool worker can do
+/// while the driver is inside the input (before, the driver pulled three batches before queuing
+/// any, and the input waited out its 10 s limit).
+#[test]
+fn a_batch_runs_while_the_driver_is_still_pulling_the_next_ones() {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let first_ran = Arc::new(AtomicBool::new(false));
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let (ran, waited) = (Arc::clone(&first_ran), Arc::clone(&gave_up));
+    let out = within_20s(move || {
+        let tasks = (0..8u32).map(move |i| {
+            if i == 1 {
+                let start = Instant::now();
+                while !ran.load(Ordering::SeqCst) {
+                    if start.elapsed() > Duration::from_secs(10) {
+                        waited.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            let ran = Arc::clone(&ran);
+            Delayed::new(move || {
+                if i == 0 {
+                    ran.store(true, Ordering::SeqCst);
+                }
+                i
+            })
+        });
+        Parallel::new()
+            .n_jobs(2)
+            .batch_size(BatchSize::Fixed(1))
+            .backend(Backend::Pool(pool))
+            .run(tasks)
+    });
+    assert_eq!(out, (0..8).collect::<Vec<u32>>());
+    assert!(first_ran.load(Ordering::SeqCst));
+    assert!(
+        !gave_up.load(Ordering::SeqCst),
+        "task 0 was not handed out while the driver pulled task 1"
+    );
+}
