@@ -86,7 +86,9 @@ impl SleepModel {
 
     /// `Sleep::stop_searching_found_work` (the hand-off).
     pub fn stop_searching_found_work(&self) {
-        self.sleep.stop_searching_found_work(&self.counters)
+        self.sleep.stop_searching_found_work(&self.counters, || {
+            !self.injector.is_empty() || !self.batch_owner.is_empty()
+        })
     }
 
     /// `Sleep::stop_searching_idle`.
