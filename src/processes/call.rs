@@ -61,6 +61,14 @@ const MIN_TAIL_BATCH_NS: f64 = 100_000.0;
 /// yet, are not.
 const MAX_PREFETCH_NS: f64 = 2.0 * TARGET_BATCH_NS;
 
+/// A batch is sent ahead to a busy worker only if it holds at least this many tasks. The time
+/// per task is a mean (the worker reports a batch's time, not its tasks'): over a few tasks of
+/// uneven length one long task can make the batch far longer than the estimate, and a batch
+/// sent ahead is committed to a worker that may be busy for that long while another idles.
+/// Over 16 tasks or more the spread mostly averages out; automatic batches of short tasks hold
+/// hundreds or thousands.
+const MIN_PREFETCH_TASKS: usize = 16;
+
 /// A batch is closed once its encoded arguments pass this size (it always holds at least one
 /// task), so tasks with large arguments do not build huge messages.
 const MAX_BATCH_BYTES: usize = 4 << 20;
@@ -706,15 +714,18 @@ where
 }
 
 /// Whether a batch of `count` tasks may be sent to a worker still running another
-/// ([`Job::prefetch`]): only if it holds several tasks (automatic batching makes one-task
-/// batches of slow tasks, whose times vary the most: each stays free for whichever worker falls
-/// idle first), is expected to be short ([`MAX_PREFETCH_NS`], by the measured time per task
-/// `task_ns`; not before one is measured), has no timeout (a timeout covers one batch alone),
-/// and its arguments are in a slab (its request is then the 32-byte header, see `PREFETCH` in
-/// [`pool`](super::pool)).
+/// ([`Job::prefetch`]): only if it holds enough tasks for the time per task to be a fair guess
+/// ([`MIN_PREFETCH_TASKS`]; automatic batching makes small batches of slow tasks, whose times
+/// vary the most: each stays free for whichever worker falls idle first), is expected to be
+/// short ([`MAX_PREFETCH_NS`], by the measured time per task `task_ns`, taken as at least 1 ns
+/// as `batch_size` does, so a reported time of 0 does not make every batch look free; not
+/// before one is measured), has no timeout (a timeout covers one batch alone), and its
+/// arguments are in a slab (its request is then the 32-byte header, see `PREFETCH` in
+/// [`pool`](super::pool)). A driver also sends a batch ahead only behind one that was itself
+/// eligible.
 fn may_send_ahead(task_ns: Option<f64>, count: usize, timeout: bool, in_slab: bool) -> bool {
-    let short = task_ns.is_some_and(|ns| ns * count as f64 <= MAX_PREFETCH_NS);
-    count > 1 && short && !timeout && in_slab
+    let short = task_ns.is_some_and(|ns| ns.max(1.0) * count as f64 <= MAX_PREFETCH_NS);
+    count >= MIN_PREFETCH_TASKS && short && !timeout && in_slab
 }
 
 /// Why [`encode_batch`] stopped.
@@ -786,13 +797,21 @@ mod tests {
 
     #[test]
     fn only_short_measured_batches_in_a_slab_without_timeout_are_sent_ahead() {
-        // 30,000 tasks of 25 ns: 0.75 ms.
+        // 30,000 tasks of 25 ns: 0.75 ms; 16 tasks of 100 us: 1.6 ms.
         assert!(may_send_ahead(Some(25.0), 30_000, false, true));
+        assert!(may_send_ahead(Some(100e3), 16, false, true));
         // Not measured yet, two tasks of 5 ms (10 ms committed to a busy worker), or one task
         // however short.
         assert!(!may_send_ahead(None, 30_000, false, true));
         assert!(!may_send_ahead(Some(5e6), 2, false, true));
         assert!(!may_send_ahead(Some(25.0), 1, false, true));
+        // Too few tasks for their mean to say much: 4 tasks measured at 0.3 ms on average
+        // (one of them may take the whole 1.2 ms, or far more), or 15 tiny ones.
+        assert!(!may_send_ahead(Some(300e3), 4, false, true));
+        assert!(!may_send_ahead(Some(25.0), 15, false, true));
+        // A measured time of 0 counts as 1 ns per task: not every batch is "free".
+        assert!(may_send_ahead(Some(0.0), 30_000, false, true));
+        assert!(!may_send_ahead(Some(0.0), 3_000_000, false, true));
         // A timeout, or arguments in the request.
         assert!(!may_send_ahead(Some(25.0), 30_000, true, true));
         assert!(!may_send_ahead(Some(25.0), 30_000, false, false));

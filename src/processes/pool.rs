@@ -73,8 +73,9 @@ pub(crate) struct Job {
     /// Kill the worker if the batch runs longer than this.
     pub(crate) timeout: Option<Duration>,
     /// The batch may be sent to a worker that is still running another one (see [`PREFETCH`]):
-    /// set for batches of several tasks expected to be short (the call's measured time per
-    /// task), in a slab, without a timeout.
+    /// set for batches of enough tasks (16 or more) expected to be short (the call's measured
+    /// time per task), in a slab, without a timeout. A driver sends one ahead only behind jobs
+    /// that have this set too.
     pub(crate) prefetch: bool,
     pub(crate) reply: mpsc::Sender<Reply>,
     /// Set by [`Job::answer`]; a job dropped unanswered (its driver unwound, or the pool shut
