@@ -504,9 +504,17 @@ where
         while !self.stopped && !self.exhausted && self.in_flight.len() < self.settings.window {
             let size = self.batch_size();
             let arena = self.settings.pool.arena(size > 1);
-            match arena.and_then(|arena| arena.lease()) {
-                Some(lease) => self.fill_slab(size, lease),
-                None => self.fill_inline(size),
+            match arena.map(|arena| arena.lease()) {
+                Some(Some(lease)) => self.fill_slab(size, lease),
+                // The slabs exist but every one is in use.
+                Some(None) => {
+                    if self.fill_inline(size) {
+                        self.settings.pool.note_no_free_slab();
+                    }
+                }
+                None => {
+                    self.fill_inline(size);
+                }
             }
         }
     }
@@ -552,8 +560,8 @@ where
     }
 
     /// Encodes up to `size` tasks into a request of their own (no slab free, or a task larger
-    /// than a slab) and sends them as one batch.
-    fn fill_inline(&mut self, size: usize) {
+    /// than a slab) and sends them as one batch; `false` if there was no task to send.
+    fn fill_inline(&mut self, size: usize) -> bool {
         let mut bytes = Vec::with_capacity(wire::HEADER + 16 * size.min(MAX_AUTO_BATCH));
         bytes.extend_from_slice(&[0; wire::HEADER]);
         let first = self.next_index;
@@ -577,7 +585,7 @@ where
             self.next_index = first + count;
         }
         if count == 0 {
-            return;
+            return false;
         }
         let len = (bytes.len() - wire::HEADER) as u64;
         bytes[..wire::HEADER].copy_from_slice(&wire::header(
@@ -589,6 +597,7 @@ where
         let request = Arc::new(bytes);
         let args = Args::Inline(Arc::clone(&request));
         self.send(first, count, request, args, None, false);
+        true
     }
 
     fn send(
