@@ -413,6 +413,9 @@ pub(crate) fn split_outcomes(
     if !rest.is_empty() {
         return Err(corrupt("trailing bytes"));
     }
+    if failures.len() == count && values_len != 0 {
+        return Err(corrupt("results of no task"));
+    }
     Ok((values_len, failures))
 }
 
@@ -548,6 +551,11 @@ pub(crate) fn read_values<R: DeserializeOwned>(
 pub(crate) const CORRUPT: &str =
     "parjob: cannot decode the task's result: the batch's outcomes are corrupt";
 
+/// The message of the tasks of a batch whose results all decoded but did not use up the results
+/// area: some result's encoded length was wrong, so any of them may be.
+pub(crate) const UNREAD: &str =
+    "parjob: the batch's outcomes are corrupt (bytes left over after its results)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,6 +638,13 @@ mod tests {
         bad.extend_from_slice(&0u64.to_le_bytes());
         bad.extend_from_slice(&2u64.to_le_bytes());
         assert!(refused(&bad, 3).contains("out of place"));
+        // Results, though every task failed.
+        let mut bad = 7u64.to_le_bytes().to_vec();
+        bad.extend_from_slice(&0u64.to_le_bytes());
+        bincode::serialize_into(&mut bad, "boom").unwrap();
+        bad.extend_from_slice(&8u64.to_le_bytes());
+        bad.extend_from_slice(&1u64.to_le_bytes());
+        assert!(refused(&bad, 1).contains("results of no task"));
     }
 
     /// A result of task 1 that cannot be encoded and whose `Drop` panics.
