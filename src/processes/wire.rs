@@ -182,15 +182,23 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "parjob: a task sent to worker processes must be a function item (`delayed(square)`) \
-             or a closure that captures nothing; not a closure with captures, and not a `fn` \
-             pointer (neither can be named in another process)"
-        )
-    };
+    // Evaluated when this function is instantiated for `F`: a compile-time error otherwise.
+    // (An associated constant rather than an inline `const { }` block, which needs Rust 1.79.)
+    let () = ZeroSized::<F>::CHECK;
     offset_of(run_batch::<F, A, R> as Runner as usize)
+}
+
+/// The compile-time check of [`runner_offset`]: `ZeroSized::<F>::CHECK` fails to evaluate, and
+/// so to compile, unless `F` is zero-sized.
+struct ZeroSized<F>(std::marker::PhantomData<F>);
+
+impl<F> ZeroSized<F> {
+    const CHECK: () = assert!(
+        std::mem::size_of::<F>() == 0,
+        "parjob: a task sent to worker processes must be a function item (`delayed(square)`) \
+         or a closure that captures nothing; not a closure with captures, and not a `fn` \
+         pointer (neither can be named in another process)"
+    );
 }
 
 /// A request header: `count` tasks of runner `runner`, `len` argument bytes, in slab `slab`
@@ -400,9 +408,10 @@ pub(crate) fn split_outcomes(
         };
         let position = u64::from_le_bytes(position.try_into().expect("8 bytes"));
         let after = &rest[8..];
-        let in_order = failures
-            .last()
-            .map_or(true, |&(last, _)| position > last as u64);
+        let in_order = match failures.last() {
+            Some(&(last, _)) => position > last as u64,
+            None => true,
+        };
         if position >= count as u64 || !in_order {
             return Err(corrupt("failure out of place"));
         }
