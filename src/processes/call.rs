@@ -13,10 +13,13 @@
 //! (keyed by their first task); the ordered iterator decodes the one that comes next in input
 //! order, the unordered one whichever finished first. The iterators decode outcomes one at a time
 //! as they are asked for, so a large batch is never held twice; `run_in_processes` ([`Call::drain`])
-//! decodes a whole batch in one loop, straight into the output vector. Both check the outcomes'
-//! footer first (a malformed one fails every task of the batch) and stop reading at bytes that do
-//! not decode: that task fails with the error, the rest of the batch with "corrupt" (where their
-//! values start is unknown), as typed failures, never a guess.
+//! decodes a batch in one loop per run of results between failures, straight into the output
+//! vector. Both check the outcomes' footer and failure records first (malformed ones fail every
+//! task of the batch) and stop reading at bytes that do not decode: that task fails with the
+//! error, the rest of the batch with "corrupt" (where their values start is unknown), as typed
+//! failures, never a guess. Results that all decode but do not end exactly at the end of the
+//! results area fail too: in `drain` the whole batch, in the iterators the last result and the
+//! tasks after it (the results before it are handed out already).
 //!
 //! **Which task crashed.** When a worker dies in the middle of a batch of several tasks, the
 //! outcomes it had not sent are lost, and so is the knowledge of which task killed it. The batch's
@@ -60,6 +63,14 @@ const MIN_TAIL_BATCH_NS: f64 = 100_000.0;
 /// sent ahead despite the noise in the estimate; batches of slow tasks, or of tasks not measured
 /// yet, are not.
 const MAX_PREFETCH_NS: f64 = 2.0 * TARGET_BATCH_NS;
+
+/// A batch is sent ahead to a busy worker only if it holds at least this many tasks. The time
+/// per task is a mean (the worker reports a batch's time, not its tasks'): over a few tasks of
+/// uneven length one long task can make the batch far longer than the estimate, and a batch
+/// sent ahead is committed to a worker that may be busy for that long while another idles.
+/// Over 16 tasks or more the spread mostly averages out; automatic batches of short tasks hold
+/// hundreds or thousands.
+const MIN_PREFETCH_TASKS: usize = 16;
 
 /// A batch is closed once its encoded arguments pass this size (it always holds at least one
 /// task), so tasks with large arguments do not build huge messages.
@@ -194,21 +205,40 @@ impl Decoding {
         let mut input = &values[self.offset..];
         let outcome = wire::read_value::<R>(&mut input);
         self.offset = values.len() - input.len();
-        if outcome.is_err() {
-            // The next value's start is unknown: the rest of the batch cannot be read.
-            self.broken = Some(wire::CORRUPT.to_owned());
+        match outcome {
+            Ok(value) => {
+                // The batch's last result (every task after it failed) must end the results
+                // area. If it does not, some result's length was wrong: the ones handed out
+                // cannot be taken back, but this one and the rest fail.
+                let last = self.count - self.next == self.failures.len() - self.next_failure;
+                if last && self.offset != self.values_len {
+                    self.broken = Some(wire::CORRUPT.to_owned());
+                    return Some((index, Err(Failure::Panic(wire::UNREAD.to_owned()))));
+                }
+                Some((index, Ok(value)))
+            }
+            Err(message) => {
+                // The next value's start is unknown: the rest of the batch cannot be read.
+                self.broken = Some(wire::CORRUPT.to_owned());
+                Some((index, Err(Failure::Panic(message))))
+            }
         }
-        Some((index, outcome.map_err(Failure::Panic)))
     }
 
     /// Every outcome still to come, in one pass: the results appended to `values`, the failures
     /// handed to `failed` with their task index. Runs of returned tasks are decoded in one tight
-    /// loop each ([`wire::read_values`]).
+    /// loop each ([`wire::read_values`]). Results that decode but leave bytes of the results
+    /// area unread are not handed out: every task of the batch fails ([`wire::UNREAD`]).
     fn drain<R: DeserializeOwned>(
         mut self,
         values: &mut Vec<R>,
-        mut failed: impl FnMut(usize, Failure),
+        mut handed: impl FnMut(usize, Failure),
     ) {
+        let start = values.len();
+        let first_task = self.first + self.next;
+        // Handed out once the results are known to be whole (no allocation without failures).
+        let mut failures = Vec::new();
+        let mut failed = |index, failure| failures.push((index, failure));
         while self.next < self.count && self.broken.is_none() {
             let end = self
                 .failures
@@ -240,6 +270,16 @@ impl Decoding {
                 Ok(value) => values.push(value),
                 Err(failure) => failed(index, failure),
             }
+        }
+        if self.broken.is_none() && self.offset != self.values_len {
+            values.truncate(start);
+            for index in first_task..self.first + self.count {
+                handed(index, Failure::Panic(wire::UNREAD.to_owned()));
+            }
+            return;
+        }
+        for (index, failure) in failures {
+            handed(index, failure);
         }
     }
 }
@@ -496,9 +536,17 @@ where
         while !self.stopped && !self.exhausted && self.in_flight.len() < self.settings.window {
             let size = self.batch_size();
             let arena = self.settings.pool.arena(size > 1);
-            match arena.and_then(|arena| arena.lease()) {
-                Some(lease) => self.fill_slab(size, lease),
-                None => self.fill_inline(size),
+            match arena.map(|arena| arena.lease()) {
+                Some(Some(lease)) => self.fill_slab(size, lease),
+                // The slabs exist but every one is in use.
+                Some(None) => {
+                    if self.fill_inline(size) {
+                        self.settings.pool.note_no_free_slab();
+                    }
+                }
+                None => {
+                    self.fill_inline(size);
+                }
             }
         }
     }
@@ -544,8 +592,8 @@ where
     }
 
     /// Encodes up to `size` tasks into a request of their own (no slab free, or a task larger
-    /// than a slab) and sends them as one batch.
-    fn fill_inline(&mut self, size: usize) {
+    /// than a slab) and sends them as one batch; `false` if there was no task to send.
+    fn fill_inline(&mut self, size: usize) -> bool {
         let mut bytes = Vec::with_capacity(wire::HEADER + 16 * size.min(MAX_AUTO_BATCH));
         bytes.extend_from_slice(&[0; wire::HEADER]);
         let first = self.next_index;
@@ -569,7 +617,7 @@ where
             self.next_index = first + count;
         }
         if count == 0 {
-            return;
+            return false;
         }
         let len = (bytes.len() - wire::HEADER) as u64;
         bytes[..wire::HEADER].copy_from_slice(&wire::header(
@@ -581,6 +629,7 @@ where
         let request = Arc::new(bytes);
         let args = Args::Inline(Arc::clone(&request));
         self.send(first, count, request, args, None, false);
+        true
     }
 
     fn send(
@@ -706,15 +755,18 @@ where
 }
 
 /// Whether a batch of `count` tasks may be sent to a worker still running another
-/// ([`Job::prefetch`]): only if it holds several tasks (automatic batching makes one-task
-/// batches of slow tasks, whose times vary the most: each stays free for whichever worker falls
-/// idle first), is expected to be short ([`MAX_PREFETCH_NS`], by the measured time per task
-/// `task_ns`; not before one is measured), has no timeout (a timeout covers one batch alone),
-/// and its arguments are in a slab (its request is then the 32-byte header, see `PREFETCH` in
-/// [`pool`](super::pool)).
+/// ([`Job::prefetch`]): only if it holds enough tasks for the time per task to be a fair guess
+/// ([`MIN_PREFETCH_TASKS`]; automatic batching makes small batches of slow tasks, whose times
+/// vary the most: each stays free for whichever worker falls idle first), is expected to be
+/// short ([`MAX_PREFETCH_NS`], by the measured time per task `task_ns`, taken as at least 1 ns
+/// as `batch_size` does, so a reported time of 0 does not make every batch look free; not
+/// before one is measured), has no timeout (a timeout covers one batch alone), and its
+/// arguments are in a slab (its request is then the 32-byte header, see `PREFETCH` in
+/// [`pool`](super::pool)). A driver also sends a batch ahead only behind one that was itself
+/// eligible.
 fn may_send_ahead(task_ns: Option<f64>, count: usize, timeout: bool, in_slab: bool) -> bool {
-    let short = task_ns.is_some_and(|ns| ns * count as f64 <= MAX_PREFETCH_NS);
-    count > 1 && short && !timeout && in_slab
+    let short = task_ns.is_some_and(|ns| ns.max(1.0) * count as f64 <= MAX_PREFETCH_NS);
+    count >= MIN_PREFETCH_TASKS && short && !timeout && in_slab
 }
 
 /// Why [`encode_batch`] stopped.
@@ -786,13 +838,21 @@ mod tests {
 
     #[test]
     fn only_short_measured_batches_in_a_slab_without_timeout_are_sent_ahead() {
-        // 30,000 tasks of 25 ns: 0.75 ms.
+        // 30,000 tasks of 25 ns: 0.75 ms; 16 tasks of 100 us: 1.6 ms.
         assert!(may_send_ahead(Some(25.0), 30_000, false, true));
+        assert!(may_send_ahead(Some(100e3), 16, false, true));
         // Not measured yet, two tasks of 5 ms (10 ms committed to a busy worker), or one task
         // however short.
         assert!(!may_send_ahead(None, 30_000, false, true));
         assert!(!may_send_ahead(Some(5e6), 2, false, true));
         assert!(!may_send_ahead(Some(25.0), 1, false, true));
+        // Too few tasks for their mean to say much: 4 tasks measured at 0.3 ms on average
+        // (one of them may take the whole 1.2 ms, or far more), or 15 tiny ones.
+        assert!(!may_send_ahead(Some(300e3), 4, false, true));
+        assert!(!may_send_ahead(Some(25.0), 15, false, true));
+        // A measured time of 0 counts as 1 ns per task: not every batch is "free".
+        assert!(may_send_ahead(Some(0.0), 30_000, false, true));
+        assert!(!may_send_ahead(Some(0.0), 3_000_000, false, true));
         // A timeout, or arguments in the request.
         assert!(!may_send_ahead(Some(25.0), 30_000, true, true));
         assert!(!may_send_ahead(Some(25.0), 30_000, false, false));
@@ -879,6 +939,87 @@ mod tests {
         assert!(failed[0].1.contains("cannot decode the task's result"));
         assert_eq!(failed[1], (2, wire::CORRUPT.to_owned()));
         assert_eq!(failed[2], (3, wire::CORRUPT.to_owned()));
+    }
+
+    /// Results that all decode but leave bytes of the results area unread (a result's encoded
+    /// length was wrong somewhere): the iterator fails the last result and what follows it
+    /// (those before it are handed out already), `drain` the whole batch.
+    #[test]
+    fn results_that_leave_bytes_unread_fail() {
+        // Tasks 0 and 1 returned 10 and 11, task 2 failed; 3 bytes more in the results area.
+        let mut values = encoded(&[10, 11]);
+        values.extend_from_slice(&[1, 2, 3]);
+        let bytes = outcomes(&values, &[(2, "third")]);
+        let mut one = Decoding::new(0, 3, Source::Inline(bytes.clone()));
+        assert_eq!(
+            one_by_one(&mut one),
+            [
+                (0, Ok(10)),
+                (1, Err(wire::UNREAD.to_owned())),
+                (2, Err(wire::CORRUPT.to_owned())),
+            ]
+        );
+        let (values, failed) = drained(Decoding::new(0, 3, Source::Inline(bytes)));
+        assert!(values.is_empty(), "{values:?}");
+        assert_eq!(
+            failed,
+            (0..3)
+                .map(|i| (i, wire::UNREAD.to_owned()))
+                .collect::<Vec<_>>()
+        );
+        // The same results without the extra bytes come back whole.
+        let bytes = outcomes(&encoded(&[10, 11]), &[(2, "third")]);
+        let (values, failed) = drained(Decoding::new(0, 3, Source::Inline(bytes)));
+        assert_eq!(values, [10, 11]);
+        assert_eq!(failed, [(2, "third".to_owned())]);
+    }
+
+    /// Arbitrary damage to outcome bytes never makes a decoder panic or lose a task: each
+    /// hands out exactly one outcome per task, at its index; undamaged bytes decode exactly.
+    #[test]
+    fn damaged_outcomes_still_give_one_outcome_per_task() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut random = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n.max(1)
+        };
+        for _ in 0..20_000 {
+            let count = 1 + random(9) as usize;
+            let (mut values, mut failures) = (Vec::new(), Vec::new());
+            let mut expected = Vec::new();
+            for p in 0..count {
+                if random(3) == 0 {
+                    failures.push((p as u64, format!("f{p}")));
+                    expected.push((p, Err(format!("f{p}"))));
+                } else {
+                    values.push(1000 + p as u64);
+                    expected.push((p, Ok(1000 + p as u64)));
+                }
+            }
+            let failures: Vec<(u64, &str)> = failures.iter().map(|(p, m)| (*p, &**m)).collect();
+            let mut bytes = outcomes(&encoded(&values), &failures);
+            let damaged = random(2) == 0;
+            if damaged {
+                let at = random(bytes.len() as u64) as usize;
+                match random(4) {
+                    0 => bytes[at] = random(256) as u8,
+                    1 => bytes.truncate(at),
+                    2 => bytes.insert(at, random(256) as u8),
+                    _ => drop(bytes.remove(at)),
+                }
+            }
+            let got = one_by_one(&mut Decoding::new(0, count, Source::Inline(bytes.clone())));
+            let indices: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
+            assert_eq!(indices, (0..count).collect::<Vec<_>>());
+            let (values, failed) = drained(Decoding::new(0, count, Source::Inline(bytes)));
+            assert_eq!(values.len() + failed.len(), count);
+            assert!(failed.windows(2).all(|w| w[0].0 < w[1].0));
+            if !damaged {
+                assert_eq!(got, expected);
+            }
+        }
     }
 
     #[test]

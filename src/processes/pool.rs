@@ -73,8 +73,9 @@ pub(crate) struct Job {
     /// Kill the worker if the batch runs longer than this.
     pub(crate) timeout: Option<Duration>,
     /// The batch may be sent to a worker that is still running another one (see [`PREFETCH`]):
-    /// set for batches of several tasks expected to be short (the call's measured time per
-    /// task), in a slab, without a timeout.
+    /// set for batches of enough tasks (16 or more) expected to be short (the call's measured
+    /// time per task), in a slab, without a timeout. A driver sends one ahead only behind jobs
+    /// that have this set too.
     pub(crate) prefetch: bool,
     pub(crate) reply: mpsc::Sender<Reply>,
     /// Set by [`Job::answer`]; a job dropped unanswered (its driver unwound, or the pool shut
@@ -158,6 +159,8 @@ struct Shared {
     batches: AtomicUsize,
     /// Batches that came back with their outcomes in their slab (see `shared_memory_batches`).
     slab_batches: AtomicUsize,
+    /// Batches sent in the message because every slab was taken (see `no_free_slab_batches`).
+    no_free_slab: AtomicUsize,
     /// The shared-memory slabs, once a background thread has made them: on the first call
     /// that batches several tasks together (zeroing them takes milliseconds, so neither the
     /// pool's start nor a call waits for it: until then batches travel in the messages).
@@ -258,6 +261,26 @@ impl ProcessPool {
     /// arguments or outcomes too large for a slab), or did not finish.
     pub fn shared_memory_batches(&self) -> usize {
         self.inner.shared.slab_batches.load(Ordering::Relaxed)
+    }
+
+    /// How many batches travelled in the socket message because, when their call encoded them,
+    /// the pool's shared memory existed but every slab was in use (by batches queued or running,
+    /// and by finished ones whose outcomes wait to be decoded: in an ordered call, those behind
+    /// a batch that has not finished yet). Counted when the batch is sent, so a batch that was
+    /// then cancelled counts here but not in [`batches`](ProcessPool::batches).
+    ///
+    /// Correct behaviour, not an error (the messages carry any batch), but a count that is a
+    /// large share of `batches` means the slabs are too few for the calls' dispatch window.
+    pub fn no_free_slab_batches(&self) -> usize {
+        self.inner.shared.no_free_slab.load(Ordering::Relaxed)
+    }
+
+    /// Records one batch of [`no_free_slab_batches`](ProcessPool::no_free_slab_batches).
+    pub(crate) fn note_no_free_slab(&self) {
+        self.inner
+            .shared
+            .no_free_slab
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the pool's shared memory exists yet: batches' arguments and outcomes travel
@@ -435,6 +458,7 @@ impl ProcessPoolBuilder {
             restarts: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
             slab_batches: AtomicUsize::new(0),
+            no_free_slab: AtomicUsize::new(0),
             arena: OnceLock::new(),
             arena_started: AtomicBool::new(false),
         });

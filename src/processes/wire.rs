@@ -182,15 +182,23 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "parjob: a task sent to worker processes must be a function item (`delayed(square)`) \
-             or a closure that captures nothing; not a closure with captures, and not a `fn` \
-             pointer (neither can be named in another process)"
-        )
-    };
+    // Evaluated when this function is instantiated for `F`: a compile-time error otherwise.
+    // (An associated constant rather than an inline `const { }` block, which needs Rust 1.79.)
+    let () = ZeroSized::<F>::CHECK;
     offset_of(run_batch::<F, A, R> as Runner as usize)
+}
+
+/// The compile-time check of [`runner_offset`]: `ZeroSized::<F>::CHECK` fails to evaluate, and
+/// so to compile, unless `F` is zero-sized.
+struct ZeroSized<F>(std::marker::PhantomData<F>);
+
+impl<F> ZeroSized<F> {
+    const CHECK: () = assert!(
+        std::mem::size_of::<F>() == 0,
+        "parjob: a task sent to worker processes must be a function item (`delayed(square)`) \
+         or a closure that captures nothing; not a closure with captures, and not a `fn` \
+         pointer (neither can be named in another process)"
+    );
 }
 
 /// A request header: `count` tasks of runner `runner`, `len` argument bytes, in slab `slab`
@@ -284,6 +292,10 @@ where
     // Where the value of the task being run starts in `out`, and whether it is being decoded.
     let mut start = out.len();
     let mut decoding = false;
+    // The encode error of the task being run, kept until its result is dropped: if that `Drop`
+    // panics too, the task still gets one failure record (two at one position would make the
+    // parent refuse the whole batch).
+    let mut unencoded: Option<String> = None;
     while done < count {
         let ran = catch_unwind(AssertUnwindSafe(|| {
             while done < count {
@@ -313,11 +325,14 @@ where
                 if let Err(error) =
                     value.serialize(&mut bincode::Serializer::new(&mut *out, options()))
                 {
-                    encode_failed(out, start, done, error, &mut failures);
+                    unencoded = Some(encode_failed(out, start, error));
                 }
                 // Dropped before the task is counted: a result whose `Drop` panics is caught
                 // below as this task's panic, and must not be counted twice.
                 drop(value);
+                if let Some(message) = unencoded.take() {
+                    failures.push((done, message));
+                }
                 done += 1;
             }
         }));
@@ -327,28 +342,27 @@ where
             }
             // The task's value may be partly (or wholly, if its `Drop` panicked) written.
             out.truncate(start);
-            failures.push((done, panic_message(&*payload)));
+            let panicked = panic_message(&*payload);
+            // A result that could not be encoded and whose `Drop` then panicked: one record,
+            // with both messages.
+            let message = match unencoded.take() {
+                Some(unencoded) => format!("{unencoded}; then dropping it panicked: {panicked}"),
+                None => panicked,
+            };
+            failures.push((done, message));
             done += 1;
         }
     }
     write_failures(out, values_start, &failures);
 }
 
-/// A result that cannot be encoded becomes that task's failure, with the error as its message.
+/// A result that cannot be encoded becomes that task's failure: forgets what of it was written
+/// (from `start` on) and returns the failure's message.
 #[cold]
 #[inline(never)]
-fn encode_failed(
-    out: &mut Sink<'_>,
-    start: usize,
-    position: u64,
-    error: bincode::Error,
-    failures: &mut Vec<(u64, String)>,
-) {
+fn encode_failed(out: &mut Sink<'_>, start: usize, error: bincode::Error) -> String {
     out.truncate(start);
-    failures.push((
-        position,
-        format!("parjob: cannot encode the task's result: {error}"),
-    ));
+    format!("parjob: cannot encode the task's result: {error}")
 }
 
 /// Appends the failure records and the footer after the values (which start at `values_start`).
@@ -394,9 +408,10 @@ pub(crate) fn split_outcomes(
         };
         let position = u64::from_le_bytes(position.try_into().expect("8 bytes"));
         let after = &rest[8..];
-        let in_order = failures
-            .last()
-            .map_or(true, |&(last, _)| position > last as u64);
+        let in_order = match failures.last() {
+            Some(&(last, _)) => position > last as u64,
+            None => true,
+        };
         if position >= count as u64 || !in_order {
             return Err(corrupt("failure out of place"));
         }
@@ -406,6 +421,9 @@ pub(crate) fn split_outcomes(
     }
     if !rest.is_empty() {
         return Err(corrupt("trailing bytes"));
+    }
+    if failures.len() == count && values_len != 0 {
+        return Err(corrupt("results of no task"));
     }
     Ok((values_len, failures))
 }
@@ -542,6 +560,11 @@ pub(crate) fn read_values<R: DeserializeOwned>(
 pub(crate) const CORRUPT: &str =
     "parjob: cannot decode the task's result: the batch's outcomes are corrupt";
 
+/// The message of the tasks of a batch whose results all decoded but did not use up the results
+/// area: some result's encoded length was wrong, so any of them may be.
+pub(crate) const UNREAD: &str =
+    "parjob: the batch's outcomes are corrupt (bytes left over after its results)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +647,74 @@ mod tests {
         bad.extend_from_slice(&0u64.to_le_bytes());
         bad.extend_from_slice(&2u64.to_le_bytes());
         assert!(refused(&bad, 3).contains("out of place"));
+        // Results, though every task failed.
+        let mut bad = 7u64.to_le_bytes().to_vec();
+        bad.extend_from_slice(&0u64.to_le_bytes());
+        bincode::serialize_into(&mut bad, "boom").unwrap();
+        bad.extend_from_slice(&8u64.to_le_bytes());
+        bad.extend_from_slice(&1u64.to_le_bytes());
+        assert!(refused(&bad, 1).contains("results of no task"));
+    }
+
+    /// A result of task 1 that cannot be encoded and whose `Drop` panics.
+    struct Unencodable(u64);
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self.0 == 1 {
+                return Err(serde::ser::Error::custom("no encoding for 1"));
+            }
+            s.serialize_u64(self.0)
+        }
+    }
+
+    impl Drop for Unencodable {
+        fn drop(&mut self) {
+            if self.0 == 1 {
+                panic!("dropping 1");
+            }
+        }
+    }
+
+    fn unencodable(x: u64) -> Unencodable {
+        Unencodable(x)
+    }
+
+    /// `run_batch` of `f` (a function item) over `input`, here (no worker).
+    fn run_unencodable<F>(_f: F, input: &[u8], count: u64, sink: &mut Sink<'_>)
+    where
+        F: crate::Apply<(u64,), Output = Unencodable> + Copy + 'static,
+    {
+        assert_eq!(std::mem::size_of::<F>(), 0);
+        run_batch::<F, (u64,), Unencodable>(input, count, sink);
+    }
+
+    /// The task's failure is recorded once (with both messages), not once for the encode error
+    /// and again for the `Drop`'s panic: two records at one position made the whole batch
+    /// corrupt, and the other tasks lost their results.
+    #[test]
+    fn a_result_that_fails_to_encode_and_panics_in_drop_fails_once() {
+        let mut input = Vec::new();
+        for x in [0u64, 1, 2] {
+            bincode::serialize_into(&mut input, &(x,)).unwrap();
+        }
+        let mut area = vec![0u8; 4096];
+        let mut spill = Vec::new();
+        let mut sink = Sink::new(&mut area, &mut spill);
+        run_unencodable(unencodable, &input, 3, &mut sink);
+        let len = sink.in_area().unwrap();
+        let bytes = &area[..len];
+        let (values_len, failures) = split_outcomes(bytes, 3).unwrap();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].0, 1);
+        let message = &failures[0].1;
+        assert!(message.contains("no encoding for 1"), "{message}");
+        assert!(message.contains("dropping 1"), "{message}");
+        let mut values = Vec::new();
+        let mut input = &bytes[..values_len];
+        read_values::<u64>(&mut input, 2, &mut values).unwrap();
+        assert_eq!(values, [0, 2]);
+        assert!(input.is_empty());
     }
 
     #[test]
