@@ -186,7 +186,7 @@ impl<'p> Parallel<'p> {
                 Err(failure) => Err(failure),
             };
             call.stop();
-            if first.as_ref().map_or(true, |(i, _)| index < *i) {
+            if first.as_ref().is_none_or(|(i, _)| index < *i) {
                 first = Some((index, failure));
             }
         }

@@ -279,7 +279,7 @@ where
             && self
                 .batcher
                 .expected_batch_ns()
-                .map_or(true, |ns| ns < CALLER_HELPS_BELOW_NS)
+                .is_none_or(|ns| ns < CALLER_HELPS_BELOW_NS)
     }
 
     /// Pulls tasks into batches while the window has room, queues them and wakes tokens for them.
