@@ -42,8 +42,6 @@ pub(crate) struct Batcher {
     fixed: Option<usize>,
     /// Smoothed mean duration of one task, once measured.
     task_ns: Option<f64>,
-    /// How many tasks' worth of evidence `task_ns` rests on (decayed at every sample).
-    weight: f64,
     /// Timing totals already folded into `task_ns`.
     seen_tasks: u64,
     seen_ns: u64,
@@ -59,7 +57,6 @@ impl Batcher {
         Batcher {
             fixed,
             task_ns: None,
-            weight: 0.0,
             seen_tasks: 0,
             seen_ns: 0,
             current: fixed.unwrap_or(1),
@@ -76,21 +73,12 @@ impl Batcher {
         self.seen_tasks = total_tasks;
         self.seen_ns = total_ns;
         let sample = ns as f64 / tasks as f64;
-        // An exponentially weighted mean, as joblib's (0.8 old + 0.2 new), but quicker to react
-        // (our samples are whole batches already: the old evidence is halved at every sample) and
-        // weighted by the tasks behind each side. The first samples come from batches of one task,
-        // whose fixed cost (timers, a cold cache) can make a 1 ns task look like 500 ns; with a
-        // fixed 0.5/0.5 mix the size then only doubled per round of batches (eight rounds, each a
-        // token that drains its queue and a worker put to sleep, before 1 ns tasks got batches of
-        // their real size), while a sample of thousands of tasks now outweighs a few probes at
-        // once. Samples of equal size still mix half and half.
-        let tasks = tasks as f64;
-        let old_weight = 0.5 * self.weight;
+        // An exponentially weighted mean, as joblib's (0.8 old + 0.2 new), but quicker to react:
+        // our samples are whole batches already.
         self.task_ns = Some(match self.task_ns {
             None => sample,
-            Some(old) => (old * old_weight + sample * tasks) / (old_weight + tasks),
+            Some(old) => 0.5 * old + 0.5 * sample,
         });
-        self.weight = old_weight + tasks;
     }
 
     /// Expected duration of a batch of the current size, once measured.
@@ -139,37 +127,13 @@ mod tests {
     #[test]
     fn auto_smooths_samples_and_is_bounded() {
         let mut b = Batcher::new(BatchSize::Auto);
-        b.observe(10, 10_000);
-        // A 3 µs sample of 10 tasks against 1 µs from 10 tasks, halved: 2/3 of the way to 3 µs.
-        b.observe(20, 40_000);
-        let mean = (1_000.0 * 5.0 + 3_000.0 * 10.0) / 15.0;
-        assert_eq!(b.next_size(None, 1), (TARGET_BATCH_NS / mean) as usize);
+        b.observe(1, 1_000);
+        b.observe(2, 4_000); // a 3 µs sample: the mean moves halfway, to 2 µs
+        assert_eq!(b.next_size(None, 1), (TARGET_BATCH_NS / 2_000.0) as usize);
         // Free tasks: capped.
         let mut fast = Batcher::new(BatchSize::Auto);
         fast.observe(1_000_000, 0);
         assert_eq!(fast.next_size(None, 1), MAX_AUTO_BATCH);
-    }
-
-    #[test]
-    fn a_large_sample_outweighs_a_few_slow_probes() {
-        // Three one-task probes dominated by fixed costs (500 ns each), then a batch of 3000 tasks
-        // of 2 ns: the estimate follows the batch (2.25 ns; a half-and-half mix said 251 ns).
-        let mut b = Batcher::new(BatchSize::Auto);
-        b.observe(3, 1_500);
-        b.observe(3_003, 1_500 + 6_000);
-        let size = b.next_size(None, 2) as f64;
-        let real = TARGET_BATCH_NS / 2.0;
-        assert!(
-            size > 0.85 * real && size <= real,
-            "size {size}, wanted about {real}"
-        );
-        // Later samples still move it: 3000 tasks of 4 ns take it two thirds of the way there.
-        b.observe(6_003, 7_500 + 12_000);
-        let size = b.next_size(None, 2) as f64;
-        assert!(
-            size > TARGET_BATCH_NS / 4.0 && size < TARGET_BATCH_NS / 3.0,
-            "size {size}"
-        );
     }
 
     #[test]

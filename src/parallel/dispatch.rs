@@ -254,16 +254,9 @@ where
             break;
         }
         // Help: run the next tasks straight from the input, else a queued batch, else wait.
-        let knew_the_end = engine.exhausted;
         if let Some(chunk) = engine.run_from_input() {
             call.chunks.push(chunk);
             last_result = Instant::now();
-            continue;
-        }
-        if engine.exhausted && !knew_the_end {
-            // It found the end of the input without taking a task (`refill` stops pulling once
-            // the queue holds enough, so it may not have looked): nothing may be in flight to
-            // wake a wait, so check for the end at the top of the loop.
             continue;
         }
         if engine.help() {

@@ -4,10 +4,9 @@
 //! # Shape of a call
 //! The driver ([`Engine`], owned by the calling frame or by the stream iterator) is the only one that
 //! touches the input iterator (so it need not be `Send`). It pulls tasks in bulk into batch
-//! buffers ([`Batcher`] sizes them), pushes each batch onto the call's ready queue as soon as it is
-//! cut, and makes sure enough *tokens* (small jobs on the pool) exist to run them: a token pops
-//! batches until the queue is empty (lingering a moment first while `run`'s driver outside the
-//! pool is still pulling: see `shared::token_loop`). At most `runners` threads run this call's batches at once (tokens, plus the driver
+//! buffers ([`Batcher`] sizes them), pushes the batches onto the call's ready queue, and makes sure
+//! enough *tokens* (small jobs on the pool) exist to run them: a token pops batches until the queue
+//! is empty. At most `runners` threads run this call's batches at once (tokens, plus the driver
 //! when it helps). Every finished batch posts a [`Chunk`] (where its results are, whether a task
 //! panicked or failed) to the shared `done` list and notifies the driver's [`Signal`].
 //!
@@ -30,10 +29,7 @@
 //! exhausted, by running queued batches ([`Engine::help`]), which is how a stream's consumer helps.
 //! A helping driver refills after every chunk, so its window counts the buffers it cuts (queued
 //! tasks stay in a cache until a runner reads them); one that only dispatches counts batches of
-//! the size the batcher asked for. Outside the pool, a helping driver also stops refilling once a
-//! batch per token is queued, and runs at most half the queued tasks per token from the input
-//! (`driver_share`) before it refills again: pulling a cheap task costs about as much as
-//! running it, and a driver that filled the whole window did little but pull.
+//! the size the batcher asked for.
 //!
 //! # Limits
 //! `timeout` bounds each wait for the next result, `deadline` the whole call. Both are
@@ -169,8 +165,6 @@ pub(crate) struct Engine<'p, I, T: Task> {
     /// The driver runs tasks straight from the input when it helps (`run`'s driver; a stream's
     /// consumer only runs queued batches).
     from_input: bool,
-    /// With `from_input`: the driver is not one of the pool's workers.
-    outside: bool,
 }
 
 impl<'p, I, T> Engine<'p, I, T>
@@ -206,8 +200,6 @@ where
                 done: Mutex::new(Vec::new()),
                 spare: Mutex::new(Vec::new()),
                 waiter: Mutex::new(None),
-                queued: AtomicUsize::new(0),
-                feeding: AtomicBool::new(false),
                 tasks_done: AtomicUsize::new(0),
                 timing_tasks: AtomicU64::new(0),
                 timing_ns: AtomicU64::new(0),
@@ -233,7 +225,6 @@ where
             slots,
             signal: None,
             from_input: false,
-            outside: false,
         }
     }
 
@@ -242,35 +233,6 @@ where
     /// [`run_from_input`]: Self::run_from_input
     pub(crate) fn runs_from_input(&mut self) {
         self.from_input = true;
-        // Tokens linger for the next batch (see `shared::token_loop`) only when the driver is
-        // outside the pool: a worker that drives a nested call keeps its peers free to steal
-        // other work instead.
-        self.outside = !self.on_pool.pool.is_current();
-        if self.outside {
-            self.shared.feeding.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Does the tokens' queue hold enough that the driver should run tasks itself rather than
-    /// pull more for them? Only for `run`'s driver outside the pool while it helps: a batch of
-    /// `size` tasks queued per token, the window permitting. Pulling a batch of cheap tasks costs
-    /// about as much as running it; a driver that filled the whole window did little but pull
-    /// (the runners consumed as fast as it pulled), while one that keeps a batch queued per token
-    /// and runs the rest of its time from the input (`run_from_input`, at most half the queue per
-    /// token) does both. A worker that drives a nested call keeps the whole window queued: it
-    /// may be away running other jobs of the pool while it waits.
-    fn queue_is_deep_enough(&self, size: usize) -> bool {
-        if !self.outside || !self.from_input || !self.helps() {
-            return false;
-        }
-        let tokens = self.on_pool.runners - 1;
-        self.shared.queued.load(Ordering::Relaxed) >= tokens.saturating_mul(size)
-    }
-
-    /// The input has no more tasks: tokens stop waiting for more.
-    fn set_exhausted(&mut self) {
-        self.exhausted = true;
-        self.shared.feeding.store(false, Ordering::Relaxed);
     }
 
     /// Does the driver run batches itself now? (It is a runner, and batches are short.)
@@ -293,6 +255,7 @@ where
             self.shared.timing_tasks.load(Ordering::Relaxed),
             self.shared.timing_ns.load(Ordering::Relaxed),
         );
+        let mut pushed: Vec<Batch<T>> = Vec::new();
         while !self.exhausted {
             let retired = read.unwrap_or_else(|| self.shared.tasks_done.load(Ordering::Acquire));
             let in_flight = self.pulled - retired.min(self.pulled);
@@ -300,7 +263,7 @@ where
             // A driver that runs tasks straight from the input keeps one batch of the window for
             // that (see `run_from_input`), if the window holds two or more.
             let window = window - self.reserve(window, size);
-            if in_flight >= window || self.queue_is_deep_enough(size) {
+            if in_flight >= window {
                 break;
             }
             let take = size.min(window - in_flight);
@@ -310,7 +273,7 @@ where
             tasks.reserve(take);
             tasks.extend(self.tasks.by_ref().take(take));
             if tasks.len() < take {
-                self.set_exhausted();
+                self.exhausted = true;
                 if tasks.is_empty() {
                     break;
                 }
@@ -324,28 +287,22 @@ where
                 }
                 _ => Dest::Own,
             };
-            let batch = Batch {
+            pushed.push(Batch {
                 start: self.pulled,
                 tasks,
                 dest,
-            };
+            });
             self.pulled += len;
             self.batches += 1;
-            // Each batch is queued as soon as it is cut, not after the whole refill: pulling a
-            // batch of cheap tasks costs about as long as running it, so runners that drained the
-            // queue would otherwise wait (and their tokens exit) while the driver pulls several.
-            self.push(batch);
         }
-    }
-
-    /// Queues one batch and spawns the tokens it calls for.
-    fn push(&mut self, batch: Batch<T>) {
+        if pushed.is_empty() {
+            return;
+        }
         let runners = self.on_pool.runners;
         let max_tokens = if self.helps() { runners - 1 } else { runners };
         let spawn = {
             let mut queue = lock(&self.shared.queue);
-            queue.batches.push_back(batch);
-            queue.mirror(&self.shared.queued);
+            queue.batches.extend(pushed);
             let wanted = queue
                 .batches
                 .len()
@@ -412,21 +369,19 @@ where
     /// a settle, and the driver settles the call itself, after this returns. Tokens may close the
     /// call meanwhile (a panic, a failure): the loop stops at the next check.
     pub(crate) fn run_from_input(&mut self) -> Option<Chunk<T::Output>> {
-        if !self.from_input || self.exhausted || !self.helps() || self.shared.tracker.is_closed() {
-            return None;
-        }
-        let (tokens, queued) = {
-            let queue = lock(&self.shared.queue);
-            (queue.tokens, queue.tasks())
-        };
-        if tokens >= self.on_pool.runners {
+        if !self.from_input
+            || self.exhausted
+            || !self.helps()
+            || self.shared.tracker.is_closed()
+            || lock(&self.shared.queue).tokens >= self.on_pool.runners
+        {
             return None;
         }
         // Within the window: at most the tasks it has room for (the part `refill` kept free).
         let retired = self.shared.tasks_done.load(Ordering::Acquire);
         let in_flight = self.pulled - retired.min(self.pulled);
         let (window, size) = self.window();
-        let size = driver_share(size.min(window.saturating_sub(in_flight)), queued, tokens);
+        let size = size.min(window.saturating_sub(in_flight));
         if size == 0 {
             return None;
         }
@@ -528,9 +483,7 @@ where
             .timing_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         shared.tasks_done.fetch_add(written, Ordering::Release);
-        if ended {
-            self.set_exhausted();
-        }
+        self.exhausted |= ended;
         self.pulled += taken;
         if taken == 0 && panic.is_none() {
             return None;
@@ -622,7 +575,7 @@ where
                 true
             }
             None => {
-                self.set_exhausted();
+                self.exhausted = true;
                 false
             }
         }
@@ -648,11 +601,7 @@ impl<I, T: Task> Engine<'_, I, T> {
     /// tasks may borrow the caller: the caller drops them when that is allowed).
     pub(crate) fn close(&self) -> VecDeque<Batch<T>> {
         self.shared.tracker.close();
-        self.shared.feeding.store(false, Ordering::Relaxed);
-        let mut queue = lock(&self.shared.queue);
-        let batches = std::mem::take(&mut queue.batches);
-        queue.mirror(&self.shared.queued);
-        batches
+        std::mem::take(&mut lock(&self.shared.queue).batches)
     }
 
     /// Closes the call, waits until no runner is active, and moves every value of the call's types
@@ -668,22 +617,6 @@ impl<I, T: Task> Engine<'_, I, T> {
     }
 }
 
-/// How many tasks the driver runs straight from the input before it comes back to refill: at most
-/// `room` (the window's), and at most half of the `queued` tasks per token, but at least one.
-///
-/// The driver is the only one that refills the tokens' queue, and it does so only between these
-/// runs: a run that outlasts the queued work lets the tokens drain it, exit, and be spawned again
-/// (a wake-up, and a worker put to sleep, each time). With few tasks queued (tokens that consume
-/// faster than the driver pulls for them: cheap tasks, where pulling one costs about as much as
-/// running it) the driver so runs less itself and comes back sooner to pull more. With no token
-/// there is no one to feed: `room`.
-fn driver_share(room: usize, queued: usize, tokens: usize) -> usize {
-    if tokens == 0 || room == 0 {
-        return room;
-    }
-    room.min((queued / (2 * tokens)).max(1))
-}
-
 /// Drops unstarted batches' tasks one by one, containing panics from their `Drop`.
 pub(crate) fn drop_unstarted<T: Task>(batches: VecDeque<Batch<T>>) {
     batches
@@ -696,24 +629,5 @@ impl<I, T: Task> Drop for Engine<'_, I, T> {
     /// stream's `'static` types still running are dropped with the shared state.
     fn drop(&mut self) {
         drop_unstarted(self.close());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::driver_share;
-
-    #[test]
-    fn the_driver_runs_at_most_half_the_queued_work_per_token() {
-        // A full queue: the window's room is the limit.
-        assert_eq!(driver_share(16_384, 32_768, 1), 16_384);
-        // A queue running low: half of it per token, so the driver is back before it drains.
-        assert_eq!(driver_share(16_384, 10_000, 1), 5_000);
-        assert_eq!(driver_share(16_384, 30_000, 3), 5_000);
-        // An empty queue (its batches all running): one task at a time, never none.
-        assert_eq!(driver_share(16_384, 0, 1), 1);
-        // No token to feed, or no room: as the window says.
-        assert_eq!(driver_share(16_384, 0, 0), 16_384);
-        assert_eq!(driver_share(0, 100, 1), 0);
     }
 }

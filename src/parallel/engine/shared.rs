@@ -45,18 +45,6 @@ pub(super) struct Queue<T: Task> {
     pub(super) tokens: usize,
 }
 
-impl<T: Task> Queue<T> {
-    /// Tasks in the queued batches.
-    pub(super) fn tasks(&self) -> usize {
-        self.batches.iter().map(|b| b.tasks.len()).sum()
-    }
-
-    /// Publishes [`tasks`](Self::tasks) to `to` (called under the queue's lock after every change).
-    pub(super) fn mirror(&self, to: &AtomicUsize) {
-        to.store(self.tasks(), Ordering::Relaxed);
-    }
-}
-
 /// The state a call's driver and its tokens share.
 pub(crate) struct Shared<T: Task> {
     pub(crate) tracker: Tracker,
@@ -67,14 +55,6 @@ pub(crate) struct Shared<T: Task> {
     /// The driver's wake-up, notified after every chunk posted and every batch finished. Set by the
     /// driver before it first waits, replaced if it moves to another thread (a stream).
     pub(super) waiter: Mutex<Option<Arc<Signal>>>,
-    /// The number of queued tasks (in unstarted batches), mirrored from `queue` (written under
-    /// its lock, by [`Queue::mirror`]) so that the driver and a lingering token can read it
-    /// without taking the lock.
-    pub(super) queued: AtomicUsize,
-    /// The driver, outside the pool, is pulling the input and queues more batches soon (`run`'s
-    /// driver until the input is exhausted): a token that finds the queue empty lingers a moment
-    /// (see `token_loop`).
-    pub(super) feeding: AtomicBool,
     /// Tasks that ran to completion (progress, and `run`'s window).
     pub(crate) tasks_done: AtomicUsize,
     pub(super) timing_tasks: AtomicU64,
@@ -234,26 +214,7 @@ impl<T: Task> Shared<T> {
     }
 
     pub(super) fn pop(&self) -> Option<Batch<T>> {
-        let mut queue = lock(&self.queue);
-        let batch = queue.batches.pop_front();
-        queue.mirror(&self.queued);
-        batch
-    }
-
-    /// Waits up to [`LINGER`] for the driver to queue a batch; returns early when one is queued,
-    /// the driver stops feeding, or the call is closed. It yields the core between polls rather
-    /// than spinning: where threads outnumber free cores, the thread it would keep off the core
-    /// may be the driver itself (the woken worker often lands on the driver's core), and the
-    /// driver is the one that must run for the wait to end.
-    fn linger(&self) {
-        let start = Instant::now();
-        while self.queued.load(Ordering::Relaxed) == 0
-            && self.feeding.load(Ordering::Relaxed)
-            && !self.tracker.is_closed()
-            && start.elapsed() < LINGER
-        {
-            std::thread::yield_now();
-        }
+        lock(&self.queue).batches.pop_front()
     }
 }
 
@@ -293,15 +254,7 @@ pub(super) fn token<T: Task>(shared: Arc<Shared<T>>) {
 }
 
 /// A token: runs batches of the call until the queue is empty or the call is closed.
-///
-/// A token that finds the queue empty while the driver is still feeding it (`run`'s driver
-/// outside the pool, input not exhausted) lingers up to [`LINGER`] before it exits. With cheap
-/// tasks the driver pulls a batch in about the time a runner takes to run one, so the queue runs
-/// dry for moments all the time; a token that exited then had to be spawned again at the next
-/// batch: a wake-up (tens of µs before the batch starts), a worker put to sleep, and on a busy
-/// machine the woken worker taking the driver's core while the driver should be pulling.
 fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
-    let mut lingered = false;
     loop {
         let batch = {
             let mut queue = lock(&shared.queue);
@@ -315,34 +268,18 @@ fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
             } else {
                 queue.batches.pop_front()
             };
-            queue.mirror(&shared.queued);
-            if batch.is_none() && (lingered || !shared.feeding.load(Ordering::Relaxed)) {
-                // Leaving: from now on a push that finds too few tokens spawns a new one (the
-                // count and the queue change under the same lock).
+            if batch.is_none() {
                 queue.tokens -= 1;
-                return;
             }
             batch
         };
-        let Some(batch) = batch else {
-            // Still counted as a token (the driver spawns no other for the next batch), but not
-            // active: a settling driver does not wait for a lingering token.
-            shared.linger();
-            lingered = true;
-            continue;
-        };
-        lingered = false;
+        let Some(batch) = batch else { return };
         shared.run_batch(batch);
         shared.tracker.finish();
         // A settling driver waits for `finish`: wake it (`run_batch`'s notify came before).
         shared.notify();
     }
 }
-
-/// How long a token waits for the driver's next batch before it exits (see `token_loop`): about
-/// what pulling a batch of cheap tasks takes, well under what an exit, a re-spawn and a wake-up
-/// cost together.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Emptied batch buffers kept for reuse, per call: enough for every batch of a full window
 /// (`pre_dispatch` batches of the batcher's size, cut into buffers of at most `MAX_BATCH_BYTES`),
