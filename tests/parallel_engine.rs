@@ -623,3 +623,76 @@ fn panics_while_the_caller_runs_tasks_from_the_input_drop_everything_once() {
         assert_eq!(squares(Parallel::new().n_jobs(2)), expected);
     }
 }
+
+/// Runs `f` on its own thread; fails the test if it does not finish within 60 s (a hang).
+fn within_60s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the call hung (or panicked outside catch_unwind)")
+}
+
+/// Slow tasks first, then cheap ones, with more jobs than the pool has threads.
+fn slow_then_fast(parallel: Parallel) -> Vec<usize> {
+    parallel.run((0..2000usize).map(|i| {
+        Delayed::new(move || {
+            if i < 6 {
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            i
+        })
+    }))
+}
+
+/// Regression: a 1-thread pool, `n_jobs(2)` from outside it. While the first tasks look slow the
+/// driver stops helping and spawns a token; once cheap tasks bring the estimate down it helps
+/// again. The token that then finished the last queued batch lingered (still counted as a
+/// runner, so the driver ran nothing) and left without waking the driver, which waited forever.
+/// A token leaving must never strand the driver; the watchdog bounds liveness, not speed.
+#[test]
+fn a_token_leaving_never_strands_the_driver_on_a_one_thread_pool() {
+    let pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    within_60s(move || {
+        for round in 0..30 {
+            let out = slow_then_fast(
+                Parallel::new()
+                    .n_jobs(2)
+                    .backend(Backend::Pool(pool.clone())),
+            );
+            assert_eq!(out, (0..2000).collect::<Vec<_>>(), "round {round}");
+        }
+    });
+}
+
+/// The same class of strand under the default backend and other `pre_dispatch` settings, with
+/// and without a limit (a driver that only dispatches).
+#[test]
+fn slow_then_fast_tasks_finish_under_every_dispatch_setting() {
+    let pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    within_60s(move || {
+        for round in 0..5 {
+            for pre in [1usize, 2, 4, usize::MAX] {
+                let expected: Vec<usize> = (0..2000).collect();
+                let on_pool = || Parallel::new().n_jobs(2).pre_dispatch(pre);
+                let out = slow_then_fast(on_pool().backend(Backend::Pool(pool.clone())));
+                assert_eq!(out, expected, "round {round}, pre_dispatch {pre}");
+                let out = slow_then_fast(on_pool());
+                assert_eq!(out, expected, "default backend, pre_dispatch {pre}");
+                let limited = on_pool()
+                    .backend(Backend::Pool(pool.clone()))
+                    .timeout(Duration::from_secs(50));
+                let out = limited.run((0..2000usize).map(|i| {
+                    Delayed::new(move || {
+                        if i < 6 {
+                            std::thread::sleep(Duration::from_millis(3));
+                        }
+                        i
+                    })
+                }));
+                assert_eq!(out, expected, "with a timeout, pre_dispatch {pre}");
+            }
+        }
+    });
+}

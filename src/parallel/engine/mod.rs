@@ -295,9 +295,10 @@ where
             self.pulled += len;
             self.batches += 1;
         }
-        if pushed.is_empty() {
-            return;
-        }
+        // Tokens are topped up even when nothing new was pulled: batches queued while the driver
+        // helped (and so spawned fewer tokens) need tokens of their own once it stops helping,
+        // or nobody runs them (a 1-thread pool with `n_jobs(2)` hung there, the driver waiting
+        // for chunks that no token would make).
         let runners = self.on_pool.runners;
         let max_tokens = if self.helps() { runners - 1 } else { runners };
         let spawn = {
@@ -499,9 +500,14 @@ where
     }
 
     /// Runs one queued batch on the driver's thread if the driver is a runner and batches are
-    /// short. `true` if it ran one.
+    /// short, or if batches are queued and no token is left to run them (whatever their length:
+    /// the driver is then the only thread that will). `true` if it ran one.
     pub(crate) fn help(&mut self) -> bool {
-        if !self.helps() || lock(&self.shared.queue).tokens >= self.on_pool.runners {
+        let (tokens, stranded) = {
+            let queue = lock(&self.shared.queue);
+            (queue.tokens, queue.tokens == 0 && !queue.batches.is_empty())
+        };
+        if !stranded && (!self.helps() || tokens >= self.on_pool.runners) {
             return false;
         }
         if !self.shared.tracker.begin() {
