@@ -26,7 +26,6 @@ twins=(
   "scope_counts_before_panic|scope|panic was lost|before every task finished|Causality violation"
   "shutdown_skips_drain|shutdown|was lost|leaked"
   "searcher_skips_handoff|handoff|deadlock"
-  "handoff_skips_fence|handoff|deadlock"
   "publish_skips_notify|publish|deadlock|maximum number of branches"
   "batch_skips_notify|batch|deadlock|maximum number of branches"
 )

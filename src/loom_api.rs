@@ -86,9 +86,7 @@ impl SleepModel {
 
     /// `Sleep::stop_searching_found_work` (the hand-off).
     pub fn stop_searching_found_work(&self) {
-        self.sleep.stop_searching_found_work(&self.counters, || {
-            !self.injector.is_empty() || !self.batch_owner.is_empty()
-        })
+        self.sleep.stop_searching_found_work(&self.counters)
     }
 
     /// `Sleep::stop_searching_idle`.

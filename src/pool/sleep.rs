@@ -115,35 +115,18 @@ impl Sleep {
         }
     }
 
-    /// A searcher found work (and took it). If it was the last searcher, someone sleeps, and work
-    /// is still visible (`has_work`), wake one more: the work it took may have been the first of
-    /// several, and the publishers of the others may have skipped waking because they saw this
-    /// searcher. If nothing is left, nobody is woken: a worker woken for nothing would search for
-    /// up to `MAX_SPIN_NS` on a core the busy threads need, and sleep again.
-    ///
-    /// Why the check cannot miss a publication: a publisher that skipped waking read the counters
-    /// (after its `fence(SeqCst)`) before our `fetch_sub` below. Our fence follows the
-    /// `fetch_sub`; of the two fences, if the publisher's came after ours, its read would see our
-    /// decrement, so ours came first, and `has_work`, after our fence, sees the publication.
+    /// A searcher found work. If it was the last searcher and someone sleeps, wake one more: the
+    /// work it found may have been the first of several, and the publishers of the others may have
+    /// skipped waking because they saw this searcher.
     #[inline]
-    pub(crate) fn stop_searching_found_work(
-        &self,
-        counters: &WorkerCounters,
-        has_work: impl FnOnce() -> bool,
-    ) {
+    pub(crate) fn stop_searching_found_work(&self, counters: &WorkerCounters) {
         // AcqRel: the Release half pairs with the Acquire read of the counters by publishers in
         // `new_work` and by sleepers' `fetch_add` (they see this worker gone from `searching` only
         // together with what it did before); the Acquire half pairs with sleepers' `fetch_add`
         // (Release), so a sleeper counted in `before` is one `wake_any` can find as SLEEPING.
         let before = self.counters.fetch_sub(SEARCHING_ONE, Ordering::AcqRel);
         if searching(before) == 1 && sleeping(before) > 0 && !mutant::SEARCHER_SKIPS_HANDOFF {
-            if !mutant::HANDOFF_SKIPS_FENCE {
-                // Pairs with the publishers' fence in `new_work`: see above.
-                fence(Ordering::SeqCst);
-            }
-            if has_work() {
-                self.wake_any(counters);
-            }
+            self.wake_any(counters);
         }
     }
 

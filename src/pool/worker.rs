@@ -321,9 +321,7 @@ impl WorkerThread {
             if let Some(job) = self.find_work() {
                 end_search(&mut search_began);
                 if searching {
-                    sleep.stop_searching_found_work(self.counters(), || {
-                        self.registry.has_visible_work()
-                    });
+                    sleep.stop_searching_found_work(self.counters());
                     searching = false;
                 }
                 spins = 0;
@@ -388,7 +386,7 @@ impl WorkerThread {
         if searching {
             // We were counted as a searcher but are leaving: hand the search on, in case the
             // waker woke us for work we will not take.
-            sleep.stop_searching_found_work(self.counters(), || self.registry.has_visible_work());
+            sleep.stop_searching_found_work(self.counters());
         }
     }
 

@@ -30,9 +30,6 @@ pub(crate) const SHUTDOWN_SKIPS_DRAIN: bool =
 /// The last searcher to find work does not wake a sleeper (no hand-off).
 pub(crate) const SEARCHER_SKIPS_HANDOFF: bool =
     cfg!(all(loom, parjob_mutant = "searcher_skips_handoff"));
-/// The last searcher to find work checks whether work is left to hand off without the
-/// `fence(SeqCst)` that orders its check after its leaving `searching`.
-pub(crate) const HANDOFF_SKIPS_FENCE: bool = cfg!(all(loom, parjob_mutant = "handoff_skips_fence"));
 /// A fork is published to thieves without the wake-up check that follows every publication.
 pub(crate) const PUBLISH_SKIPS_NOTIFY: bool =
     cfg!(all(loom, parjob_mutant = "publish_skips_notify"));
@@ -55,7 +52,7 @@ pub(crate) const OFFER_WITHDRAW_WITHOUT_CAS: bool =
 /// The mutant this build was compiled with, if any (for the models' banners and `scripts/loom.sh`).
 #[allow(dead_code)]
 pub(crate) const ACTIVE: Option<&str> = {
-    const ALL: [(bool, &str); 15] = [
+    const ALL: [(bool, &str); 14] = [
         (SLEEP_SKIPS_FENCE, "sleep_skips_fence"),
         (SLEEP_SKIPS_RECHECK, "sleep_skips_recheck"),
         (PUBLISH_SKIPS_FENCE, "publish_skips_fence"),
@@ -70,7 +67,6 @@ pub(crate) const ACTIVE: Option<&str> = {
         (BATCH_SKIPS_NOTIFY, "batch_skips_notify"),
         (SIGNAL_NOTIFY_SKIPS_FENCE, "signal_notify_skips_fence"),
         (OFFER_WITHDRAW_WITHOUT_CAS, "offer_withdraw_without_cas"),
-        (HANDOFF_SKIPS_FENCE, "handoff_skips_fence"),
     ];
     let mut i = 0;
     let mut found = None;
