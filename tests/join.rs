@@ -207,19 +207,11 @@ fn outside_joins_beyond_the_offer_slots_go_through_the_injector() {
     // runs its B once the worker is released.
     const CALLERS: usize = 9;
     let pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let worker_busy = std::sync::Barrier::new(2);
     let inside_a = AtomicUsize::new(0);
     let b_runs = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        let (pool, worker_busy) = (&pool, &worker_busy);
-        let holder = s.spawn(move || {
-            pool.install(move || {
-                worker_busy.wait();
-                held.recv().unwrap();
-            })
-        });
-        worker_busy.wait();
+        let pool = &pool;
+        let release = hold_the_only_worker(s, pool);
         let callers: Vec<_> = (0..CALLERS)
             .map(|caller| {
                 let (inside_a, b_runs) = (&inside_a, &b_runs);
@@ -247,8 +239,7 @@ fn outside_joins_beyond_the_offer_slots_go_through_the_injector() {
         assert!(wait_for(std::time::Duration::from_secs(60), || {
             inside_a.load(Ordering::SeqCst) == CALLERS
         }));
-        release.send(()).unwrap();
-        holder.join().unwrap();
+        release();
         for (caller, handle) in callers.into_iter().enumerate() {
             assert_eq!(handle.join().unwrap(), (caller * 10, caller * 10 + 1));
         }

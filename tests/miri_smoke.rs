@@ -3,6 +3,8 @@
 //! queued work — with few enough iterations that Miri finishes in seconds. They also run in every
 //! normal `cargo test`, with more iterations.
 
+mod common;
+
 use parjob::ThreadPoolBuilder;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,18 +89,10 @@ fn a_worker_claims_an_outside_offer() {
 fn outside_joins_beyond_the_offer_slots() {
     const CALLERS: usize = 5;
     let pool = pool(1);
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let worker_busy = std::sync::Barrier::new(2);
     let inside_a = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        let (pool, worker_busy, inside_a) = (&pool, &worker_busy, &inside_a);
-        let holder = s.spawn(move || {
-            pool.install(move || {
-                worker_busy.wait();
-                held.recv().unwrap();
-            })
-        });
-        worker_busy.wait();
+        let (pool, inside_a) = (&pool, &inside_a);
+        let release = common::hold_the_only_worker(s, pool);
         let callers: Vec<_> = (0..CALLERS)
             .map(|caller| {
                 s.spawn(move || {
@@ -124,8 +118,7 @@ fn outside_joins_beyond_the_offer_slots() {
         while inside_a.load(Ordering::SeqCst) < CALLERS {
             std::thread::yield_now();
         }
-        release.send(()).unwrap();
-        holder.join().unwrap();
+        release();
         for caller in callers {
             caller.join().unwrap();
         }

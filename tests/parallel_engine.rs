@@ -7,14 +7,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Runs `f` on its own thread; fails the test if it does not finish within 20 s (a hang).
-fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `f` on its own thread; fails the test if it does not finish within `limit` (a hang).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(Duration::from_secs(20))
+    rx.recv_timeout(limit)
         .expect("the call hung (or panicked outside catch_unwind)")
+}
+
+/// [`within`] 20 s.
+fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    within(Duration::from_secs(20), f)
 }
 
 /// A panic payload whose `Drop` panics.
@@ -624,14 +629,9 @@ fn panics_while_the_caller_runs_tasks_from_the_input_drop_everything_once() {
     }
 }
 
-/// Runs `f` on its own thread; fails the test if it does not finish within 60 s (a hang).
+/// [`within`] 60 s.
 fn within_60s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the call hung (or panicked outside catch_unwind)")
+    within(Duration::from_secs(60), f)
 }
 
 /// Slow tasks first, then cheap ones, with more jobs than the pool has threads.

@@ -110,3 +110,26 @@ pub fn policies() -> Vec<(String, impl Fn(usize) -> parjob::ThreadPool)> {
     }
     all
 }
+
+/// Holds the only worker of the 1-thread `pool` busy inside a job (run from a thread of scope `s`)
+/// until the returned closure is called, which releases the worker and waits for the holding
+/// thread. Outside joins made meanwhile find no worker to take their B.
+pub fn hold_the_only_worker<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    pool: &'scope parjob::ThreadPool,
+) -> impl FnOnce() + 'scope {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let busy = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let in_job = std::sync::Arc::clone(&busy);
+    let holder = s.spawn(move || {
+        pool.install(move || {
+            in_job.wait();
+            held.recv().unwrap();
+        })
+    });
+    busy.wait();
+    move || {
+        release.send(()).unwrap();
+        holder.join().unwrap();
+    }
+}
