@@ -22,7 +22,7 @@ use crossbeam_utils::CachePadded;
 use std::ptr;
 
 /// Offers that can be on the table at once; the callers beyond these use the injector. Each slot
-/// is one cache line that idle workers poll, so the count is small. Under loom, one: every slot
+/// is a cache-padded word that idle workers poll, so the count is small. Under loom, one: every slot
 /// runs the same protocol, and each extra atomic load a worker's search makes multiplies the
 /// interleavings of every model that drives a pool.
 const OFFER_SLOTS: usize = if cfg!(loom) { 1 } else { 4 };
@@ -59,8 +59,11 @@ impl OutsideOffers {
         // Concurrent outside callers start at different slots (their frames are on different
         // stacks, about 2 MiB apart): the top bits of a multiplicative hash of the frame address
         // depend on all of its bits, so neighbouring stacks spread over the slots.
-        let start = ((job as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> (64 - OFFER_SLOTS.trailing_zeros())) as usize;
+        // (`checked_shr`: with one slot, under loom, the shift would be 64 bits.)
+        let start = (job as usize as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .checked_shr(64 - OFFER_SLOTS.trailing_zeros())
+            .unwrap_or(0) as usize;
         for step in 0..OFFER_SLOTS {
             let slot = &self.slots[(start + step) % OFFER_SLOTS];
             // A read first: a taken slot costs a shared read, not a read-for-ownership.
