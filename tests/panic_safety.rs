@@ -138,7 +138,8 @@ fn join_with_panicking_payload_drops_two_threads() {
     join_with_bombs(2);
 }
 
-/// `join` from outside the pool (the ticket path), both halves throwing Bombs.
+/// `join` from outside the pool, both halves throwing Bombs (B is offered and almost always taken
+/// back by the caller, so it runs inline after A).
 #[test]
 fn outside_join_with_panicking_payload_drops() {
     let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
@@ -156,6 +157,43 @@ fn outside_join_with_panicking_payload_drops() {
         assert!(b_done.load(Ordering::SeqCst));
         let payload = outcome.expect_err("A panicked");
         assert!(payload.is::<Bomb>());
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        assert_eq!(pool.join(|| 1, || 2), (1, 2));
+    }
+}
+
+/// `join` from outside the pool where a worker claims the offered B: A waits until B has run on
+/// the worker, then panics with a Bomb; B panicked with a Bomb (or returned one, whose `Drop`
+/// panics) on the worker. The caller must wait for B's latch, drop B's payload or result contained
+/// and resume A's Bomb; the pool keeps working.
+#[test]
+fn outside_join_whose_claimed_b_panics_while_a_panics() {
+    let pool = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for round in 0..if cfg!(miri) { 2 } else { 50 } {
+        let b_ran_on_worker = AtomicBool::new(false);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            pool.join(
+                || {
+                    // Bounded only so that a broken offer fails instead of hanging.
+                    let start = std::time::Instant::now();
+                    while !b_ran_on_worker.load(Ordering::SeqCst) {
+                        assert!(start.elapsed().as_secs() < 60, "B never reached the worker");
+                        std::thread::yield_now();
+                    }
+                    panic_any(Bomb)
+                },
+                || {
+                    let on_worker = parjob::current_thread_index().is_some();
+                    b_ran_on_worker.store(on_worker, Ordering::SeqCst);
+                    if round % 2 == 0 {
+                        panic_any(Bomb)
+                    }
+                    Bomb
+                },
+            )
+        }));
+        let payload = outcome.expect_err("A panicked");
+        assert!(payload.is::<Bomb>(), "A's payload is the one resumed");
         let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
         assert_eq!(pool.join(|| 1, || 2), (1, 2));
     }
