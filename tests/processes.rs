@@ -582,6 +582,17 @@ fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
     assert_gone(pool, pids);
 }
 
+/// Two workers with their shared memory made, and a `Parallel` on them that cuts 1,000 tasks into
+/// two batches of 500 (so each batch holds several panicking tasks).
+fn two_batches_of_500_in_slabs() -> (ProcessPool, Parallel<'static>) {
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(500));
+    (pool, parallel)
+}
+
 /// Reads 1,000 results in order: task `i` with `i % 97 == 5` must resume a panic whose message
 /// is `message(i)`; every other result goes to `check`; then the stream must end.
 fn expect_every_97th_to_panic<R: std::fmt::Debug, E: std::fmt::Debug>(
@@ -617,11 +628,7 @@ fn panics_often(x: u64) -> u64 {
 #[test]
 fn several_panics_in_one_batch_each_come_back_at_their_place() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(500));
+    let (pool, parallel) = two_batches_of_500_in_slabs();
     let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(panics_often)(x)));
     expect_every_97th_to_panic(
         &mut iter,
@@ -662,11 +669,7 @@ fn fused(x: u64) -> Fuse {
 #[test]
 fn a_result_whose_drop_panics_in_the_worker_is_that_tasks_panic_only() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(500));
+    let (pool, parallel) = two_batches_of_500_in_slabs();
     let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(fused)(x)));
     expect_every_97th_to_panic(
         &mut iter,

@@ -84,6 +84,17 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// The job, unless its call was cancelled: then it is answered `Skipped` here (never sent to
+    /// a worker) and `None` comes back.
+    fn unless_cancelled(self) -> Option<Job> {
+        if self.call.cancelled.load(Ordering::Relaxed) {
+            let batch = self.batch;
+            self.answer(Reply::Skipped { batch });
+            return None;
+        }
+        Some(self)
+    }
+
     /// Sends the job's one reply.
     pub(crate) fn answer(mut self, reply: Reply) {
         self.answered = true;
@@ -709,11 +720,9 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             let Some(job) = next_job(&shared) else {
                 break;
             };
-            if job.call.cancelled.load(Ordering::Relaxed) {
-                let batch = job.batch;
-                job.answer(Reply::Skipped { batch });
+            let Some(job) = job.unless_cancelled() else {
                 continue;
-            }
+            };
             if worker.is_none() {
                 match start(&shared, slot) {
                     Ok(w) => worker = Some(w),
@@ -737,11 +746,9 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             let Some(job) = next_prefetchable(&shared) else {
                 break;
             };
-            if job.call.cancelled.load(Ordering::Relaxed) {
-                let batch = job.batch;
-                job.answer(Reply::Skipped { batch });
+            let Some(job) = job.unless_cancelled() else {
                 continue;
-            }
+            };
             send_job(&shared, live, &job);
             sent.push_back(job);
         }
