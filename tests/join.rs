@@ -171,6 +171,48 @@ fn wait_for(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
 }
 
 #[test]
+fn an_idle_worker_joins_fork_join_work_under_every_policy() {
+    // Inside a 2-worker pool, A keeps forking small joins until B has run. No thread but a second
+    // worker can run B before A returns (with nobody hungry, A's own forks run inline and B waits
+    // behind A), so A sees B only if the idle worker wakes up, becomes a thief, gets a fork
+    // published (under the lazy policies, only because it asked) and steals it, and a sleeping
+    // thief is woken by that publication. This is the property a change to the wake-ups broke
+    // in round 4 without failing any test (fork-join ran on one worker, 0 steals). Checked to
+    // fail (A waits out the limit) when `publish_oldest` skips its `new_work` wake-up check, and
+    // when a thief that found a deque empty does not mark its victim hungry.
+    let limit = std::time::Duration::from_secs(if cfg!(miri) { 60 } else { 20 });
+    for (name, pool) in pools(2) {
+        for _ in 0..iterations(20, 2) {
+            let b_done = std::sync::atomic::AtomicBool::new(false);
+            let (a_saw_b, ()) = pool.install(|| {
+                parjob::join(
+                    || {
+                        let start = std::time::Instant::now();
+                        while !b_done.load(Ordering::Acquire) {
+                            if start.elapsed() > limit {
+                                return false;
+                            }
+                            // Fork points: where a lazy worker hands a hungry thief a fork.
+                            let (x, y) = parjob::join(
+                                || std::hint::black_box(1u32),
+                                || std::hint::black_box(2u32),
+                            );
+                            assert_eq!(x + y, 3);
+                        }
+                        true
+                    },
+                    || b_done.store(true, Ordering::Release),
+                )
+            });
+            assert!(
+                a_saw_b,
+                "{name}: no idle worker took part: B waited behind A"
+            );
+        }
+    }
+}
+
+#[test]
 fn an_outside_join_offers_b_to_a_worker_while_a_runs() {
     // A waits until B has run. That ends only if B is handed to a worker while A runs: the
     // caller runs B itself only after A. (The long limit only turns a broken offer into a
