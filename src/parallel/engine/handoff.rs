@@ -39,9 +39,8 @@ pub(super) enum Pull {
 /// [`MIN_SAMPLE_TASKS`] tasks.
 #[derive(Debug, Default)]
 pub(super) struct HandOffCost {
-    // `f32`: a few significant digits are all the comparison needs, and the engine stays small.
-    pull_ns: Option<f32>,
-    run_ns: Option<f32>,
+    pull_ns: Option<f64>,
+    run_ns: Option<f64>,
     /// Refills skipped since handing off last stopped paying (or was last measured).
     skipped: u32,
 }
@@ -76,11 +75,11 @@ impl HandOffCost {
         Self::fold(&mut self.run_ns, tasks, ns);
     }
 
-    fn fold(mean: &mut Option<f32>, tasks: usize, ns: u64) {
+    fn fold(mean: &mut Option<f64>, tasks: usize, ns: u64) {
         if tasks < MIN_SAMPLE_TASKS {
             return;
         }
-        let sample = (ns as f64 / tasks as f64) as f32;
+        let sample = ns as f64 / tasks as f64;
         *mean = Some(mean.map_or(sample, |old| 0.5 * old + 0.5 * sample));
     }
 
