@@ -519,33 +519,6 @@ fn tasks_run_from_the_input_and_from_batches_land_in_order() {
     }
 }
 
-/// Tasks that cost less than handing them over: the driver stops pulling for others and runs the
-/// input alone (`engine/handoff.rs`), so near the end it is the one that finds the input
-/// exhausted, in a pull that yields nothing. That call must end, not wait for a chunk that no one
-/// will post (it did, before `dispatch` checked for the end after running from the input), and
-/// every result must be in place, for lengths on and around the buffer sizes.
-#[test]
-fn a_driver_running_the_input_alone_ends_the_call_at_the_input_end() {
-    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    let lengths = [1usize << 15, (1 << 15) + 1, 200_000, 1 << 20, (1 << 20) + 7];
-    let results = within_20s(move || {
-        let mut sums = Vec::new();
-        for _ in 0..4 {
-            for &n in &lengths {
-                let out: Vec<u64> = Parallel::new()
-                    .n_jobs(2)
-                    .backend(Backend::Pool(pool.clone()))
-                    .run((0..n as u64).map(|i| Delayed::new(move || i ^ 1)));
-                assert_eq!(out.len(), n);
-                assert!(out.iter().enumerate().all(|(i, &v)| v == i as u64 ^ 1));
-                sums.push(out.len());
-            }
-        }
-        sums
-    });
-    assert_eq!(results.len(), 4 * lengths.len());
-}
-
 /// A value that counts how many of its kind are alive.
 #[derive(Debug)]
 struct Counted<'a>(&'a AtomicUsize);

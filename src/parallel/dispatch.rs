@@ -262,10 +262,6 @@ where
         if engine.help() {
             continue;
         }
-        // `run_from_input` may have found the input exhausted without running anything.
-        if engine.exhausted && call.chunks.len() == engine.batches {
-            break;
-        }
         if let Waited::Expired(limit) = engine.wait(last_result) {
             let whole_call = engine.past_deadline();
             timed_out = Some((limit, !whole_call));

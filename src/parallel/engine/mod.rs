@@ -47,10 +47,8 @@
 //! closed and only drops its `Arc`, and the shared state it may then free holds none of the call's
 //! values (settle moved them all out).
 
-mod handoff;
 mod shared;
 
-use handoff::{HandOffCost, Pull};
 pub(crate) use shared::{discard, drop_chunk, lock, quietly, Batch, Chunk, Dest, Shared};
 use shared::{token, Queue, SlotPtr};
 
@@ -167,9 +165,6 @@ pub(crate) struct Engine<'p, I, T: Task> {
     /// The driver runs tasks straight from the input when it helps (`run`'s driver; a stream's
     /// consumer only runs queued batches).
     from_input: bool,
-    /// What pulling a task for another runner and running one here cost the driver: when
-    /// pulling costs more, the driver runs the input alone (see [`handoff`]).
-    hand_off: HandOffCost,
 }
 
 impl<'p, I, T> Engine<'p, I, T>
@@ -230,7 +225,6 @@ where
             slots,
             signal: None,
             from_input: false,
-            hand_off: HandOffCost::default(),
         }
     }
 
@@ -262,17 +256,7 @@ where
             self.shared.timing_ns.load(Ordering::Relaxed),
         );
         let mut pushed: Vec<Batch<T>> = Vec::new();
-        let pull_started = Instant::now();
-        let mut pulled_now = 0;
-        // A driver that runs tasks itself hands none to others while that costs it more per task
-        // than running them (see `handoff`); tokens are still topped up for queued batches.
-        let allowance = if self.from_input && self.helps() {
-            self.hand_off.allowance()
-        } else {
-            Pull::AsTheWindowAllows
-        };
-        let mut fresh_buffer = false;
-        while allowance != Pull::Nothing && !self.exhausted {
+        while !self.exhausted {
             let retired = read.unwrap_or_else(|| self.shared.tasks_done.load(Ordering::Acquire));
             let in_flight = self.pulled - retired.min(self.pulled);
             let (window, size) = self.window();
@@ -285,9 +269,7 @@ where
             let take = size.min(window - in_flight);
             // Bulk: one buffer per batch (a recycled one when there is one), filled by `extend`
             // (no per-task lock, atomic or allocation).
-            let spare = lock(&self.shared.spare).pop();
-            fresh_buffer |= spare.is_none();
-            let mut tasks = spare.unwrap_or_default();
+            let mut tasks = lock(&self.shared.spare).pop().unwrap_or_default();
             tasks.reserve(take);
             tasks.extend(self.tasks.by_ref().take(take));
             if tasks.len() < take {
@@ -310,12 +292,8 @@ where
                 tasks,
                 dest,
             });
-            pulled_now += len;
             self.pulled += len;
             self.batches += 1;
-            if allowance == Pull::OneBatch {
-                break;
-            }
         }
         // Tokens are topped up even when nothing new was pulled: batches queued while the driver
         // helped (and so spawned fewer tokens) need tokens of their own once it stops helping,
@@ -341,10 +319,6 @@ where
             // the tracker and waits until it is quiescent) before any of them goes away, or they
             // are all `'static`. `token` never unwinds.
             unsafe { self.on_pool.pool.spawn_unchecked(move || token(shared)) };
-        }
-        if pulled_now > 0 {
-            let ns = pull_started.elapsed().as_nanos() as u64;
-            self.hand_off.pulled(pulled_now, ns, fresh_buffer);
         }
     }
 
@@ -506,10 +480,10 @@ where
         shared
             .timing_tasks
             .fetch_add(written as u64, Ordering::Relaxed);
-        let ns = started.elapsed().as_nanos() as u64;
-        shared.timing_ns.fetch_add(ns, Ordering::Relaxed);
+        shared
+            .timing_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         shared.tasks_done.fetch_add(written, Ordering::Release);
-        self.hand_off.ran(written, ns);
         self.exhausted |= ended;
         self.pulled += taken;
         if taken == 0 && panic.is_none() {
