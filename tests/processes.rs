@@ -722,3 +722,188 @@ fn large_batches_in_the_messages_both_ways_do_not_deadlock() {
     assert_eq!(out, inputs);
     assert_gone(pool, HashSet::new());
 }
+
+/// `work`, taking about 100 µs: batches of 50 last about 5 ms, so a call that stops early
+/// leaves batches running that answer after it is gone.
+fn slow_work(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(100));
+    work(x)
+}
+
+/// Checks that every shared-memory slab of `pool` (12: 6 per worker) is free again. Batches of
+/// abandoned calls may still be running (a slab is free once its reply has been dropped), so one
+/// call waits behind them first. Then calls with at most 2 batches out (so at most 3 slabs held,
+/// with one finished out of order) find a free slab for every batch unless 9 or more leaked.
+fn assert_every_slab_comes_back(pool: &ProcessPool) {
+    let call = |pre_dispatch: usize| {
+        let before = (pool.shared_memory_batches(), pool.no_free_slab_batches());
+        let out = Parallel::new()
+            .backend(Backend::ProcessPool(pool.clone()))
+            .batch_size(parjob::BatchSize::Fixed(500))
+            .pre_dispatch(pre_dispatch)
+            .run_in_processes((0..20_000u64).map(|x| delayed(work)(x)));
+        assert_eq!(out, (0..20_000).map(work).collect::<Vec<_>>());
+        let after = (pool.shared_memory_batches(), pool.no_free_slab_batches());
+        (after.0 - before.0, after.1 - before.1)
+    };
+    call(6);
+    for _ in 0..3 {
+        // (A batch of an abandoned call that answers late still counts in the pool's total.)
+        let (in_slabs, no_free_slab) = call(2);
+        assert!(
+            in_slabs >= 40 && no_free_slab == 0,
+            "slabs leaked by the abandoned calls: {in_slabs} batches in slabs, {no_free_slab} found none free"
+        );
+    }
+}
+
+/// A progress callback that panics in the middle of a call: its panic reaches the caller, the
+/// batches still out are dropped when they answer (after the call is gone), and their
+/// shared-memory slabs come back, so later calls on the same pool run in the slabs and return
+/// every result.
+#[test]
+fn a_progress_callback_that_panics_mid_call_leaves_the_pool_whole() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    for round in 0..4 {
+        let mut updates = 0;
+        let parallel = Parallel::new()
+            .backend(Backend::ProcessPool(pool.clone()))
+            .batch_size(parjob::BatchSize::Fixed(50))
+            .on_progress(move |_, _| {
+                updates += 1;
+                if updates == 3 {
+                    std::panic::panic_any(round);
+                }
+            });
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            parallel.run_in_processes((0..2_000u64).map(|x| delayed(slow_work)(x)))
+        }));
+        let payload = caught.expect_err("the callback's panic reaches the caller");
+        assert_eq!(payload.downcast_ref::<i32>(), Some(&round));
+    }
+    assert_every_slab_comes_back(&pool);
+    assert_eq!(pool.restarts(), 0);
+    assert_gone(pool, HashSet::new());
+}
+
+/// The input iterator panics while batches are out: the caller gets that panic, the batches left
+/// running answer into nothing, and the pool serves the next calls with every result, in its
+/// slabs.
+#[test]
+fn an_input_that_panics_mid_call_leaves_the_pool_whole() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(50));
+    for at in [1u64, 49, 50, 400] {
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            parallel.run_in_processes((0..2_000u64).map(|x| {
+                if x == at {
+                    std::panic::panic_any(x);
+                }
+                delayed(slow_work)(x)
+            }))
+        }));
+        let payload = caught.expect_err("the input's panic reaches the caller");
+        assert_eq!(payload.downcast_ref::<u64>(), Some(&at));
+        let out = parallel.run_in_processes((0..300u64).map(|x| delayed(work)(x)));
+        assert_eq!(out, (0..300).map(work).collect::<Vec<_>>());
+    }
+    assert_every_slab_comes_back(&pool);
+    assert_eq!(pool.restarts(), 0);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+/// A result that panics when dropped in the parent (it is armed when decoded there; the worker's
+/// copy is not).
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+struct ArmedInParent {
+    value: u64,
+    #[serde(skip, default = "armed")]
+    armed: bool,
+}
+
+fn armed() -> bool {
+    true
+}
+
+impl Drop for ArmedInParent {
+    fn drop(&mut self) {
+        // Even while a panic unwinds: dropping one of these then aborts the process, so parjob
+        // must drop them before it raises a failure.
+        if self.armed {
+            panic!("dropped armed result {}", self.value);
+        }
+    }
+}
+
+fn armed_ok_unless_bad(x: u64) -> Result<ArmedInParent, String> {
+    Ok(armed_unless_bad(x))
+}
+
+fn armed_or_err(x: u64) -> Result<ArmedInParent, String> {
+    if x == BAD {
+        return Err(format!("task {x} refused"));
+    }
+    Ok(ArmedInParent {
+        value: work(x),
+        armed: false,
+    })
+}
+
+fn armed_unless_bad(x: u64) -> ArmedInParent {
+    if x == BAD {
+        panic!("task {x} failed");
+    }
+    ArmedInParent {
+        value: work(x),
+        armed: false,
+    }
+}
+
+/// `run_in_processes` where task `BAD` panics and every other result panics when the parent drops
+/// it: the call resumes the task's panic (not a `Drop`'s), after dropping every decoded result
+/// without letting their panics escape, and the pool keeps working.
+#[test]
+fn results_whose_drop_panics_in_the_parent_do_not_replace_the_tasks_panic() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(16));
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        parallel.run_in_processes((0..100u64).map(|x| delayed(armed_unless_bad)(x)))
+    }));
+    let payload = caught.expect_err("task BAD's panic reaches the caller");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(message.contains("task 50 failed"), "resumed: {message:?}");
+    // `try_run_in_processes`: a task's panic is resumed, a task's `Err` returned, after the
+    // decoded results are dropped (contained).
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        parallel.try_run_in_processes((0..100u64).map(|x| delayed(armed_ok_unless_bad)(x)))
+    }));
+    assert!(caught.is_err(), "task BAD's panic is resumed");
+    match parallel.try_run_in_processes((0..100u64).map(|x| delayed(armed_or_err)(x))) {
+        Err(Error::Task { index, error }) => {
+            assert_eq!((index, error), (50, "task 50 refused".to_string()))
+        }
+        other => panic!("expected task 50's error, got {:?}", other.map(|v| v.len())),
+    }
+    // Unordered, dropped after reading a few: the results still held are dropped quietly.
+    let mut iter = parallel.run_unordered_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert!(iter.by_ref().take(3).all(|(_, r)| r.is_ok()));
+    drop(iter);
+    let out = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}

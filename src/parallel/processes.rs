@@ -9,6 +9,7 @@
 
 use super::backend::Backend;
 use super::delayed::{Apply, Delayed};
+use super::engine::quietly;
 use super::error::Error;
 use super::stream::{RunIter, RunUnordered};
 use super::Parallel;
@@ -121,7 +122,12 @@ impl<'p> Parallel<'p> {
         });
         match first_failure {
             None => results,
-            Some((index, failure)) => raise(index, failure, timeout),
+            Some((index, failure)) => {
+                // The results are user values whose `Drop` may panic: each is dropped on its own,
+                // contained, before the failure unwinds (a panic while unwinding aborts).
+                results.into_iter().for_each(quietly);
+                raise(index, failure, timeout)
+            }
         }
     }
 
@@ -190,14 +196,19 @@ impl<'p> Parallel<'p> {
                 first = Some((index, failure));
             }
         }
-        match first {
-            None => Ok(values
+        let Some((index, failure)) = first else {
+            return Ok(values
                 .into_iter()
                 .map(|v| v.expect("every task ran"))
-                .collect()),
-            Some((index, Ok(error))) => Err(Error::Task { index, error }),
-            Some((_, Err(Failure::Panic(message)))) => std::panic::resume_unwind(Box::new(message)),
-            Some((index, Err(failure))) => Err(failure_error(index, failure, timeout)),
+                .collect());
+        };
+        // As in `run_in_processes`: results whose `Drop` panics must neither replace the failure
+        // nor abort the process while a task's panic unwinds.
+        values.into_iter().flatten().for_each(quietly);
+        match failure {
+            Ok(error) => Err(Error::Task { index, error }),
+            Err(Failure::Panic(message)) => std::panic::resume_unwind(Box::new(message)),
+            Err(failure) => Err(failure_error(index, failure, timeout)),
         }
     }
 
