@@ -907,3 +907,97 @@ fn results_whose_drop_panics_in_the_parent_do_not_replace_the_tasks_panic() {
     drop(parallel);
     assert_gone(pool, HashSet::new());
 }
+
+fn armed_work(x: u64) -> ArmedInParent {
+    ArmedInParent {
+        value: work(x),
+        armed: false,
+    }
+}
+
+fn armed_work_ok(x: u64) -> Result<ArmedInParent, String> {
+    Ok(armed_work(x))
+}
+
+/// The panic payload of `f` as text (a `String` or `&str` payload; else empty).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// The input panics once results whose `Drop` panics have been decoded: `run_in_processes` and
+/// `try_run_in_processes` resume the input's panic after dropping those results one by one,
+/// contained (dropping them while the panic unwinds would abort the process), and the pool serves
+/// the next call.
+#[test]
+fn an_input_panic_with_decoded_results_whose_drop_panics_reaches_the_caller() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(50));
+    let input = |x: u64| {
+        if x == 400 {
+            std::panic::panic_any(x);
+        }
+        x
+    };
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        parallel.run_in_processes((0..2_000u64).map(|x| delayed(armed_work)(input(x))))
+    }));
+    let payload = caught.expect_err("the input's panic reaches the caller");
+    assert_eq!(payload.downcast_ref::<u64>(), Some(&400));
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        parallel.try_run_in_processes((0..2_000u64).map(|x| delayed(armed_work_ok)(input(x))))
+    }));
+    let payload = caught.expect_err("the input's panic reaches the caller");
+    assert_eq!(payload.downcast_ref::<u64>(), Some(&400));
+    let out = parallel.run_in_processes((0..300u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..300).map(work).collect::<Vec<_>>());
+    assert_every_slab_comes_back(&pool);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+/// Tasks 10 and 13 (one batch) fail with errors that panic when the parent drops them: the error with the
+/// smallest index is returned, the other one is dropped without its panic escaping (as `try_run`
+/// drops the errors it does not return).
+fn fails_at_10_and_13(x: u64) -> Result<u64, ArmedInParent> {
+    match x {
+        10 | 13 => Err(ArmedInParent {
+            value: x,
+            armed: false,
+        }),
+        _ => Ok(work(x)),
+    }
+}
+
+#[test]
+fn try_run_in_processes_drops_the_errors_it_does_not_return_quietly() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(8));
+    for _ in 0..3 {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            parallel.try_run_in_processes((0..100u64).map(|x| delayed(fails_at_10_and_13)(x)))
+        }));
+        match result {
+            Ok(Err(Error::Task { index, mut error })) => {
+                error.armed = false;
+                assert_eq!((index, error.value), (10, 10));
+            }
+            Ok(other) => panic!("expected task 10's error, got {:?}", other.map(|v| v.len())),
+            Err(payload) => panic!("an error's Drop escaped: {:?}", panic_text(&*payload)),
+        }
+    }
+    let out = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
