@@ -1001,3 +1001,128 @@ fn try_run_in_processes_drops_the_errors_it_does_not_return_quietly() {
     drop(parallel);
     assert_gone(pool, HashSet::new());
 }
+
+/// Set in the parent: the next decoding of `work(BAD)` as a [`DecodesOnceBadly`] panics.
+static DECODE_BOMB: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A result whose `Deserialize` panics once in the parent (for `work(BAD)`, while armed).
+#[derive(serde::Serialize, Debug, PartialEq)]
+struct DecodesOnceBadly(u64);
+
+impl<'de> serde::Deserialize<'de> for DecodesOnceBadly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(deserializer)?;
+        if value == work(BAD) && DECODE_BOMB.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("cannot decode {value}");
+        }
+        Ok(DecodesOnceBadly(value))
+    }
+}
+
+fn decodes_once_badly(x: u64) -> DecodesOnceBadly {
+    DecodesOnceBadly(work(x))
+}
+
+/// A result's `Deserialize` panics in the parent while a process iterator decodes it: `next()`
+/// resumes that panic and the iterator ends (later calls return `None`); it never hands out a
+/// value under another task's index (where the next value starts is unknown after the panic).
+#[test]
+fn a_result_whose_deserialize_panics_ends_a_process_iterator() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(16));
+    for ordered in [true, false] {
+        DECODE_BOMB.store(true, std::sync::atomic::Ordering::SeqCst);
+        let tasks = (0..100u64).map(|x| delayed(decodes_once_badly)(x));
+        // `(index, value)`; the ordered iterator's index is its position (a panic included).
+        let mut iter: Box<dyn Iterator<Item = (Option<usize>, DecodesOnceBadly)>> = if ordered {
+            Box::new(
+                parallel
+                    .run_iter_in_processes(tasks)
+                    .map(|r| (None, r.unwrap())),
+            )
+        } else {
+            Box::new(
+                parallel
+                    .run_unordered_in_processes(tasks)
+                    .map(|(i, r)| (Some(i), r.unwrap())),
+            )
+        };
+        let mut panics = 0;
+        let mut position = 0;
+        for _ in 0..200 {
+            match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+                Ok(Some((index, value))) => {
+                    let i = index.unwrap_or(position);
+                    assert_eq!(value, DecodesOnceBadly(work(i as u64)), "task {i}");
+                    assert_eq!(panics, 0, "after the panic: task {i} handed out");
+                }
+                Ok(None) => break,
+                Err(payload) => {
+                    assert_eq!(
+                        panic_text(&*payload),
+                        format!("cannot decode {}", work(BAD))
+                    );
+                    panics += 1;
+                }
+            }
+            position += 1;
+        }
+        assert_eq!(panics, 1, "ordered: {ordered}");
+        drop(iter);
+    }
+    let out = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+/// The progress callback panics as a process iterator hands out a result whose `Drop` panics: the
+/// callback's panic reaches the consumer (the result is dropped contained, not while it unwinds,
+/// which would abort the process), and the pool serves the next call.
+#[test]
+fn a_progress_panic_while_a_process_iterator_hands_out_a_result_reaches_the_consumer() {
+    let _serial = serial();
+    let pool = two_workers();
+    for ordered in [true, false] {
+        let mut updates = 0;
+        let parallel = Parallel::new()
+            .backend(Backend::ProcessPool(pool.clone()))
+            .batch_size(parjob::BatchSize::Fixed(16))
+            .on_progress(move |_, _| {
+                updates += 1;
+                if updates == 3 {
+                    std::panic::panic_any(7u64);
+                }
+            });
+        let tasks = (0..100u64).map(|x| delayed(armed_work)(x));
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            let mut n = 0;
+            if ordered {
+                for r in parallel.run_iter_in_processes(tasks) {
+                    r.unwrap().armed = false;
+                    n += 1;
+                }
+            } else {
+                for (_, r) in parallel.run_unordered_in_processes(tasks) {
+                    r.unwrap().armed = false;
+                    n += 1;
+                }
+            }
+            n
+        }));
+        let payload = caught.expect_err("the callback's panic reaches the consumer");
+        assert_eq!(
+            payload.downcast_ref::<u64>(),
+            Some(&7),
+            "ordered: {ordered}"
+        );
+    }
+    let out = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    assert_gone(pool, HashSet::new());
+}
