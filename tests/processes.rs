@@ -1051,8 +1051,7 @@ fn a_result_whose_deserialize_panics_ends_a_process_iterator() {
             )
         };
         let mut panics = 0;
-        let mut position = 0;
-        for _ in 0..200 {
+        for position in 0..200 {
             match catch_unwind(AssertUnwindSafe(|| iter.next())) {
                 Ok(Some((index, value))) => {
                     let i = index.unwrap_or(position);
@@ -1068,7 +1067,6 @@ fn a_result_whose_deserialize_panics_ends_a_process_iterator() {
                     panics += 1;
                 }
             }
-            position += 1;
         }
         assert_eq!(panics, 1, "ordered: {ordered}");
         drop(iter);
