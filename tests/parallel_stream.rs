@@ -416,3 +416,118 @@ fn sequential_streams_end_like_pool_streams() {
         .is_some_and(|m| m.contains("timed out")));
     assert_eq!(it.next(), None);
 }
+
+/// Runs `f` on its own thread; fails the test if it does not finish within 20 s (a hang).
+fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the stream hung (or panicked outside catch_unwind)")
+}
+
+/// The input iterator panics while `next()` refills the window, and the consumer goes on reading:
+/// that `next()` resumes the input's panic, the input is not pulled again, and the stream hands out
+/// the result of every task pulled before the panic, each under its own index, then ends.
+#[test]
+fn a_stream_whose_input_panics_hands_out_what_it_pulled_then_ends() {
+    for (ordered, pre_dispatch, at) in [
+        (true, 2, 30u64),
+        (true, 8, 30),
+        (true, 8, 31),
+        (false, 2, 30),
+        (false, 8, 31),
+    ] {
+        let got = within_20s(move || {
+            let parallel = Parallel::new()
+                .n_jobs(2)
+                .batch_size(BatchSize::Fixed(4))
+                .pre_dispatch(pre_dispatch);
+            let tasks = (0..1_000u64).map(move |x| {
+                if x == at {
+                    std::panic::panic_any(x);
+                }
+                delayed(|x: u64| {
+                    std::thread::sleep(Duration::from_micros(200));
+                    x
+                })(x)
+            });
+            let mut iter: Box<dyn Iterator<Item = (Option<usize>, u64)>> = if ordered {
+                Box::new(parallel.run_iter(tasks).map(|x| (None, x)))
+            } else {
+                Box::new(parallel.run_unordered(tasks).map(|(i, x)| (Some(i), x)))
+            };
+            let (mut got, mut panics) = (Vec::new(), 0);
+            for _ in 0..2_000 {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| iter.next())) {
+                    Ok(Some((index, value))) => {
+                        let index = index.unwrap_or(got.len());
+                        assert_eq!(value, index as u64, "task {index}'s result");
+                        got.push(value);
+                    }
+                    Ok(None) => break,
+                    Err(payload) => {
+                        assert_eq!(payload.downcast_ref::<u64>(), Some(&at));
+                        panics += 1;
+                    }
+                }
+            }
+            assert_eq!(panics, 1);
+            got.sort_unstable();
+            got
+        });
+        assert_eq!(
+            got,
+            (0..at).collect::<Vec<_>>(),
+            "ordered {ordered}, pre_dispatch {pre_dispatch}, input panics at {at}"
+        );
+    }
+}
+
+/// Panics when dropped unless defused (a task's argument that must run to be dropped safely).
+struct Armed<'a>(&'a AtomicUsize);
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("an unrun task's argument dropped");
+    }
+}
+
+/// The input panics while a scoped stream is made (its first refill), after it gave tasks that
+/// borrow the caller and whose arguments panic when dropped unrun: the input's panic reaches the
+/// caller, every task pulled before it ran or was dropped (contained: not while the panic
+/// unwinds, which aborts), and none is touched after `scope_iter` returns.
+#[test]
+fn a_scoped_stream_whose_input_panics_at_once_settles_what_it_pulled() {
+    for at in [2u64, 5, 6, 9] {
+        let (ran, dropped) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let (ran_ref, dropped_ref) = (&ran, &dropped);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Parallel::new()
+                .n_jobs(2)
+                .batch_size(BatchSize::Fixed(4))
+                .pre_dispatch(8)
+                .scope_iter(
+                    (0..100u64).map(|x| {
+                        if x == at {
+                            std::panic::panic_any(x);
+                        }
+                        delayed(move |armed: Armed<'_>| {
+                            std::thread::sleep(Duration::from_millis(5));
+                            std::mem::forget(armed);
+                            ran_ref.fetch_add(1, Ordering::SeqCst);
+                        })(Armed(dropped_ref))
+                    }),
+                    |results| results.count(),
+                )
+        }));
+        let payload = caught.expect_err("the input's panic reaches the caller");
+        assert_eq!(payload.downcast_ref::<u64>(), Some(&at));
+        let settled = (ran.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst));
+        assert_eq!(settled.0 + settled.1, at as usize, "input panics at {at}");
+        std::thread::sleep(Duration::from_millis(30));
+        let later = (ran.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst));
+        assert_eq!(later, settled, "a task ran after scope_iter returned");
+    }
+}

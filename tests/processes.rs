@@ -907,3 +907,220 @@ fn results_whose_drop_panics_in_the_parent_do_not_replace_the_tasks_panic() {
     drop(parallel);
     assert_gone(pool, HashSet::new());
 }
+
+fn armed_work(x: u64) -> ArmedInParent {
+    ArmedInParent {
+        value: work(x),
+        armed: false,
+    }
+}
+
+fn armed_work_ok(x: u64) -> Result<ArmedInParent, String> {
+    Ok(armed_work(x))
+}
+
+/// The panic payload of `f` as text (a `String` or `&str` payload; else empty).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// The input panics once results whose `Drop` panics have been decoded: `run_in_processes` and
+/// `try_run_in_processes` resume the input's panic after dropping those results one by one,
+/// contained (dropping them while the panic unwinds would abort the process), and the pool serves
+/// the next call.
+#[test]
+fn an_input_panic_with_decoded_results_whose_drop_panics_reaches_the_caller() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(50));
+    let input = |x: u64| {
+        if x == 400 {
+            std::panic::panic_any(x);
+        }
+        x
+    };
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        parallel.run_in_processes((0..2_000u64).map(|x| delayed(armed_work)(input(x))))
+    }));
+    let payload = caught.expect_err("the input's panic reaches the caller");
+    assert_eq!(payload.downcast_ref::<u64>(), Some(&400));
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        parallel.try_run_in_processes((0..2_000u64).map(|x| delayed(armed_work_ok)(input(x))))
+    }));
+    let payload = caught.expect_err("the input's panic reaches the caller");
+    assert_eq!(payload.downcast_ref::<u64>(), Some(&400));
+    let out = parallel.run_in_processes((0..300u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..300).map(work).collect::<Vec<_>>());
+    assert_every_slab_comes_back(&pool);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+/// Tasks 10 and 13 (one batch) fail with errors that panic when the parent drops them: the error with the
+/// smallest index is returned, the other one is dropped without its panic escaping (as `try_run`
+/// drops the errors it does not return).
+fn fails_at_10_and_13(x: u64) -> Result<u64, ArmedInParent> {
+    match x {
+        10 | 13 => Err(ArmedInParent {
+            value: x,
+            armed: false,
+        }),
+        _ => Ok(work(x)),
+    }
+}
+
+#[test]
+fn try_run_in_processes_drops_the_errors_it_does_not_return_quietly() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(8));
+    for _ in 0..3 {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            parallel.try_run_in_processes((0..100u64).map(|x| delayed(fails_at_10_and_13)(x)))
+        }));
+        match result {
+            Ok(Err(Error::Task { index, mut error })) => {
+                error.armed = false;
+                assert_eq!((index, error.value), (10, 10));
+            }
+            Ok(other) => panic!("expected task 10's error, got {:?}", other.map(|v| v.len())),
+            Err(payload) => panic!("an error's Drop escaped: {:?}", panic_text(&*payload)),
+        }
+    }
+    let out = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+/// Set in the parent: the next decoding of `work(BAD)` as a [`DecodesOnceBadly`] panics.
+static DECODE_BOMB: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A result whose `Deserialize` panics once in the parent (for `work(BAD)`, while armed).
+#[derive(serde::Serialize, Debug, PartialEq)]
+struct DecodesOnceBadly(u64);
+
+impl<'de> serde::Deserialize<'de> for DecodesOnceBadly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(deserializer)?;
+        if value == work(BAD) && DECODE_BOMB.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("cannot decode {value}");
+        }
+        Ok(DecodesOnceBadly(value))
+    }
+}
+
+fn decodes_once_badly(x: u64) -> DecodesOnceBadly {
+    DecodesOnceBadly(work(x))
+}
+
+/// A result's `Deserialize` panics in the parent while a process iterator decodes it: `next()`
+/// resumes that panic and the iterator ends (later calls return `None`); it never hands out a
+/// value under another task's index (where the next value starts is unknown after the panic).
+#[test]
+fn a_result_whose_deserialize_panics_ends_a_process_iterator() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(16));
+    for ordered in [true, false] {
+        DECODE_BOMB.store(true, std::sync::atomic::Ordering::SeqCst);
+        let tasks = (0..100u64).map(|x| delayed(decodes_once_badly)(x));
+        // `(index, value)`; the ordered iterator's index is its position (a panic included).
+        let mut iter: Box<dyn Iterator<Item = (Option<usize>, DecodesOnceBadly)>> = if ordered {
+            Box::new(
+                parallel
+                    .run_iter_in_processes(tasks)
+                    .map(|r| (None, r.unwrap())),
+            )
+        } else {
+            Box::new(
+                parallel
+                    .run_unordered_in_processes(tasks)
+                    .map(|(i, r)| (Some(i), r.unwrap())),
+            )
+        };
+        let mut panics = 0;
+        for position in 0..200 {
+            match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+                Ok(Some((index, value))) => {
+                    let i = index.unwrap_or(position);
+                    assert_eq!(value, DecodesOnceBadly(work(i as u64)), "task {i}");
+                    assert_eq!(panics, 0, "after the panic: task {i} handed out");
+                }
+                Ok(None) => break,
+                Err(payload) => {
+                    assert_eq!(
+                        panic_text(&*payload),
+                        format!("cannot decode {}", work(BAD))
+                    );
+                    panics += 1;
+                }
+            }
+        }
+        assert_eq!(panics, 1, "ordered: {ordered}");
+        drop(iter);
+    }
+    let out = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+/// The progress callback panics as a process iterator hands out a result whose `Drop` panics: the
+/// callback's panic reaches the consumer (the result is dropped contained, not while it unwinds,
+/// which would abort the process), and the pool serves the next call.
+#[test]
+fn a_progress_panic_while_a_process_iterator_hands_out_a_result_reaches_the_consumer() {
+    let _serial = serial();
+    let pool = two_workers();
+    for ordered in [true, false] {
+        let mut updates = 0;
+        let parallel = Parallel::new()
+            .backend(Backend::ProcessPool(pool.clone()))
+            .batch_size(parjob::BatchSize::Fixed(16))
+            .on_progress(move |_, _| {
+                updates += 1;
+                if updates == 3 {
+                    std::panic::panic_any(7u64);
+                }
+            });
+        let tasks = (0..100u64).map(|x| delayed(armed_work)(x));
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            let mut n = 0;
+            if ordered {
+                for r in parallel.run_iter_in_processes(tasks) {
+                    r.unwrap().armed = false;
+                    n += 1;
+                }
+            } else {
+                for (_, r) in parallel.run_unordered_in_processes(tasks) {
+                    r.unwrap().armed = false;
+                    n += 1;
+                }
+            }
+            n
+        }));
+        let payload = caught.expect_err("the callback's panic reaches the consumer");
+        assert_eq!(
+            payload.downcast_ref::<u64>(),
+            Some(&7),
+            "ordered: {ordered}"
+        );
+    }
+    let out = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    assert_gone(pool, HashSet::new());
+}

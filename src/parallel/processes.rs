@@ -13,6 +13,7 @@ use super::engine::quietly;
 use super::error::Error;
 use super::stream::{RunIter, RunUnordered};
 use super::Parallel;
+use crate::pool::unwind::{halt_unwinding, resume_unwinding};
 use crate::processes::call::{Call, Failure, Settings};
 use crate::processes::ProcessPool;
 use serde::de::DeserializeOwned;
@@ -117,9 +118,18 @@ impl<'p> Parallel<'p> {
         let mut results = Vec::with_capacity(tasks.size_hint().0);
         let mut ordered = self.process_call(tasks, settings, true);
         let mut first_failure = None;
-        ordered.drain(&mut results, |index, failure| {
-            first_failure.get_or_insert((index, failure));
+        let drained = halt_unwinding(|| {
+            ordered.drain(&mut results, |index, failure| {
+                first_failure.get_or_insert((index, failure));
+            })
         });
+        if let Err(payload) = drained {
+            // User code in this thread panicked (the input, an argument's `Serialize`, a result's
+            // `Deserialize`, the progress callback): the results decoded so far are dropped on
+            // their own, contained, before that panic unwinds on (as below).
+            results.into_iter().for_each(quietly);
+            resume_unwinding(payload)
+        }
         match first_failure {
             None => results,
             Some((index, failure)) => {
@@ -179,22 +189,39 @@ impl<'p> Parallel<'p> {
         let mut values: Vec<Option<T>> = Vec::new();
         // The failure with the smallest index: `Ok(e)` a task's error, `Err(f)` a failure.
         let mut first: Option<(usize, Result<E, Failure>)> = None;
-        while let Some((index, outcome)) = call.next_completed() {
-            let failure = match outcome {
-                Ok(Ok(value)) => {
-                    if values.len() <= index {
-                        values.resize_with(index + 1, || None);
+        let collected = halt_unwinding(|| {
+            while let Some((index, outcome)) = call.next_completed() {
+                let failure = match outcome {
+                    Ok(Ok(value)) => {
+                        if values.len() <= index {
+                            values.resize_with(index + 1, || None);
+                        }
+                        values[index] = Some(value);
+                        continue;
                     }
-                    values[index] = Some(value);
-                    continue;
+                    Ok(Err(error)) => Ok(error),
+                    Err(failure) => Err(failure),
+                };
+                call.stop();
+                // The failure not kept is dropped contained: an `E` whose `Drop` panics must not
+                // replace the one returned (as `try_run` drops the errors it does not return).
+                if first.as_ref().is_none_or(|(i, _)| index < *i) {
+                    if let Some(superseded) = first.replace((index, failure)) {
+                        quietly(superseded);
+                    }
+                } else {
+                    quietly(failure);
                 }
-                Ok(Err(error)) => Ok(error),
-                Err(failure) => Err(failure),
-            };
-            call.stop();
-            if first.as_ref().is_none_or(|(i, _)| index < *i) {
-                first = Some((index, failure));
             }
+        });
+        if let Err(payload) = collected {
+            // As in `run_in_processes`: user code in this thread panicked; the values and the
+            // error held are dropped contained before that panic unwinds on.
+            values.into_iter().flatten().for_each(quietly);
+            if let Some(kept) = first {
+                quietly(kept);
+            }
+            resume_unwinding(payload)
         }
         let Some((index, failure)) = first else {
             return Ok(values
@@ -220,7 +247,10 @@ impl<'p> Parallel<'p> {
     ///
     /// # Panics
     /// `next()` resumes a task's panic (its message) at its position, as `run_iter` does; also
-    /// when the worker processes cannot start, here, and on an invalid configuration.
+    /// when the worker processes cannot start, here, and on an invalid configuration. A panic
+    /// from user code in the calling process during `next()` (the input iterator, an argument's
+    /// `Serialize`, a result's `Deserialize`, the progress callback) is resumed there and ends
+    /// the iterator: dispatching stops and later calls return `None`.
     ///
     /// ```no_run
     /// use parjob::{delayed, Backend, Parallel};

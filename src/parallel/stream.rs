@@ -112,7 +112,16 @@ where
                 let pool = (pool.clone(), runners, inside);
                 // SAFETY: forwarded to our caller (no slots: results go to the chunks).
                 let mut engine = unsafe { Engine::new(tasks, setup, pool, None, None) };
-                engine.refill(Some(0));
+                if let Err(payload) = unwind::halt_unwinding(|| engine.refill(Some(0))) {
+                    // The input panicked. `refill` queued the tasks it had pulled and started
+                    // tokens for them before resuming the panic, and no stream exists yet whose
+                    // settling (`scope_iter`) would wait for those tokens: settle here, or tasks
+                    // that borrow could run after their borrow ends.
+                    let (unstarted, done) = engine.settle();
+                    super::engine::drop_unstarted(unstarted);
+                    done.into_iter().for_each(super::engine::drop_chunk);
+                    unwind::resume_unwinding(payload);
+                }
                 Source::Pool(engine)
             }
         };

@@ -316,6 +316,10 @@ pub(crate) struct Call<'p, I, F, A, R> {
     progress: Progress<'p>,
     completed: usize,
     finished: bool,
+    /// A panic from user code in this thread (the input, an argument's `Serialize`, a result's
+    /// `Deserialize`, the progress callback) went through [`Call::next_completed`]: the call is
+    /// over (see there).
+    ended: bool,
     _types: PhantomData<fn(F)>,
 }
 
@@ -356,6 +360,7 @@ where
             progress,
             completed: 0,
             finished: false,
+            ended: false,
             _types: PhantomData,
         }
     }
@@ -369,7 +374,28 @@ where
     /// The next finished task (in input order if `ordered`); `None` once every dispatched task
     /// is done and the input is exhausted (or the call was stopped: in ordered mode the
     /// positions it never ran are skipped).
+    ///
+    /// A panic from user code on the way (the input, an argument's `Serialize`, a result's
+    /// `Deserialize`, the progress callback) is resumed here and ends the call: it stops, and
+    /// later calls return `None`. Its state cannot be trusted after such a panic: a result whose
+    /// `Deserialize` panicked leaves the read position at its start (the next task would be
+    /// handed that task's value), a panic while a batch is encoded loses the tasks already taken
+    /// from the input for it (the next batch would start at a stale index).
     pub(crate) fn next_completed(&mut self) -> Option<(usize, Result<R, Failure>)> {
+        if self.ended {
+            return None;
+        }
+        match crate::pool::unwind::halt_unwinding(|| self.next_outcome()) {
+            Ok(item) => item,
+            Err(payload) => {
+                self.ended = true;
+                self.stop();
+                crate::pool::unwind::resume_unwinding(payload)
+            }
+        }
+    }
+
+    fn next_outcome(&mut self) -> Option<(usize, Result<R, Failure>)> {
         loop {
             if let Some(item) = self.decode_next() {
                 return Some(self.hand_out(item));
@@ -462,7 +488,13 @@ where
     fn hand_out(&mut self, item: (usize, Result<R, Failure>)) -> (usize, Result<R, Failure>) {
         self.next_out = item.0 + 1;
         self.completed += 1;
-        self.progress.update(self.completed);
+        let (progress, completed) = (&mut self.progress, self.completed);
+        if let Err(payload) = crate::pool::unwind::halt_unwinding(|| progress.update(completed)) {
+            // The callback panicked: `item` is a user value whose `Drop` may panic too, which
+            // would abort the process if it ran while the callback's panic unwinds.
+            crate::pool::unwind::drop_contained(item);
+            crate::pool::unwind::resume_unwinding(payload);
+        }
         item
     }
 

@@ -256,6 +256,7 @@ where
             self.shared.timing_ns.load(Ordering::Relaxed),
         );
         let mut pushed: Vec<Batch<T>> = Vec::new();
+        let mut input_panic = None;
         while !self.exhausted {
             let retired = read.unwrap_or_else(|| self.shared.tasks_done.load(Ordering::Acquire));
             let in_flight = self.pulled - retired.min(self.pulled);
@@ -271,12 +272,24 @@ where
             // (no per-task lock, atomic or allocation).
             let mut tasks = lock(&self.shared.spare).pop().unwrap_or_default();
             tasks.reserve(take);
-            tasks.extend(self.tasks.by_ref().take(take));
-            if tasks.len() < take {
+            let input = &mut self.tasks;
+            let pulled =
+                crate::pool::unwind::halt_unwinding(|| tasks.extend(input.by_ref().take(take)));
+            if let Err(payload) = pulled {
+                // The input panicked (user code). The tasks it gave before are queued like any
+                // batch and counted in `pulled`, so a stream read on after the panic hands out
+                // each result under its own index and ends; the input is not pulled again.
+                // Unwinding from here instead lost this buffer's tasks and the batches in
+                // `pushed` (already counted: a stream read on waited for them forever, or gave
+                // the input's next tasks their indices) and dropped their tasks while unwinding
+                // (a `Drop` that panicked too aborted the process).
+                input_panic = Some(payload);
                 self.exhausted = true;
-                if tasks.is_empty() {
-                    break;
-                }
+            } else if tasks.len() < take {
+                self.exhausted = true;
+            }
+            if self.exhausted && tasks.is_empty() {
+                break;
             }
             let len = tasks.len();
             let dest = match self.slots {
@@ -319,6 +332,9 @@ where
             // the tracker and waits until it is quiescent) before any of them goes away, or they
             // are all `'static`. `token` never unwinds.
             unsafe { self.on_pool.pool.spawn_unchecked(move || token(shared)) };
+        }
+        if let Some(payload) = input_panic {
+            crate::pool::unwind::resume_unwinding(payload);
         }
     }
 
