@@ -512,7 +512,8 @@ impl<'p> Parallel<'p> {
     ///
     /// # Panics
     /// On an invalid configuration, here; later, `next()` resumes a task's panic at its position
-    /// and panics when the [`timeout`](Parallel::timeout) (a limit on each wait) expires.
+    /// (the stream then ends: later calls return `None`) and panics when the
+    /// [`timeout`](Parallel::timeout) (a limit on each wait) expires.
     ///
     /// ```
     /// use parjob::{delayed, Parallel};

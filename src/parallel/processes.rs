@@ -246,8 +246,10 @@ impl<'p> Parallel<'p> {
     /// thread backend this is `run_iter` with every item `Ok`.
     ///
     /// # Panics
-    /// `next()` resumes a task's panic (its message) at its position, as `run_iter` does; also
-    /// when the worker processes cannot start, here, and on an invalid configuration. A panic
+    /// `next()` resumes a task's panic (its message) at its position, as `run_iter` does, but
+    /// then goes on with the next task (a task's panic here is contained in its worker, like a
+    /// crash, which comes back as an `Err` item; `run_iter` ends at the first panic); also when
+    /// the worker processes cannot start, here, and on an invalid configuration. A panic
     /// from user code in the calling process during `next()` (the input iterator, an argument's
     /// `Serialize`, a result's `Deserialize`, the progress callback) is resumed there and ends
     /// the iterator: dispatching stops and later calls return `None`.
