@@ -1124,3 +1124,121 @@ fn a_progress_panic_while_a_process_iterator_hands_out_a_result_reaches_the_cons
     assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
     assert_gone(pool, HashSet::new());
 }
+
+/// A panic payload whose own `Drop` panics (it never crosses: it lives in the worker).
+struct PayloadBomb(u64);
+
+impl Drop for PayloadBomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("payload of task {} dropped", self.0);
+        }
+    }
+}
+
+fn panics_with_a_bomb_often(x: u64) -> u64 {
+    if x % 97 == 5 {
+        std::panic::panic_any(PayloadBomb(x));
+    }
+    work(x)
+}
+
+/// A task panics in a worker with a payload whose `Drop` panics: that task's panic comes back at
+/// its place (the worker drops the payload contained), every other task's result at its own, and
+/// the worker keeps serving. Before, the payload's panic escaped the batch: the worker exited, the
+/// batch was re-run task by task and each such task came back as `WorkerCrashed`.
+#[test]
+fn a_panic_payload_whose_drop_panics_in_the_worker_is_that_tasks_panic_only() {
+    let _serial = serial();
+    let (pool, parallel) = two_batches_of_500_in_slabs();
+    let mut iter =
+        parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(panics_with_a_bomb_often)(x)));
+    expect_every_97th_to_panic(
+        &mut iter,
+        |_| "Box<dyn Any> (a panic payload that is not a string)".to_owned(),
+        |i, value| assert_eq!(value, work(i), "task {i}"),
+    );
+    drop(iter);
+    assert_eq!(pool.restarts(), 0);
+    assert_every_slab_comes_back(&pool);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
+/// Set in the parent: [`Picky`] arguments decode there; unset (in every worker), the value
+/// [`BAD`] panics while it is decoded.
+static PICKY_ONLY_IN_WORKERS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// An argument whose `Deserialize` panics for [`BAD`] (in the parent too, unless
+/// [`PICKY_ONLY_IN_WORKERS`] is set there).
+#[derive(serde::Serialize, Debug)]
+struct Picky(u64);
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(deserializer)?;
+        if value == BAD && !PICKY_ONLY_IN_WORKERS.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("cannot decode argument {value}");
+        }
+        Ok(Picky(value))
+    }
+}
+
+fn picky(x: Picky) -> u64 {
+    work(x.0)
+}
+
+/// Runs 300 `picky` tasks in batches of 100 and returns each task's outcome: its value, or the
+/// message of the panic (or error) it came back as. The iterator must go on to the end.
+fn run_picky(parallel: &Parallel<'static>) -> Vec<Result<u64, String>> {
+    let mut iter = parallel.run_iter_in_processes((0..300u64).map(|x| delayed(picky)(Picky(x))));
+    let mut outcomes = Vec::new();
+    for _ in 0..300 {
+        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+            Ok(Some(Ok(value))) => outcomes.push(Ok(value)),
+            Ok(Some(Err(error))) => outcomes.push(Err(error.to_string())),
+            Ok(None) => panic!("the iterator ended after {} tasks", outcomes.len()),
+            Err(payload) => outcomes.push(Err(panic_text(&*payload))),
+        }
+    }
+    assert!(catch_unwind(AssertUnwindSafe(|| iter.next()))
+        .unwrap()
+        .is_none());
+    outcomes
+}
+
+/// An argument's `Deserialize` panics in the worker, in the middle of a batch: the worker cannot
+/// read the rest of the batch, exits, and the batch is re-sent one task per batch. Here the
+/// argument decodes in the parent: task BAD alone panics in the worker again and comes back as
+/// that panic's message (not as a crash), every other task with its result.
+#[test]
+fn an_argument_whose_deserialize_panics_in_the_worker_fails_its_task_only() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(100));
+    PICKY_ONLY_IN_WORKERS.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcomes = run_picky(&parallel);
+    PICKY_ONLY_IN_WORKERS.store(false, std::sync::atomic::Ordering::SeqCst);
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        if i as u64 == BAD {
+            let message = outcome.expect_err("task BAD failed");
+            assert!(
+                message.contains("panicked") && message.contains("cannot decode argument 50"),
+                "{message}"
+            );
+        } else {
+            assert_eq!(outcome, Ok(work(i as u64)), "task {i}");
+        }
+    }
+    // The worker that met BAD in the middle of its batch exited and was replaced.
+    assert!(pool.restarts() >= 1);
+    let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    assert_every_slab_comes_back(&pool);
+    pids.extend(pool.worker_pids());
+    drop(parallel);
+    assert_gone(pool, pids);
+}

@@ -276,8 +276,9 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 ///
 /// One `catch_unwind` covers the whole loop (not one per task): after a task's panic its failure
 /// is recorded and the loop resumes at the next task. A panic while decoding arguments (a
-/// `Deserialize` impl that panics) leaves the input's position unknown, so it propagates: the
-/// worker exits and the batch is re-sent task by task, as for a crash.
+/// `Deserialize` impl that panics) leaves the input's position unknown, so unless the task is the
+/// batch's last it propagates: the worker exits and the batch is re-sent task by task, as for a
+/// crash. The batch's last task (a task re-sent alone, in particular) just fails with it.
 fn run_batch<F, A, R>(input: &[u8], count: u64, out: &mut Sink<'_>)
 where
     F: crate::Apply<A, Output = R> + Copy + 'static,
@@ -337,17 +338,32 @@ where
             }
         }));
         if let Err(payload) = ran {
-            if decoding {
+            if decoding && done + 1 < count {
+                // Where the next task's arguments start is unknown: the worker exits and the
+                // parent re-sends the batch's tasks one by one.
                 std::panic::resume_unwind(payload);
             }
             // The task's value may be partly (or wholly, if its `Drop` panicked) written.
             out.truncate(start);
             let panicked = panic_message(&*payload);
-            // A result that could not be encoded and whose `Drop` then panicked: one record,
-            // with both messages.
-            let message = match unencoded.take() {
-                Some(unencoded) => format!("{unencoded}; then dropping it panicked: {panicked}"),
-                None => panicked,
+            // The payload is user data whose `Drop` may panic (`panic_any`): dropped here
+            // unguarded, that panic escaped the batch, the worker exited, and the task came
+            // back as a crash (after every task of its batch had been run again).
+            crate::pool::unwind::drop_contained(payload);
+            let message = if decoding {
+                // The batch's last task: no task after it to locate, so it simply fails (when
+                // it was alone in a batch re-sent after a crash, exiting made it a "crash" with
+                // exit code 0).
+                format!("parjob: decoding the task's arguments panicked: {panicked}")
+            } else {
+                // A result that could not be encoded and whose `Drop` then panicked: one
+                // record, with both messages.
+                match unencoded.take() {
+                    Some(unencoded) => {
+                        format!("{unencoded}; then dropping it panicked: {panicked}")
+                    }
+                    None => panicked,
+                }
             };
             failures.push((done, message));
             done += 1;
@@ -715,6 +731,69 @@ mod tests {
         read_values::<u64>(&mut input, 2, &mut values).unwrap();
         assert_eq!(values, [0, 2]);
         assert!(input.is_empty());
+    }
+
+    /// A result whose `Serialize` panics (for odd values) after writing part of itself.
+    struct PanicsToEncode(u64);
+
+    impl Serialize for PanicsToEncode {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeTuple;
+            let mut tuple = s.serialize_tuple(2)?;
+            tuple.serialize_element(&self.0)?;
+            assert!(self.0 % 2 == 0, "cannot encode {}", self.0);
+            tuple.serialize_element(&self.0)?;
+            tuple.end()
+        }
+    }
+
+    fn panics_to_encode(x: u64) -> PanicsToEncode {
+        PanicsToEncode(x)
+    }
+
+    /// `run_batch` of `f` (a function item) over `(x,)` for each of `args`, here (no worker),
+    /// with an outcome area of `area` bytes.
+    fn run_panics_to_encode<F>(_f: F, args: &[u64], area: usize) -> Vec<u8>
+    where
+        F: crate::Apply<(u64,), Output = PanicsToEncode> + Copy + 'static,
+    {
+        assert_eq!(std::mem::size_of::<F>(), 0);
+        let mut input = Vec::new();
+        for &x in args {
+            bincode::serialize_into(&mut input, &(x,)).unwrap();
+        }
+        let mut area = vec![0u8; area];
+        let mut spill = Vec::new();
+        let mut sink = Sink::new(&mut area, &mut spill);
+        run_batch::<F, (u64,), PanicsToEncode>(&input, args.len() as u64, &mut sink);
+        match sink.in_area() {
+            Some(len) => area[..len].to_vec(),
+            None => spill,
+        }
+    }
+
+    /// A result's `Serialize` panics in the worker halfway through writing it: that task fails
+    /// with the panic's message, its partial bytes are forgotten (in the area, or after the
+    /// outcomes spilled into the vector), and every other task's value is read back at its place.
+    #[test]
+    fn a_result_whose_serialize_panics_is_that_tasks_failure_only() {
+        let args = [2, 3, 4, 6, 7, 8];
+        for area in [4096, 20] {
+            let bytes = run_panics_to_encode(panics_to_encode, &args, area);
+            let (values_len, failures) = split_outcomes(&bytes, args.len()).unwrap();
+            let positions: Vec<usize> = failures.iter().map(|(p, _)| *p).collect();
+            assert_eq!(positions, [1, 4], "area {area}");
+            assert!(
+                failures[1].1.contains("cannot encode 7"),
+                "{}",
+                failures[1].1
+            );
+            let mut values = Vec::new();
+            let mut input = &bytes[..values_len];
+            read_values::<(u64, u64)>(&mut input, 4, &mut values).unwrap();
+            assert_eq!(values, [(2, 2), (4, 4), (6, 6), (8, 8)], "area {area}");
+            assert!(input.is_empty());
+        }
     }
 
     #[test]

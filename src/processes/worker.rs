@@ -90,8 +90,10 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let mut sink = wire::Sink::new(area.unwrap_or_default(), &mut out);
         // `run_batch` catches each task's panic itself; this catch is for a panic outside a
         // task (a panicking `Deserialize`), after which the batch's input cannot be trusted:
-        // the worker exits, and the parent re-sends the tasks one by one.
-        if catch_unwind(AssertUnwindSafe(|| run(input, count, &mut sink))).is_err() {
+        // the worker exits, and the parent re-sends the tasks one by one. The payload is user
+        // data whose `Drop` may panic: dropped contained, so the exit stays this orderly one.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| run(input, count, &mut sink))) {
+            crate::pool::unwind::drop_contained(payload);
             return;
         }
         let elapsed_ns = started.elapsed().as_nanos() as u64;
