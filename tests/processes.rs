@@ -1242,3 +1242,41 @@ fn an_argument_whose_deserialize_panics_in_the_worker_fails_its_task_only() {
     drop(parallel);
     assert_gone(pool, pids);
 }
+
+/// The same argument's `Deserialize` panics in the parent too, while the crashed batch is split
+/// to be re-sent (the parent decodes its arguments to find where each starts): the call goes on.
+/// The tasks before BAD in its batch are re-sent and return; BAD fails with its panic's message;
+/// the tasks after it in that batch cannot be located any more and fail with a message saying
+/// so; the other batches are untouched. Before, the panic escaped the parent's bisection: the
+/// iterator resumed it at whatever position it was waiting for, and ended.
+#[test]
+fn an_argument_whose_deserialize_panics_while_a_crashed_batch_is_split_fails_that_batch_only() {
+    let _serial = serial();
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(100));
+    let outcomes = run_picky(&parallel);
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let i = i as u64;
+        if i == BAD {
+            let message = outcome.expect_err("task BAD failed");
+            assert!(
+                message.contains("panicked") && message.contains("cannot decode argument 50"),
+                "{message}"
+            );
+        } else if i > BAD && i < 100 {
+            let message = outcome.expect_err("the tasks after BAD in its batch fail");
+            assert!(message.contains("cannot be located"), "task {i}: {message}");
+        } else {
+            assert_eq!(outcome, Ok(work(i)), "task {i}");
+        }
+    }
+    assert!(pool.restarts() >= 1);
+    let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    assert_every_slab_comes_back(&pool);
+    pids.extend(pool.worker_pids());
+    drop(parallel);
+    assert_gone(pool, pids);
+}

@@ -753,23 +753,65 @@ where
 
     /// Sends each task of a batch whose worker died again on its own, first task first in the
     /// queue. The arguments are decoded here and encoded again one per request.
+    ///
+    /// That decoding and encoding is user code (`A`'s `Deserialize` and `Serialize`) running in
+    /// the parent, and it may panic: most simply when the worker died because an argument's
+    /// `Deserialize` panicked there, which it then does here too. Such a panic must not escape
+    /// into the call: it would surface at whatever task the caller was waiting for (and end a
+    /// process iterator, losing every task not handed out yet). It fails tasks instead: a panic
+    /// while encoding task `i` fails task `i` alone; a panic while decoding it fails task `i`
+    /// and, since where the next arguments start is then unknown, the batch's tasks after it.
+    /// The tasks before it are re-sent as usual.
     fn bisect(&mut self, flight: InFlight) {
+        use crate::pool::unwind::{drop_contained, halt_unwinding};
         let mut de = bincode::Deserializer::from_slice(flight.args.bytes(), wire::options());
         let mut requests = Vec::with_capacity(flight.count);
-        for _ in 0..flight.count {
-            let Ok(args) = A::deserialize(&mut de) else {
-                break;
+        let mut split = true;
+        // The task whose arguments panicked while decoded, with the message it fails with.
+        let mut lost_at = None;
+        for i in 0..flight.count {
+            let args = match halt_unwinding(|| A::deserialize(&mut de)) {
+                Ok(Ok(args)) => args,
+                Ok(Err(_)) => {
+                    split = false;
+                    break;
+                }
+                Err(payload) => {
+                    let message = format!(
+                        "parjob: decoding the task's arguments panicked: {}",
+                        wire::panic_message(&*payload)
+                    );
+                    drop_contained(payload);
+                    lost_at = Some((i, message));
+                    break;
+                }
             };
             let mut bytes = wire::header(self.runner, 1, wire::INLINE, 0).to_vec();
             let mut serializer = bincode::Serializer::new(&mut bytes, wire::options());
-            if args.serialize(&mut serializer).is_err() {
-                break;
+            let encoded = halt_unwinding(|| args.serialize(&mut serializer));
+            // `A`'s `Drop` is user code too.
+            drop_contained(args);
+            match encoded {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    split = false;
+                    break;
+                }
+                Err(payload) => {
+                    let message = format!(
+                        "parjob: encoding the task's arguments panicked: {}",
+                        wire::panic_message(&*payload)
+                    );
+                    drop_contained(payload);
+                    requests.push(Err(message));
+                    continue;
+                }
             }
             let len = (bytes.len() - wire::HEADER) as u64;
             bytes[..wire::HEADER].copy_from_slice(&wire::header(self.runner, 1, wire::INLINE, len));
-            requests.push(Arc::new(bytes));
+            requests.push(Ok(Arc::new(bytes)));
         }
-        if requests.len() != flight.count {
+        if !split {
             // Cannot happen (these bytes were encoded from `A` here); fail the whole batch
             // rather than guess.
             let message = "parjob: cannot split a crashed batch".to_owned();
@@ -779,9 +821,27 @@ where
             }
             return;
         }
+        if let Some((at, message)) = lost_at {
+            requests.push(Err(message));
+            for _ in at + 1..flight.count {
+                requests.push(Err(format!(
+                    "parjob: the task's arguments cannot be located: its worker died, and \
+                     decoding the arguments of task {} before it panicked",
+                    flight.first + at
+                )));
+            }
+        }
         for (i, request) in requests.into_iter().enumerate().rev() {
-            let args = Args::Inline(Arc::clone(&request));
-            self.send(flight.first + i, 1, request, args, None, true);
+            match request {
+                Ok(request) => {
+                    let args = Args::Inline(Arc::clone(&request));
+                    self.send(flight.first + i, 1, request, args, None, true);
+                }
+                Err(message) => {
+                    self.ready
+                        .insert(flight.first + i, Ready::Task(Err(Failure::Panic(message))));
+                }
+            }
         }
     }
 }
