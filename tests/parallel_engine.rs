@@ -696,3 +696,106 @@ fn slow_then_fast_tasks_finish_under_every_dispatch_setting() {
         }
     });
 }
+
+/// On the calling thread (`Backend::Sequential`, or `n_jobs(1)`), a task panics after others
+/// returned results whose `Drop` panics (even while a panic unwinds): the call drops them each
+/// contained and resumes the task's panic, as on a pool. Before, they were dropped while the
+/// task's panic unwound, and the first one aborted the process. The same for an input that
+/// panics, a progress callback that panics, and the results `try_run` does not return.
+#[test]
+fn on_the_calling_thread_results_whose_drop_panics_are_dropped_contained() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    #[derive(Debug)]
+    struct Loud;
+    impl Drop for Loud {
+        fn drop(&mut self) {
+            DROPPED.fetch_add(1, Ordering::SeqCst);
+            panic!("Loud::drop");
+        }
+    }
+    let configs: [fn() -> Parallel<'static>; 3] = [
+        || Parallel::new().backend(Backend::Sequential),
+        || Parallel::new().n_jobs(1),
+        // Not the plain loop: progress is reported after every task.
+        || Parallel::new().n_jobs(1).on_progress(|_, _| {}),
+    ];
+    for (k, config) in configs.iter().enumerate() {
+        // A task panics.
+        DROPPED.store(0, Ordering::SeqCst);
+        let caught = std::panic::catch_unwind(|| {
+            config().run((0..12).map(|i| {
+                Delayed::new(move || {
+                    if i == 6 {
+                        panic!("task 6");
+                    }
+                    Loud
+                })
+            }))
+        });
+        let payload = caught.expect_err("task 6 panicked");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"task 6"),
+            "config {k}"
+        );
+        assert_eq!(DROPPED.load(Ordering::SeqCst), 6, "config {k}");
+        // The same through `run_indexed` (its own path; already contained).
+        DROPPED.store(0, Ordering::SeqCst);
+        let caught = std::panic::catch_unwind(|| {
+            config().run_indexed(12, |i| {
+                if i == 6 {
+                    panic!("task 6");
+                }
+                Loud
+            })
+        });
+        let payload = caught.expect_err("task 6 panicked");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"task 6"),
+            "config {k}"
+        );
+        assert_eq!(DROPPED.load(Ordering::SeqCst), 6, "config {k}");
+        // The input panics.
+        DROPPED.store(0, Ordering::SeqCst);
+        let caught = std::panic::catch_unwind(|| {
+            config().run((0..12).map(|i| {
+                if i == 4 {
+                    panic!("input 4");
+                }
+                Delayed::new(|| Loud)
+            }))
+        });
+        let payload = caught.expect_err("the input panicked");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"input 4"),
+            "config {k}"
+        );
+        assert_eq!(DROPPED.load(Ordering::SeqCst), 4, "config {k}");
+        // `try_run` stops at task 5's error: the results before it are not returned.
+        DROPPED.store(0, Ordering::SeqCst);
+        let outcome = config()
+            .try_run((0..12).map(|i| Delayed::new(move || if i == 5 { Err(i) } else { Ok(Loud) })));
+        assert!(
+            matches!(outcome, Err(parjob::Error::Task { index: 5, error: 5 })),
+            "config {k}: {outcome:?}"
+        );
+        assert_eq!(DROPPED.load(Ordering::SeqCst), 5, "config {k}");
+    }
+    // A progress callback that panics after task 3.
+    DROPPED.store(0, Ordering::SeqCst);
+    let caught = std::panic::catch_unwind(|| {
+        Parallel::new()
+            .n_jobs(1)
+            .on_progress(|done, _| {
+                if done == 3 {
+                    panic!("progress 3");
+                }
+            })
+            .run((0..12).map(|_| Delayed::new(|| Loud)))
+    });
+    let payload = caught.expect_err("the callback panicked");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"progress 3"));
+    assert_eq!(DROPPED.load(Ordering::SeqCst), 3);
+}

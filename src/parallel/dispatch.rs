@@ -99,12 +99,48 @@ where
     Ok(vec![ra, rb])
 }
 
-/// The sequential path: every task on this thread, in order (panics propagate as they are).
+/// The sequential path: every task on this thread, in order; a panic (a task's, the input's,
+/// the progress callback's) is resumed as it is.
+///
+/// The results collected so far are user values whose `Drop` may panic, even while a panic
+/// unwinds (which aborts the process): so the loop runs under a catch, and on a panic they are
+/// dropped each on its own, contained, before it is resumed, as the pool path does (see the
+/// module docs); the results a `Stop` does not return likewise, and the input too before a
+/// panic is resumed.
 fn run_inline<I, T>(
-    tasks: I,
+    mut tasks: I,
     mut setup: Setup<'_>,
     fail_fast: Option<fn(&T::Output) -> bool>,
 ) -> Result<Vec<T::Output>, Stop<T::Output>>
+where
+    I: Iterator<Item = T>,
+    T: Task,
+{
+    let mut out = Vec::new();
+    let ran = crate::pool::unwind::halt_unwinding(|| {
+        inline_loop(&mut tasks, &mut setup, fail_fast, &mut out)
+    });
+    match ran {
+        Ok(Ok(())) => Ok(out),
+        Ok(Err(stop)) => {
+            out.into_iter().for_each(quietly);
+            Err(stop)
+        }
+        Err(payload) => {
+            out.into_iter().for_each(quietly);
+            quietly(tasks);
+            crate::pool::unwind::resume_unwinding(payload)
+        }
+    }
+}
+
+/// [`run_inline`]'s loop: the results go to `out` (empty when called).
+fn inline_loop<I, T>(
+    tasks: &mut I,
+    setup: &mut Setup<'_>,
+    fail_fast: Option<fn(&T::Output) -> bool>,
+    out: &mut Vec<T::Output>,
+) -> Result<(), Stop<T::Output>>
 where
     I: Iterator<Item = T>,
     T: Task,
@@ -116,12 +152,12 @@ where
         && setup.progress.is_silent()
     {
         // Nothing to check between tasks: the plain loop.
-        let out: Vec<T::Output> = tasks.map(Task::run).collect();
+        out.extend(tasks.map(Task::run));
         setup.progress.finish(out.len());
-        return Ok(out);
+        return Ok(());
     }
     let mut tasks = tasks.peekable();
-    let mut out = Vec::with_capacity(tasks.size_hint().0);
+    out.reserve(tasks.size_hint().0);
     let mut last = Instant::now();
     let mut index = 0;
     while let Some(task) = tasks.next() {
@@ -153,7 +189,7 @@ where
         last = now;
     }
     setup.progress.finish(out.len());
-    Ok(out)
+    Ok(())
 }
 
 /// One call on a pool: the engine, the chunks collected so far, and the output buffer they
