@@ -255,3 +255,57 @@ fn scope_body_value_with_panicking_drop_while_a_task_panics() {
         assert_eq!(pool.install(|| 5), 5);
     }
 }
+
+/// `install`'s closure panics with a `Bomb`, called from outside the pool, from a worker of
+/// another pool (which keeps working while it waits) and from the pool's own worker: the payload
+/// itself reaches the caller (not dropped inside the scheduler, where its `Drop` would panic), and
+/// the pools keep working. The same for `Parallel::run` on the calling thread.
+#[test]
+fn install_and_sequential_run_hand_a_bomb_payload_to_the_caller() {
+    use parjob::{delayed, Backend, Parallel};
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let other = ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let is_bomb = |payload: Box<dyn std::any::Any + Send>| {
+        let bomb = payload.downcast::<Bomb>().expect("the Bomb itself");
+        // Its `Drop` panics: forget it (what the caller does with it is the caller's business).
+        std::mem::forget(bomb);
+    };
+    for _ in 0..if cfg!(miri) { 1 } else { 20 } {
+        is_bomb(catch_unwind(AssertUnwindSafe(|| pool.install(|| panic_any(Bomb)))).unwrap_err());
+        let cross = other.install(|| {
+            catch_unwind(AssertUnwindSafe(|| pool.install(|| panic_any(Bomb)))).map_err(|p| {
+                let bomb = p.downcast::<Bomb>().is_ok_and(|b| {
+                    std::mem::forget(b);
+                    true
+                });
+                assert!(bomb, "the Bomb itself");
+            })
+        });
+        assert!(cross.is_err());
+        pool.install(|| {
+            is_bomb(
+                catch_unwind(AssertUnwindSafe(|| pool.install(|| panic_any(Bomb)))).unwrap_err(),
+            )
+        });
+        for parallel in [
+            Parallel::new().backend(Backend::Sequential),
+            Parallel::new().n_jobs(1),
+        ] {
+            is_bomb(
+                catch_unwind(AssertUnwindSafe(|| {
+                    parallel.run((0..4).map(|i| {
+                        delayed(|i: i32| {
+                            if i == 2 {
+                                panic_any(Bomb);
+                            }
+                            i
+                        })(i)
+                    }))
+                }))
+                .unwrap_err(),
+            );
+        }
+        assert_eq!(pool.install(|| 7), 7);
+        assert_eq!(other.install(|| 8), 8);
+    }
+}
