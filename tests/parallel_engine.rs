@@ -719,10 +719,17 @@ fn on_the_calling_thread_results_whose_drop_panics_are_dropped_contained() {
         // Not the plain loop: progress is reported after every task.
         || Parallel::new().n_jobs(1).on_progress(|_, _| {}),
     ];
+    // `call` must resume a panic whose payload is `message`, after dropping `dropped` `Loud`s.
+    let expect_panic = |k: usize, message: &str, dropped: usize, call: &dyn Fn()| {
+        DROPPED.store(0, Ordering::SeqCst);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+        let payload = caught.expect_err(message);
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&message), "config {k}");
+        assert_eq!(DROPPED.load(Ordering::SeqCst), dropped, "config {k}");
+    };
     for (k, config) in configs.iter().enumerate() {
         // A task panics.
-        DROPPED.store(0, Ordering::SeqCst);
-        let caught = std::panic::catch_unwind(|| {
+        expect_panic(k, "task 6", 6, &|| {
             config().run((0..12).map(|i| {
                 Delayed::new(move || {
                     if i == 6 {
@@ -730,49 +737,26 @@ fn on_the_calling_thread_results_whose_drop_panics_are_dropped_contained() {
                     }
                     Loud
                 })
-            }))
+            }));
         });
-        let payload = caught.expect_err("task 6 panicked");
-        assert_eq!(
-            payload.downcast_ref::<&str>(),
-            Some(&"task 6"),
-            "config {k}"
-        );
-        assert_eq!(DROPPED.load(Ordering::SeqCst), 6, "config {k}");
         // The same through `run_indexed` (its own path; already contained).
-        DROPPED.store(0, Ordering::SeqCst);
-        let caught = std::panic::catch_unwind(|| {
+        expect_panic(k, "task 6", 6, &|| {
             config().run_indexed(12, |i| {
                 if i == 6 {
                     panic!("task 6");
                 }
                 Loud
-            })
+            });
         });
-        let payload = caught.expect_err("task 6 panicked");
-        assert_eq!(
-            payload.downcast_ref::<&str>(),
-            Some(&"task 6"),
-            "config {k}"
-        );
-        assert_eq!(DROPPED.load(Ordering::SeqCst), 6, "config {k}");
         // The input panics.
-        DROPPED.store(0, Ordering::SeqCst);
-        let caught = std::panic::catch_unwind(|| {
+        expect_panic(k, "input 4", 4, &|| {
             config().run((0..12).map(|i| {
                 if i == 4 {
                     panic!("input 4");
                 }
                 Delayed::new(|| Loud)
-            }))
+            }));
         });
-        let payload = caught.expect_err("the input panicked");
-        assert_eq!(
-            payload.downcast_ref::<&str>(),
-            Some(&"input 4"),
-            "config {k}"
-        );
-        assert_eq!(DROPPED.load(Ordering::SeqCst), 4, "config {k}");
         // `try_run` stops at task 5's error: the results before it are not returned.
         DROPPED.store(0, Ordering::SeqCst);
         let outcome = config()

@@ -523,8 +523,7 @@ fn big_result(x: u64) -> Vec<u64> {
 #[test]
 fn results_larger_than_a_slab_come_back_in_the_reply() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
+    let pool = two_workers_with_slabs();
     let in_slabs = pool.shared_memory_batches();
     // 40 results of 64 KiB in batches of 20: 1.3 MB per batch, more than a slab's outcome area.
     let out = Parallel::new()
@@ -551,8 +550,7 @@ fn aborts_at_3000(x: u64) -> u64 {
 #[test]
 fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
+    let pool = two_workers_with_slabs();
     let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
     // Batches of 1,000 tasks, several sent to each worker: the crash loses its batch (re-sent
     // one task at a time) and the batches queued behind it on the same worker (sent again).
@@ -582,14 +580,25 @@ fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
     assert_gone(pool, pids);
 }
 
+/// Two workers with their shared memory made.
+fn two_workers_with_slabs() -> ProcessPool {
+    let pool = two_workers();
+    with_shared_memory(&pool);
+    pool
+}
+
+/// A `Parallel` on `pool` that cuts calls into batches of exactly `size` tasks.
+fn batches_of(pool: &ProcessPool, size: usize) -> Parallel<'static> {
+    Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .batch_size(parjob::BatchSize::Fixed(size))
+}
+
 /// Two workers with their shared memory made, and a `Parallel` on them that cuts 1,000 tasks into
 /// two batches of 500 (so each batch holds several panicking tasks).
 fn two_batches_of_500_in_slabs() -> (ProcessPool, Parallel<'static>) {
-    let pool = two_workers();
-    with_shared_memory(&pool);
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(500));
+    let pool = two_workers_with_slabs();
+    let parallel = batches_of(&pool, 500);
     (pool, parallel)
 }
 
@@ -688,8 +697,7 @@ fn a_result_whose_drop_panics_in_the_worker_is_that_tasks_panic_only() {
 #[test]
 fn more_batches_in_flight_than_slabs_still_all_arrive() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
+    let pool = two_workers_with_slabs();
     // A window of 200 batches of 10: far more than the pool's shared-memory slabs, so most
     // batches travel in the messages themselves.
     let out = Parallel::new()
@@ -708,8 +716,7 @@ fn echo(data: Vec<u8>) -> Vec<u8> {
 #[test]
 fn large_batches_in_the_messages_both_ways_do_not_deadlock() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
+    let pool = two_workers_with_slabs();
     // Far more batches in flight than slabs, so most travel in the messages: 8 arguments of
     // 64 KiB per request and 8 results of 64 KiB per reply, each larger than a socket's buffer.
     // A driver must never send such a request to a worker that may be sending such a reply.
@@ -764,8 +771,7 @@ fn assert_every_slab_comes_back(pool: &ProcessPool) {
 #[test]
 fn a_progress_callback_that_panics_mid_call_leaves_the_pool_whole() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
+    let pool = two_workers_with_slabs();
     for round in 0..4 {
         let mut updates = 0;
         let parallel = Parallel::new()
@@ -794,11 +800,8 @@ fn a_progress_callback_that_panics_mid_call_leaves_the_pool_whole() {
 #[test]
 fn an_input_that_panics_mid_call_leaves_the_pool_whole() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(50));
+    let pool = two_workers_with_slabs();
+    let parallel = batches_of(&pool, 50);
     for at in [1u64, 49, 50, 400] {
         let caught = catch_unwind(AssertUnwindSafe(|| {
             parallel.run_in_processes((0..2_000u64).map(|x| {
@@ -873,9 +876,7 @@ fn armed_unless_bad(x: u64) -> ArmedInParent {
 fn results_whose_drop_panics_in_the_parent_do_not_replace_the_tasks_panic() {
     let _serial = serial();
     let pool = two_workers();
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(16));
+    let parallel = batches_of(&pool, 16);
     let caught = catch_unwind(AssertUnwindSafe(|| {
         parallel.run_in_processes((0..100u64).map(|x| delayed(armed_unless_bad)(x)))
     }));
@@ -935,11 +936,8 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 #[test]
 fn an_input_panic_with_decoded_results_whose_drop_panics_reaches_the_caller() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(50));
+    let pool = two_workers_with_slabs();
+    let parallel = batches_of(&pool, 50);
     let input = |x: u64| {
         if x == 400 {
             std::panic::panic_any(x);
@@ -980,9 +978,7 @@ fn fails_at_10_and_13(x: u64) -> Result<u64, ArmedInParent> {
 fn try_run_in_processes_drops_the_errors_it_does_not_return_quietly() {
     let _serial = serial();
     let pool = two_workers();
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(8));
+    let parallel = batches_of(&pool, 8);
     for _ in 0..3 {
         let result = catch_unwind(AssertUnwindSafe(|| {
             parallel.try_run_in_processes((0..100u64).map(|x| delayed(fails_at_10_and_13)(x)))
@@ -1030,9 +1026,7 @@ fn decodes_once_badly(x: u64) -> DecodesOnceBadly {
 fn a_result_whose_deserialize_panics_ends_a_process_iterator() {
     let _serial = serial();
     let pool = two_workers();
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(16));
+    let parallel = batches_of(&pool, 16);
     for ordered in [true, false] {
         DECODE_BOMB.store(true, std::sync::atomic::Ordering::SeqCst);
         let tasks = (0..100u64).map(|x| delayed(decodes_once_badly)(x));
@@ -1215,11 +1209,8 @@ fn run_picky(parallel: &Parallel<'static>) -> Vec<Result<u64, String>> {
 #[test]
 fn an_argument_whose_deserialize_panics_in_the_worker_fails_its_task_only() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(100));
+    let pool = two_workers_with_slabs();
+    let parallel = batches_of(&pool, 100);
     PICKY_ONLY_IN_WORKERS.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcomes = run_picky(&parallel);
     PICKY_ONLY_IN_WORKERS.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -1252,11 +1243,8 @@ fn an_argument_whose_deserialize_panics_in_the_worker_fails_its_task_only() {
 #[test]
 fn an_argument_whose_deserialize_panics_while_a_crashed_batch_is_split_fails_that_batch_only() {
     let _serial = serial();
-    let pool = two_workers();
-    with_shared_memory(&pool);
-    let parallel = Parallel::new()
-        .backend(Backend::ProcessPool(pool.clone()))
-        .batch_size(parjob::BatchSize::Fixed(100));
+    let pool = two_workers_with_slabs();
+    let parallel = batches_of(&pool, 100);
     let outcomes = run_picky(&parallel);
     for (i, outcome) in outcomes.into_iter().enumerate() {
         let i = i as u64;

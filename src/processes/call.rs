@@ -764,6 +764,16 @@ where
     /// The tasks before it are re-sent as usual.
     fn bisect(&mut self, flight: InFlight) {
         use crate::pool::unwind::{drop_contained, halt_unwinding};
+        // The message a task fails with when `A`'s code panicked `doing` its arguments; the
+        // payload (user data: its `Drop` may panic too) is dropped contained.
+        let panicked_while = |doing: &str, payload: crate::pool::unwind::Panic| {
+            let message = format!(
+                "parjob: {doing} the task's arguments panicked: {}",
+                wire::panic_message(&*payload)
+            );
+            drop_contained(payload);
+            message
+        };
         let mut de = bincode::Deserializer::from_slice(flight.args.bytes(), wire::options());
         let mut requests = Vec::with_capacity(flight.count);
         let mut split = true;
@@ -777,12 +787,7 @@ where
                     break;
                 }
                 Err(payload) => {
-                    let message = format!(
-                        "parjob: decoding the task's arguments panicked: {}",
-                        wire::panic_message(&*payload)
-                    );
-                    drop_contained(payload);
-                    lost_at = Some((i, message));
+                    lost_at = Some((i, panicked_while("decoding", payload)));
                     break;
                 }
             };
@@ -798,12 +803,7 @@ where
                     break;
                 }
                 Err(payload) => {
-                    let message = format!(
-                        "parjob: encoding the task's arguments panicked: {}",
-                        wire::panic_message(&*payload)
-                    );
-                    drop_contained(payload);
-                    requests.push(Err(message));
+                    requests.push(Err(panicked_while("encoding", payload)));
                     continue;
                 }
             }

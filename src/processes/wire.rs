@@ -590,11 +590,12 @@ mod tests {
         x / 2
     }
 
-    /// Runs `run_batch` here (no worker) for `f` over `args` with an outcome area of `area`
-    /// bytes.
-    fn run_f<F>(_f: F, args: &[u64], area: usize) -> Vec<u8>
+    /// Runs `run_batch` here (no worker) for `f` over `(x,)` for each of `args`, with an outcome
+    /// area of `area` bytes.
+    fn run_f<F, R>(_f: F, args: &[u64], area: usize) -> Vec<u8>
     where
-        F: crate::Apply<(u64,), Output = u64> + Copy + 'static,
+        F: crate::Apply<(u64,), Output = R> + Copy + 'static,
+        R: Serialize,
     {
         // `run_batch` re-creates `F` from nothing: it must be a function item, as
         // `runner_offset` (not called here) would check.
@@ -606,7 +607,7 @@ mod tests {
         let mut area = vec![0u8; area];
         let mut spill = Vec::new();
         let mut sink = Sink::new(&mut area, &mut spill);
-        run_batch::<F, (u64,), u64>(&input, args.len() as u64, &mut sink);
+        run_batch::<F, (u64,), R>(&input, args.len() as u64, &mut sink);
         match sink.in_area() {
             Some(len) => area[..len].to_vec(),
             None => spill,
@@ -751,27 +752,6 @@ mod tests {
         PanicsToEncode(x)
     }
 
-    /// `run_batch` of `f` (a function item) over `(x,)` for each of `args`, here (no worker),
-    /// with an outcome area of `area` bytes.
-    fn run_panics_to_encode<F>(_f: F, args: &[u64], area: usize) -> Vec<u8>
-    where
-        F: crate::Apply<(u64,), Output = PanicsToEncode> + Copy + 'static,
-    {
-        assert_eq!(std::mem::size_of::<F>(), 0);
-        let mut input = Vec::new();
-        for &x in args {
-            bincode::serialize_into(&mut input, &(x,)).unwrap();
-        }
-        let mut area = vec![0u8; area];
-        let mut spill = Vec::new();
-        let mut sink = Sink::new(&mut area, &mut spill);
-        run_batch::<F, (u64,), PanicsToEncode>(&input, args.len() as u64, &mut sink);
-        match sink.in_area() {
-            Some(len) => area[..len].to_vec(),
-            None => spill,
-        }
-    }
-
     /// A result's `Serialize` panics in the worker halfway through writing it: that task fails
     /// with the panic's message, its partial bytes are forgotten (in the area, or after the
     /// outcomes spilled into the vector), and every other task's value is read back at its place.
@@ -779,7 +759,7 @@ mod tests {
     fn a_result_whose_serialize_panics_is_that_tasks_failure_only() {
         let args = [2, 3, 4, 6, 7, 8];
         for area in [4096, 20] {
-            let bytes = run_panics_to_encode(panics_to_encode, &args, area);
+            let bytes = run_f(panics_to_encode, &args, area);
             let (values_len, failures) = split_outcomes(&bytes, args.len()).unwrap();
             let positions: Vec<usize> = failures.iter().map(|(p, _)| *p).collect();
             assert_eq!(positions, [1, 4], "area {area}");
