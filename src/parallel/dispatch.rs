@@ -13,13 +13,12 @@
 //! engine (close, wait until no runner is active) and only then drop values of the call's types,
 //! on this thread: unstarted tasks, the chunks' own vectors, panic payloads, failures, and the
 //! results written in place (the output vector's length is still 0). On the unwinding path each
-//! of those drops is contained (`quietly`), so a panicking `Drop` skips neither the wait nor the
+//! of those drops is contained (`drop_contained`), so a panicking `Drop` skips neither the wait nor the
 //! other values. `settled` is set only after the wait.
 
 use super::backend::Plan;
-use super::engine::{
-    discard, drop_chunk, drop_unstarted, quietly, Chunk, Engine, Setup, Stop, Task, Waited,
-};
+use super::engine::{drop_chunk, drop_unstarted, Chunk, Engine, Setup, Stop, Task, Waited};
+use crate::pool::unwind::drop_contained;
 use std::time::Instant;
 
 /// Runs every task; results in input order.
@@ -81,14 +80,14 @@ where
     setup.progress.update(2);
     if let Some(failed) = fail_fast {
         if failed(&ra) {
-            quietly(rb);
+            drop_contained(rb);
             return Err(Stop::Failed {
                 index: 0,
                 value: ra,
             });
         }
         if failed(&rb) {
-            quietly(ra);
+            drop_contained(ra);
             return Err(Stop::Failed {
                 index: 1,
                 value: rb,
@@ -123,12 +122,12 @@ where
     match ran {
         Ok(Ok(())) => Ok(out),
         Ok(Err(stop)) => {
-            out.into_iter().for_each(quietly);
+            out.into_iter().for_each(drop_contained);
             Err(stop)
         }
         Err(payload) => {
-            out.into_iter().for_each(quietly);
-            quietly(tasks);
+            out.into_iter().for_each(drop_contained);
+            drop_contained(tasks);
             crate::pool::unwind::resume_unwinding(payload)
         }
     }
@@ -232,7 +231,7 @@ pub(super) fn drop_written<R>(base: *mut R, chunks: &[Chunk<R>]) {
             // SAFETY: slots `start .. start + written` were initialised by the chunk's batch,
             // which has finished (the call is settled); nothing else owns or reads them, and each
             // is read (moved out) exactly once, here.
-            quietly(unsafe { base.add(k).read() });
+            drop_contained(unsafe { base.add(k).read() });
         }
     }
 }
@@ -346,16 +345,16 @@ where
             if let Some(payload) = chunk.panic.take() {
                 match panic {
                     None => panic = Some(payload),
-                    Some(_) => discard(payload),
+                    Some(_) => drop_contained(payload),
                 }
             }
             if let Some(value) = chunk.failure.take() {
                 let index = chunk.start + chunk.written;
                 match &failure {
-                    Some((first, _)) if *first < index => quietly(value),
+                    Some((first, _)) if *first < index => drop_contained(value),
                     _ => {
                         if let Some((_, old)) = failure.replace((index, value)) {
-                            quietly(old);
+                            drop_contained(old);
                         }
                     }
                 }
@@ -372,7 +371,7 @@ where
             chunks.into_iter().for_each(drop_chunk);
             if let Some(payload) = panic {
                 if let Some((_, value)) = failure {
-                    quietly(value);
+                    drop_contained(value);
                 }
                 return Err(Stop::Panic(payload));
             }

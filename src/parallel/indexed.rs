@@ -17,8 +17,8 @@
 
 use super::backend::Plan;
 use super::cancel::Tracker;
-use super::engine::{discard, Setup, Stop};
-use crate::pool::unwind::{self, Panic};
+use super::engine::{Setup, Stop};
+use crate::pool::unwind::{self, drop_contained, Panic};
 use crate::pool::Signal;
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 use std::time::Instant;
@@ -173,7 +173,7 @@ impl Shared {
                     None => *first = Some(payload),
                     Some(_) => {
                         drop(first);
-                        discard(payload);
+                        drop_contained(payload);
                     }
                 }
                 self.tracker.close();
@@ -297,7 +297,7 @@ where
                     // finished (settled); the vector's length is still 0, so nothing else owns
                     // them, and each is read (moved out) exactly once, here. Dropped one by one,
                     // a panic from a result's `Drop` discarded, so none is skipped.
-                    super::engine::quietly(unsafe { out.add(k).read() });
+                    drop_contained(unsafe { out.add(k).read() });
                 }
             }
         }

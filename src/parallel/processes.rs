@@ -9,11 +9,10 @@
 
 use super::backend::Backend;
 use super::delayed::{Apply, Delayed};
-use super::engine::quietly;
 use super::error::Error;
 use super::stream::{RunIter, RunUnordered};
 use super::Parallel;
-use crate::pool::unwind::{halt_unwinding, resume_unwinding};
+use crate::pool::unwind::{drop_contained, halt_unwinding, resume_unwinding};
 use crate::processes::call::{Call, Failure, Settings};
 use crate::processes::ProcessPool;
 use serde::de::DeserializeOwned;
@@ -127,7 +126,7 @@ impl<'p> Parallel<'p> {
             // User code in this thread panicked (the input, an argument's `Serialize`, a result's
             // `Deserialize`, the progress callback): the results decoded so far are dropped on
             // their own, contained, before that panic unwinds on (as below).
-            results.into_iter().for_each(quietly);
+            results.into_iter().for_each(drop_contained);
             resume_unwinding(payload)
         }
         match first_failure {
@@ -135,7 +134,7 @@ impl<'p> Parallel<'p> {
             Some((index, failure)) => {
                 // The results are user values whose `Drop` may panic: each is dropped on its own,
                 // contained, before the failure unwinds (a panic while unwinding aborts).
-                results.into_iter().for_each(quietly);
+                results.into_iter().for_each(drop_contained);
                 raise(index, failure, timeout)
             }
         }
@@ -207,19 +206,19 @@ impl<'p> Parallel<'p> {
                 // replace the one returned (as `try_run` drops the errors it does not return).
                 if first.as_ref().is_none_or(|(i, _)| index < *i) {
                     if let Some(superseded) = first.replace((index, failure)) {
-                        quietly(superseded);
+                        drop_contained(superseded);
                     }
                 } else {
-                    quietly(failure);
+                    drop_contained(failure);
                 }
             }
         });
         if let Err(payload) = collected {
             // As in `run_in_processes`: user code in this thread panicked; the values and the
             // error held are dropped contained before that panic unwinds on.
-            values.into_iter().flatten().for_each(quietly);
+            values.into_iter().flatten().for_each(drop_contained);
             if let Some(kept) = first {
-                quietly(kept);
+                drop_contained(kept);
             }
             resume_unwinding(payload)
         }
@@ -231,7 +230,7 @@ impl<'p> Parallel<'p> {
         };
         // As in `run_in_processes`: results whose `Drop` panics must neither replace the failure
         // nor abort the process while a task's panic unwinds.
-        values.into_iter().flatten().for_each(quietly);
+        values.into_iter().flatten().for_each(drop_contained);
         match failure {
             Ok(error) => Err(Error::Task { index, error }),
             Err(Failure::Panic(message)) => std::panic::resume_unwind(Box::new(message)),

@@ -19,9 +19,9 @@
 //! each is dropped on its own and such a panic is discarded, so one cannot lose the others.
 
 use super::delayed::{Apply, Delayed};
-use super::engine::{quietly, Chunk, Engine, Limits, Setup, Task, Waited};
+use super::engine::{Chunk, Engine, Limits, Setup, Task, Waited};
 use super::progress::Progress;
-use crate::pool::unwind::{self, Panic};
+use crate::pool::unwind::{self, drop_contained, Panic};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
@@ -67,17 +67,17 @@ impl<I, T: Task> Drop for Stream<'_, I, T> {
             super::engine::drop_chunk(chunk);
         }
         if let Some((_, results, panic)) = self.cursor.take() {
-            results.for_each(quietly);
+            results.for_each(drop_contained);
             if let Some(payload) = panic {
-                super::engine::discard(payload);
+                drop_contained(payload);
             }
         }
         std::mem::take(&mut self.ready)
             .into_iter()
-            .for_each(quietly);
+            .for_each(drop_contained);
         std::mem::take(&mut self.panics)
             .into_iter()
-            .for_each(super::engine::discard);
+            .for_each(drop_contained);
     }
 }
 
@@ -303,7 +303,7 @@ where
             Err(payload) => self.fail(payload),
         };
         if let Some(timeout) = limits.timeout.filter(|&t| started.elapsed() > t) {
-            quietly(value);
+            drop_contained(value);
             self.expire(timeout, false);
         }
         if let Source::Inline { progress, .. } = &mut self.source {

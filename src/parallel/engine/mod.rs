@@ -49,7 +49,7 @@
 
 mod shared;
 
-pub(crate) use shared::{discard, drop_chunk, lock, quietly, Batch, Chunk, Dest, Shared};
+pub(crate) use shared::{drop_chunk, lock, Batch, Chunk, Dest, Shared};
 use shared::{token, Queue, SlotPtr};
 
 use super::backend::Plan;
@@ -57,7 +57,7 @@ use super::batch::Batcher;
 use super::cancel::Tracker;
 use super::delayed::{Apply, Delayed};
 use super::progress::Progress;
-use crate::pool::unwind::Panic;
+use crate::pool::unwind::{drop_contained, Panic};
 use crate::pool::Signal;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::ThreadPool;
@@ -643,7 +643,7 @@ impl<I, T: Task> Engine<'_, I, T> {
 pub(crate) fn drop_unstarted<T: Task>(batches: VecDeque<Batch<T>>) {
     batches
         .into_iter()
-        .for_each(|b| b.tasks.into_iter().for_each(quietly));
+        .for_each(|b| b.tasks.into_iter().for_each(drop_contained));
 }
 
 impl<I, T: Task> Drop for Engine<'_, I, T> {

@@ -3,7 +3,7 @@
 
 use super::Task;
 use crate::parallel::cancel::Tracker;
-use crate::pool::unwind::{self, Panic};
+use crate::pool::unwind::{self, drop_contained, Panic};
 use crate::pool::Signal;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::collections::VecDeque;
@@ -72,21 +72,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> impl std::ops::DerefMut<Target = T> + '_ 
     // No user code runs while these locks are held; poisoning could only come from an allocation
     // failure, and the data stays consistent then.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Drops a panic payload that will not be resumed, without unwinding: a payload whose own `Drop`
-/// panics is leaked, together with that second payload.
-pub(crate) fn discard(payload: Panic) {
-    if let Err(again) = unwind::halt_unwinding(move || drop(payload)) {
-        std::mem::forget(again);
-    }
-}
-
-/// Drops `value`, discarding a panic from its `Drop` (user code).
-pub(crate) fn quietly<V>(value: V) {
-    if let Err(payload) = unwind::halt_unwinding(move || drop(value)) {
-        discard(payload);
-    }
 }
 
 impl<T: Task> Shared<T> {
@@ -180,7 +165,7 @@ impl<T: Task> Shared<T> {
         // The tasks not run (skipped after a close, or after a panic): a task's `Drop` is user
         // code, so each is dropped on its own, contained. The emptied buffer goes back to the
         // driver for a later batch (fresh multi-megabyte buffers cost a page fault per page).
-        left.for_each(quietly);
+        left.for_each(drop_contained);
         self.recycle(tasks);
         let panic = outcome.err();
         if panic.is_some() && self.close_on_panic {
@@ -226,7 +211,7 @@ impl<T: Task> Drop for Shared<T> {
         let batches = std::mem::take(&mut lock(&self.queue).batches);
         batches
             .into_iter()
-            .for_each(|b| b.tasks.into_iter().for_each(quietly));
+            .for_each(|b| b.tasks.into_iter().for_each(drop_contained));
         for chunk in std::mem::take(&mut *lock(&self.done)) {
             drop_chunk(chunk);
         }
@@ -237,19 +222,19 @@ impl<T: Task> Drop for Shared<T> {
 /// results are not the chunk's: see `dispatch::drop_written`.)
 pub(crate) fn drop_chunk<R>(chunk: Chunk<R>) {
     if let Some(own) = chunk.own {
-        own.into_iter().for_each(quietly);
+        own.into_iter().for_each(drop_contained);
     }
     if let Some(payload) = chunk.panic {
-        discard(payload);
+        drop_contained(payload);
     }
-    quietly(chunk.failure);
+    drop_contained(chunk.failure);
 }
 
 /// A token's job. Never unwinds (a `spawn_unchecked` job must not): `run_batch` catches every
 /// panic of a task, and anything else (a bug) is caught here and its payload discarded.
 pub(super) fn token<T: Task>(shared: Arc<Shared<T>>) {
     if let Err(payload) = unwind::halt_unwinding(move || token_loop(shared)) {
-        discard(payload);
+        drop_contained(payload);
     }
 }
 
