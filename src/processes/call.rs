@@ -767,10 +767,7 @@ where
         // The message a task fails with when `A`'s code panicked `doing` its arguments; the
         // payload (user data: its `Drop` may panic too) is dropped contained.
         let panicked_while = |doing: &str, payload: crate::pool::unwind::Panic| {
-            let message = format!(
-                "parjob: {doing} the task's arguments panicked: {}",
-                wire::panic_message(&*payload)
-            );
+            let message = wire::arguments_panicked(doing, &wire::panic_message(&*payload));
             drop_contained(payload);
             message
         };

@@ -271,6 +271,12 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The failure message of a task whose arguments' `Serialize` or `Deserialize` (user code)
+/// panicked while `doing` ("encoding" or "decoding") them, in the worker or in the parent.
+pub(crate) fn arguments_panicked(doing: &str, panicked: &str) -> String {
+    format!("parjob: {doing} the task's arguments panicked: {panicked}")
+}
+
 /// Runs `count` tasks of type `F` whose arguments are encoded back to back in `input`, writing
 /// their outcomes to `out` (laid out as the module documentation says). Runs in the worker.
 ///
@@ -354,7 +360,7 @@ where
                 // The batch's last task: no task after it to locate, so it simply fails (when
                 // it was alone in a batch re-sent after a crash, exiting made it a "crash" with
                 // exit code 0).
-                format!("parjob: decoding the task's arguments panicked: {panicked}")
+                arguments_panicked("decoding", &panicked)
             } else {
                 // A result that could not be encoded and whose `Drop` then panicked: one
                 // record, with both messages.
