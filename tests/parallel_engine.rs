@@ -448,19 +448,21 @@ fn unrun_tasks_of_a_panicking_batch_are_dropped_after_the_catch() {
     assert_eq!(pool.install(|| 7), 7);
 }
 
+/// A result that counts its drops in its counter (one per test: tests run at once), then panics.
+#[derive(Debug)]
+struct PanicsOnDrop(&'static AtomicUsize);
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("PanicsOnDrop::drop");
+    }
+}
+
 /// A task panics after others wrote results in place whose `Drop` panics: the call drops every
 /// written result (each on its own, its panic discarded) and resumes the task's panic.
 #[test]
 fn written_results_whose_drop_panics_are_all_dropped_after_a_task_panic() {
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
-    #[derive(Debug)]
-    struct Loud;
-    impl Drop for Loud {
-        fn drop(&mut self) {
-            DROPPED.fetch_add(1, Ordering::SeqCst);
-            panic!("Loud::drop");
-        }
-    }
     let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let made = AtomicUsize::new(0);
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -475,7 +477,7 @@ fn written_results_whose_drop_panics_are_all_dropped_after_a_task_panic() {
                         panic!("task 6");
                     }
                     made.fetch_add(1, Ordering::SeqCst);
-                    Loud
+                    PanicsOnDrop(&DROPPED)
                 })
             }))
     }));
@@ -705,21 +707,13 @@ fn slow_then_fast_tasks_finish_under_every_dispatch_setting() {
 #[test]
 fn on_the_calling_thread_results_whose_drop_panics_are_dropped_contained() {
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
-    #[derive(Debug)]
-    struct Loud;
-    impl Drop for Loud {
-        fn drop(&mut self) {
-            DROPPED.fetch_add(1, Ordering::SeqCst);
-            panic!("Loud::drop");
-        }
-    }
     let configs: [fn() -> Parallel<'static>; 3] = [
         || Parallel::new().backend(Backend::Sequential),
         || Parallel::new().n_jobs(1),
         // Not the plain loop: progress is reported after every task.
         || Parallel::new().n_jobs(1).on_progress(|_, _| {}),
     ];
-    // `call` must resume a panic whose payload is `message`, after dropping `dropped` `Loud`s.
+    // `call` must resume a panic whose payload is `message`, after dropping `dropped` results.
     let expect_panic = |k: usize, message: &str, dropped: usize, call: &dyn Fn()| {
         DROPPED.store(0, Ordering::SeqCst);
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
@@ -735,7 +729,7 @@ fn on_the_calling_thread_results_whose_drop_panics_are_dropped_contained() {
                     if i == 6 {
                         panic!("task 6");
                     }
-                    Loud
+                    PanicsOnDrop(&DROPPED)
                 })
             }));
         });
@@ -745,7 +739,7 @@ fn on_the_calling_thread_results_whose_drop_panics_are_dropped_contained() {
                 if i == 6 {
                     panic!("task 6");
                 }
-                Loud
+                PanicsOnDrop(&DROPPED)
             });
         });
         // The input panics.
@@ -754,13 +748,20 @@ fn on_the_calling_thread_results_whose_drop_panics_are_dropped_contained() {
                 if i == 4 {
                     panic!("input 4");
                 }
-                Delayed::new(|| Loud)
+                Delayed::new(|| PanicsOnDrop(&DROPPED))
             }));
         });
         // `try_run` stops at task 5's error: the results before it are not returned.
         DROPPED.store(0, Ordering::SeqCst);
-        let outcome = config()
-            .try_run((0..12).map(|i| Delayed::new(move || if i == 5 { Err(i) } else { Ok(Loud) })));
+        let outcome = config().try_run((0..12).map(|i| {
+            Delayed::new(move || {
+                if i == 5 {
+                    Err(i)
+                } else {
+                    Ok(PanicsOnDrop(&DROPPED))
+                }
+            })
+        }));
         assert!(
             matches!(outcome, Err(parjob::Error::Task { index: 5, error: 5 })),
             "config {k}: {outcome:?}"
@@ -777,7 +778,7 @@ fn on_the_calling_thread_results_whose_drop_panics_are_dropped_contained() {
                     panic!("progress 3");
                 }
             })
-            .run((0..12).map(|_| Delayed::new(|| Loud)))
+            .run((0..12).map(|_| Delayed::new(|| PanicsOnDrop(&DROPPED))))
     });
     let payload = caught.expect_err("the callback panicked");
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"progress 3"));

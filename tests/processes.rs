@@ -580,6 +580,12 @@ fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
     assert_gone(pool, pids);
 }
 
+/// The next call on `parallel` returns `work(x)` for every `x` in `0..n`, in order.
+fn assert_serves(parallel: &Parallel<'_>, n: u64) {
+    let out = parallel.run_in_processes((0..n).map(|x| delayed(work)(x)));
+    assert_eq!(out, (0..n).map(work).collect::<Vec<_>>());
+}
+
 /// Two workers with their shared memory made.
 fn two_workers_with_slabs() -> ProcessPool {
     let pool = two_workers();
@@ -813,8 +819,7 @@ fn an_input_that_panics_mid_call_leaves_the_pool_whole() {
         }));
         let payload = caught.expect_err("the input's panic reaches the caller");
         assert_eq!(payload.downcast_ref::<u64>(), Some(&at));
-        let out = parallel.run_in_processes((0..300u64).map(|x| delayed(work)(x)));
-        assert_eq!(out, (0..300).map(work).collect::<Vec<_>>());
+        assert_serves(&parallel, 300);
     }
     assert_every_slab_comes_back(&pool);
     assert_eq!(pool.restarts(), 0);
@@ -903,8 +908,7 @@ fn results_whose_drop_panics_in_the_parent_do_not_replace_the_tasks_panic() {
     let mut iter = parallel.run_unordered_in_processes((0..100u64).map(|x| delayed(work)(x)));
     assert!(iter.by_ref().take(3).all(|(_, r)| r.is_ok()));
     drop(iter);
-    let out = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
-    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    assert_serves(&parallel, 100);
     drop(parallel);
     assert_gone(pool, HashSet::new());
 }
@@ -954,8 +958,7 @@ fn an_input_panic_with_decoded_results_whose_drop_panics_reaches_the_caller() {
     }));
     let payload = caught.expect_err("the input's panic reaches the caller");
     assert_eq!(payload.downcast_ref::<u64>(), Some(&400));
-    let out = parallel.run_in_processes((0..300u64).map(|x| delayed(work)(x)));
-    assert_eq!(out, (0..300).map(work).collect::<Vec<_>>());
+    assert_serves(&parallel, 300);
     assert_every_slab_comes_back(&pool);
     drop(parallel);
     assert_gone(pool, HashSet::new());
@@ -992,8 +995,7 @@ fn try_run_in_processes_drops_the_errors_it_does_not_return_quietly() {
             Err(payload) => panic!("an error's Drop escaped: {:?}", panic_text(&*payload)),
         }
     }
-    let out = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
-    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    assert_serves(&parallel, 100);
     drop(parallel);
     assert_gone(pool, HashSet::new());
 }
@@ -1065,8 +1067,7 @@ fn a_result_whose_deserialize_panics_ends_a_process_iterator() {
         assert_eq!(panics, 1, "ordered: {ordered}");
         drop(iter);
     }
-    let out = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
-    assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
+    assert_serves(&parallel, 100);
     drop(parallel);
     assert_gone(pool, HashSet::new());
 }
