@@ -1269,3 +1269,83 @@ fn an_argument_whose_deserialize_panics_while_a_crashed_batch_is_split_fails_tha
     drop(parallel);
     assert_gone(pool, pids);
 }
+
+/// Set in the parent once a [`Reencoded`] argument has been decoded there, which happens only
+/// when a crashed batch is split to be re-sent; from then on the value 7 panics when encoded.
+static DECODED_IN_PARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An argument whose `Serialize` panics for 7 the second time round, in the parent's bisection.
+#[derive(Debug)]
+struct Reencoded(u64);
+
+impl serde::Serialize for Reencoded {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 7 && DECODED_IN_PARENT.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("cannot encode argument 7 again");
+        }
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reencoded {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        DECODED_IN_PARENT.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(Reencoded(u64::deserialize(deserializer)?))
+    }
+}
+
+fn aborts_at_3(x: Reencoded) -> u64 {
+    if x.0 == 3 {
+        std::process::abort();
+    }
+    work(x.0)
+}
+
+/// Task 3 kills its worker in a batch of 10, so the parent decodes the batch's arguments and
+/// encodes each again, and task 7's `Serialize` panics then: task 7 fails with that panic's
+/// message, task 3 with its crash, the other eight return, and the iterator goes on to its end.
+#[test]
+fn an_argument_whose_serialize_panics_while_a_crashed_batch_is_split_fails_that_task_only() {
+    let _serial = serial();
+    let pool = two_workers_with_slabs();
+    let parallel = batches_of(&pool, 10);
+    DECODED_IN_PARENT.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut iter =
+        parallel.run_iter_in_processes((0..10u64).map(|x| delayed(aborts_at_3)(Reencoded(x))));
+    for i in 0..10u64 {
+        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+            Ok(Some(Ok(value))) => assert!(i != 3 && i != 7 && value == work(i), "task {i}"),
+            Ok(Some(Err(error))) => {
+                assert_eq!(i, 3, "{error}");
+                assert!(
+                    matches!(error, Error::WorkerCrashed { index: 3, .. }),
+                    "{error}"
+                );
+            }
+            Ok(None) => panic!("the iterator ended at task {i}"),
+            Err(payload) => {
+                let message = panic_text(&*payload);
+                assert_eq!(i, 7, "{message}");
+                assert!(
+                    message.contains("encoding the task's arguments panicked")
+                        && message.contains("cannot encode argument 7 again"),
+                    "{message}"
+                );
+            }
+        }
+    }
+    assert!(catch_unwind(AssertUnwindSafe(|| iter.next()))
+        .unwrap()
+        .is_none());
+    drop(iter);
+    assert!(
+        DECODED_IN_PARENT.load(std::sync::atomic::Ordering::SeqCst),
+        "no bisection happened"
+    );
+    DECODED_IN_PARENT.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    assert_serves(&parallel, 100);
+    pids.extend(pool.worker_pids());
+    drop(parallel);
+    assert_gone(pool, pids);
+}
