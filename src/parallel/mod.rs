@@ -175,7 +175,7 @@ impl<'p> Parallel<'p> {
     /// life of the process (so repeated calls spawn no threads). Those threads are never released:
     /// `n_jobs(10_000)` leaves 10,000 idle threads behind, and every distinct count adds its own
     /// pool. For many different or very large counts, build a pool and use
-    /// [`Backend::Pool`](crate::Backend::Pool).
+    /// [`Backend::Pool`].
     ///
     /// ```
     /// use parjob::{delayed, Parallel};

@@ -12,7 +12,7 @@
 //! and the waiter will not sleep through it, or it came before, and the re-arm's Acquire makes the
 //! new state visible to the condition.
 //!
-//! Deadlines: [`wait_while_until`] also returns once a deadline has passed. An outside waiter
+//! Deadlines: [`Signal::wait_while_until`] also returns once a deadline has passed. An outside waiter
 //! blocks with `Condvar::wait_timeout`. A worker waiter is woken at the deadline by a timer thread
 //! (one per process, started on first use) that calls `notify`, the same wake-up a producer uses,
 //! so the sleep protocol is unchanged; the deadline is then seen when the worker next checks its

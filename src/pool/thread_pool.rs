@@ -208,7 +208,7 @@ impl ThreadPool {
     }
 
     /// The pool that `join`, `scope` and `Parallel` use outside any pool. Built on first use with
-    /// [`cpu_count`](crate::cpu_count) threads (which honours `PARJOB_NUM_THREADS`, so the two
+    /// [`cpu_count`] threads (which honours `PARJOB_NUM_THREADS`, so the two
     /// always agree); never shut down.
     pub(crate) fn global() -> &'static ThreadPool {
         use std::sync::OnceLock;

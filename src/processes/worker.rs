@@ -2,7 +2,7 @@
 //!
 //! Start-up, in order: no core dumps (a crashing task must not write a `core` file into the
 //! working directory), die with the parent (`PR_SET_PDEATHSIG`, Linux), check that the binary's
-//! layout matches the parent's ([`wire`](super::wire)), run the pool's initializer, send
+//! layout matches the parent's ([`super::wire`]), run the pool's initializer, send
 //! `Ready`. Then, until the parent closes the request channel: receive a batch, run it, send the
 //! outcomes (into the batch's shared-memory slab when it came in one and they fit, else in the
 //! reply). A task that crashes takes this process with it; the parent notices the closed
