@@ -76,11 +76,18 @@ where
 /// B was reclaimed unexecuted (by its owner, or an outside caller that won the ticket): run it
 /// here. If A panicked, B still runs (it may hold borrows the caller expects it to finish with);
 /// its result or panic payload is user data whose `Drop` may panic, so it is dropped contained
-/// and A's panic is the one resumed.
+/// and A's panic is the one resumed. If only B panics, A's result is dropped the same way before
+/// B's panic is resumed: left to the unwinding, a `Drop` that panics there aborts the process.
 #[inline(always)]
 fn run_b_inline<RA, RB>(result_a: Result<RA, Panic>, b: impl FnOnce() -> RB) -> (RA, RB) {
     match result_a {
-        Ok(ra) => (ra, b()),
+        Ok(ra) => match unwind::halt_unwinding(b) {
+            Ok(rb) => (ra, rb),
+            Err(payload) => {
+                unwind::drop_contained(ra);
+                unwind::resume_unwinding(payload)
+            }
+        },
         Err(payload) => {
             unwind::drop_contained(unwind::halt_unwinding(b));
             unwind::resume_unwinding(payload)
@@ -89,10 +96,16 @@ fn run_b_inline<RA, RB>(result_a: Result<RA, Panic>, b: impl FnOnce() -> RB) -> 
 }
 
 /// B ran elsewhere and its latch is set: A's panic first (B's leftovers dropped contained), else
-/// B's panic, else both values.
+/// B's panic (A's value dropped contained, as in `run_b_inline`), else both values.
 fn combine<RA, RB>(result_a: Result<RA, Panic>, result_b: JobResult<RB>) -> (RA, RB) {
     match result_a {
-        Ok(ra) => (ra, result_b.into_return_value()),
+        Ok(ra) => match result_b {
+            JobResult::Panic(payload) => {
+                unwind::drop_contained(ra);
+                unwind::resume_unwinding(payload)
+            }
+            result_b => (ra, result_b.into_return_value()),
+        },
         Err(payload) => {
             unwind::drop_contained(result_b);
             unwind::resume_unwinding(payload)
