@@ -89,3 +89,23 @@ fn a_pair_call_drops_the_first_result_contained_when_the_second_task_panics() {
     }
     pool_works(&pool);
 }
+
+/// A call of exactly two tasks whose progress callback panics: both results (whose `Drop`
+/// panics) are dropped contained, and the callback's panic resumed.
+#[test]
+fn a_pair_call_whose_progress_callback_panics_drops_both_results() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        Parallel::new()
+            .backend(Backend::Pool(pool.clone()))
+            .on_progress(|_, _| panic!("progress"))
+            .run((0..2).map(|_| Delayed::new(|| PanicsOnDrop(&DROPPED))))
+    }));
+    assert_eq!(
+        message(&*caught.expect_err("the callback panicked")),
+        "progress"
+    );
+    assert_eq!(DROPPED.load(Ordering::SeqCst), 2);
+    pool_works(&pool);
+}

@@ -77,7 +77,14 @@ where
         unreachable!("an exact length of 2 was checked")
     };
     let (ra, rb) = pool.join(move || a.run(), move || b.run());
-    setup.progress.update(2);
+    // The callback is user code: if it panics, both results are dropped contained before its
+    // panic goes on (left to the unwinding, a result whose `Drop` panics aborts the process).
+    // `finish` below runs no callback: both counts are reported here.
+    if let Err(payload) = crate::pool::unwind::halt_unwinding(|| setup.progress.update(2)) {
+        drop_contained(ra);
+        drop_contained(rb);
+        crate::pool::unwind::resume_unwinding(payload);
+    }
     if let Some(failed) = fail_fast {
         if failed(&ra) {
             drop_contained(rb);
