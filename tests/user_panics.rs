@@ -3,7 +3,7 @@
 //! every value it owns exactly once, never drop one while a panic unwinds (the process would
 //! abort), and leave the pool working.
 
-use parjob::{Backend, Delayed, Parallel, ThreadPool, ThreadPoolBuilder};
+use parjob::{delayed, Backend, BatchSize, Delayed, Parallel, ThreadPool, ThreadPoolBuilder};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -107,5 +107,91 @@ fn a_pair_call_whose_progress_callback_panics_drops_both_results() {
         "progress"
     );
     assert_eq!(DROPPED.load(Ordering::SeqCst), 2);
+    pool_works(&pool);
+}
+
+/// Panics when dropped unless the task ran (a task's argument that must run to be dropped).
+struct Armed(&'static AtomicUsize);
+impl Drop for Armed {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("an unrun task's argument dropped");
+    }
+}
+
+/// A task that runs its `Armed` argument safely (counting in `ran`) after `sleep_ms`.
+fn defuse(ran: &'static AtomicUsize, sleep_ms: u64) -> impl Fn(Armed) -> usize + Send + Copy {
+    move |armed: Armed| {
+        std::thread::sleep(Duration::from_millis(sleep_ms));
+        std::mem::forget(armed);
+        ran.fetch_add(1, Ordering::SeqCst)
+    }
+}
+
+/// Streams dropped early, or ended by a task's panic, while queued tasks whose arguments panic
+/// when dropped unrun are still waiting: those tasks are dropped one by one, contained (they were
+/// dropped plainly, and the second one's panic, while the first one's unwound, aborted).
+#[test]
+fn streams_drop_unstarted_tasks_contained() {
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    static UNRUN: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let parallel = || {
+        Parallel::new()
+            .backend(Backend::Pool(pool.clone()))
+            .batch_size(BatchSize::Fixed(1))
+            .pre_dispatch(16)
+    };
+    let tasks = |panics_at: Option<usize>| {
+        (0..64).map(move |i| {
+            let run = defuse(&RAN, 20);
+            delayed(move |armed: Armed| {
+                if Some(i) == panics_at {
+                    std::mem::forget(armed);
+                    panic!("task {i}");
+                }
+                run(armed)
+            })(Armed(&UNRUN))
+        })
+    };
+    // Dropped after one result.
+    let mut ordered = parallel().run_iter(tasks(None));
+    assert!(ordered.next().is_some());
+    drop(ordered);
+    let mut unordered = parallel().run_unordered(tasks(None));
+    assert!(unordered.next().is_some());
+    drop(unordered);
+    // Ended by a task's panic: that panic is the one `next()` resumes.
+    let mut ordered = parallel().run_iter(tasks(Some(0)));
+    let caught = catch_unwind(AssertUnwindSafe(|| ordered.next()));
+    assert_eq!(message(&*caught.expect_err("task 0 panicked")), "task 0");
+    assert!(ordered.next().is_none());
+    drop(ordered);
+    let borrowed = AtomicUsize::new(0);
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        parallel().scope_iter(
+            (0..64).map(|i| {
+                let borrowed = &borrowed;
+                let run = defuse(&RAN, 20);
+                delayed(move |armed: Armed| {
+                    if i == 0 {
+                        std::mem::forget(armed);
+                        panic!("task 0");
+                    }
+                    borrowed.fetch_add(1, Ordering::SeqCst);
+                    run(armed)
+                })(Armed(&UNRUN))
+            }),
+            |results| results.count(),
+        )
+    }));
+    assert_eq!(message(&*caught.expect_err("task 0 panicked")), "task 0");
+    let settled = borrowed.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(
+        borrowed.load(Ordering::SeqCst),
+        settled,
+        "a task ran after scope_iter"
+    );
     pool_works(&pool);
 }

@@ -56,13 +56,22 @@ pub(crate) struct Stream<'p, I, T: Task> {
     scratch: Vec<Chunk<T::Output>>,
 }
 
-impl<I, T: Task> Drop for Stream<'_, I, T> {
-    /// Drops the unread results and payloads held here one by one, discarding panics from their
-    /// `Drop`. (The engine, dropped after this, closes the call.)
-    fn drop(&mut self) {
+impl<I, T: Task> Stream<'_, I, T> {
+    /// Stops dispatching and drops the batches not yet started. Each task is dropped on its own,
+    /// contained: its `Drop` is user code, and when the queue was dropped whole, a second task
+    /// whose `Drop` panicked did so while the first one's panic unwound, which aborts.
+    fn stop(&self) {
         if let Source::Pool(engine) = &self.source {
-            drop(engine.close());
+            super::engine::drop_unstarted(engine.close());
         }
+    }
+}
+
+impl<I, T: Task> Drop for Stream<'_, I, T> {
+    /// Closes the call, then drops the unstarted tasks and the unread results and payloads held
+    /// here one by one, discarding panics from their `Drop`.
+    fn drop(&mut self) {
+        self.stop();
         for (_, chunk) in std::mem::take(&mut self.waiting) {
             super::engine::drop_chunk(chunk);
         }
@@ -152,17 +161,13 @@ where
 
     fn fail(&mut self, payload: Panic) -> ! {
         self.finished = true;
-        if let Source::Pool(engine) = &self.source {
-            drop(engine.close());
-        }
+        self.stop();
         unwind::resume_unwinding(payload)
     }
 
     fn expire(&mut self, limit: std::time::Duration, whole_call: bool) -> ! {
         self.finished = true;
-        if let Source::Pool(engine) = &self.source {
-            drop(engine.close());
-        }
+        self.stop();
         if whole_call {
             panic!("parjob: Parallel stream passed its deadline ({limit:?}); unstarted tasks were cancelled")
         }
