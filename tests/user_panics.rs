@@ -195,3 +195,104 @@ fn streams_drop_unstarted_tasks_contained() {
     );
     pool_works(&pool);
 }
+
+/// A progress callback that panics once while a stream reads on: no result is lost (the
+/// chunks taken for that report were neither handed out nor kept: reading on waited forever),
+/// and a scoped stream whose consumer does not catch it drops its unread results contained.
+#[test]
+fn a_stream_whose_progress_callback_panics_loses_no_result() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for ordered in [true, false] {
+        let p = pool.clone();
+        let got = within_20s(move || {
+            let parallel = Parallel::new()
+                .backend(Backend::Pool(p))
+                .batch_size(BatchSize::Fixed(1))
+                .on_progress(|done, _| {
+                    if done == 3 {
+                        panic!("progress 3");
+                    }
+                });
+            let tasks = (0..12usize).map(|i| delayed(|i: usize| i * 10)(i));
+            let mut stream: Box<dyn Iterator<Item = (usize, usize)>> = if ordered {
+                Box::new(parallel.run_iter(tasks).enumerate())
+            } else {
+                Box::new(parallel.run_unordered(tasks))
+            };
+            let mut got = Vec::new();
+            let mut panics = 0;
+            loop {
+                match catch_unwind(AssertUnwindSafe(|| stream.next())) {
+                    Ok(Some(item)) => got.push(item),
+                    Ok(None) => break,
+                    Err(payload) => {
+                        assert_eq!(message(&*payload), "progress 3");
+                        panics += 1;
+                    }
+                }
+            }
+            assert_eq!(panics, 1);
+            got.sort();
+            got
+        });
+        assert_eq!(got, (0..12).map(|i| (i, i * 10)).collect::<Vec<_>>());
+    }
+    // The consumer lets the callback's panic through: unread results dropped contained.
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        Parallel::new()
+            .backend(Backend::Pool(pool.clone()))
+            .batch_size(BatchSize::Fixed(1))
+            .on_progress(|done, _| {
+                if done >= 2 {
+                    panic!("progress");
+                }
+            })
+            .scope_iter(
+                (0..8).map(|_| Delayed::new(|| PanicsOnDrop(&DROPPED))),
+                |results| results.map(std::mem::forget).count(),
+            )
+    }));
+    assert_eq!(
+        message(&*caught.expect_err("the callback panicked")),
+        "progress"
+    );
+    pool_works(&pool);
+}
+
+/// On the calling thread (`n_jobs(1)`) a stream runs each task in `next()`: a progress callback
+/// that panics after the task ran must not lose its result (it was dropped, while the panic
+/// unwound: an abort if its `Drop` panics; and `run_unordered` then gave the next result this
+/// one's index).
+#[test]
+fn an_inline_stream_whose_progress_callback_panics_keeps_the_result() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let parallel = Parallel::new().n_jobs(1).on_progress(|done, _| {
+        if done == 2 {
+            panic!("progress 2");
+        }
+    });
+    let mut pairs = parallel.run_unordered((0..5usize).map(|i| delayed(|i: usize| i * 10)(i)));
+    let mut got = Vec::new();
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| pairs.next())) {
+            Ok(Some(item)) => got.push(item),
+            Ok(None) => break,
+            Err(payload) => assert_eq!(message(&*payload), "progress 2"),
+        }
+    }
+    assert_eq!(got, (0..5).map(|i| (i, i * 10)).collect::<Vec<_>>());
+    let mut results = parallel.run_iter((0..5).map(|_| Delayed::new(|| PanicsOnDrop(&DROPPED))));
+    assert!(catch_unwind(AssertUnwindSafe(|| results.next().map(std::mem::forget))).is_ok());
+    let caught = catch_unwind(AssertUnwindSafe(|| results.next().map(std::mem::forget)));
+    assert_eq!(
+        message(&*caught.expect_err("the callback panicked")),
+        "progress 2"
+    );
+    drop(results);
+    assert_eq!(
+        DROPPED.load(Ordering::SeqCst),
+        1,
+        "the kept result is dropped with the stream"
+    );
+}

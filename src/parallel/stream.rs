@@ -47,7 +47,8 @@ pub(crate) struct Stream<'p, I, T: Task> {
     /// Ordered: chunks that arrived, by start index; `cursor`: the chunk being read.
     waiting: BTreeMap<usize, Chunk<T::Output>>,
     cursor: Option<(usize, std::vec::IntoIter<T::Output>, Option<Panic>)>,
-    /// Unordered: results ready to hand out, then the panics to resume after them.
+    /// Unordered: results ready to hand out, then the panics to resume after them. Inline (either
+    /// order): the result whose progress report panicked, handed out by the next `next()`.
     ready: VecDeque<(usize, T::Output)>,
     panics: VecDeque<Panic>,
     finished: bool,
@@ -87,6 +88,10 @@ impl<I, T: Task> Drop for Stream<'_, I, T> {
         std::mem::take(&mut self.panics)
             .into_iter()
             .for_each(drop_contained);
+        // Empty between calls of `next()`; a chunk left here is dropped as the others are.
+        std::mem::take(&mut self.scratch)
+            .into_iter()
+            .for_each(super::engine::drop_chunk);
     }
 }
 
@@ -228,8 +233,14 @@ where
                     .shared
                     .tasks_done
                     .load(std::sync::atomic::Ordering::Relaxed);
-                engine.report(done);
+                // Into the ordering buffers before the callback (user code) runs: when it
+                // panicked with the chunks still in `scratch`, a consumer that read on never saw
+                // them (it waited forever for results that had arrived), and one that dropped the
+                // stream dropped them while the panic unwound.
                 self.collect();
+                if let Source::Pool(engine) = &mut self.source {
+                    engine.report(done);
+                }
                 continue;
             }
             if engine.exhausted && self.yielded == engine.pulled {
@@ -290,6 +301,9 @@ where
     /// itself, took that long; its result is dropped, as a late result on a pool is) or a passed
     /// deadline.
     fn next_inline(&mut self) -> Option<(usize, T::Output)> {
+        if let Some(item) = self.ready.pop_front() {
+            return self.hand_out(item);
+        }
         let Source::Inline { tasks, limits, .. } = &mut self.source else {
             unreachable!("called for the inline source")
         };
@@ -311,11 +325,15 @@ where
             drop_contained(value);
             self.expire(timeout, false);
         }
+        // Kept in the stream while the callback (user code) runs: if it panics, the next `next()`
+        // hands the result out, or the stream's drop drops it contained. (Held here, it was
+        // dropped while the panic unwound, and `run_unordered` gave the next result its index.)
+        self.ready.push_back((self.yielded, value));
         if let Source::Inline { progress, .. } = &mut self.source {
             progress.update(self.yielded + 1);
         }
-        let index = self.yielded;
-        self.hand_out((index, value))
+        let item = self.ready.pop_front().expect("pushed above");
+        self.hand_out(item)
     }
 
     /// Ends a scoped stream: closes it and waits until no runner is active, then drops
