@@ -296,3 +296,48 @@ fn an_inline_stream_whose_progress_callback_panics_keeps_the_result() {
         "the kept result is dropped with the stream"
     );
 }
+
+/// `map` / `run_indexed` with a progress callback that panics: mid-call (the results written so
+/// far leaked: the caller's ranges were never recorded) and at the last count, reported after
+/// every index ran (the full result vector was dropped while the panic unwound: an abort).
+#[test]
+fn an_indexed_call_whose_progress_callback_panics_drops_every_result() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let n = 200;
+    for (backend, panics_at) in [
+        (Backend::Pool(pool.clone()), 1),
+        (Backend::Pool(pool.clone()), n),
+        (Backend::WorkStealing, n),
+        (Backend::Sequential, 1),
+        (Backend::Sequential, n),
+    ] {
+        DROPPED.store(0, Ordering::SeqCst);
+        let made = AtomicUsize::new(0);
+        let items: Vec<usize> = (0..n).collect();
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            Parallel::new()
+                .n_jobs(2)
+                .backend(backend.clone())
+                .on_progress(|done, _| {
+                    if done == panics_at {
+                        panic!("progress");
+                    }
+                })
+                .map(&items, |_| {
+                    made.fetch_add(1, Ordering::SeqCst);
+                    PanicsOnDrop(&DROPPED)
+                })
+        }));
+        assert_eq!(
+            message(&*caught.expect_err("the callback panicked")),
+            "progress"
+        );
+        assert_eq!(
+            DROPPED.load(Ordering::SeqCst),
+            made.load(Ordering::SeqCst),
+            "{backend:?}, panics at {panics_at}"
+        );
+    }
+    pool_works(&pool);
+}

@@ -130,7 +130,7 @@ fn fill<F: Fn(usize) -> R, R>(f: &F, slots: &mut [std::mem::MaybeUninit<R>], lo:
 impl Shared {
     /// Claims and runs ranges until none is left or the call is closed. The caller must be
     /// active in the tracker. Never unwinds. `on_range`: called between ranges (the caller's
-    /// progress reports; user code, which may unwind, so only the caller passes one).
+    /// progress reports, user code): its panic fails the call as a task's does.
     fn run(&self, mut on_range: impl FnMut(&Shared)) {
         let mut stopped_ranges = Vec::new();
         loop {
@@ -167,23 +167,31 @@ impl Shared {
             crate::pool::trace_current(crate::EventKind::BatchEnd, written as u32);
             self.done.fetch_add(written, Ordering::Relaxed);
             stopped_ranges.push((lo, written));
+            // A callback's panic is recorded and stops the call like a task's: unwinding from
+            // here lost `stopped_ranges`, so the results this runner had written leaked.
+            let outcome = outcome.and_then(|()| unwind::halt_unwinding(|| on_range(self)));
             if let Err(payload) = outcome {
-                let mut first = super::engine::lock(&self.panic);
-                match *first {
-                    None => *first = Some(payload),
-                    Some(_) => {
-                        drop(first);
-                        drop_contained(payload);
-                    }
-                }
-                self.tracker.close();
+                self.record_panic(payload);
                 break;
             }
-            on_range(self);
         }
         // Only a stopped call reads these (to drop the results written before it stopped); one
         // lock per runner and call.
         super::engine::lock(&self.written).append(&mut stopped_ranges);
+    }
+
+    /// Keeps the first panic (a task's or the progress callback's) and closes the call; a later
+    /// one is dropped contained.
+    fn record_panic(&self, payload: Panic) {
+        let mut first = super::engine::lock(&self.panic);
+        match *first {
+            None => *first = Some(payload),
+            Some(_) => {
+                drop(first);
+                drop_contained(payload);
+            }
+        }
+        self.tracker.close();
     }
 
     fn notify(&self) {
@@ -272,16 +280,9 @@ where
             }
         }
         if shared.tracker.begin() {
-            /// Ends the caller's active period even if a progress callback unwinds.
-            struct Finish<'a>(&'a Tracker);
-            impl Drop for Finish<'_> {
-                fn drop(&mut self) {
-                    self.0.finish();
-                }
-            }
-            let _finish = Finish(&shared.tracker);
             let progress = &mut setup.progress;
             shared.run(|s| progress.update(s.done.load(Ordering::Relaxed)));
+            shared.tracker.finish();
         }
         drop(settle);
     }
@@ -315,7 +316,13 @@ where
         // (`completed == n` counts only written results; the call is settled, Acquire).
         unsafe { fresh.set_len(n) };
     }
-    setup.progress.finish(n);
+    // The last counts (those of the tokens' last ranges) are reported here, with every result in
+    // `fresh`: a callback's panic drops them contained before it goes on (left to the
+    // unwinding, a result whose `Drop` panics aborted the process).
+    if let Err(payload) = unwind::halt_unwinding(|| setup.progress.finish(n)) {
+        fresh.into_iter().for_each(drop_contained);
+        return Err(Stop::Panic(payload));
+    }
     Ok(fresh)
 }
 
