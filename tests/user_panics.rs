@@ -341,3 +341,52 @@ fn an_indexed_call_whose_progress_callback_panics_drops_every_result() {
     }
     pool_works(&pool);
 }
+
+/// The deadline passes while the last pulled tasks run: `run` pulls the next task to see whether
+/// anything was skipped, and drops it unrun; its argument's `Drop` panics. That panic unwound out
+/// of the call while the results collected so far were dropped (an abort) or leaked: the unrun
+/// task must be dropped contained, and the call fail with its timeout.
+#[test]
+fn a_deadline_whose_skipped_task_panics_when_dropped_still_times_out() {
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    static UNRUN: AtomicUsize = AtomicUsize::new(0);
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for exact in [true, false] {
+        let made = AtomicUsize::new(0);
+        DROPPED.store(0, Ordering::SeqCst);
+        let made_ref = &made;
+        let tasks = (0..64).map(move |_| {
+            let run = defuse(&RAN, 60);
+            delayed(move |armed: Armed| {
+                run(armed);
+                made_ref.fetch_add(1, Ordering::SeqCst);
+                PanicsOnDrop(&DROPPED)
+            })(Armed(&UNRUN))
+        });
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            let p = Parallel::new()
+                .backend(Backend::Pool(pool.clone()))
+                .batch_size(BatchSize::Fixed(1))
+                .pre_dispatch(2)
+                .deadline(Duration::from_millis(20));
+            if exact {
+                p.run(tasks)
+            } else {
+                p.run(tasks.filter(|_| true))
+            }
+        }));
+        let payload = caught.expect_err("the deadline passed");
+        assert!(
+            message(&*payload).contains("timed out"),
+            "{}",
+            message(&*payload)
+        );
+        assert_eq!(
+            DROPPED.load(Ordering::SeqCst),
+            made.load(Ordering::SeqCst),
+            "exact {exact}"
+        );
+    }
+    pool_works(&pool);
+}

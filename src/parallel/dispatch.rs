@@ -369,10 +369,21 @@ where
         }
         // An expired timeout fails the call; a deadline that passed while the last tasks ran
         // skipped nothing: that call succeeded (see docs/joblib.md, "Timeouts").
-        let timed_out = timed_out
-            .filter(|_| panic.is_none() && failure.is_none())
-            .filter(|&(_, always)| always || completed != engine.pulled || engine.input_has_more())
-            .map(|(limit, _)| limit);
+        let mut timed_out = timed_out.filter(|_| panic.is_none() && failure.is_none());
+        if let Some((_, false)) = timed_out {
+            if completed == engine.pulled {
+                match engine.input_has_more() {
+                    Ok(true) => {}
+                    Ok(false) => timed_out = None,
+                    // The input's panic is the call's.
+                    Err(payload) => {
+                        panic = Some(payload);
+                        timed_out = None;
+                    }
+                }
+            }
+        }
+        let timed_out = timed_out.map(|(limit, _)| limit);
         if panic.is_some() || failure.is_some() || timed_out.is_some() {
             drop_written(self.base, &chunks);
             chunks.into_iter().for_each(drop_chunk);

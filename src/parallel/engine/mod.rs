@@ -586,19 +586,27 @@ where
         self.limits.deadline().is_some_and(|d| Instant::now() >= d)
     }
 
-    /// Pulls one more task to see whether the input is exhausted (dropping it if not).
-    pub(crate) fn input_has_more(&mut self) -> bool {
+    /// Pulls one more task to see whether the input is exhausted. The task is dropped unrun, on
+    /// its own and contained, as every unstarted task is: a panic from its `Drop` unwound out of
+    /// the call's end with the results still in its locals (leaked, or dropped while unwinding:
+    /// an abort). `Err`: the input itself panicked (then it is not pulled again).
+    pub(crate) fn input_has_more(&mut self) -> Result<bool, Panic> {
         if self.exhausted {
-            return false;
+            return Ok(false);
         }
-        match self.tasks.next() {
-            Some(task) => {
-                drop(task);
-                true
+        let tasks = &mut self.tasks;
+        match crate::pool::unwind::halt_unwinding(|| tasks.next()) {
+            Ok(Some(task)) => {
+                drop_contained(task);
+                Ok(true)
             }
-            None => {
+            Ok(None) => {
                 self.exhausted = true;
-                false
+                Ok(false)
+            }
+            Err(payload) => {
+                self.exhausted = true;
+                Err(payload)
             }
         }
     }
