@@ -390,3 +390,134 @@ fn a_deadline_whose_skipped_task_panics_when_dropped_still_times_out() {
     }
     pool_works(&pool);
 }
+
+/// An input whose own `Drop` panics (unconditionally: also while a panic unwinds).
+struct DropPanics<I>(I);
+impl<I: Iterator> Iterator for DropPanics<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+impl<I> Drop for DropPanics<I> {
+    fn drop(&mut self) {
+        panic!("input dropped");
+    }
+}
+
+/// The call drops its input, whose `Drop` panics, after a task panicked (with a payload whose
+/// `Drop` panics too), or after the input's `next()` panicked: the first panic is the one resumed
+/// (the input's replaced the task's, and dropped its payload while unwinding: an abort; after
+/// the input's `next()` panicked the input was dropped while that panic unwound: an abort), on the
+/// calling thread and on a pool, for `run` and for streams.
+#[test]
+fn an_input_whose_drop_panics_never_replaces_the_first_panic() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    type Config = Box<dyn Fn() -> Parallel<'static>>;
+    let configs: Vec<(&str, Config)> = vec![
+        (
+            "sequential",
+            Box::new(|| Parallel::new().backend(Backend::Sequential)),
+        ),
+        ("pool", {
+            let pool = pool.clone();
+            Box::new(move || {
+                Parallel::new()
+                    .backend(Backend::Pool(pool.clone()))
+                    .batch_size(BatchSize::Fixed(1))
+            })
+        }),
+        ("pair", {
+            let pool = pool.clone();
+            Box::new(move || Parallel::new().backend(Backend::Pool(pool.clone())))
+        }),
+    ];
+    for (name, config) in &configs {
+        let n = if *name == "pair" { 2 } else { 8 };
+        // A task panics with a payload whose `Drop` panics.
+        DROPPED.store(0, Ordering::SeqCst);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            config().run(DropPanics((0..n).map(|i| {
+                Delayed::new(move || {
+                    if i == n - 1 {
+                        std::panic::panic_any(PanicsOnDrop(&DROPPED));
+                    }
+                    i
+                })
+            })))
+        }));
+        let payload = caught.expect_err("a task panicked");
+        assert!(
+            payload.is::<PanicsOnDrop>(),
+            "{name}: {}",
+            message(&*payload)
+        );
+        std::mem::forget(payload);
+        assert_eq!(DROPPED.load(Ordering::SeqCst), 0, "{name}");
+        // Every task succeeds: the input's panic is the call's, and the results are dropped.
+        DROPPED.store(0, Ordering::SeqCst);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            config().run(DropPanics(
+                (0..n).map(|_| Delayed::new(|| PanicsOnDrop(&DROPPED))),
+            ))
+        }));
+        assert_eq!(
+            message(&*caught.expect_err("the input panicked")),
+            "input dropped",
+            "{name}"
+        );
+        assert_eq!(DROPPED.load(Ordering::SeqCst), n, "{name}");
+        // The input's `next()` panics.
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            config().run(DropPanics((0..n).map(|i| {
+                if i == n - 1 {
+                    panic!("input next");
+                }
+                Delayed::new(move || i)
+            })))
+        }));
+        assert_eq!(
+            message(&*caught.expect_err("the input panicked")),
+            "input next",
+            "{name}"
+        );
+    }
+    // Streams: the consumer lets a task's panic through, and the input's `next()` panics (on a
+    // pool when the stream is made, on the calling thread in `next()`), with the stream dropped
+    // while that panic unwinds.
+    for config in [&configs[0].1, &configs[1].1] {
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            config().scope_iter(
+                DropPanics((0..8).map(|i| {
+                    Delayed::new(move || {
+                        if i == 3 {
+                            panic!("task 3");
+                        }
+                        i
+                    })
+                })),
+                |results| results.count(),
+            )
+        }));
+        assert_eq!(message(&*caught.expect_err("task 3 panicked")), "task 3");
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            config()
+                .run_iter(DropPanics((0..8).map(|i| {
+                    if i == 1 {
+                        panic!("input next");
+                    }
+                    Delayed::new(move || i)
+                })))
+                .count()
+        }));
+        assert_eq!(
+            message(&*caught.expect_err("the input panicked")),
+            "input next"
+        );
+    }
+    pool_works(&pool);
+}

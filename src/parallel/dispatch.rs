@@ -73,17 +73,57 @@ where
     let Plan::Pool { pool, .. } = &setup.plan else {
         unreachable!("a pair runs on a pool")
     };
-    let (Some(a), Some(b)) = (tasks.next(), tasks.next()) else {
-        unreachable!("an exact length of 2 was checked")
+    // The input's `next()` and `Drop` and the tasks are user code: whichever panics first, the
+    // other values here are dropped contained before its panic goes on (left to the unwinding,
+    // a `Drop` that panicked too aborted the process). The input is dropped after the tasks ran,
+    // as on the general path, so a task's panic comes before its `Drop`'s.
+    use crate::pool::unwind::{halt_unwinding, resume_unwinding};
+    let mut pulled = [None, None];
+    let mut first = halt_unwinding(|| {
+        for slot in &mut pulled {
+            *slot = tasks.next();
+        }
+    })
+    .err();
+    let [a, b] = pulled;
+    let joined = match (a, b) {
+        (Some(a), Some(b)) if first.is_none() => {
+            halt_unwinding(|| pool.join(move || a.run(), move || b.run()))
+                .map_err(|payload| first = Some(payload))
+                .ok()
+        }
+        (a, b) => {
+            drop_contained(a);
+            drop_contained(b);
+            first = first.or_else(|| {
+                halt_unwinding(|| unreachable!("an exact length of 2 was checked")).err()
+            });
+            None
+        }
     };
-    let (ra, rb) = pool.join(move || a.run(), move || b.run());
+    if let Err(payload) = halt_unwinding(move || drop(tasks)) {
+        match first {
+            None => first = Some(payload),
+            Some(_) => drop_contained(payload),
+        }
+    }
+    if let Some(payload) = first {
+        // Each on its own: in one `drop_contained`, the second `Drop` to panic would do so
+        // while the first one's panic unwound.
+        if let Some((ra, rb)) = joined {
+            drop_contained(ra);
+            drop_contained(rb);
+        }
+        resume_unwinding(payload);
+    }
+    let (ra, rb) = joined.expect("joined unless something panicked");
     // The callback is user code: if it panics, both results are dropped contained before its
     // panic goes on (left to the unwinding, a result whose `Drop` panics aborts the process).
     // `finish` below runs no callback: both counts are reported here.
-    if let Err(payload) = crate::pool::unwind::halt_unwinding(|| setup.progress.update(2)) {
+    if let Err(payload) = halt_unwinding(|| setup.progress.update(2)) {
         drop_contained(ra);
         drop_contained(rb);
-        crate::pool::unwind::resume_unwinding(payload);
+        resume_unwinding(payload);
     }
     if let Some(failed) = fail_fast {
         if failed(&ra) {
@@ -126,6 +166,22 @@ where
     let ran = crate::pool::unwind::halt_unwinding(|| {
         inline_loop(&mut tasks, &mut setup, fail_fast, &mut out)
     });
+    // The input's `Drop` is user code too: contained after a panic; otherwise its panic is the
+    // call's. (Dropped at the end of this function, it unwound with the results in the return
+    // value, which were leaked or, with a `Stop`'s value, dropped while unwinding.)
+    let ran = match ran {
+        Err(payload) => {
+            drop_contained(tasks);
+            Err(payload)
+        }
+        Ok(stopped) => match crate::pool::unwind::halt_unwinding(move || drop(tasks)) {
+            Ok(()) => Ok(stopped),
+            Err(payload) => {
+                drop_contained(stopped);
+                Err(payload)
+            }
+        },
+    };
     match ran {
         Ok(Ok(())) => Ok(out),
         Ok(Err(stop)) => {
@@ -134,7 +190,6 @@ where
         }
         Err(payload) => {
             out.into_iter().for_each(drop_contained);
-            drop_contained(tasks);
             crate::pool::unwind::resume_unwinding(payload)
         }
     }
@@ -383,7 +438,17 @@ where
                 }
             }
         }
-        let timed_out = timed_out.map(|(limit, _)| limit);
+        // The input's `Drop` (user code) runs here, where its panic can take its place in the
+        // call's outcome (see `Engine::drop_input`): the call's panic if it is the first.
+        if let Err(payload) = engine.drop_input() {
+            match panic {
+                None => panic = Some(payload),
+                Some(_) => drop_contained(payload),
+            }
+        }
+        let timed_out = timed_out
+            .filter(|_| panic.is_none())
+            .map(|(limit, _)| limit);
         if panic.is_some() || failure.is_some() || timed_out.is_some() {
             drop_written(self.base, &chunks);
             chunks.into_iter().for_each(drop_chunk);

@@ -28,7 +28,8 @@ use std::time::Instant;
 enum Source<'p, I, T: Task> {
     /// Sequential: each `next()` runs the next task on the consumer's thread.
     Inline {
-        tasks: I,
+        /// `None` once the stream's drop has dropped it (see there).
+        tasks: Option<I>,
         progress: Progress<'p>,
         limits: Limits,
     },
@@ -92,6 +93,13 @@ impl<I, T: Task> Drop for Stream<'_, I, T> {
         std::mem::take(&mut self.scratch)
             .into_iter()
             .for_each(super::engine::drop_chunk);
+        // The input too (on a pool, the engine's drop does it): this drop may run while a panic
+        // unwinds (a scoped stream's consumer that panicked), where a panic of its `Drop` aborts.
+        if let Source::Inline { tasks, .. } = &mut self.source {
+            if let Some(tasks) = tasks.take() {
+                drop_contained(tasks);
+            }
+        }
     }
 }
 
@@ -110,7 +118,7 @@ where
         let exact_len = super::exact_len(&tasks);
         let source = match setup.plan {
             super::backend::Plan::Inline => Source::Inline {
-                tasks,
+                tasks: Some(tasks),
                 progress: setup.progress,
                 limits: setup.limits,
             },
@@ -313,7 +321,7 @@ where
                 self.expire(budget, true);
             }
         }
-        let Some(task) = tasks.next() else {
+        let Some(task) = tasks.as_mut().and_then(Iterator::next) else {
             return self.end();
         };
         let started = Instant::now();

@@ -145,8 +145,9 @@ const CALLER_HELPS_BELOW_NS: f64 = 4.0 * super::batch::TARGET_BATCH_NS;
 /// The driver of one call on a pool (see the module docs).
 pub(crate) struct Engine<'p, I, T: Task> {
     pub(crate) shared: Arc<Shared<T>>,
-    tasks: I,
-    /// The input has no more tasks.
+    /// The input; `None` once dropped ([`drop_input`](Self::drop_input), or the engine's drop).
+    tasks: Option<I>,
+    /// The input has no more tasks (or is dropped, or panicked): it is not pulled again.
     pub(crate) exhausted: bool,
     on_pool: OnPool,
     batcher: Batcher,
@@ -208,7 +209,7 @@ where
                 fail_fast,
                 close_on_panic,
             }),
-            tasks,
+            tasks: Some(tasks),
             exhausted: false,
             on_pool: OnPool {
                 pool,
@@ -268,11 +269,14 @@ where
                 break;
             }
             let take = size.min(window - in_flight);
+            let Some(input) = self.tasks.as_mut() else {
+                self.exhausted = true;
+                break;
+            };
             // Bulk: one buffer per batch (a recycled one when there is one), filled by `extend`
             // (no per-task lock, atomic or allocation).
             let mut tasks = lock(&self.shared.spare).pop().unwrap_or_default();
             tasks.reserve(take);
-            let input = &mut self.tasks;
             let pulled =
                 crate::pool::unwind::halt_unwinding(|| tasks.extend(input.by_ref().take(take)));
             if let Err(payload) = pulled {
@@ -412,7 +416,7 @@ where
             _ => None,
         };
         let shared = &*self.shared;
-        let tasks = &mut self.tasks;
+        let tasks = self.tasks.as_mut()?;
         let started = Instant::now();
         crate::pool::trace_current(crate::EventKind::BatchStart, size as u32);
         let mut taken = 0usize;
@@ -591,10 +595,9 @@ where
     /// the call's end with the results still in its locals (leaked, or dropped while unwinding:
     /// an abort). `Err`: the input itself panicked (then it is not pulled again).
     pub(crate) fn input_has_more(&mut self) -> Result<bool, Panic> {
-        if self.exhausted {
+        let Some(tasks) = self.tasks.as_mut().filter(|_| !self.exhausted) else {
             return Ok(false);
-        }
-        let tasks = &mut self.tasks;
+        };
         match crate::pool::unwind::halt_unwinding(|| tasks.next()) {
             Ok(Some(task)) => {
                 drop_contained(task);
@@ -613,6 +616,19 @@ where
 }
 
 impl<I, T: Task> Engine<'_, I, T> {
+    /// Drops the input now, on this thread (the driver's: no runner ever touches it). Its `Drop`
+    /// is user code: `Err` is its panic, which the caller resumes as the call's panic, or drops
+    /// contained when the call already has one (dropped by the engine's own drop instead, it
+    /// unwound past the call's end, replacing that panic and dropping its payload and the
+    /// results while unwinding: an abort when one of those `Drop`s panics too).
+    pub(crate) fn drop_input(&mut self) -> Result<(), Panic> {
+        self.exhausted = true;
+        match self.tasks.take() {
+            Some(tasks) => crate::pool::unwind::halt_unwinding(move || drop(tasks)),
+            None => Ok(()),
+        }
+    }
+
     /// The driver's signal for the current thread, installed in the shared state.
     fn signal(&mut self) -> Arc<Signal> {
         let me = std::thread::current().id();
@@ -656,8 +672,13 @@ pub(crate) fn drop_unstarted<T: Task>(batches: VecDeque<Batch<T>>) {
 
 impl<I, T: Task> Drop for Engine<'_, I, T> {
     /// Closes the call (a settled one is closed already): queued batches never start. Values of a
-    /// stream's `'static` types still running are dropped with the shared state.
+    /// stream's `'static` types still running are dropped with the shared state. The input, if
+    /// still here, is dropped contained as the tasks are: this drop may run while a panic
+    /// unwinds (a stream's consumer, a call that unwinds), where a panic of its `Drop` aborts.
     fn drop(&mut self) {
         drop_unstarted(self.close());
+        if let Some(tasks) = self.tasks.take() {
+            drop_contained(tasks);
+        }
     }
 }
