@@ -210,6 +210,36 @@ fn a_lying_size_hint_is_harmless() {
     assert_eq!(out, (0..5).map(square).collect::<Vec<_>>());
 }
 
+/// An input whose `size_hint` says exactly two tasks takes the two-task path (`join`), which
+/// trusted it: a third task was never run (its result was missing), and a missing second one
+/// panicked with "unreachable". Every task runs whatever the hint says.
+#[test]
+fn a_size_hint_that_lies_about_two_tasks_is_harmless() {
+    struct SaysTwo(std::ops::Range<u64>);
+    impl Iterator for SaysTwo {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (2, Some(2))
+        }
+    }
+    let pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for backend in [parjob::Backend::Pool(pool), parjob::Backend::WorkStealing] {
+        for n in [0, 1, 2, 3, 20] {
+            let out = Parallel::new()
+                .n_jobs(2)
+                .backend(backend.clone())
+                .run(SaysTwo(0..n).map(|x| delayed(square)(x)));
+            assert_eq!(out, (0..n).map(square).collect::<Vec<_>>(), "{n} tasks");
+        }
+    }
+}
+
 #[test]
 fn input_is_consumed_lazily_within_pre_dispatch() {
     // Each task blocks until the input has been pulled as far as it will go: tasks see how far

@@ -70,7 +70,13 @@ where
     T: Task + Send,
     T::Output: Send,
 {
-    let Plan::Pool { pool, .. } = &setup.plan else {
+    let Plan::Pool {
+        pool,
+        runners,
+        caller_runs,
+        ..
+    } = &setup.plan
+    else {
         unreachable!("a pair runs on a pool")
     };
     // The input's `next()` and `Drop` and the tasks are user code: whichever panics first, the
@@ -78,26 +84,36 @@ where
     // a `Drop` that panicked too aborted the process). The input is dropped after the tasks ran,
     // as on the general path, so a task's panic comes before its `Drop`'s.
     use crate::pool::unwind::{halt_unwinding, resume_unwinding};
-    let mut pulled = [None, None];
+    let mut pulled = [None, None, None];
     let mut first = halt_unwinding(|| {
         for slot in &mut pulled {
             *slot = tasks.next();
+            if slot.is_none() {
+                break;
+            }
         }
     })
     .err();
-    let [a, b] = pulled;
+    if first.is_none() && !matches!(pulled, [Some(_), Some(_), None]) {
+        // The input's `size_hint` said exactly two tasks, and lied (safe code may): the general
+        // path runs every task, those pulled here first. (Trusted, the hint lost the tasks after
+        // the second, or panicked on a missing one.)
+        let pool = (pool.clone(), *runners, *caller_runs);
+        let tasks = pulled.into_iter().flatten().chain(tasks);
+        return run_on_pool(tasks, setup, pool, fail_fast);
+    }
+    // The third slot is empty: the input ended after two tasks, or panicked before.
+    let [a, b, _] = pulled;
     let joined = match (a, b) {
         (Some(a), Some(b)) if first.is_none() => {
             halt_unwinding(|| pool.join(move || a.run(), move || b.run()))
                 .map_err(|payload| first = Some(payload))
                 .ok()
         }
+        // The input panicked.
         (a, b) => {
             drop_contained(a);
             drop_contained(b);
-            first = first.or_else(|| {
-                halt_unwinding(|| unreachable!("an exact length of 2 was checked")).err()
-            });
             None
         }
     };
