@@ -521,3 +521,204 @@ fn an_input_whose_drop_panics_never_replaces_the_first_panic() {
     }
     pool_works(&pool);
 }
+
+/// `map_into` assigns over the caller's values, whose `Drop` panics: the call fails with the first
+/// such panic, and every old value is dropped exactly once (each slot holds its new value, or its
+/// old one untouched), so dropping the buffer afterwards drops nothing twice.
+#[test]
+fn map_into_over_values_whose_drop_panics_drops_each_once() {
+    static OLD: AtomicUsize = AtomicUsize::new(0);
+    static NEW: AtomicUsize = AtomicUsize::new(0);
+    struct Slot(bool);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            if self.0 {
+                OLD.fetch_add(1, Ordering::SeqCst);
+                panic!("old value");
+            }
+            NEW.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let items: Vec<usize> = (0..100).collect();
+    let mut out: Vec<Slot> = (0..100).map(|_| Slot(true)).collect();
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        Parallel::new()
+            .backend(Backend::Pool(pool.clone()))
+            .map_into(&items, &mut out, |_| Slot(false))
+    }));
+    assert_eq!(message(&*caught.expect_err("old")), "old value");
+    let old = OLD.load(Ordering::SeqCst);
+    let armed = out.iter().filter(|s| s.0).count();
+    assert!(old >= 1);
+    assert_eq!(old + armed, 100, "an old value dropped twice, or never");
+    for s in &mut out {
+        s.0 = false;
+    }
+    drop(out);
+    assert_eq!(
+        NEW.load(Ordering::SeqCst),
+        100,
+        "a slot dropped twice, or never"
+    );
+    pool_works(&pool);
+}
+
+/// `try_run` on a pool, failing fast on one of three errors, with `Ok` and `Err` values whose
+/// `Drop` panics: the first error (by index) is returned, and every other value (results written
+/// in place or in chunks, later errors) is dropped exactly once, contained.
+#[test]
+fn try_run_on_a_pool_drops_every_value_it_does_not_return() {
+    static OK: AtomicUsize = AtomicUsize::new(0);
+    static ERR: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for round in 0..20 {
+        OK.store(0, Ordering::SeqCst);
+        ERR.store(0, Ordering::SeqCst);
+        let (ok_made, err_made) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let out = Parallel::new()
+            .backend(Backend::Pool(pool.clone()))
+            .batch_size(BatchSize::Fixed(1 + round % 3))
+            .try_run((0..40).map(|i| {
+                let (ok_made, err_made) = (&ok_made, &err_made);
+                Delayed::new(move || {
+                    std::thread::sleep(Duration::from_micros(200));
+                    if (10..13).contains(&i) {
+                        err_made.fetch_add(1, Ordering::SeqCst);
+                        Err(PanicsOnDrop(&ERR))
+                    } else {
+                        ok_made.fetch_add(1, Ordering::SeqCst);
+                        Ok(PanicsOnDrop(&OK))
+                    }
+                })
+            }));
+        match out {
+            Err(parjob::Error::Task { index, error }) => {
+                assert!((10..13).contains(&index));
+                std::mem::forget(error);
+            }
+            other => panic!("{:?}", other.map(|v| v.len()).map_err(|_| ())),
+        }
+        assert_eq!(OK.load(Ordering::SeqCst), ok_made.load(Ordering::SeqCst));
+        assert_eq!(
+            ERR.load(Ordering::SeqCst) + 1,
+            err_made.load(Ordering::SeqCst)
+        );
+    }
+    pool_works(&pool);
+}
+
+/// Tasks make inner calls (on the task's pool, as runners and drivers on its workers) whose tasks
+/// panic with payloads whose `Drop` panics, on 1- and 2-thread pools: the outer call resumes one
+/// such payload, neither call hangs, and the pool keeps working.
+#[test]
+fn nested_calls_whose_tasks_panic_with_bombs() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("Bomb::drop");
+            }
+        }
+    }
+    for threads in [1usize, 2] {
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let p = pool.clone();
+        within_20s(move || {
+            for round in 0..20 {
+                let caught = catch_unwind(AssertUnwindSafe(|| {
+                    Parallel::new()
+                        .n_jobs(2)
+                        .backend(Backend::Pool(p.clone()))
+                        .batch_size(BatchSize::Fixed(1))
+                        .run((0..6).map(|i| {
+                            Delayed::new(move || {
+                                let inner = Parallel::new().n_jobs(2);
+                                let inner = if round % 2 == 0 {
+                                    inner.on_progress(|_, _| {})
+                                } else {
+                                    inner
+                                };
+                                inner.run((0..5).map(|j| {
+                                    Delayed::new(move || {
+                                        if (i + j) % 3 == 0 {
+                                            std::panic::panic_any(Bomb);
+                                        }
+                                        j
+                                    })
+                                }))
+                            })
+                        }))
+                }));
+                let payload = caught.expect_err("bombs");
+                assert!(payload.is::<Bomb>());
+                std::mem::forget(payload);
+            }
+        });
+        pool_works(&pool);
+    }
+}
+
+/// A `scope_iter` consumer panics while tasks that borrow its caller are in flight and unread
+/// results (whose `Drop` panics) are queued: its panic is resumed after every task stopped (none
+/// runs after). Then `run_iter` streams are forgotten mid-call: a leak, but later calls and the
+/// pool are unaffected.
+#[test]
+fn a_panicking_consumer_settles_and_a_forgotten_stream_only_leaks() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for round in 0..10 {
+        let running = AtomicUsize::new(0);
+        let ran = AtomicUsize::new(0);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            Parallel::new()
+                .backend(Backend::Pool(pool.clone()))
+                .batch_size(BatchSize::Fixed(1 + round % 2))
+                .scope_iter(
+                    (0..50).map(|_| {
+                        let (running, ran) = (&running, &ran);
+                        Delayed::new(move || {
+                            running.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(2));
+                            ran.fetch_add(1, Ordering::SeqCst);
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            PanicsOnDrop(&DROPPED)
+                        })
+                    }),
+                    |results| {
+                        for r in results.take(3) {
+                            std::mem::forget(r);
+                        }
+                        panic!("consumer");
+                    },
+                )
+        }));
+        assert_eq!(message(&*caught.expect_err("consumer")), "consumer");
+        assert_eq!(running.load(Ordering::SeqCst), 0);
+        let settled = ran.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(ran.load(Ordering::SeqCst), settled);
+    }
+    for _ in 0..5 {
+        let mut stream = Parallel::new()
+            .backend(Backend::Pool(pool.clone()))
+            .batch_size(BatchSize::Fixed(1))
+            .run_iter((0..50).map(|_| {
+                Delayed::new(|| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    PanicsOnDrop(&DROPPED)
+                })
+            }));
+        std::mem::forget(stream.next());
+        std::mem::forget(stream);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    pool_works(&pool);
+    let out = Parallel::new()
+        .backend(Backend::Pool(pool.clone()))
+        .run((0..100).map(|i| delayed(|i: i32| i)(i)));
+    assert_eq!(out.len(), 100);
+}
