@@ -11,10 +11,11 @@
 //! every call: [`Call::finish`] on the normal path, its `Drop` on unwinding (a panicking input
 //! iterator or progress callback unwinds through it). Both first [`settle`](Engine::settle) the
 //! engine (close, wait until no runner is active) and only then drop values of the call's types,
-//! on this thread: unstarted tasks, the chunks' own vectors, panic payloads, failures, and the
-//! results written in place (the output vector's length is still 0). On the unwinding path each
-//! of those drops is contained (`drop_contained`), so a panicking `Drop` skips neither the wait nor the
-//! other values. `settled` is set only after the wait.
+//! on this thread: unstarted tasks, the chunks' own vectors, panic payloads, failures, the
+//! results written in place (the output vector's length is still 0), and the input. Each of
+//! those drops is contained (`drop_contained`), so a panicking `Drop` skips neither the wait nor
+//! the other values, and never runs while a panic unwinds; a panic from the input's `Drop` is
+//! resumed as the call's only if it came first. `settled` is set only after the wait.
 
 use super::backend::Plan;
 use super::engine::{drop_chunk, drop_unstarted, Chunk, Engine, Setup, Stop, Task, Waited};
