@@ -78,9 +78,12 @@ where
 /// its result or panic payload is user data whose `Drop` may panic, so it is dropped contained
 /// and A's panic is the one resumed. If only B panics, A's result is dropped the same way before
 /// B's panic is resumed: left to the unwinding, a `Drop` that panics there aborts the process.
+/// A result with no drop glue (fib's `u64`) has nothing that could panic while B's panic unwinds,
+/// so the hot path of an un-stolen `join` keeps calling B directly, with no catch around it.
 #[inline(always)]
 fn run_b_inline<RA, RB>(result_a: Result<RA, Panic>, b: impl FnOnce() -> RB) -> (RA, RB) {
     match result_a {
+        Ok(ra) if !std::mem::needs_drop::<RA>() => (ra, b()),
         Ok(ra) => match unwind::halt_unwinding(b) {
             Ok(rb) => (ra, rb),
             Err(payload) => {
