@@ -63,13 +63,16 @@ struct Shared {
     out: *mut (),
 }
 
-// SAFETY: the raw pointers `f` and `out` are only dereferenced (through `body`) by an active
-// runner, while the caller keeps both alive (see the module docs); `F: Sync` makes `&F` usable
-// from any thread and `R: Send` lets any runner produce results (checked in `run_indexed`). All
-// other fields are `Send + Sync` themselves.
+// SAFETY: moving a `Shared` (inside its `Arc`) to a token's thread moves only the two erased
+// pointers, which that thread dereferences (through `body`) only while active, when the caller
+// keeps both pointees alive (module docs). What it does through them is what `Sync` below allows.
+// All other fields are `Send` themselves.
 unsafe impl Send for Shared {}
-// SAFETY: as above: shared access only reads the pointers, and the pointees are `Sync`/`Send` as
-// required.
+// SAFETY: through `&Shared`, runners on several threads at once call `f` via `&F` (`F: Sync`,
+// required by `run_indexed`) and write results into `out`, each only in the index range its
+// cursor claim gave it alone, so no slot is touched by two threads; a result made (or, with
+// `Write::Assign`, an old value dropped) on a worker belongs to the caller afterwards, which
+// `R: Send` (required by `run_indexed`) allows. All other fields are `Sync` themselves.
 unsafe impl Sync for Shared {}
 
 /// Runs `f(i)` for `i` in `lo..hi` into `out`, counting results in `written` (read even when a

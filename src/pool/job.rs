@@ -34,9 +34,11 @@ impl PartialEq for JobRef {
 }
 impl Eq for JobRef {}
 
-// SAFETY: a JobRef is only a pointer to a job whose closure and result are `Send` (enforced by the
-// constructors' callers: `StackJob`/`HeapJob` are only built from `Send` closures); sending the
-// pointer to the thread that executes it is the whole point, and exactly one thread executes it.
+// SAFETY: a JobRef points to a job whose closure and result are `Send`: every `Job` type requires
+// it of what it runs (`StackJob`s are made only from `Send` closures with `Send` results by `join`
+// and `in_worker*`; `HeapJob<F: Send>`; `ScopeJob<F: Send>`, whose scope pointer is to a `Sync`
+// `Scope`; the outside join's `Ticket`, which holds only another such `JobRef`). Sending the pointer
+// to the thread that executes it is the whole point, and exactly one thread executes it.
 unsafe impl Send for JobRef {}
 // SAFETY: shared references to a JobRef only allow copying the two pointers out.
 unsafe impl Sync for JobRef {}
@@ -154,8 +156,10 @@ impl<L: Latch, F: FnOnce() -> R, R> Job for StackJob<L, F, R> {
     }
 }
 
-/// A job on the heap, for work that outlives the frame that created it (scope spawns, injected
-/// tickets). Freed by its own execution.
+/// A job on the heap, for work queued without a frame that waits for it by a latch: the jobs of
+/// `ThreadPool::spawn_unchecked` (the `Parallel` tokens) and, with the `trace` feature, the
+/// wrapper that times an injected job. Freed by its own execution. (Scope spawns are `ScopeJob`s
+/// and the outside join's ticket is an `Arc<Ticket>`: see why in `scope.rs`.)
 pub(crate) struct HeapJob<F> {
     func: F,
 }
@@ -168,10 +172,12 @@ impl<F: FnOnce() + Send> HeapJob<F> {
     /// Leaks the box into a `JobRef`; executing it frees the box.
     ///
     /// # Safety
-    /// Anything `F` borrows must outlive the job's execution (the scope guarantees this by waiting
-    /// for its counter before returning).
+    /// Anything `F` borrows must outlive the job's execution, or at least every access the job
+    /// makes to it; see `ThreadPool::spawn_unchecked`, the only way borrowed data gets here.
     pub(crate) unsafe fn into_job_ref(self: Box<Self>) -> JobRef {
-        // SAFETY: the box stays allocated until `execute` reclaims it; forwarded lifetime contract.
+        // SAFETY: `JobRef::new` needs the pointee valid until the JobRef is executed: the box is
+        // leaked here and reclaimed only by that execution (`execute`), so it is. What `F` borrows
+        // is this function's own contract, passed on to our caller.
         unsafe { JobRef::new(Box::into_raw(self)) }
     }
 }

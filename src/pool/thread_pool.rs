@@ -177,14 +177,19 @@ impl ThreadPool {
     /// Queues a job that may borrow non-`'static` data, without waiting for it.
     ///
     /// # Safety
-    /// The caller must keep everything `job` borrows alive until the job has finished, even if the
-    /// caller panics (e.g. by waiting for a completion counter in a drop guard that it owns and
-    /// never hands out), and `job` must not panic (catch panics inside it).
+    /// Everything `job` reaches through a non-`'static` borrow must stay alive until the job's
+    /// last access to it, on every path, even if the caller panics or a user leaks whatever the
+    /// API handed out: the caller waits for a signal the job gives after that access, in code it
+    /// owns and never hands out (the `Parallel` callers: a settle guard that closes the call's
+    /// `Tracker` and waits until it is quiescent). If the job may still run after that signal,
+    /// its closure must not capture such borrows itself, only owning handles (an `Arc`) to state
+    /// that reaches them: a by-value closure's captured references stay protected (Stacked/Tree
+    /// Borrows) until it returns. `job` should not panic (one that does aborts the process).
     pub(crate) unsafe fn spawn_unchecked<F: FnOnce() + Send>(&self, job: F) {
         let job = super::job::HeapJob::new(job);
-        // SAFETY: `into_job_ref` needs everything `job` borrows to outlive its execution; this
-        // function's contract puts exactly that on the caller. The job cannot unwind into the
-        // worker: `HeapJob::execute` aborts if it tries.
+        // SAFETY: `into_job_ref` needs what `job` borrows to outlive every access the job makes
+        // to it; this function's contract puts exactly that on the caller. The job cannot unwind
+        // into the worker: `HeapJob::execute` aborts if it tries.
         let job_ref = unsafe { job.into_job_ref() };
         self.registry().push_or_inject(job_ref);
     }

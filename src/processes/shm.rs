@@ -60,7 +60,10 @@ pub(crate) struct Arena {
 // bytes behind them is only through a `Lease`, which gives exclusive use of one slab (see the
 // module documentation), so sharing the `Arena` between threads creates no data race.
 unsafe impl Send for Arena {}
-// SAFETY: as for `Send`; the free list is behind a mutex.
+// SAFETY: through `&Arena` other threads only clone the mappings' handles (`for_worker`), take
+// slabs from the free list (behind a mutex) and read the two base pointers; the bytes behind
+// those pointers are accessed only through a `Lease`, one holder per slab (module docs), so
+// shared use of the `Arena` creates no data race on them.
 unsafe impl Sync for Arena {}
 
 impl Arena {
@@ -131,9 +134,10 @@ impl Lease {
     /// The first `len` bytes of the argument area (to re-send a crashed batch's tasks).
     pub(crate) fn args(&self, len: usize) -> &[u8] {
         let len = len.min(SLAB_ARGS);
-        // SAFETY: inside the mapping as in `args_mut`; workers cannot write argument areas, and
-        // in this process only the lease holder writes it, through `args_mut`, which needs
-        // `&mut self` and so cannot overlap this borrow.
+        // SAFETY: `index < slabs` and `len <= SLAB_ARGS`, so the range lies inside the argument
+        // mapping, which lives as long as `self.arena`. Workers cannot write argument areas
+        // (read-only there), and in this process only the lease holder writes this one, through
+        // `args_mut`, which needs `&mut self` and so cannot overlap this borrow.
         unsafe { std::slice::from_raw_parts(self.arena.args_base.add(self.index * SLAB_ARGS), len) }
     }
 
