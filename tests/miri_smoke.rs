@@ -307,3 +307,41 @@ fn parallel_panics_drop_written_results() {
         assert!(caught.is_err());
     }
 }
+
+/// `scope_iter`'s tasks borrow the caller's data, and the stream ends early on every way out: the
+/// consumer panics after one result, the input panics (in the first refill, when no stream exists
+/// yet to settle, and in a later one), a task panics. Tasks are still queued or running each time
+/// (they yield before reading their box), and the boxes are freed right after the call: a task run
+/// after the call returned reads freed memory. (Checked to fail under Miri without the settle in
+/// `scope_iter`'s guard, and when `Stream::new`'s panic path leaks its engine instead of settling.)
+#[test]
+fn scope_iter_settles_on_every_way_out() {
+    let p = pool(2);
+    let parallel = parjob::Parallel::new()
+        .n_jobs(2)
+        .backend(parjob::Backend::Pool(p.clone()));
+    for way in 0..4 {
+        let data: Vec<Box<usize>> = (0..8).map(Box::new).collect();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            parallel.scope_iter(
+                data.iter().enumerate().map(|(i, x)| {
+                    let input_panics = (way == 1 && i == 1) || (way == 2 && i == 6);
+                    assert!(!input_panics, "input panics");
+                    parjob::delayed(move |x: &usize| {
+                        assert!(way != 3 || i != 2, "task panics");
+                        std::thread::yield_now();
+                        std::thread::yield_now();
+                        *x
+                    })(x)
+                }),
+                |results| {
+                    let first = results.next();
+                    assert!(way != 0, "consumer panics");
+                    first.into_iter().chain(results).count()
+                },
+            )
+        }));
+        assert!(outcome.is_err(), "way {way} must panic");
+        drop(data);
+    }
+}
