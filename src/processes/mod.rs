@@ -16,6 +16,19 @@
 //! and its `try_`/`_iter`/`_unordered` counterparts under [`Backend::Processes`](crate::Backend::Processes)
 //! or [`Backend::ProcessPool`](crate::Backend::ProcessPool).
 //!
+//! **The rule the compiler cannot check.** A worker process holds none of the parent's state
+//! except what [`init`], the pool's [initializer](ProcessPoolBuilder::initializer) and the task
+//! itself set up, and the task's function is re-created there from its type (it has no bytes to
+//! send). A closure that captures only zero-sized values passes the compile-time check too, and
+//! those values are re-created without the code that made them in the parent. Safe Rust lets a
+//! library rely on "whoever holds this value went through my constructor" (a zero-sized token
+//! that proves an initialisation ran, a private function handed out only after a set-up); in a
+//! worker that guarantee does not hold, and a library whose soundness depends on it could then
+//! misbehave, up to undefined behaviour. So pass plain functions and closures that capture
+//! nothing, and do not send a function or closure that a library handed you as proof of
+//! something done in the calling process. This is the assumption every "run this function in a
+//! fresh process" API makes (procspawn's `spawn`, joblib's workers); parjob cannot check it.
+//!
 //! A task that cannot cross to another process is a compile error, not a runtime surprise. A
 //! closure that captures a value (the error names the rule; it appears in `cargo build`, not in
 //! `cargo check`, because it is checked when the call is compiled for that closure's type):

@@ -325,8 +325,14 @@ where
                 // SAFETY: `F` is zero-sized (`runner_offset`, the only way to name this function
                 // to a worker, asserts it at compile time) and `Copy`, and it is inhabited: the
                 // parent held a value of it to build this batch. A zero-sized value has no bytes,
-                // so `zeroed` creates exactly the value the parent holds, and since `F: Copy`
-                // a second instance of it is something safe code could make with a plain copy.
+                // so `zeroed` creates exactly the value the parent holds; in the parent's process
+                // a second instance is what a plain copy makes. In *this* process the parent's
+                // code that produced the value never ran: that is sound only if `F` carries no
+                // guarantee tied to that code (a captured zero-sized token, a private function
+                // handed out after a set-up). The compiler cannot check this; it is the rule the
+                // process backend documents for its users (`processes` module docs, "The rule
+                // the compiler cannot check"), the same assumption procspawn makes when it
+                // calls a function by its address in a fresh process.
                 let f: F = unsafe { std::mem::zeroed() };
                 let value = f.apply(args);
                 if let Err(error) =
