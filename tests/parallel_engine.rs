@@ -7,30 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Runs `f` on its own thread; fails the test if it does not finish within `limit` (a hang).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .expect("the call hung (or panicked outside catch_unwind)")
-}
-
-/// [`within`] 20 s.
-fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    within(Duration::from_secs(20), f)
-}
-
-/// A panic payload whose `Drop` panics.
-struct Bomb;
-impl Drop for Bomb {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            panic!("Bomb::drop");
-        }
-    }
-}
+mod common;
+use common::{within, within_20s, Bomb, PanicsOnDrop};
 
 /// Regression (issue 9 via issue 10): tasks that `panic_any(Bomb)`. The call must return (by
 /// panicking with one Bomb) only after every started task finished, no task may run after it
@@ -446,16 +424,6 @@ fn unrun_tasks_of_a_panicking_batch_are_dropped_after_the_catch() {
     let payload = caught.expect_err("task 0 panicked");
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"task 0"));
     assert_eq!(pool.install(|| 7), 7);
-}
-
-/// A result that counts its drops in its counter (one per test: tests run at once), then panics.
-#[derive(Debug)]
-struct PanicsOnDrop(&'static AtomicUsize);
-impl Drop for PanicsOnDrop {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        panic!("PanicsOnDrop::drop");
-    }
 }
 
 /// A task panics after others wrote results in place whose `Drop` panics: the call drops every

@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+use common::within_20s;
+
 #[test]
 fn run_iter_yields_in_input_order() {
     for n_jobs in [1, 2, 4] {
@@ -415,16 +418,6 @@ fn sequential_streams_end_like_pool_streams() {
         .downcast_ref::<String>()
         .is_some_and(|m| m.contains("timed out")));
     assert_eq!(it.next(), None);
-}
-
-/// Runs `f` on its own thread; fails the test if it does not finish within 20 s (a hang).
-fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the stream hung (or panicked outside catch_unwind)")
 }
 
 /// The input iterator panics while `next()` refills the window, and the consumer goes on reading:

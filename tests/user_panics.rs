@@ -8,35 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Runs `f` on its own thread; fails the test if it does not finish within 20 s (a hang).
-fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the call hung (or panicked outside catch_unwind)")
-}
-
-/// A value that counts its drops in its counter (one per test: tests run at once), then panics,
-/// even while a panic unwinds (where that would abort the process).
-#[derive(Debug)]
-struct PanicsOnDrop(&'static AtomicUsize);
-impl Drop for PanicsOnDrop {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        panic!("PanicsOnDrop::drop");
-    }
-}
-
-/// The message of a caught panic.
-fn message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("<not a message>")
-}
+mod common;
+use common::{panic_message as message, within_20s, Bomb, PanicsOnDrop};
 
 fn pool_works(pool: &ThreadPool) {
     let p = pool.clone();
@@ -613,14 +586,6 @@ fn try_run_on_a_pool_drops_every_value_it_does_not_return() {
 /// such payload, neither call hangs, and the pool keeps working.
 #[test]
 fn nested_calls_whose_tasks_panic_with_bombs() {
-    struct Bomb;
-    impl Drop for Bomb {
-        fn drop(&mut self) {
-            if !std::thread::panicking() {
-                panic!("Bomb::drop");
-            }
-        }
-    }
     for threads in [1usize, 2] {
         let pool = ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -133,3 +133,55 @@ pub fn hold_the_only_worker<'scope>(
         holder.join().unwrap();
     }
 }
+
+/// Runs `f` on its own thread; fails the test if it does not finish within `limit` (a hang).
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .expect("the call hung (or panicked outside catch_unwind)")
+}
+
+/// [`within`] 20 s.
+pub fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    within(std::time::Duration::from_secs(20), f)
+}
+
+/// A value that counts its drops in its counter (one per test: tests run at once), then panics,
+/// even while a panic unwinds (where that would abort the process, unless parjob contains it).
+#[derive(Debug)]
+pub struct PanicsOnDrop(pub &'static std::sync::atomic::AtomicUsize);
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        panic!("PanicsOnDrop::drop");
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<not a message>")
+}
+
+/// A panic payload whose `Drop` panics, unless a panic is already unwinding (which would abort:
+/// these tests are about the scheduler's handling of a *first* panic out of a user `Drop`).
+#[derive(Debug)]
+pub struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("Bomb::drop");
+        }
+    }
+}
