@@ -364,6 +364,48 @@ fn a_deadline_whose_skipped_task_panics_when_dropped_still_times_out() {
     pool_works(&pool);
 }
 
+/// A call whose deadline passes while its last tasks still run, none skipped, succeeds
+/// (docs/joblib.md, "Timeouts"), and the counts of those tasks are reported at its very end, with
+/// every result already in the output vector. A progress callback that panics there fails the call
+/// and the results are dropped contained (left to the unwinding, a result whose `Drop` panicked
+/// aborted the process).
+#[test]
+fn a_progress_panic_at_the_end_of_a_call_past_its_deadline_drops_every_result() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let n = 4;
+    // One worker per task, and with a deadline the calling thread does not run tasks itself: all
+    // four start at once, and the driver leaves its loop at the deadline while they still run.
+    let pool = ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        Parallel::new()
+            .n_jobs(n as i32)
+            .backend(Backend::Pool(pool.clone()))
+            .batch_size(BatchSize::Fixed(1))
+            .deadline(Duration::from_millis(30))
+            .on_progress(|done, _| {
+                if done == n {
+                    panic!("progress at the end");
+                }
+            })
+            .run((0..n).map(|_| {
+                Delayed::new(|| {
+                    std::thread::sleep(Duration::from_millis(150));
+                    PanicsOnDrop(&DROPPED)
+                })
+            }))
+    }));
+    assert_eq!(
+        message(&*caught.expect_err("the callback panicked")),
+        "progress at the end"
+    );
+    assert_eq!(
+        DROPPED.load(Ordering::SeqCst),
+        n,
+        "every result dropped once"
+    );
+    pool_works(&pool);
+}
+
 /// An input whose own `Drop` panics (unconditionally: also while a panic unwinds).
 struct DropPanics<I>(I);
 impl<I: Iterator> Iterator for DropPanics<I> {

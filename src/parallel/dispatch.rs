@@ -500,7 +500,16 @@ where
         for chunk in chunks {
             out.extend(chunk.own.into_iter().flatten());
         }
-        engine.progress.finish(out.len());
+        // Counts not reported yet (the last batches', when the loop left on a deadline that
+        // skipped nothing) are reported here, with every result in `out`: the callback is user
+        // code, and if it panics the results are dropped contained before its panic goes on
+        // (left to the unwinding, a result whose `Drop` panics aborts the process).
+        if let Err(payload) =
+            crate::pool::unwind::halt_unwinding(|| engine.progress.finish(out.len()))
+        {
+            out.into_iter().for_each(drop_contained);
+            return Err(Stop::Panic(payload));
+        }
         Ok(out)
     }
 }
