@@ -212,14 +212,18 @@ fn a_lying_size_hint_is_harmless() {
 
 /// An input whose `size_hint` says exactly two tasks takes the two-task path (`join`), which
 /// trusted it: a third task was never run (its result was missing), and a missing second one
-/// panicked with "unreachable". Every task runs whatever the hint says.
+/// panicked with "unreachable". Every task runs whatever the hint says, and an input that is
+/// not fused is not pulled past its first `None` (as on the general path): the fallback asked it
+/// again and ran what it yielded after its end.
 #[test]
 fn a_size_hint_that_lies_about_two_tasks_is_harmless() {
-    struct SaysTwo(std::ops::Range<u64>);
+    /// Yields `items` in order, where `None` ends the input once (a later `next()` goes on: not
+    /// fused), and always claims exactly two items.
+    struct SaysTwo(std::vec::IntoIter<Option<u64>>);
     impl Iterator for SaysTwo {
         type Item = u64;
         fn next(&mut self) -> Option<u64> {
-            self.0.next()
+            self.0.next().flatten()
         }
         fn size_hint(&self) -> (usize, Option<usize>) {
             (2, Some(2))
@@ -229,13 +233,24 @@ fn a_size_hint_that_lies_about_two_tasks_is_harmless() {
         .num_threads(2)
         .build()
         .unwrap();
+    let fused = |n: u64| (0..n).map(Some).collect::<Vec<_>>();
+    let cases = [
+        (fused(0), vec![]),
+        (fused(1), vec![0]),
+        (fused(2), vec![0, 1]),
+        (fused(3), vec![0, 1, 2]),
+        (fused(20), (0..20).collect()),
+        (vec![Some(0), None, Some(1), Some(2)], vec![0]),
+        (vec![None, Some(1), Some(2)], vec![]),
+    ];
     for backend in [parjob::Backend::Pool(pool), parjob::Backend::WorkStealing] {
-        for n in [0, 1, 2, 3, 20] {
+        for (items, ran) in &cases {
             let out = Parallel::new()
                 .n_jobs(2)
                 .backend(backend.clone())
-                .run(SaysTwo(0..n).map(|x| delayed(square)(x)));
-            assert_eq!(out, (0..n).map(square).collect::<Vec<_>>(), "{n} tasks");
+                .run(SaysTwo(items.clone().into_iter()).map(|x| delayed(square)(x)));
+            let expected: Vec<u64> = ran.iter().copied().map(square).collect();
+            assert_eq!(out, expected, "input {items:?}");
         }
     }
 }

@@ -98,9 +98,13 @@ where
     if first.is_none() && !matches!(pulled, [Some(_), Some(_), None]) {
         // The input's `size_hint` said exactly two tasks, and lied (safe code may): the general
         // path runs every task, those pulled here first. (Trusted, the hint lost the tasks after
-        // the second, or panicked on a missing one.)
+        // the second, or panicked on a missing one.) An input that already said `None` is not
+        // asked again: an iterator that is not fused may yield more after its end, and the
+        // general path never pulls past the first `None` either.
+        let ended = pulled.iter().any(Option::is_none);
         let pool = (pool.clone(), *runners, *caller_runs);
-        let tasks = pulled.into_iter().flatten().chain(tasks);
+        let rest = tasks.take(if ended { 0 } else { usize::MAX });
+        let tasks = pulled.into_iter().flatten().chain(rest);
         return run_on_pool(tasks, setup, pool, fail_fast);
     }
     // The third slot is empty: the input ended after two tasks, or panicked before.
