@@ -28,6 +28,7 @@ fn a_pair_call_drops_the_first_result_contained_when_the_second_task_panics() {
         let p = pool.clone();
         let caught = catch_unwind(AssertUnwindSafe(|| {
             Parallel::new()
+                .n_jobs(2)
                 .backend(Backend::Pool(p))
                 .run((0..2).map(|i| {
                     Delayed::new(move || {
@@ -71,6 +72,7 @@ fn a_pair_call_whose_progress_callback_panics_drops_both_results() {
     let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let caught = catch_unwind(AssertUnwindSafe(|| {
         Parallel::new()
+            .n_jobs(2)
             .backend(Backend::Pool(pool.clone()))
             .on_progress(|_, _| panic!("progress"))
             .run((0..2).map(|_| Delayed::new(|| PanicsOnDrop(&DROPPED))))
@@ -108,6 +110,10 @@ fn defuse(ran: &'static AtomicUsize, sleep_ms: u64) -> impl Fn(Armed) -> usize +
 fn streams_drop_unstarted_tasks_contained() {
     static RAN: AtomicUsize = AtomicUsize::new(0);
     static UNRUN: AtomicUsize = AtomicUsize::new(0);
+    // Arguments made (the input is lazy: only the tasks pulled exist), and of them the ones whose
+    // task panicked and forgot it.
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    static FORGOTTEN: AtomicUsize = AtomicUsize::new(0);
     let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let parallel = || {
         Parallel::new()
@@ -117,10 +123,12 @@ fn streams_drop_unstarted_tasks_contained() {
     };
     let tasks = |panics_at: Option<usize>| {
         (0..64).map(move |i| {
+            MADE.fetch_add(1, Ordering::SeqCst);
             let run = defuse(&RAN, 20);
             delayed(move |armed: Armed| {
                 if Some(i) == panics_at {
                     std::mem::forget(armed);
+                    FORGOTTEN.fetch_add(1, Ordering::SeqCst);
                     panic!("task {i}");
                 }
                 run(armed)
@@ -144,11 +152,13 @@ fn streams_drop_unstarted_tasks_contained() {
     let caught = catch_unwind(AssertUnwindSafe(|| {
         parallel().scope_iter(
             (0..64).map(|i| {
+                MADE.fetch_add(1, Ordering::SeqCst);
                 let borrowed = &borrowed;
                 let run = defuse(&RAN, 20);
                 delayed(move |armed: Armed| {
                     if i == 0 {
                         std::mem::forget(armed);
+                        FORGOTTEN.fetch_add(1, Ordering::SeqCst);
                         panic!("task 0");
                     }
                     borrowed.fetch_add(1, Ordering::SeqCst);
@@ -165,6 +175,22 @@ fn streams_drop_unstarted_tasks_contained() {
         borrowed.load(Ordering::SeqCst),
         settled,
         "a task ran after scope_iter"
+    );
+    // Every argument made was run, forgotten by its panicking task, or dropped unrun, none
+    // leaked (the streams dropped on a pool let their running batches finish in the background:
+    // wait for them), and the streams did drop queued tasks, the path under test.
+    let accounted = || {
+        RAN.load(Ordering::SeqCst) + UNRUN.load(Ordering::SeqCst) + FORGOTTEN.load(Ordering::SeqCst)
+    };
+    let made = MADE.load(Ordering::SeqCst);
+    let waited_until = std::time::Instant::now() + Duration::from_secs(10);
+    while accounted() < made && std::time::Instant::now() < waited_until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(accounted(), made, "an argument leaked or ran twice");
+    assert!(
+        UNRUN.load(Ordering::SeqCst) > 0,
+        "no queued task was dropped"
     );
     pool_works(&pool);
 }
@@ -448,7 +474,12 @@ fn an_input_whose_drop_panics_never_replaces_the_first_panic() {
         }),
         ("pair", {
             let pool = pool.clone();
-            Box::new(move || Parallel::new().backend(Backend::Pool(pool.clone())))
+            // `n_jobs(2)` whatever the core count: two tasks on two runners take the pair path.
+            Box::new(move || {
+                Parallel::new()
+                    .n_jobs(2)
+                    .backend(Backend::Pool(pool.clone()))
+            })
         }),
     ];
     for (name, config) in &configs {
