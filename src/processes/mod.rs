@@ -26,8 +26,11 @@
 //! worker that guarantee does not hold, and a library whose soundness depends on it could then
 //! misbehave, up to undefined behaviour. So pass plain functions and closures that capture
 //! nothing, and do not send a function or closure that a library handed you as proof of
-//! something done in the calling process. This is the assumption every "run this function in a
-//! fresh process" API makes (procspawn's `spawn`, joblib's workers); parjob cannot check it.
+//! something done in the calling process. parjob cannot check this. procspawn's own `spawn`
+//! takes only `fn` pointers, which cannot carry captured values (a function reached through one
+//! still runs without the parent's set-up: the assumption any "run this function in a fresh
+//! process" API makes, joblib's workers included); parjob also accepts zero-sized closures, so
+//! that `delayed(f)(x)` keeps joblib's spelling, and that is what lets a captured token through.
 //!
 //! A task that cannot cross to another process is a compile error, not a runtime surprise. A
 //! closure that captures a value (the error names the rule; it appears in `cargo build`, not in

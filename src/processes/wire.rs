@@ -329,10 +329,11 @@ where
                 // a second instance is what a plain copy makes. In *this* process the parent's
                 // code that produced the value never ran: that is sound only if `F` carries no
                 // guarantee tied to that code (a captured zero-sized token, a private function
-                // handed out after a set-up). The compiler cannot check this; it is the rule the
+                // handed out after a set-up). The compiler cannot check this: it is a rule the
                 // process backend documents for its users (`processes` module docs, "The rule
-                // the compiler cannot check"), the same assumption procspawn makes when it
-                // calls a function by its address in a fresh process.
+                // the compiler cannot check"), so this block is sound only for callers who keep
+                // it; a captured zero-sized token is the case it does not cover (procspawn's
+                // `fn`-pointer-only `spawn` excludes captures; parjob's bound does not).
                 let f: F = unsafe { std::mem::zeroed() };
                 let value = f.apply(args);
                 if let Err(error) =
