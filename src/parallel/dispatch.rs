@@ -505,15 +505,7 @@ where
             out.extend(chunk.own.into_iter().flatten());
         }
         // Counts not reported yet (the last batches', when the loop left on a deadline that
-        // skipped nothing) are reported here, with every result in `out`: the callback is user
-        // code, and if it panics the results are dropped contained before its panic goes on
-        // (left to the unwinding, a result whose `Drop` panics aborts the process).
-        if let Err(payload) =
-            crate::pool::unwind::halt_unwinding(|| engine.progress.finish(out.len()))
-        {
-            out.into_iter().for_each(drop_contained);
-            return Err(Stop::Panic(payload));
-        }
-        Ok(out)
+        // skipped nothing) are reported here, with every result in `out`.
+        engine.progress.finish_with(out).map_err(Stop::Panic)
     }
 }

@@ -320,13 +320,8 @@ where
         unsafe { fresh.set_len(n) };
     }
     // The last counts (those of the tokens' last ranges) are reported here, with every result in
-    // `fresh`: a callback's panic drops them contained before it goes on (left to the
-    // unwinding, a result whose `Drop` panics aborted the process).
-    if let Err(payload) = unwind::halt_unwinding(|| setup.progress.finish(n)) {
-        fresh.into_iter().for_each(drop_contained);
-        return Err(Stop::Panic(payload));
-    }
-    Ok(fresh)
+    // `fresh`.
+    setup.progress.finish_with(fresh).map_err(Stop::Panic)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! (a line when `floor(sqrt(done / s))` changes, `s = 0.5 * (11 - verbose)^2`), so higher levels
 //! print more often.
 
+use crate::pool::unwind::{drop_contained, halt_unwinding, Panic};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -202,6 +203,20 @@ impl<'p> Progress<'p> {
                 ),
             };
             self.line(&msg);
+        }
+    }
+
+    /// The final report of a call that succeeded with `results`, which are handed back. The
+    /// callback is user code and may panic; the results are then dropped here, each on its own
+    /// and contained, and its panic returned (left to the unwinding, a result whose `Drop`
+    /// panics too aborts the process).
+    pub(crate) fn finish_with<R>(&mut self, results: Vec<R>) -> Result<Vec<R>, Panic> {
+        match halt_unwinding(|| self.finish(results.len())) {
+            Ok(()) => Ok(results),
+            Err(payload) => {
+                results.into_iter().for_each(drop_contained);
+                Err(payload)
+            }
         }
     }
 
