@@ -123,10 +123,7 @@ where
         }
     };
     if let Err(payload) = halt_unwinding(move || drop(tasks)) {
-        match first {
-            None => first = Some(payload),
-            Some(_) => drop_contained(payload),
-        }
+        crate::pool::unwind::keep_first(&mut first, payload);
     }
     if let Some(payload) = first {
         // Each on its own: in one `drop_contained`, the second `Drop` to panic would do so
@@ -426,10 +423,7 @@ where
         let mut failure: Option<(usize, T::Output)> = None;
         for chunk in &mut chunks {
             if let Some(payload) = chunk.panic.take() {
-                match panic {
-                    None => panic = Some(payload),
-                    Some(_) => drop_contained(payload),
-                }
+                crate::pool::unwind::keep_first(&mut panic, payload);
             }
             if let Some(value) = chunk.failure.take() {
                 let index = chunk.start + chunk.written;
@@ -462,10 +456,7 @@ where
         // The input's `Drop` (user code) runs here, where its panic can take its place in the
         // call's outcome (see `Engine::drop_input`): the call's panic if it is the first.
         if let Err(payload) = engine.drop_input() {
-            match panic {
-                None => panic = Some(payload),
-                Some(_) => drop_contained(payload),
-            }
+            crate::pool::unwind::keep_first(&mut panic, payload);
         }
         let timed_out = timed_out
             .filter(|_| panic.is_none())

@@ -47,6 +47,15 @@ pub(crate) fn drop_contained<T>(value: T) {
     std::mem::forget(again);
 }
 
+/// Keeps `payload` in `first` if it holds none yet (the first panic is the one a call resumes),
+/// else drops it contained: a later panic's payload is user data whose `Drop` may panic.
+pub(crate) fn keep_first(first: &mut Option<Panic>, payload: Panic) {
+    match first {
+        None => *first = Some(payload),
+        Some(_) => drop_contained(payload),
+    }
+}
+
 /// Aborts the process if dropped during unwinding.
 ///
 /// Guards code that must not unwind: a worker's bookkeeping after a job (a panic there would leave a
