@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo run --release --features processes --example crash_isolation`.
 
-use parjob::{delayed, Backend, Error, Parallel};
+use parjob::{delayed_fn, Backend, Error, Parallel};
 use std::time::Duration;
 
 fn risky(i: u64) -> u64 {
@@ -29,7 +29,7 @@ fn main() {
         .backend(Backend::Processes)
         .timeout(Duration::from_millis(500));
     for (i, outcome) in parallel
-        .run_iter_in_processes((0..10u64).map(|i| delayed(risky)(i)))
+        .run_iter_in_processes((0..10u64).map(|i| delayed_fn(risky)(i)))
         .enumerate()
     {
         match outcome {
@@ -42,12 +42,12 @@ fn main() {
 
     // try_run stops at the first failure and says which task it was.
     let first = parallel.try_run_in_processes(
-        (0..10u64).map(|i| delayed(|i: u64| -> Result<u64, String> { Ok(risky(i)) })(i)),
+        (0..10u64).map(|i| delayed_fn(|i: u64| -> Result<u64, String> { Ok(risky(i)) })(i)),
     );
     println!("try_run: {}", first.unwrap_err());
 
     // The dead and the killed worker were replaced: the same backend keeps working.
-    let again = parallel.run_in_processes((0..5u64).map(|i| delayed(|i: u64| i + 100)(i)));
+    let again = parallel.run_in_processes((0..5u64).map(|i| delayed_fn(|i: u64| i + 100)(i)));
     println!("next call: {again:?}");
     assert_eq!(again, vec![100, 101, 102, 103, 104]);
 }

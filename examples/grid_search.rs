@@ -155,13 +155,14 @@ fn main() {
     let scores: Vec<f64> = if backend == "processes" {
         #[cfg(feature = "processes")]
         {
-            // Same spelling, another backend: each combination runs in a worker process.
+            // The same call for worker processes: each combination runs in one; the task holds a
+            // function pointer (`delayed_fn!`), which is how a function crosses to another process.
             Parallel::new()
                 .n_jobs(-1)
                 .verbose(5)
                 .backend(parjob::Backend::Processes)
                 .run_in_processes(grid.iter().map(|&(penalty, c)| {
-                    parjob::delayed!(cross_validate_in_worker(matches!(penalty, Penalty::L2), c))
+                    parjob::delayed_fn!(cross_validate_in_worker(matches!(penalty, Penalty::L2), c))
                 }))
         }
         #[cfg(not(feature = "processes"))]

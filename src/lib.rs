@@ -65,7 +65,7 @@ pub mod __loom;
 pub use parallel::backend::Backend;
 pub use parallel::batch::BatchSize;
 pub use parallel::config::{parallel_backend, parallel_config, Config};
-pub use parallel::delayed::{delayed, Apply, Delayed};
+pub use parallel::delayed::{delayed, delayed_fn, Apply, Delayed};
 pub use parallel::error::{ConfigError, Error};
 #[cfg(feature = "processes")]
 pub use parallel::processes::{RunIterInProcesses, RunUnorderedInProcesses};

@@ -9,7 +9,7 @@
 parjob::processes::enable_test_support!();
 
 use parjob::processes::{ProcessPool, ProcessPoolBuilder, WorkerDeath, INNER_THREAD_VARS};
-use parjob::{delayed, parallel_backend, Backend, Error, Parallel};
+use parjob::{delayed, delayed_fn, parallel_backend, Backend, Error, Parallel};
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
@@ -125,10 +125,10 @@ fn assert_gone(pool: ProcessPool, mut pids: HashSet<u32>) {
 
 /// 100 tasks on 2 workers, task 50 kills its worker: the other 99 results, the typed error for
 /// 50, a working next call, and no process left behind.
-fn crash_in_the_middle<T>(task: T, timeout: Option<Duration>) -> Error<std::convert::Infallible>
-where
-    T: Fn(u64) -> u64 + Copy + Send + 'static,
-{
+fn crash_in_the_middle(
+    task: fn(u64) -> u64,
+    timeout: Option<Duration>,
+) -> Error<std::convert::Infallible> {
     let pool = two_workers();
     let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
     assert_eq!(pids.len(), 2);
@@ -139,7 +139,7 @@ where
         parallel = parallel.timeout(timeout);
     }
     let outcomes: Vec<_> = parallel
-        .run_iter_in_processes((0..100u64).map(|x| delayed(task)(x)))
+        .run_iter_in_processes((0..100u64).map(|x| delayed_fn(task)(x)))
         .collect();
     assert_eq!(outcomes.len(), 100);
     let mut error = None;
@@ -157,7 +157,7 @@ where
     assert!(pool.restarts() >= 1, "the dead worker was replaced");
     pids.extend(pool.worker_pids());
     // The same backend serves the next call.
-    let next = parallel.run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    let next = parallel.run_in_processes((0..100u64).map(|x| delayed_fn(work)(x)));
     assert_eq!(next, (0..100).map(work).collect::<Vec<_>>());
     drop(parallel);
     assert_gone(pool, pids);
@@ -218,13 +218,13 @@ fn a_panicking_task_comes_back_as_its_message() {
         .n_jobs(2)
         .backend(Backend::ProcessPool(pool.clone()));
     let payload = catch_unwind(AssertUnwindSafe(|| {
-        parallel.run_in_processes((0..100u64).map(|x| delayed(panics)(x)))
+        parallel.run_in_processes((0..100u64).map(|x| delayed_fn(panics)(x)))
     }))
     .unwrap_err();
     let message = payload.downcast_ref::<String>().expect("a String payload");
     assert_eq!(message, "task 50 panicked on purpose");
     // In the iterator: the results before it, then the panic at its position.
-    let mut iter = parallel.run_iter_in_processes((0..100u64).map(|x| delayed(panics)(x)));
+    let mut iter = parallel.run_iter_in_processes((0..100u64).map(|x| delayed_fn(panics)(x)));
     for i in 0..50 {
         assert_eq!(iter.next().unwrap().unwrap(), work(i));
     }
@@ -246,7 +246,7 @@ fn run_panics_with_the_crash_after_the_other_tasks() {
     let pool = two_workers();
     let parallel = Parallel::new().backend(Backend::ProcessPool(pool.clone()));
     let payload = catch_unwind(AssertUnwindSafe(|| {
-        parallel.run_in_processes((0..100u64).map(|x| delayed(aborts)(x)))
+        parallel.run_in_processes((0..100u64).map(|x| delayed_fn(aborts)(x)))
     }))
     .unwrap_err();
     let message = payload.downcast_ref::<String>().expect("a String payload");
@@ -263,17 +263,17 @@ fn try_run_returns_the_first_error_by_index() {
     let _serial = serial();
     let pool = two_workers();
     let parallel = Parallel::new().backend(Backend::ProcessPool(pool.clone()));
-    match parallel.try_run_in_processes((0..100u64).map(|x| delayed(checked)(x))) {
+    match parallel.try_run_in_processes((0..100u64).map(|x| delayed_fn(checked)(x))) {
         Err(Error::Task { index: 7, error }) => assert_eq!(error, "seven is not allowed"),
         other => panic!("expected the task error of 7, got {other:?}"),
     }
-    match parallel.try_run_in_processes((8..100u64).map(|x| delayed(checked)(x))) {
+    match parallel.try_run_in_processes((8..100u64).map(|x| delayed_fn(checked)(x))) {
         Err(Error::WorkerCrashed { index, death }) => {
             assert_eq!((index, death.signal()), (42, Some(libc::SIGABRT)));
         }
         other => panic!("expected the crash of task 42 (= input 50), got {other:?}"),
     }
-    let ok = parallel.try_run_in_processes((51..60u64).map(|x| delayed(checked)(x)));
+    let ok = parallel.try_run_in_processes((51..60u64).map(|x| delayed_fn(checked)(x)));
     assert_eq!(ok.unwrap(), (51..60).map(work).collect::<Vec<_>>());
     drop(parallel);
     assert_gone(pool, HashSet::new());
@@ -287,7 +287,7 @@ fn backend_processes_is_selected_like_threads_and_reused() {
         assert_eq!(parjob::effective_n_jobs(2), Ok(2));
         Parallel::new()
             .n_jobs(2)
-            .run_in_processes((0..1000u64).map(|x| delayed(work)(x)))
+            .run_in_processes((0..1000u64).map(|x| delayed_fn(work)(x)))
     });
     assert_eq!(first, (0..1000).map(work).collect::<Vec<_>>());
     let workers: HashSet<u32> = children().into_iter().map(|(pid, _)| pid).collect();
@@ -296,7 +296,7 @@ fn backend_processes_is_selected_like_threads_and_reused() {
     let second = Parallel::new()
         .n_jobs(2)
         .backend(Backend::Processes)
-        .run_unordered_in_processes((0..10u64).map(|x| delayed(work)(x)))
+        .run_unordered_in_processes((0..10u64).map(|x| delayed_fn(work)(x)))
         .map(|(i, r)| (i, r.unwrap()))
         .collect::<Vec<_>>();
     assert_eq!(second.len(), 10);
@@ -317,15 +317,115 @@ fn backend_processes_is_selected_like_threads_and_reused() {
 fn thread_backends_run_the_process_methods_on_threads() {
     let _serial = serial();
     let out = parallel_backend(Backend::Sequential, || {
-        Parallel::new().run_in_processes((0..10u64).map(|x| delayed(work)(x)))
+        Parallel::new().run_in_processes((0..10u64).map(|x| delayed_fn(work)(x)))
     });
     assert_eq!(out, (0..10).map(work).collect::<Vec<_>>());
     let iter: Vec<_> = Parallel::new()
         .n_jobs(2)
-        .run_iter_in_processes((0..10u64).map(|x| delayed(work)(x)))
+        .run_iter_in_processes((0..10u64).map(|x| delayed_fn(work)(x)))
         .map(Result::unwrap)
         .collect();
     assert_eq!(iter, out);
+}
+
+fn double(x: u64) -> u64 {
+    2 * x
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Which function task `x` of the mixed input calls: runs of 7 tasks each, in turn `double`,
+/// `square` and a closure that captures nothing.
+fn mixed_task(x: u64) -> parjob::Delayed<fn(u64) -> u64, (u64,)> {
+    match (x / 7) % 3 {
+        0 => delayed_fn(double)(x),
+        1 => delayed_fn(square)(x),
+        _ => delayed_fn(|x: u64| x + 1)(x),
+    }
+}
+
+fn mixed_expected(x: u64) -> u64 {
+    match (x / 7) % 3 {
+        0 => 2 * x,
+        1 => x * x,
+        _ => x + 1,
+    }
+}
+
+/// One call may mix functions of one signature: a batch ends where the next task calls another
+/// function, so every task runs its own, in slab batches and in inline ones (batches of one,
+/// the first of an automatic call), ordered, unordered and with a fixed batch size that would
+/// otherwise span several runs.
+#[test]
+fn one_call_may_mix_functions_and_each_task_runs_its_own() {
+    let _serial = serial();
+    let pool = two_workers();
+    let expected: Vec<u64> = (0..3_000).map(mixed_expected).collect();
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()));
+    assert_eq!(
+        parallel.run_in_processes((0..3_000).map(mixed_task)),
+        expected
+    );
+    let fixed = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool))
+        .batch_size(parjob::BatchSize::Fixed(100));
+    assert_eq!(fixed.run_in_processes((0..3_000).map(mixed_task)), expected);
+    let mut unordered: Vec<(usize, u64)> = fixed
+        .run_unordered_in_processes((0..3_000).map(mixed_task))
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    unordered.sort_unstable();
+    assert!(unordered
+        .iter()
+        .map(|&(_, r)| r)
+        .eq(expected.iter().copied()));
+    assert!(unordered.iter().enumerate().all(|(i, &(j, _))| i == j));
+}
+
+/// A function that lives in a shared library is loaded at another address in a worker process,
+/// so it cannot be named there by its offset: its task fails in the parent with a message that
+/// says so (the worker is never asked to call it), and the tasks around it run.
+#[test]
+fn a_function_of_a_shared_library_is_refused_not_sent() {
+    let _serial = serial();
+    let pool = two_workers();
+    // SAFETY: the pointer is never called: the parent refuses to send a task calling it, which
+    // is what this test checks (were it sent, the worker would jump to an address with nothing
+    // of this signature at it and die: the test would fail on the crash, in that process).
+    let foreign: fn(u64) -> u64 =
+        unsafe { std::mem::transmute(libc::getpid as unsafe extern "C" fn() -> libc::pid_t) };
+    let tasks = (0..9u64).map(|x| {
+        if x == 4 {
+            delayed_fn(foreign)(x)
+        } else {
+            delayed_fn(work)(x)
+        }
+    });
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool));
+    let outcomes: Vec<_> = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parallel.run_in_processes(tasks)
+    }))
+    .map(|_| ())
+    .unwrap_err()
+    .downcast::<String>()
+    .map(|message| *message)
+    .into_iter()
+    .collect();
+    assert_eq!(outcomes.len(), 1, "a String panic payload");
+    assert!(
+        outcomes[0].contains("not in the executable"),
+        "{}",
+        outcomes[0]
+    );
+    let ok: Vec<u64> = parallel.run_in_processes((0..9u64).map(|x| delayed_fn(work)(x)));
+    assert_eq!(ok, (0..9).map(work).collect::<Vec<_>>());
 }
 
 static INITIALIZED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -352,18 +452,18 @@ fn initializer_runs_in_every_worker() {
         .unwrap();
     let seen = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
-        .run_in_processes((0..20).map(|_| delayed(read_set_up)(())));
+        .run_in_processes((0..20).map(|_| delayed_fn(read_set_up)(())));
     assert!(seen.iter().all(|&v| v == 42), "{seen:?}");
     // Replaced workers run it too.
     let after_crash = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
-        .run_iter_in_processes((0..100u64).map(|x| delayed(aborts)(x)))
+        .run_iter_in_processes((0..100u64).map(|x| delayed_fn(aborts)(x)))
         .filter(Result::is_err)
         .count();
     assert_eq!(after_crash, 1);
     let seen = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
-        .run_in_processes((0..20).map(|_| delayed(read_set_up)(())));
+        .run_in_processes((0..20).map(|_| delayed_fn(read_set_up)(())));
     assert!(seen.iter().all(|&v| v == 42), "{seen:?}");
     assert_gone(pool, HashSet::new());
 
@@ -393,7 +493,7 @@ fn workers_get_inner_max_num_threads() {
     let pool = ProcessPoolBuilder::new().num_workers(2).build().unwrap();
     let seen = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
-        .run_in_processes([delayed(inner_env)(())]);
+        .run_in_processes([delayed_fn(inner_env)(())]);
     let default = (parjob::cpu_count() / 2).max(1).to_string();
     for (var, value) in INNER_THREAD_VARS.iter().zip(&seen[0]) {
         let expected = std::env::var(var).unwrap_or_else(|_| default.clone());
@@ -414,7 +514,7 @@ fn workers_get_inner_max_num_threads() {
         .unwrap();
     let seen = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
-        .run_in_processes([delayed(inner_env)(())]);
+        .run_in_processes([delayed_fn(inner_env)(())]);
     let omp = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| "3".to_owned());
     assert_eq!(seen[0][0].as_deref(), Some(omp.as_str()));
     assert_gone(pool, HashSet::new());
@@ -427,7 +527,7 @@ fn auto_batching_sends_few_messages_for_many_tiny_tasks() {
     let parallel = Parallel::new().backend(Backend::ProcessPool(pool.clone()));
     let n = 200_000u64;
     let sum: u64 = parallel
-        .run_in_processes((0..n).map(|x| delayed(work)(x)))
+        .run_in_processes((0..n).map(|x| delayed_fn(work)(x)))
         .into_iter()
         .sum();
     assert_eq!(sum, (0..n).map(work).sum::<u64>());
@@ -444,7 +544,7 @@ fn auto_batching_sends_few_messages_for_many_tiny_tasks() {
         pool.no_free_slab_batches(),
     );
     let again: u64 = parallel
-        .run_in_processes((0..n).map(|x| delayed(work)(x)))
+        .run_in_processes((0..n).map(|x| delayed_fn(work)(x)))
         .into_iter()
         .sum();
     assert_eq!(again, sum);
@@ -465,7 +565,7 @@ fn auto_batching_sends_few_messages_for_many_tiny_tasks() {
     // The same results with fixed batches, including a last short one.
     let fixed = parallel
         .batch_size(parjob::BatchSize::Fixed(7))
-        .run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+        .run_in_processes((0..100u64).map(|x| delayed_fn(work)(x)));
     assert_eq!(fixed, (0..100).map(work).collect::<Vec<_>>());
     assert_gone(pool, HashSet::new());
 }
@@ -476,7 +576,7 @@ fn zero_jobs_is_a_config_error() {
     let result = Parallel::new()
         .n_jobs(0)
         .backend(Backend::Processes)
-        .try_run_in_processes((0..3u64).map(|x| delayed(checked)(x)));
+        .try_run_in_processes((0..3u64).map(|x| delayed_fn(checked)(x)));
     assert!(matches!(result, Err(Error::Config { .. })), "{result:?}");
     assert!(ProcessPoolBuilder::new().num_workers(0).build().is_err());
 }
@@ -494,7 +594,7 @@ fn large_arguments_cross_in_bounded_batches() {
     let out = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
         .batch_size(parjob::BatchSize::Fixed(12))
-        .run_in_processes(inputs.into_iter().map(|v| delayed(checksum)(v)));
+        .run_in_processes(inputs.into_iter().map(|v| delayed_fn(checksum)(v)));
     assert_eq!(out, expected);
     // 12 MiB of arguments asked for as one batch travel as several messages of at most ~4 MiB.
     assert!(pool.batches() >= 3, "{} batches", pool.batches());
@@ -510,7 +610,7 @@ fn with_shared_memory(pool: &ProcessPool) {
         let out = Parallel::new()
             .backend(Backend::ProcessPool(pool.clone()))
             .batch_size(parjob::BatchSize::Fixed(8))
-            .run_in_processes((0..64u64).map(|x| delayed(work)(x)));
+            .run_in_processes((0..64u64).map(|x| delayed_fn(work)(x)));
         assert_eq!(out, (0..64).map(work).collect::<Vec<_>>());
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -529,7 +629,7 @@ fn results_larger_than_a_slab_come_back_in_the_reply() {
     let out = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
         .batch_size(parjob::BatchSize::Fixed(20))
-        .run_in_processes((0..40u64).map(|x| delayed(big_result)(x)));
+        .run_in_processes((0..40u64).map(|x| delayed_fn(big_result)(x)));
     assert_eq!(out.len(), 40);
     // Both batches' outcomes came back in the reply, not in their slabs.
     assert_eq!(pool.shared_memory_batches(), in_slabs);
@@ -559,7 +659,7 @@ fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
         .backend(Backend::ProcessPool(pool.clone()))
         .batch_size(parjob::BatchSize::Fixed(1_000));
     let outcomes: Vec<_> = parallel
-        .run_iter_in_processes((0..8_000u64).map(|x| delayed(aborts_at_3000)(x)))
+        .run_iter_in_processes((0..8_000u64).map(|x| delayed_fn(aborts_at_3000)(x)))
         .collect();
     assert_eq!(outcomes.len(), 8_000);
     for (i, outcome) in outcomes.into_iter().enumerate() {
@@ -582,7 +682,7 @@ fn a_crash_in_a_large_batch_names_its_task_and_keeps_the_others() {
 
 /// The next call on `parallel` returns `work(x)` for every `x` in `0..n`, in order.
 fn assert_serves(parallel: &Parallel<'_>, n: u64) {
-    let out = parallel.run_in_processes((0..n).map(|x| delayed(work)(x)));
+    let out = parallel.run_in_processes((0..n).map(|x| delayed_fn(work)(x)));
     assert_eq!(out, (0..n).map(work).collect::<Vec<_>>());
 }
 
@@ -644,7 +744,8 @@ fn panics_often(x: u64) -> u64 {
 fn several_panics_in_one_batch_each_come_back_at_their_place() {
     let _serial = serial();
     let (pool, parallel) = two_batches_of_500_in_slabs();
-    let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(panics_often)(x)));
+    let mut iter =
+        parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed_fn(panics_often)(x)));
     expect_every_97th_to_panic(
         &mut iter,
         |i| format!("task {i} panicked"),
@@ -685,7 +786,7 @@ fn fused(x: u64) -> Fuse {
 fn a_result_whose_drop_panics_in_the_worker_is_that_tasks_panic_only() {
     let _serial = serial();
     let (pool, parallel) = two_batches_of_500_in_slabs();
-    let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(fused)(x)));
+    let mut iter = parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed_fn(fused)(x)));
     expect_every_97th_to_panic(
         &mut iter,
         |i| format!("fuse {} blew", work(i)),
@@ -710,7 +811,7 @@ fn more_batches_in_flight_than_slabs_still_all_arrive() {
         .backend(Backend::ProcessPool(pool.clone()))
         .pre_dispatch(200)
         .batch_size(parjob::BatchSize::Fixed(10))
-        .run_in_processes((0..20_000u64).map(|x| delayed(work)(x)));
+        .run_in_processes((0..20_000u64).map(|x| delayed_fn(work)(x)));
     assert_eq!(out, (0..20_000).map(work).collect::<Vec<_>>());
     assert_gone(pool, HashSet::new());
 }
@@ -731,7 +832,7 @@ fn large_batches_in_the_messages_both_ways_do_not_deadlock() {
         .backend(Backend::ProcessPool(pool.clone()))
         .pre_dispatch(100)
         .batch_size(parjob::BatchSize::Fixed(8))
-        .run_in_processes(inputs.clone().into_iter().map(|v| delayed(echo)(v)));
+        .run_in_processes(inputs.clone().into_iter().map(|v| delayed_fn(echo)(v)));
     assert_eq!(out, inputs);
     assert_gone(pool, HashSet::new());
 }
@@ -754,7 +855,7 @@ fn assert_every_slab_comes_back(pool: &ProcessPool) {
             .backend(Backend::ProcessPool(pool.clone()))
             .batch_size(parjob::BatchSize::Fixed(500))
             .pre_dispatch(pre_dispatch)
-            .run_in_processes((0..20_000u64).map(|x| delayed(work)(x)));
+            .run_in_processes((0..20_000u64).map(|x| delayed_fn(work)(x)));
         assert_eq!(out, (0..20_000).map(work).collect::<Vec<_>>());
         let after = (pool.shared_memory_batches(), pool.no_free_slab_batches());
         (after.0 - before.0, after.1 - before.1)
@@ -790,7 +891,7 @@ fn a_progress_callback_that_panics_mid_call_leaves_the_pool_whole() {
                 }
             });
         let caught = catch_unwind(AssertUnwindSafe(|| {
-            parallel.run_in_processes((0..2_000u64).map(|x| delayed(slow_work)(x)))
+            parallel.run_in_processes((0..2_000u64).map(|x| delayed_fn(slow_work)(x)))
         }));
         let payload = caught.expect_err("the callback's panic reaches the caller");
         assert_eq!(payload.downcast_ref::<i32>(), Some(&round));
@@ -814,7 +915,7 @@ fn an_input_that_panics_mid_call_leaves_the_pool_whole() {
                 if x == at {
                     std::panic::panic_any(x);
                 }
-                delayed(slow_work)(x)
+                delayed_fn(slow_work)(x)
             }))
         }));
         let payload = caught.expect_err("the input's panic reaches the caller");
@@ -883,7 +984,7 @@ fn results_whose_drop_panics_in_the_parent_do_not_replace_the_tasks_panic() {
     let pool = two_workers();
     let parallel = batches_of(&pool, 16);
     let caught = catch_unwind(AssertUnwindSafe(|| {
-        parallel.run_in_processes((0..100u64).map(|x| delayed(armed_unless_bad)(x)))
+        parallel.run_in_processes((0..100u64).map(|x| delayed_fn(armed_unless_bad)(x)))
     }));
     let payload = caught.expect_err("task BAD's panic reaches the caller");
     let message = payload
@@ -895,17 +996,17 @@ fn results_whose_drop_panics_in_the_parent_do_not_replace_the_tasks_panic() {
     // `try_run_in_processes`: a task's panic is resumed, a task's `Err` returned, after the
     // decoded results are dropped (contained).
     let caught = catch_unwind(AssertUnwindSafe(|| {
-        parallel.try_run_in_processes((0..100u64).map(|x| delayed(armed_ok_unless_bad)(x)))
+        parallel.try_run_in_processes((0..100u64).map(|x| delayed_fn(armed_ok_unless_bad)(x)))
     }));
     assert!(caught.is_err(), "task BAD's panic is resumed");
-    match parallel.try_run_in_processes((0..100u64).map(|x| delayed(armed_or_err)(x))) {
+    match parallel.try_run_in_processes((0..100u64).map(|x| delayed_fn(armed_or_err)(x))) {
         Err(Error::Task { index, error }) => {
             assert_eq!((index, error), (50, "task 50 refused".to_string()))
         }
         other => panic!("expected task 50's error, got {:?}", other.map(|v| v.len())),
     }
     // Unordered, dropped after reading a few: the results still held are dropped quietly.
-    let mut iter = parallel.run_unordered_in_processes((0..100u64).map(|x| delayed(work)(x)));
+    let mut iter = parallel.run_unordered_in_processes((0..100u64).map(|x| delayed_fn(work)(x)));
     assert!(iter.by_ref().take(3).all(|(_, r)| r.is_ok()));
     drop(iter);
     assert_serves(&parallel, 100);
@@ -949,12 +1050,12 @@ fn an_input_panic_with_decoded_results_whose_drop_panics_reaches_the_caller() {
         x
     };
     let caught = catch_unwind(AssertUnwindSafe(|| {
-        parallel.run_in_processes((0..2_000u64).map(|x| delayed(armed_work)(input(x))))
+        parallel.run_in_processes((0..2_000u64).map(|x| delayed_fn(armed_work)(input(x))))
     }));
     let payload = caught.expect_err("the input's panic reaches the caller");
     assert_eq!(payload.downcast_ref::<u64>(), Some(&400));
     let caught = catch_unwind(AssertUnwindSafe(|| {
-        parallel.try_run_in_processes((0..2_000u64).map(|x| delayed(armed_work_ok)(input(x))))
+        parallel.try_run_in_processes((0..2_000u64).map(|x| delayed_fn(armed_work_ok)(input(x))))
     }));
     let payload = caught.expect_err("the input's panic reaches the caller");
     assert_eq!(payload.downcast_ref::<u64>(), Some(&400));
@@ -984,7 +1085,7 @@ fn try_run_in_processes_drops_the_errors_it_does_not_return_quietly() {
     let parallel = batches_of(&pool, 8);
     for _ in 0..3 {
         let result = catch_unwind(AssertUnwindSafe(|| {
-            parallel.try_run_in_processes((0..100u64).map(|x| delayed(fails_at_10_and_13)(x)))
+            parallel.try_run_in_processes((0..100u64).map(|x| delayed_fn(fails_at_10_and_13)(x)))
         }));
         match result {
             Ok(Err(Error::Task { index, mut error })) => {
@@ -1031,7 +1132,7 @@ fn a_result_whose_deserialize_panics_ends_a_process_iterator() {
     let parallel = batches_of(&pool, 16);
     for ordered in [true, false] {
         DECODE_BOMB.store(true, std::sync::atomic::Ordering::SeqCst);
-        let tasks = (0..100u64).map(|x| delayed(decodes_once_badly)(x));
+        let tasks = (0..100u64).map(|x| delayed_fn(decodes_once_badly)(x));
         // `(index, value)`; the ordered iterator's index is its position (a panic included).
         let mut iter: Box<dyn Iterator<Item = (Option<usize>, DecodesOnceBadly)>> = if ordered {
             Box::new(
@@ -1090,7 +1191,7 @@ fn a_progress_panic_while_a_process_iterator_hands_out_a_result_reaches_the_cons
                     std::panic::panic_any(7u64);
                 }
             });
-        let tasks = (0..100u64).map(|x| delayed(armed_work)(x));
+        let tasks = (0..100u64).map(|x| delayed_fn(armed_work)(x));
         let caught = catch_unwind(AssertUnwindSafe(|| {
             let mut n = 0;
             if ordered {
@@ -1115,7 +1216,7 @@ fn a_progress_panic_while_a_process_iterator_hands_out_a_result_reaches_the_cons
     }
     let out = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
-        .run_in_processes((0..100u64).map(|x| delayed(work)(x)));
+        .run_in_processes((0..100u64).map(|x| delayed_fn(work)(x)));
     assert_eq!(out, (0..100).map(work).collect::<Vec<_>>());
     assert_gone(pool, HashSet::new());
 }
@@ -1146,8 +1247,8 @@ fn panics_with_a_bomb_often(x: u64) -> u64 {
 fn a_panic_payload_whose_drop_panics_in_the_worker_is_that_tasks_panic_only() {
     let _serial = serial();
     let (pool, parallel) = two_batches_of_500_in_slabs();
-    let mut iter =
-        parallel.run_iter_in_processes((0..1_000u64).map(|x| delayed(panics_with_a_bomb_often)(x)));
+    let mut iter = parallel
+        .run_iter_in_processes((0..1_000u64).map(|x| delayed_fn(panics_with_a_bomb_often)(x)));
     expect_every_97th_to_panic(
         &mut iter,
         |_| "Box<dyn Any> (a panic payload that is not a string)".to_owned(),
@@ -1187,7 +1288,7 @@ fn picky(x: Picky) -> u64 {
 /// Runs 300 `picky` tasks in batches of 100 and returns each task's outcome: its value, or the
 /// message of the panic (or error) it came back as. The iterator must go on to the end.
 fn run_picky(parallel: &Parallel<'static>) -> Vec<Result<u64, String>> {
-    let mut iter = parallel.run_iter_in_processes((0..300u64).map(|x| delayed(picky)(Picky(x))));
+    let mut iter = parallel.run_iter_in_processes((0..300u64).map(|x| delayed_fn(picky)(Picky(x))));
     let mut outcomes = Vec::new();
     for _ in 0..300 {
         match catch_unwind(AssertUnwindSafe(|| iter.next())) {
@@ -1311,7 +1412,7 @@ fn an_argument_whose_serialize_panics_while_a_crashed_batch_is_split_fails_that_
     let parallel = batches_of(&pool, 10);
     DECODED_IN_PARENT.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut iter =
-        parallel.run_iter_in_processes((0..10u64).map(|x| delayed(aborts_at_3)(Reencoded(x))));
+        parallel.run_iter_in_processes((0..10u64).map(|x| delayed_fn(aborts_at_3)(Reencoded(x))));
     for i in 0..10u64 {
         match catch_unwind(AssertUnwindSafe(|| iter.next())) {
             Ok(Some(Ok(value))) => assert!(i != 3 && i != 7 && value == work(i), "task {i}"),

@@ -27,7 +27,7 @@ fn backend_processes_without_init_panics_with_the_reason() {
         parjob::Parallel::new()
             .n_jobs(2)
             .backend(parjob::Backend::Processes)
-            .run_in_processes((0..4u64).map(|x| parjob::delayed(u64::count_ones)(x)))
+            .run_in_processes((0..4u64).map(|x| parjob::delayed_fn(u64::count_ones)(x)))
     })
     .unwrap_err();
     let message = payload

@@ -94,7 +94,7 @@ pub fn rows(quick: bool) -> String {
             uneven
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| parjob::delayed!(spin_work(i as u64, n))),
+                .map(|(i, &n)| parjob::delayed_fn!(spin_work(i as u64, n))),
         );
         assert_eq!(out, expected);
     });
@@ -118,7 +118,7 @@ pub fn rows(quick: bool) -> String {
     );
     let pro = median_checked(
         reps,
-        || processes.run_in_processes((0..count).map(|i| parjob::delayed!(spin_work(i, n)))),
+        || processes.run_in_processes((0..count).map(|i| parjob::delayed_fn!(spin_work(i, n)))),
         check,
     );
     push(
@@ -144,7 +144,7 @@ pub fn rows(quick: bool) -> String {
     });
     let pro = median(calls, || {
         assert_eq!(
-            processes.run_in_processes((0..2u64).map(|x| delayed(add_one)(x))),
+            processes.run_in_processes((0..2u64).map(|x| parjob::delayed_fn(add_one)(x))),
             [1, 2]
         )
     });
@@ -165,7 +165,7 @@ pub fn rows(quick: bool) -> String {
             .unwrap();
         let out = Parallel::new()
             .backend(Backend::ProcessPool(pool))
-            .run_in_processes((0..2u64).map(|x| delayed(add_one)(x)));
+            .run_in_processes((0..2u64).map(|x| parjob::delayed_fn(add_one)(x)));
         assert_eq!(out, [1, 2]);
     });
     out.push_str(&format!(

@@ -150,6 +150,61 @@ where
     move |x| Delayed { f, args: (x,) }
 }
 
+/// [`delayed`] for a function *pointer*: `delayed_fn(f)(x)` is a task that calls `f` through a
+/// `fn(X) -> R`. A function item or a closure that captures nothing coerces to the pointer here; a
+/// closure with captures does not (a compile error).
+///
+/// This is the spelling of tasks sent to worker processes (`run_in_processes` and its
+/// counterparts take a [`ProcessFn`](crate::processes::ProcessFn), which only a pointer is): the
+/// worker runs the same executable and is handed the function as its offset in it. On threads
+/// it runs like any other task. For more arguments, use [`delayed_fn!`](crate::delayed_fn!).
+///
+/// ```
+/// use parjob::{delayed_fn, Delayed, Parallel};
+/// fn square(x: u64) -> u64 { x * x }
+/// let task: Delayed<fn(u64) -> u64, (u64,)> = delayed_fn(square)(3);
+/// assert_eq!(task.call(), 9);
+/// let out = Parallel::new().n_jobs(2).run((0..4u64).map(|x| delayed_fn(|x: u64| x + 1)(x)));
+/// assert_eq!(out, [1, 2, 3, 4]);
+/// ```
+pub fn delayed_fn<X, R>(f: fn(X) -> R) -> impl FnOnce(X) -> Delayed<fn(X) -> R, (X,)> {
+    move |x| Delayed { f, args: (x,) }
+}
+
+/// `delayed_fn!(f(a, b, &c))`: [`delayed!`](crate::delayed!) with the callee turned into a
+/// function pointer (`fn(_, _, _) -> _`, one `_` per argument), the spelling of multi-argument
+/// tasks for worker processes (see [`delayed_fn`]). The callee is a path or a parenthesised
+/// expression; it must be a function or a closure that captures nothing.
+///
+/// ```
+/// use parjob::{delayed_fn, Delayed};
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+/// let task: Delayed<fn(u64, u64) -> u64, (u64, u64)> = delayed_fn!(add(2, 3));
+/// assert_eq!(task.call(), 5);
+/// assert_eq!(delayed_fn!((|a: i32, b: i32| a * b)(4, 5)).call(), 20);
+/// ```
+///
+/// A closure with captures has no pointer form:
+///
+/// ```compile_fail,E0308
+/// let k = 3u64;
+/// let task = parjob::delayed_fn!((move |a: u64| a + k)(2));
+/// ```
+#[macro_export]
+macro_rules! delayed_fn {
+    ($($f:ident)::+ ( $($arg:expr),* $(,)? )) => {
+        $crate::delayed_fn!(@pointer ($($f)::+) ($($arg),*))
+    };
+    (($f:expr) ( $($arg:expr),* $(,)? )) => {
+        $crate::delayed_fn!(@pointer ($f) ($($arg),*))
+    };
+    (@pointer ($f:expr) ($($arg:expr),*)) => {{
+        let function: fn($($crate::delayed_fn!(@infer $arg)),*) -> _ = $f;
+        $crate::Delayed::with_args(function, ($($arg,)*))
+    }};
+    (@infer $arg:expr) => { _ };
+}
+
 /// `delayed!(f(a, b, &c))`: captures any call expression as a [`Delayed`] task. The arguments
 /// are evaluated now (in order), the call is deferred.
 ///

@@ -1,8 +1,8 @@
 //! `Parallel`'s process methods: `run_in_processes`, `try_run_in_processes`,
 //! `run_iter_in_processes`, `run_unordered_in_processes` (cargo feature `processes`).
 //!
-//! They take the same `delayed(f)(x)` tasks as `run`, with the bounds a process needs: `f` a
-//! plain `fn` (or a closure capturing nothing), arguments and result serde types. Under a process
+//! They take `delayed_fn(f)(x)` tasks (a `Delayed` whose function is a `fn` pointer,
+//! [`ProcessFn`]) with the bounds a process needs: arguments and result serde types. Under a process
 //! backend ([`Backend::Processes`], [`Backend::ProcessPool`]) they run the tasks in worker
 //! processes ([`crate::processes::call`]); under any other backend they run on threads exactly
 //! like their thread twins, so one call site serves both (`parallel_backend` picks).
@@ -14,7 +14,7 @@ use super::stream::{RunIter, RunUnordered};
 use super::Parallel;
 use crate::pool::unwind::{drop_contained, halt_unwinding, resume_unwinding};
 use crate::processes::call::{Call, Failure, Settings};
-use crate::processes::ProcessPool;
+use crate::processes::{ProcessFn, ProcessPool};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::convert::Infallible;
@@ -64,7 +64,7 @@ impl<'p> Parallel<'p> {
     ) -> Call<'p, I::IntoIter, F, A, R>
     where
         I: IntoIterator<Item = Delayed<F, A>>,
-        F: Apply<A, Output = R> + Copy + 'static,
+        F: ProcessFn<A, Output = R>,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
@@ -77,9 +77,11 @@ impl<'p> Parallel<'p> {
     /// task runs (a failure does not cancel the others).
     ///
     /// Under [`Backend::Processes`] or [`Backend::ProcessPool`] the tasks run in worker processes
-    /// (see [`processes`](crate::processes)); under any other backend this is `run`. The task
-    /// function must be a plain `fn` or a closure that captures nothing (a capturing closure is
-    /// a compile error), and the arguments and the result serde types.
+    /// (see [`processes`](crate::processes)); under any other backend this is `run`. Each task
+    /// calls a function pointer ([`delayed_fn(f)(x)`](crate::delayed_fn()) or
+    /// [`delayed_fn!(f(a, b))`](crate::delayed_fn!), with `f` a function or a closure that
+    /// captures nothing; a capturing closure is a compile error), and the arguments and the
+    /// result are serde types.
     ///
     /// [`timeout`](Parallel::timeout) is a limit on each task in a worker process: a task that
     /// runs longer is killed with its worker.
@@ -92,19 +94,19 @@ impl<'p> Parallel<'p> {
     /// processes cannot start (`init()` not called).
     ///
     /// ```no_run
-    /// use parjob::{delayed, Backend, Parallel};
+    /// use parjob::{delayed_fn, Backend, Parallel};
     /// fn square(x: u64) -> u64 { x * x }
     /// fn main() {
     ///     parjob::processes::init();
     ///     let squares = Parallel::new().n_jobs(2).backend(Backend::Processes)
-    ///         .run_in_processes((0..100u64).map(|x| delayed(square)(x)));
+    ///         .run_in_processes((0..100u64).map(|x| delayed_fn(square)(x)));
     ///     assert_eq!(squares[9], 81);
     /// }
     /// ```
     pub fn run_in_processes<I, F, A, R>(&self, tasks: I) -> Vec<R>
     where
         I: IntoIterator<Item = Delayed<F, A>>,
-        F: Apply<A, Output = R> + Copy + Send + 'static,
+        F: ProcessFn<A, Output = R>,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -152,21 +154,21 @@ impl<'p> Parallel<'p> {
     /// processes cannot start (`init()` not called). An invalid configuration is an `Err`.
     ///
     /// ```no_run
-    /// use parjob::{delayed, Backend, Error, Parallel};
+    /// use parjob::{delayed_fn, Backend, Error, Parallel};
     /// fn check(x: u32) -> Result<u32, String> {
     ///     if x == 3 { std::process::abort() } else { Ok(x) }
     /// }
     /// fn main() {
     ///     parjob::processes::init();
     ///     let result = Parallel::new().n_jobs(2).backend(Backend::Processes)
-    ///         .try_run_in_processes((0..10u32).map(|x| delayed(check)(x)));
+    ///         .try_run_in_processes((0..10u32).map(|x| delayed_fn(check)(x)));
     ///     assert!(matches!(result, Err(Error::WorkerCrashed { index: 3, .. })));
     /// }
     /// ```
     pub fn try_run_in_processes<I, F, A, T, E>(&self, tasks: I) -> Result<Vec<T>, Error<E>>
     where
         I: IntoIterator<Item = Delayed<F, A>>,
-        F: Apply<A, Output = Result<T, E>> + Copy + Send + 'static,
+        F: ProcessFn<A, Output = Result<T, E>>,
         A: Serialize + DeserializeOwned + Send + 'static,
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + Send + 'static,
@@ -254,12 +256,12 @@ impl<'p> Parallel<'p> {
     /// the iterator: dispatching stops and later calls return `None`.
     ///
     /// ```no_run
-    /// use parjob::{delayed, Backend, Parallel};
+    /// use parjob::{delayed_fn, Backend, Parallel};
     /// fn check(x: u32) -> u32 { if x == 3 { std::process::abort() } else { x } }
     /// fn main() {
     ///     parjob::processes::init();
     ///     let outcomes: Vec<_> = Parallel::new().n_jobs(2).backend(Backend::Processes)
-    ///         .run_iter_in_processes((0..10u32).map(|x| delayed(check)(x)))
+    ///         .run_iter_in_processes((0..10u32).map(|x| delayed_fn(check)(x)))
     ///         .collect();
     ///     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 9);
     ///     assert_eq!(outcomes[3].as_ref().unwrap_err().task_index(), Some(3));
@@ -271,7 +273,7 @@ impl<'p> Parallel<'p> {
     ) -> RunIterInProcesses<'p, I::IntoIter, F, A, R>
     where
         I: IntoIterator<Item = Delayed<F, A>>,
-        F: Apply<A, Output = R> + Copy + Send + 'static,
+        F: ProcessFn<A, Output = R>,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -289,12 +291,12 @@ impl<'p> Parallel<'p> {
     /// [`run_iter_in_processes`](Parallel::run_iter_in_processes) and its rules.
     ///
     /// ```no_run
-    /// use parjob::{delayed, Backend, Parallel};
+    /// use parjob::{delayed_fn, Backend, Parallel};
     /// fn double(x: u32) -> u32 { 2 * x }
     /// fn main() {
     ///     parjob::processes::init();
     ///     let mut pairs: Vec<(usize, u32)> = Parallel::new().backend(Backend::Processes)
-    ///         .run_unordered_in_processes((0..10u32).map(|x| delayed(double)(x)))
+    ///         .run_unordered_in_processes((0..10u32).map(|x| delayed_fn(double)(x)))
     ///         .map(|(i, r)| (i, r.unwrap()))
     ///         .collect();
     ///     pairs.sort();
@@ -307,7 +309,7 @@ impl<'p> Parallel<'p> {
     ) -> RunUnorderedInProcesses<'p, I::IntoIter, F, A, R>
     where
         I: IntoIterator<Item = Delayed<F, A>>,
-        F: Apply<A, Output = R> + Copy + Send + 'static,
+        F: ProcessFn<A, Output = R>,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -375,7 +377,7 @@ pub struct RunUnorderedInProcesses<'p, I, F: Apply<A, Output = R>, A, R>(
 impl<I, F, A, R> Iterator for RunIterInProcesses<'_, I, F, A, R>
 where
     I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Copy + Send + 'static,
+    F: ProcessFn<A, Output = R>,
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
@@ -394,7 +396,7 @@ where
 impl<I, F, A, R> Iterator for RunUnorderedInProcesses<'_, I, F, A, R>
 where
     I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Copy + Send + 'static,
+    F: ProcessFn<A, Output = R>,
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {

@@ -30,9 +30,10 @@
 use super::death::WorkerDeath;
 use super::pool::{CallState, Job, Outcomes, ProcessPool, Reply};
 use super::shm::Lease;
-use super::wire::{self, SliceWriter};
+use super::wire::{self, Functions, SliceWriter};
+use super::ProcessFn;
 use crate::parallel::batch::BatchSize;
-use crate::parallel::delayed::{Apply, Delayed};
+use crate::parallel::delayed::Delayed;
 use crate::parallel::progress::Progress;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -97,10 +98,11 @@ pub(crate) struct Settings {
     pub(crate) timeout: Option<Duration>,
 }
 
-/// A batch sent to a worker: tasks `first .. first + count`.
+/// A batch sent to a worker: tasks `first .. first + count`, all calling one function.
 struct InFlight {
     first: usize,
     count: usize,
+    functions: Functions,
     args: Args,
 }
 
@@ -288,13 +290,18 @@ impl Decoding {
 /// order.
 pub(crate) struct Call<'p, I, F, A, R> {
     tasks: I,
-    /// The arguments of task `next_index`, taken from `tasks` but not yet in a batch (they did
-    /// not fit the slab being filled).
-    pending: Option<A>,
+    /// Task `next_index`, taken from `tasks` but not yet in a batch (its arguments did not fit
+    /// the slab being filled, or it calls another function than the batch's tasks).
+    pending: Option<(F, A)>,
     exhausted: bool,
     next_index: usize,
     total: Option<usize>,
-    runner: i64,
+    /// The checked offset of this call's runner ([`wire::runner_offset`]), or why it cannot be
+    /// sent (then every task fails with that message).
+    runner: Result<i64, String>,
+    /// The last function checked ([`wire::checked_offset`]): its address and the outcome, so a
+    /// call of one function checks it once.
+    checked: Option<(usize, Result<i64, String>)>,
     settings: Settings,
     state: Arc<CallState>,
     tx: mpsc::Sender<Reply>,
@@ -326,7 +333,7 @@ pub(crate) struct Call<'p, I, F, A, R> {
 impl<'p, I, F, A, R> Call<'p, I, F, A, R>
 where
     I: Iterator<Item = Delayed<F, A>>,
-    F: Apply<A, Output = R> + Copy + 'static,
+    F: ProcessFn<A, Output = R>,
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
@@ -344,6 +351,7 @@ where
             next_index: 0,
             total,
             runner: wire::runner_offset::<F, A, R>(),
+            checked: None,
             settings,
             state: Arc::new(CallState::default()),
             tx,
@@ -543,18 +551,35 @@ where
         }
     }
 
-    /// The next task's arguments: the pending ones, else the input's next task.
-    fn next_args(&mut self) -> Option<A> {
-        if let Some(args) = self.pending.take() {
-            return Some(args);
+    /// The next task: the pending one, else the input's next.
+    fn next_task(&mut self) -> Option<(F, A)> {
+        if let Some(task) = self.pending.take() {
+            return Some(task);
         }
         match self.tasks.next() {
-            Some(task) => Some(task.into_parts().1),
+            Some(task) => Some(task.into_parts()),
             None => {
                 self.exhausted = true;
                 None
             }
         }
+    }
+
+    /// What a batch of tasks calling `function` names in its header, or why such tasks cannot
+    /// be sent to a worker (the function, or parjob's runner, lies outside the object a worker
+    /// can locate: see [`wire::checked_offset`]).
+    fn functions_of(&mut self, function: F) -> Result<Functions, String> {
+        let runner = self.runner.clone()?;
+        let address = function.address();
+        let function = match &self.checked {
+            Some((checked, outcome)) if *checked == address => outcome.clone(),
+            _ => {
+                let outcome = wire::checked_offset(address);
+                self.checked = Some((address, outcome.clone()));
+                outcome
+            }
+        }?;
+        Ok(Functions { runner, function })
     }
 
     /// Records that task `index`'s arguments cannot be encoded: it fails on its own.
@@ -566,35 +591,49 @@ where
 
     fn fill(&mut self) {
         while !self.stopped && !self.exhausted && self.in_flight.len() < self.settings.window {
+            let Some((function, args)) = self.next_task() else {
+                break;
+            };
+            let functions = match self.functions_of(function) {
+                Ok(functions) => functions,
+                Err(message) => {
+                    self.ready
+                        .insert(self.next_index, Ready::Task(Err(Failure::Panic(message))));
+                    self.next_index += 1;
+                    drop(args);
+                    continue;
+                }
+            };
+            let task = (function, args);
             let size = self.batch_size();
             let arena = self.settings.pool.arena(size > 1);
             match arena.map(|arena| arena.lease()) {
-                Some(Some(lease)) => self.fill_slab(size, lease),
+                Some(Some(lease)) => self.fill_slab(size, lease, functions, task),
                 // The slabs exist but every one is in use.
                 Some(None) => {
-                    if self.fill_inline(size) {
+                    if self.fill_inline(size, functions, task) {
                         self.settings.pool.note_no_free_slab();
                     }
                 }
                 None => {
-                    self.fill_inline(size);
+                    self.fill_inline(size, functions, task);
                 }
             }
         }
     }
 
-    /// Encodes up to `size` tasks into `lease`'s slab and sends them as one batch. A task that
-    /// does not fit is kept for the next batch (sent inline if it does not fit an empty slab).
-    fn fill_slab(&mut self, size: usize, mut lease: Lease) {
+    /// Encodes up to `size` tasks, `task` first, into `lease`'s slab and sends them as one batch
+    /// naming `functions` (`task`'s). A task that does not fit, or that calls another function,
+    /// is kept for the next batch (sent inline if it does not fit an empty slab).
+    fn fill_slab(&mut self, size: usize, mut lease: Lease, functions: Functions, task: (F, A)) {
         let first = self.next_index;
-        let pending = self.pending.take();
-        let (count, len, stop) = encode_batch(&mut self.tasks, pending, lease.args_mut(), size);
+        let (count, len, stop) = encode_batch(&mut self.tasks, task, lease.args_mut(), size);
         self.next_index = first + count;
         let mut unencodable = None;
         match stop {
             Stop::Size => {}
             Stop::Exhausted => self.exhausted = true,
-            Stop::Full(args) => self.pending = Some(args),
+            Stop::Deferred(task) => self.pending = Some(task),
             Stop::Unencodable(error) => unencodable = Some(error),
         }
         if let Some(error) = unencodable {
@@ -604,18 +643,19 @@ where
         }
         if count == 0 {
             drop(lease);
-            if self.pending.is_some() {
-                // Larger than a slab: on its own, in the request.
-                self.fill_inline(1);
+            if let Some(task) = self.pending.take() {
+                // The batch's first task, larger than a slab: on its own, in the request.
+                self.fill_inline(1, functions, task);
             }
             return;
         }
-        let request = wire::header(self.runner, count as u64, lease.index() as u64, len as u64);
+        let request = wire::header(functions, count as u64, lease.index() as u64, len as u64);
         let lease = Arc::new(lease);
         let job_slab = Some(Arc::clone(&lease));
         self.send(
             first,
             count,
+            functions,
             Arc::new(request.to_vec()),
             Args::Slab(lease, len),
             job_slab,
@@ -623,17 +663,24 @@ where
         );
     }
 
-    /// Encodes up to `size` tasks into a request of their own (no slab free, or a task larger
-    /// than a slab) and sends them as one batch; `false` if there was no task to send.
-    fn fill_inline(&mut self, size: usize) -> bool {
+    /// Encodes up to `size` tasks, `task` first, into a request of their own (no slab free, or a
+    /// task larger than a slab) and sends them as one batch naming `functions` (`task`'s); a task
+    /// that calls another function is kept for the next batch. `false` if no task was sent.
+    fn fill_inline(&mut self, size: usize, functions: Functions, task: (F, A)) -> bool {
         let mut bytes = Vec::with_capacity(wire::HEADER + 16 * size.min(MAX_AUTO_BATCH));
         bytes.extend_from_slice(&[0; wire::HEADER]);
         let first = self.next_index;
+        let function = task.0.address();
+        let mut next = Some(task);
         let mut count = 0;
         while count < size && bytes.len() < MAX_BATCH_BYTES {
-            let Some(args) = self.next_args() else {
+            let Some((f, args)) = next.take().or_else(|| self.next_task()) else {
                 break;
             };
+            if f.address() != function {
+                self.pending = Some((f, args));
+                break;
+            }
             let start = bytes.len();
             let mut serializer = bincode::Serializer::new(&mut bytes, wire::options());
             if let Err(error) = args.serialize(&mut serializer) {
@@ -653,21 +700,23 @@ where
         }
         let len = (bytes.len() - wire::HEADER) as u64;
         bytes[..wire::HEADER].copy_from_slice(&wire::header(
-            self.runner,
+            functions,
             count as u64,
             wire::INLINE,
             len,
         ));
         let request = Arc::new(bytes);
         let args = Args::Inline(Arc::clone(&request));
-        self.send(first, count, request, args, None, false);
+        self.send(first, count, functions, request, args, None, false);
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
         first: usize,
         count: usize,
+        functions: Functions,
         request: Arc<Vec<u8>>,
         args: Args,
         slab: Option<Arc<Lease>>,
@@ -691,8 +740,15 @@ where
             reply: self.tx.clone(),
             answered: false,
         };
-        self.in_flight
-            .insert(batch, InFlight { first, count, args });
+        self.in_flight.insert(
+            batch,
+            InFlight {
+                first,
+                count,
+                functions,
+                args,
+            },
+        );
         self.settings.pool.submit(job, urgent);
     }
 
@@ -788,7 +844,7 @@ where
                     break;
                 }
             };
-            let mut bytes = wire::header(self.runner, 1, wire::INLINE, 0).to_vec();
+            let mut bytes = wire::header(flight.functions, 1, wire::INLINE, 0).to_vec();
             let mut serializer = bincode::Serializer::new(&mut bytes, wire::options());
             let encoded = halt_unwinding(|| args.serialize(&mut serializer));
             // `A`'s `Drop` is user code too.
@@ -805,7 +861,12 @@ where
                 }
             }
             let len = (bytes.len() - wire::HEADER) as u64;
-            bytes[..wire::HEADER].copy_from_slice(&wire::header(self.runner, 1, wire::INLINE, len));
+            bytes[..wire::HEADER].copy_from_slice(&wire::header(
+                flight.functions,
+                1,
+                wire::INLINE,
+                len,
+            ));
             requests.push(Ok(Arc::new(bytes)));
         }
         if !split {
@@ -832,7 +893,15 @@ where
             match request {
                 Ok(request) => {
                     let args = Args::Inline(Arc::clone(&request));
-                    self.send(flight.first + i, 1, request, args, None, true);
+                    self.send(
+                        flight.first + i,
+                        1,
+                        flight.functions,
+                        request,
+                        args,
+                        None,
+                        true,
+                    );
                 }
                 Err(message) => {
                     self.ready
@@ -850,7 +919,7 @@ where
 /// short ([`MAX_PREFETCH_NS`], by the measured time per task `task_ns`, taken as at least 1 ns
 /// as `batch_size` does, so a reported time of 0 does not make every batch look free; not
 /// before one is measured), has no timeout (a timeout covers one batch alone), and its
-/// arguments are in a slab (its request is then the 32-byte header, see `PREFETCH` in
+/// arguments are in a slab (its request is then the 40-byte header, see `PREFETCH` in
 /// [`pool`](super::pool)). A driver also sends a batch ahead only behind one that was itself
 /// eligible.
 fn may_send_ahead(task_ns: Option<f64>, count: usize, timeout: bool, in_slab: bool) -> bool {
@@ -864,26 +933,31 @@ enum Stop<A> {
     Size,
     /// The input has no more tasks.
     Exhausted,
-    /// These arguments (of the task after the batch) do not fit in what is left of the slab.
-    Full(A),
+    /// This task (the one after the batch) does not fit in what is left of the slab, or calls
+    /// another function than the batch's tasks.
+    Deferred(A),
     /// The task after the batch cannot be encoded (it fails on its own).
     Unencodable(bincode::Error),
 }
 
-/// Encodes up to `size` tasks' arguments (`pending` first, then `tasks`) back to back into
-/// `buf`: `(tasks encoded, bytes used, why it stopped)`. A loop of its own over locals, so the
-/// input's state and the write position stay in registers.
+/// Encodes up to `size` tasks' arguments (`task` first, then `tasks`, as long as they call
+/// `task`'s function) back to back into `buf`: `(tasks encoded, bytes used, why it stopped)`.
+/// A loop of its own over locals, so the input's state and the write position stay in
+/// registers.
 #[inline]
 fn encode_batch<I, F, A>(
     tasks: &mut I,
-    mut pending: Option<A>,
+    task: (F, A),
     buf: &mut [u8],
     size: usize,
-) -> (usize, usize, Stop<A>)
+) -> (usize, usize, Stop<(F, A)>)
 where
     I: Iterator<Item = Delayed<F, A>>,
+    F: ProcessFn<A>,
     A: Serialize,
 {
+    let function = task.0.address();
+    let mut next = Some(task);
     let mut writer = SliceWriter {
         buf,
         len: 0,
@@ -891,19 +965,22 @@ where
     };
     let mut count = 0;
     while count < size {
-        let args = match pending.take() {
-            Some(args) => args,
+        let (f, args) = match next.take() {
+            Some(task) => task,
             None => match tasks.next() {
-                Some(task) => task.into_parts().1,
+                Some(task) => task.into_parts(),
                 None => return (count, writer.len, Stop::Exhausted),
             },
         };
+        if f.address() != function {
+            return (count, writer.len, Stop::Deferred((f, args)));
+        }
         let start = writer.len;
         let mut serializer = bincode::Serializer::new(&mut writer, wire::options());
         if let Err(error) = args.serialize(&mut serializer) {
             writer.len = start;
             let stop = if writer.full {
-                Stop::Full(args)
+                Stop::Deferred((f, args))
             } else {
                 Stop::Unencodable(error)
             };

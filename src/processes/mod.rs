@@ -10,58 +10,86 @@
 //! worker it never returns, it serves tasks instead. In an integration-test file, put
 //! [`enable_test_support!()`](crate::processes::enable_test_support) at the top level instead.
 //!
-//! **Tasks.** `delayed(f)(x)` (or [`delayed!`](crate::delayed!)) where `f` is a plain `fn` or a
-//! closure that captures nothing, and the arguments and the result implement serde's `Serialize`
-//! and `Deserialize`; run them with [`Parallel::run_in_processes`](crate::Parallel::run_in_processes)
-//! and its `try_`/`_iter`/`_unordered` counterparts under [`Backend::Processes`](crate::Backend::Processes)
-//! or [`Backend::ProcessPool`](crate::Backend::ProcessPool).
+//! **Tasks.** [`delayed_fn(f)(x)`](crate::delayed_fn()) (or [`delayed_fn!(f(a, b))`](crate::delayed_fn!))
+//! where `f` is a plain `fn` or a closure that captures nothing, and the arguments and the result
+//! implement serde's `Serialize` and `Deserialize`; run them with
+//! [`Parallel::run_in_processes`](crate::Parallel::run_in_processes) and its
+//! `try_`/`_iter`/`_unordered` counterparts under [`Backend::Processes`](crate::Backend::Processes)
+//! or [`Backend::ProcessPool`](crate::Backend::ProcessPool). `delayed_fn` turns `f` into a
+//! function pointer ([`ProcessFn`]), the one kind of function value a worker can be handed
+//! faithfully: it runs the same executable, so it gets the function's offset in it and rebuilds
+//! exactly the pointer the parent held. One call may mix functions of one signature.
 //!
-//! **The rule the compiler cannot check.** A worker process holds none of the parent's state
-//! except what [`init`], the pool's [initializer](ProcessPoolBuilder::initializer) and the task
-//! itself set up, and the task's function is re-created there from its type (it has no bytes to
-//! send). A closure that captures only zero-sized values passes the compile-time check too, and
-//! those values are re-created without the code that made them in the parent. Safe Rust lets a
-//! library rely on "whoever holds this value went through my constructor" (a zero-sized token
-//! that proves an initialisation ran, a private function handed out only after a set-up); in a
-//! worker that guarantee does not hold, and a library whose soundness depends on it could then
-//! misbehave, up to undefined behaviour. So pass plain functions and closures that capture
-//! nothing, and do not send a function or closure that a library handed you as proof of
-//! something done in the calling process. parjob cannot check this. procspawn's own `spawn`
-//! takes only `fn` pointers, which cannot carry captured values (a function reached through one
-//! still runs without the parent's set-up: the assumption any "run this function in a fresh
-//! process" API makes, joblib's workers included); parjob also accepts zero-sized closures, so
-//! that `delayed(f)(x)` keeps joblib's spelling, and that is what lets a captured token through.
+//! **Why a pointer, not the closure's type.** A worker holds none of the parent's state except
+//! what [`init`], the pool's [initializer](ProcessPoolBuilder::initializer) and the task itself
+//! set up. A zero-sized closure could be re-created there from its type alone, but a closure that
+//! captures only zero-sized values is zero-sized too, and its captures would be re-created
+//! without the code that made them in the parent. Safe Rust lets a library rely on "whoever holds
+//! this value went through my constructor" (a zero-sized token that proves an initialisation
+//! ran), so re-creating one elsewhere could break that library's soundness. A closure with any
+//! capture does not coerce to a function pointer, so the compiler refuses it. What is left is
+//! the assumption every process pool makes (procspawn's `spawn`, joblib's workers): a plain
+//! function may run in a fresh process in which only `init()` and the initializer ran. A function
+//! that lives in a shared library (loaded at another address in the worker) is refused at run
+//! time: its tasks fail with a message saying so.
 //!
 //! A task that cannot cross to another process is a compile error, not a runtime surprise. A
-//! closure that captures a value (the error names the rule; it appears in `cargo build`, not in
-//! `cargo check`, because it is checked when the call is compiled for that closure's type):
+//! closure that captures a value:
 //!
-//! ```compile_fail,E0080
-//! use parjob::{delayed, Backend, Parallel};
+//! ```compile_fail,E0308
+//! use parjob::{delayed_fn, Backend, Parallel};
 //! let offset = 3u64;
 //! let out = Parallel::new().backend(Backend::Processes)
-//!     .run_in_processes((0..4u64).map(|x| delayed(move |x: u64| x + offset)(x)));
+//!     .run_in_processes((0..4u64).map(|x| delayed_fn(move |x: u64| x + offset)(x)));
+//! ```
+//!
+//! A closure that captures only a zero-sized value (it has no bytes to send, and is refused all
+//! the same):
+//!
+//! ```compile_fail,E0308
+//! use parjob::{delayed_fn, Backend, Parallel};
+//! #[derive(Clone, Copy)]
+//! struct Token;
+//! let token = Token;
+//! let out = Parallel::new().backend(Backend::Processes)
+//!     .run_in_processes((0..4u64).map(|x| delayed_fn(move |x: u64| { let _t = token; x })(x)));
+//! ```
+//!
+//! A task spelled with [`delayed`](crate::delayed()) (a function's own zero-sized type, not a
+//! pointer); the error's note says to use `delayed_fn`:
+//!
+//! ```compile_fail,E0277
+//! use parjob::{delayed, Backend, Parallel};
+//! fn square(x: u64) -> u64 { x * x }
+//! let out = Parallel::new().backend(Backend::Processes)
+//!     .run_in_processes((0..4u64).map(|x| delayed(square)(x)));
 //! ```
 //!
 //! An argument that is not serializable:
 //!
 //! ```compile_fail,E0277
-//! use parjob::{delayed, Backend, Parallel};
+//! use parjob::{delayed_fn, Backend, Parallel};
 //! struct Handle(std::fs::File);
 //! fn size(h: Handle) -> u64 { h.0.metadata().unwrap().len() }
 //! let file = std::fs::File::open("Cargo.toml").unwrap();
 //! let out = Parallel::new().backend(Backend::Processes)
-//!     .run_in_processes([delayed(size)(Handle(file))]);
+//!     .run_in_processes([delayed_fn(size)(Handle(file))]);
 //! ```
 //!
-//! The same call with a function item and serde types compiles (and runs, in a program that
-//! calls [`init`]):
+//! Calls of plain functions over serde types compile (and run, in a program that calls
+//! [`init`]), several functions in one call included:
 //!
 //! ```no_run
-//! use parjob::{Backend, Parallel};
+//! use parjob::{delayed_fn, Backend, Parallel};
 //! fn add(x: u64, offset: u64) -> u64 { x + offset }
+//! fn sub(x: u64, offset: u64) -> u64 { x - offset }
 //! let out = Parallel::new().backend(Backend::Processes)
-//!     .run_in_processes((0..4u64).map(|x| parjob::delayed!(add(x, 3))));
+//!     .run_in_processes((3..7u64).map(|x| parjob::delayed_fn!(add(x, 3))));
+//! let mixed = Parallel::new().backend(Backend::Processes).run_in_processes(
+//!     (3..7u64).map(|x| if x % 2 == 0 { delayed_fn!(add(x, 3)) } else { delayed_fn!(sub(x, 3)) }),
+//! );
+//! let squares = Parallel::new().backend(Backend::Processes)
+//!     .run_in_processes((0..4u64).map(|x| delayed_fn(|x: u64| x * x)(x)));
 //! ```
 //!
 //! ```text
@@ -76,12 +104,14 @@
 
 pub(crate) mod call;
 mod death;
+mod function;
 mod pool;
 mod shm;
 mod wire;
 mod worker;
 
 pub use death::WorkerDeath;
+pub use function::ProcessFn;
 pub use pool::{ProcessPool, ProcessPoolBuilder, ProcessPoolError, INNER_THREAD_VARS};
 
 use std::collections::HashMap;

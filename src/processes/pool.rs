@@ -51,7 +51,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// replies, not after the driver (a thread that may wait for a core) has handled the reply.
 /// Only short batches without a timeout are sent ahead: a long one would be committed to this
 /// worker while another might fall idle, and a timeout must cover one batch alone. And only
-/// batches whose arguments are in a slab: their request is a 32-byte header, for which the
+/// batches whose arguments are in a slab: their request is a 40-byte header, for which the
 /// worker's socket always has room, so the driver never blocks sending it while the worker
 /// blocks sending a reply too large for the other socket (a batch whose arguments travel in the
 /// message could fill the request socket: each side would wait for the other to read).
@@ -213,14 +213,14 @@ impl Drop for Inner {
 ///
 /// ```no_run
 /// use parjob::processes::ProcessPoolBuilder;
-/// use parjob::{delayed, Backend, Parallel};
+/// use parjob::{delayed_fn, Backend, Parallel};
 /// fn square(x: u64) -> u64 { x * x }
 /// fn main() {
 ///     parjob::processes::init();
 ///     let pool = ProcessPoolBuilder::new().num_workers(2).build().unwrap();
 ///     let out = Parallel::new()
 ///         .backend(Backend::ProcessPool(pool))
-///         .run_in_processes((0..10u64).map(|x| delayed(square)(x)));
+///         .run_in_processes((0..10u64).map(|x| delayed_fn(square)(x)));
 ///     assert_eq!(out[3], 9);
 /// }
 /// ```

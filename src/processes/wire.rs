@@ -2,15 +2,19 @@
 //!
 //! **Functions.** Worker processes run the same executable as the parent (procspawn re-executes
 //! `/proc/self/exe`), so a function's address differs between the two only by the image's load
-//! offset (ASLR shifts the whole image at once). A batch therefore names its runner as an offset
-//! from [`anchor`], a fixed function of this crate: the worker adds its own `anchor` address back.
-//! This is procspawn's own scheme. At start-up the worker checks that the offset of a second known
-//! function ([`layout_probe`]) matches the parent's, and refuses to run otherwise.
-//! It holds when parjob and the task functions are linked into the executable (Rust's default);
-//! a parjob built as a `dylib` is not supported.
+//! offset (ASLR shifts the whole image at once). A batch therefore names two functions as offsets
+//! from [`anchor`], a fixed function of this crate: its runner (`run_batch` for the call's types)
+//! and the task's function (a `fn` pointer, [`ProcessFn`]); the worker adds
+//! its own `anchor` address back. This is procspawn's own scheme. At start-up the worker checks
+//! that the offset of a second known function ([`layout_probe`]) matches the parent's, and
+//! refuses to run otherwise. Before a batch is sent, the parent checks that both functions lie in
+//! the object that holds `anchor` ([`checked_offset`]): a function of a shared library is loaded
+//! at another offset in the worker, so its tasks fail instead (as does every task when parjob is
+//! built as a `dylib` and the runner is not in it).
 //!
-//! **Requests** (parent → worker, raw bytes): a 32-byte header `runner offset: i64 LE`,
-//! `count: u64 LE`, `slab: u64 LE`, `len: u64 LE`, then, when `slab` is [`INLINE`], the `len`
+//! **Requests** (parent → worker, raw bytes): a 40-byte header `runner offset: i64 LE`,
+//! `function offset: i64 LE`, `count: u64 LE`, `slab: u64 LE`, `len: u64 LE`, then, when `slab`
+//! is [`INLINE`], the `len`
 //! bytes of the `count` argument tuples, bincode-encoded back to back. Otherwise those bytes are
 //! at the start of slab `slab`'s argument area ([`shm`](super::shm)).
 //!
@@ -28,6 +32,7 @@
 //! Encoding is bincode 1's default (fixed-size little-endian integers), written and read through
 //! one `Serializer`/`Deserializer` per batch rather than one call per value.
 
+use super::ProcessFn;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -53,7 +58,7 @@ pub(crate) enum FromWorker {
 pub(crate) const INLINE: u64 = u64::MAX;
 
 /// Bytes of a request's header.
-pub(crate) const HEADER: usize = 32;
+pub(crate) const HEADER: usize = 40;
 
 /// bincode 1's default encoding (what `bincode::serialize` uses), as options.
 pub(crate) fn options() -> impl bincode::Options + Copy {
@@ -63,8 +68,11 @@ pub(crate) fn options() -> impl bincode::Options + Copy {
         .allow_trailing_bytes()
 }
 
-/// Runs one encoded batch: `(arguments, count, outcomes out)`.
-pub(crate) type Runner = fn(&[u8], u64, &mut Sink<'_>);
+/// Runs one encoded batch: `(function offset, arguments, count, outcomes out)`.
+///
+/// Calling one is sound only with the offset of a function of the type it was made for (see
+/// [`run_batch`]); it is a plain `fn` pointer so that it can be named to the worker by address.
+pub(crate) type Runner = unsafe fn(i64, &[u8], u64, &mut Sink<'_>);
 
 /// Where a worker writes a batch's outcomes: straight into the batch's slab outcome area while
 /// they fit, and once one does not, all of them (those written so far copied over) into a
@@ -172,54 +180,80 @@ pub(crate) fn address_at(offset: i64) -> usize {
     (anchor as fn() -> u64 as usize as i64).wrapping_add(offset) as usize
 }
 
-/// The offset of the runner for tasks of type `F` over arguments `A` returning `R`.
-///
-/// `F` must be zero-sized: checked at compile time here, since a value of `F` is re-created from
-/// nothing in the worker (see [`run_batch`]).
-pub(crate) fn runner_offset<F, A, R>() -> i64
+/// The offset of the runner for tasks of function type `F` over arguments `A` returning `R`,
+/// checked like a task's function ([`checked_offset`]).
+pub(crate) fn runner_offset<F, A, R>() -> Result<i64, String>
 where
-    F: crate::Apply<A, Output = R> + Copy + 'static,
+    F: ProcessFn<A, Output = R>,
     A: DeserializeOwned,
     R: Serialize,
 {
-    // Evaluated when this function is instantiated for `F`: a compile-time error otherwise.
-    // (An associated constant rather than an inline `const { }` block, which needs Rust 1.79.)
-    let () = ZeroSized::<F>::CHECK;
-    offset_of(run_batch::<F, A, R> as Runner as usize)
+    checked_offset(run_batch::<F, A, R> as Runner as usize)
 }
 
-/// The compile-time check of [`runner_offset`]: `ZeroSized::<F>::CHECK` fails to evaluate, and
-/// so to compile, unless `F` is zero-sized.
-struct ZeroSized<F>(std::marker::PhantomData<F>);
-
-impl<F> ZeroSized<F> {
-    const CHECK: () = assert!(
-        std::mem::size_of::<F>() == 0,
-        "parjob: a task sent to worker processes must be a function item (`delayed(square)`) \
-         or a closure that captures nothing; not a closure with captures, and not a `fn` \
-         pointer (neither can be named in another process)"
-    );
+/// `offset_of(address)`, if `address` lies in the loaded object (the executable, or a shared
+/// library) that holds [`anchor`]: only there is the offset the same in a worker, since each
+/// object is loaded at its own address. Else the message a task calling it fails with.
+///
+/// When the C library cannot say which object holds `anchor` (`dladdr` in a statically linked
+/// executable), the executable is the only object there is, and every offset is accepted.
+pub(crate) fn checked_offset(address: usize) -> Result<i64, String> {
+    static ANCHOR_OBJECT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let anchor_object =
+        *ANCHOR_OBJECT.get_or_init(|| loaded_object_of(anchor as fn() -> u64 as usize));
+    match anchor_object {
+        None => Ok(offset_of(address)),
+        Some(base) if loaded_object_of(address) == Some(base) => Ok(offset_of(address)),
+        Some(_) => Err(format!(
+            "parjob: the task's function (at {address:#x}) is not in the executable that parjob \
+             is linked into (a shared library is loaded at another address in a worker \
+             process): it cannot be sent to worker processes"
+        )),
+    }
 }
 
-/// A request header: `count` tasks of runner `runner`, `len` argument bytes, in slab `slab`
+/// The base address of the loaded object that holds `address`, if the C library knows it.
+fn loaded_object_of(address: usize) -> Option<usize> {
+    // SAFETY: `Dl_info` is a plain C struct of pointers, for which all zeroes is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: `dladdr` only reads its first argument as an address (it need not point to
+    // anything valid) and writes `info`, a live, writable `Dl_info`.
+    let found = unsafe { libc::dladdr(address as *const libc::c_void, &mut info) };
+    (found != 0 && !info.dli_fbase.is_null()).then_some(info.dli_fbase as usize)
+}
+
+/// The two functions a batch names, as checked offsets ([`checked_offset`]): its runner and its
+/// tasks' function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Functions {
+    pub(crate) runner: i64,
+    pub(crate) function: i64,
+}
+
+/// A request header: `count` tasks calling `functions`, `len` argument bytes, in slab `slab`
 /// (or [`INLINE`]: the arguments follow the header).
-pub(crate) fn header(runner: i64, count: u64, slab: u64, len: u64) -> [u8; HEADER] {
+pub(crate) fn header(functions: Functions, count: u64, slab: u64, len: u64) -> [u8; HEADER] {
     let mut header = [0u8; HEADER];
-    header[..8].copy_from_slice(&runner.to_le_bytes());
-    header[8..16].copy_from_slice(&count.to_le_bytes());
-    header[16..24].copy_from_slice(&slab.to_le_bytes());
-    header[24..].copy_from_slice(&len.to_le_bytes());
+    header[..8].copy_from_slice(&functions.runner.to_le_bytes());
+    header[8..16].copy_from_slice(&functions.function.to_le_bytes());
+    header[16..24].copy_from_slice(&count.to_le_bytes());
+    header[24..32].copy_from_slice(&slab.to_le_bytes());
+    header[32..].copy_from_slice(&len.to_le_bytes());
     header
 }
 
-/// A request's parts: `(runner, count, slab, len, inline bytes)`; `None` if it is too short.
-pub(crate) fn split_request(bytes: &[u8]) -> Option<(i64, u64, u64, u64, &[u8])> {
+/// A request's parts: `(functions, count, slab, len, inline bytes)`; `None` if it is too short.
+pub(crate) fn split_request(bytes: &[u8]) -> Option<(Functions, u64, u64, u64, &[u8])> {
     let word = |at: usize| -> Option<[u8; 8]> { bytes.get(at..at + 8)?.try_into().ok() };
+    let functions = Functions {
+        runner: i64::from_le_bytes(word(0)?),
+        function: i64::from_le_bytes(word(8)?),
+    };
     Some((
-        i64::from_le_bytes(word(0)?),
-        u64::from_le_bytes(word(8)?),
+        functions,
         u64::from_le_bytes(word(16)?),
         u64::from_le_bytes(word(24)?),
+        u64::from_le_bytes(word(32)?),
         &bytes[HEADER..],
     ))
 }
@@ -277,20 +311,32 @@ pub(crate) fn arguments_panicked(doing: &str, panicked: &str) -> String {
     format!("parjob: {doing} the task's arguments panicked: {panicked}")
 }
 
-/// Runs `count` tasks of type `F` whose arguments are encoded back to back in `input`, writing
-/// their outcomes to `out` (laid out as the module documentation says). Runs in the worker.
+/// Runs `count` tasks calling the function at offset `function` (of type `F`) whose arguments
+/// are encoded back to back in `input`, writing their outcomes to `out` (laid out as the module
+/// documentation says). Runs in the worker.
+///
+/// # Safety
+/// `function` is the offset ([`offset_of`], in this process or in one running the same
+/// executable with the same layout) of a function whose pointer type is exactly `F`: the offset
+/// the parent computed from a value of `F`.
 ///
 /// One `catch_unwind` covers the whole loop (not one per task): after a task's panic its failure
 /// is recorded and the loop resumes at the next task. A panic while decoding arguments (a
 /// `Deserialize` impl that panics) leaves the input's position unknown, so unless the task is the
 /// batch's last it propagates: the worker exits and the batch is re-sent task by task, as for a
 /// crash. The batch's last task (a task re-sent alone, in particular) just fails with it.
-fn run_batch<F, A, R>(input: &[u8], count: u64, out: &mut Sink<'_>)
+unsafe fn run_batch<F, A, R>(function: i64, input: &[u8], count: u64, out: &mut Sink<'_>)
 where
-    F: crate::Apply<A, Output = R> + Copy + 'static,
+    F: ProcessFn<A, Output = R>,
     A: DeserializeOwned,
     R: Serialize,
 {
+    // SAFETY: by this function's contract `function` is the offset of a function of pointer
+    // type `F`, measured in an executable laid out as this one, so `address_at` gives that
+    // function's address in this process, which is what `from_address` requires. `F` is a `fn`
+    // pointer (`ProcessFn` is sealed): it carries nothing but that address, so the value built
+    // here is exactly the one the parent held.
+    let f: F = unsafe { F::from_address(address_at(function)) };
     let mut de = bincode::Deserializer::from_slice(input, options());
     let mut done = 0u64;
     let values_start = out.len();
@@ -322,19 +368,6 @@ where
                     }
                 };
                 decoding = false;
-                // SAFETY: `F` is zero-sized (`runner_offset`, the only way to name this function
-                // to a worker, asserts it at compile time) and `Copy`, and it is inhabited: the
-                // parent held a value of it to build this batch. A zero-sized value has no bytes,
-                // so `zeroed` creates exactly the value the parent holds; in the parent's process
-                // a second instance is what a plain copy makes. In *this* process the parent's
-                // code that produced the value never ran: that is sound only if `F` carries no
-                // guarantee tied to that code (a captured zero-sized token, a private function
-                // handed out after a set-up). The compiler cannot check this: it is a rule the
-                // process backend documents for its users (`processes` module docs, "The rule
-                // the compiler cannot check"), so this block is sound only for callers who keep
-                // it; a captured zero-sized token is the case it does not cover (procspawn's
-                // `fn`-pointer-only `spawn` excludes captures; parjob's bound does not).
-                let f: F = unsafe { std::mem::zeroed() };
                 let value = f.apply(args);
                 if let Err(error) =
                     value.serialize(&mut bincode::Serializer::new(&mut *out, options()))
@@ -596,6 +629,7 @@ pub(crate) const UNREAD: &str =
 
 #[cfg(test)]
 mod tests {
+    use super::super::function::sealed::Pointer as _;
     use super::*;
 
     fn halve_odd(x: u64) -> u64 {
@@ -605,14 +639,7 @@ mod tests {
 
     /// Runs `run_batch` here (no worker) for `f` over `(x,)` for each of `args`, with an outcome
     /// area of `area` bytes.
-    fn run_f<F, R>(_f: F, args: &[u64], area: usize) -> Vec<u8>
-    where
-        F: crate::Apply<(u64,), Output = R> + Copy + 'static,
-        R: Serialize,
-    {
-        // `run_batch` re-creates `F` from nothing: it must be a function item, as
-        // `runner_offset` (not called here) would check.
-        assert_eq!(std::mem::size_of::<F>(), 0);
+    fn run_f<R: Serialize + 'static>(f: fn(u64) -> R, args: &[u64], area: usize) -> Vec<u8> {
         let mut input = Vec::new();
         for &x in args {
             bincode::serialize_into(&mut input, &(x,)).unwrap();
@@ -620,7 +647,11 @@ mod tests {
         let mut area = vec![0u8; area];
         let mut spill = Vec::new();
         let mut sink = Sink::new(&mut area, &mut spill);
-        run_batch::<F, (u64,), R>(&input, args.len() as u64, &mut sink);
+        let function = checked_offset(f.address()).expect("a function of this test binary");
+        // SAFETY: `function` is the offset of `f`, of type `fn(u64) -> R`, in this process.
+        unsafe {
+            run_batch::<fn(u64) -> R, (u64,), R>(function, &input, args.len() as u64, &mut sink)
+        };
         match sink.in_area() {
             Some(len) => area[..len].to_vec(),
             None => spill,
@@ -710,13 +741,13 @@ mod tests {
         Unencodable(x)
     }
 
-    /// `run_batch` of `f` (a function item) over `input`, here (no worker).
-    fn run_unencodable<F>(_f: F, input: &[u8], count: u64, sink: &mut Sink<'_>)
-    where
-        F: crate::Apply<(u64,), Output = Unencodable> + Copy + 'static,
-    {
-        assert_eq!(std::mem::size_of::<F>(), 0);
-        run_batch::<F, (u64,), Unencodable>(input, count, sink);
+    /// `run_batch` of `f` over `input`, here (no worker).
+    fn run_unencodable(f: fn(u64) -> Unencodable, input: &[u8], count: u64, sink: &mut Sink<'_>) {
+        let function = checked_offset(f.address()).expect("a function of this test binary");
+        // SAFETY: `function` is the offset of `f`, of type `fn(u64) -> Unencodable`, here.
+        unsafe {
+            run_batch::<fn(u64) -> Unencodable, (u64,), Unencodable>(function, input, count, sink)
+        };
     }
 
     /// The task's failure is recorded once (with both messages), not once for the encode error
@@ -787,6 +818,24 @@ mod tests {
             assert_eq!(values, [(2, 2), (4, 4), (6, 6), (8, 8)], "area {area}");
             assert!(input.is_empty());
         }
+    }
+
+    /// A function of the executable crosses as an offset that leads back to it; one of a shared
+    /// library (here the C library's `getpid`, which a dynamically linked test binary does not
+    /// contain) is refused with a message, since a worker loads that library elsewhere.
+    #[test]
+    fn only_functions_of_the_executable_cross() {
+        let f: fn(u64) -> u64 = halve_odd;
+        let offset = checked_offset(f.address()).unwrap();
+        assert_eq!(address_at(offset), f.address());
+        // SAFETY: `address_at(offset)` is `f`'s address, a `fn(u64) -> u64`.
+        let back = unsafe { <fn(u64) -> u64>::from_address(address_at(offset)) };
+        assert_eq!(back(8), 4);
+        let foreign = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize;
+        assert!(loaded_object_of(f.address()).is_some());
+        assert_ne!(loaded_object_of(foreign), loaded_object_of(f.address()));
+        let error = checked_offset(foreign).unwrap_err();
+        assert!(error.contains("not in the executable"), "{error}");
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     let mut slabs: Option<WorkerView> = None;
     let mut out = Vec::new();
     while let Ok(request) = args.requests.recv() {
-        let Some((runner, count, slab, len, inline)) = wire::split_request(&request) else {
+        let Some((functions, count, slab, len, inline)) = wire::split_request(&request) else {
             return;
         };
         let (input, area) = if slab == wire::INLINE {
@@ -82,17 +82,25 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             }
         };
         let started = Instant::now();
-        // SAFETY: the parent wrote `runner` with `runner_offset::<F, A, R>()`, the offset of a
-        // monomorphized `run_batch` of this same executable, whose type is exactly `Runner`;
-        // the layout check at start-up showed offsets mean the same here, so `address_at`
-        // gives that function's address in this process.
-        let run: wire::Runner = unsafe { std::mem::transmute(wire::address_at(runner)) };
+        // SAFETY: the parent wrote `functions.runner` with `runner_offset::<F, A, R>()`, the
+        // offset of a monomorphized `run_batch` in the object that holds `anchor` (checked there
+        // before sending) of this same executable, whose type is exactly `Runner`; the layout
+        // check at start-up showed offsets mean the same here, so `address_at` gives that
+        // function's address in this process.
+        let run: wire::Runner = unsafe { std::mem::transmute(wire::address_at(functions.runner)) };
         let mut sink = wire::Sink::new(area.unwrap_or_default(), &mut out);
         // `run_batch` catches each task's panic itself; this catch is for a panic outside a
         // task (a panicking `Deserialize`), after which the batch's input cannot be trusted:
         // the worker exits, and the parent re-sends the tasks one by one. The payload is user
         // data whose `Drop` may panic: dropped contained, so the exit stays this orderly one.
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| run(input, count, &mut sink))) {
+        // SAFETY: the parent wrote `functions.function` in the same header as the runner, as the
+        // checked offset of the `fn` pointer of type `F` that this batch's tasks hold (`Call`
+        // puts only tasks of one function in a batch), which is `run_batch::<F, A, R>`'s
+        // contract; the layout check covers the offset as it covers the runner's.
+        let ran = catch_unwind(AssertUnwindSafe(|| unsafe {
+            run(functions.function, input, count, &mut sink)
+        }));
+        if let Err(payload) = ran {
             crate::pool::unwind::drop_contained(payload);
             return;
         }
