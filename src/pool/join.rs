@@ -45,7 +45,7 @@ where
 /// Out of line so that the unrecorded path, which is almost every join, keeps the caller's frame
 /// small and its registers free.
 #[inline(never)]
-fn join_recorded<A, B, RA, RB>(worker: &WorkerThread, a: A, b: B) -> (RA, RB)
+pub(crate) fn join_recorded<A, B, RA, RB>(worker: &WorkerThread, a: A, b: B) -> (RA, RB)
 where
     A: FnOnce() -> RA + Send,
     B: FnOnce() -> RB + Send,
@@ -81,7 +81,10 @@ where
 /// A result with no drop glue (fib's `u64`) has nothing that could panic while B's panic unwinds,
 /// so the hot path of an un-stolen `join` keeps calling B directly, with no catch around it.
 #[inline(always)]
-fn run_b_inline<RA, RB>(result_a: Result<RA, Panic>, b: impl FnOnce() -> RB) -> (RA, RB) {
+pub(crate) fn run_b_inline<RA, RB>(
+    result_a: Result<RA, Panic>,
+    b: impl FnOnce() -> RB,
+) -> (RA, RB) {
     match result_a {
         Ok(ra) if !std::mem::needs_drop::<RA>() => (ra, b()),
         Ok(ra) => match unwind::halt_unwinding(b) {

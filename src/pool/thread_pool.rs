@@ -5,6 +5,7 @@ use super::join as fork_join;
 use super::metrics::Metrics;
 use super::registry::{Caller, Registry};
 use super::scope::{self, Scope};
+use super::unwind;
 use super::worker::WorkerThread;
 use crate::sync::Arc;
 use std::fmt;
@@ -272,8 +273,13 @@ where
     RA: Send,
     RB: Send,
 {
+    // The path almost every join on a worker takes, decided from one thread-local: A then B,
+    // inline, as the sequential program would (see `WorkerThread::may_skip_fork`).
+    if WorkerThread::may_skip_fork_here() {
+        return fork_join::run_b_inline(unwind::halt_unwinding(a), b);
+    }
     match WorkerThread::current() {
-        Some(worker) => fork_join::join_in_worker(worker, a, b),
+        Some(worker) => fork_join::join_recorded(worker, a, b),
         None => fork_join::join_outside(ThreadPool::global().registry(), a, b),
     }
 }

@@ -11,7 +11,7 @@ use super::trace::EventKind;
 use super::unwind;
 use crate::sync::deque::{Injector, Steal, Worker};
 use crate::sync::mutant;
-use crate::sync::{spin_loop, Arc, Ordering};
+use crate::sync::{spin_loop, Arc, AtomicU32, Ordering};
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
 
@@ -52,6 +52,31 @@ pub(crate) struct WorkerThread {
 crate::sync::thread_local_const! {
     /// The worker running on this thread (null on any other thread).
     static CURRENT: Cell<*const WorkerThread> = Cell::new(ptr::null());
+}
+
+crate::sync::thread_local_const! {
+    /// The sampling count-down of the worker running on this thread
+    /// (`ForkRequests::unrecorded_left`, the atomic `may_skip_fork` reads), null on any other
+    /// thread. The free `join`'s hot path reads it straight from here: one thread-local load
+    /// instead of the worker pointer and then the worker's `requests` pointer, a dependent load
+    /// fewer on the path almost every join takes. Set and cleared with `CURRENT`.
+    static UNRECORDED_LEFT: Cell<*const AtomicU32> = Cell::new(ptr::null());
+}
+
+/// Takes one unrecorded join from a sampling count-down: `true` (and the count one lower) if
+/// any was left.
+#[inline(always)]
+fn count_down(left: &AtomicU32) -> bool {
+    // Relaxed: a hint (see `ForkRequests::unrecorded_left`). A thief that wants work zeroes it,
+    // so this one load also answers "is a thief hungry?" on the path almost every join takes;
+    // the recorded path then reads the flag itself.
+    match left.load(Ordering::Relaxed) {
+        0 => false,
+        n => {
+            left.store(n - 1, Ordering::Relaxed);
+            true
+        }
+    }
 }
 
 /// Spin rounds cap the doubling of pauses per round (2^6 = 64 `pause`s).
@@ -115,16 +140,22 @@ impl WorkerThread {
     /// the count: the caller runs A then B as the sequential program would.
     #[inline(always)]
     pub(crate) fn may_skip_fork(&self) -> bool {
-        let left = &self.requests().unrecorded_left;
-        // Relaxed: a hint (see `ForkRequests::unrecorded_left`). A thief that wants work zeroes
-        // it, so this one load also answers "is a thief hungry?" on the path almost every join
-        // takes; the recorded path then reads the flag itself.
-        match left.load(Ordering::Relaxed) {
-            0 => false,
-            n => {
-                left.store(n - 1, Ordering::Relaxed);
-                true
-            }
+        count_down(&self.requests().unrecorded_left)
+    }
+
+    /// [`may_skip_fork`](Self::may_skip_fork) for whichever worker runs on this thread, without
+    /// looking the worker up: `false` on a thread that is no worker (and when the count is out).
+    #[inline(always)]
+    pub(crate) fn may_skip_fork_here() -> bool {
+        let left = UNRECORDED_LEFT.with(|c| c.get());
+        // SAFETY: `UNRECORDED_LEFT` is non-null only while `main_loop` runs on this thread, and
+        // then points to `registry.fork_requests[index].unrecorded_left` of the worker running
+        // here, which that worker's `Arc<Registry>` keeps alive until after `main_loop` cleared
+        // the pointer (`ResetCurrent`, dropped before the worker). Only shared access is made, to
+        // an atomic.
+        match unsafe { left.as_ref() } {
+            Some(left) => count_down(left),
+            None => false,
         }
     }
 
@@ -564,14 +595,17 @@ pub(crate) fn main_loop(
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) << 17)),
         last_victim: Cell::new(index),
     };
-    /// Clears `CURRENT` however the loop is left, before `worker` (declared earlier) is dropped.
+    /// Clears `CURRENT` and `UNRECORDED_LEFT` however the loop is left, before `worker` (declared
+    /// earlier, and holding the registry they point into) is dropped.
     struct ResetCurrent;
     impl Drop for ResetCurrent {
         fn drop(&mut self) {
+            UNRECORDED_LEFT.with(|c| c.set(ptr::null()));
             CURRENT.with(|c| c.set(ptr::null()));
         }
     }
     CURRENT.with(|c| c.set(&worker));
+    UNRECORDED_LEFT.with(|c| c.set(&*worker.requests().unrecorded_left));
     let _reset = ResetCurrent;
     // Jobs never unwind (stack and heap jobs abort on an escaping panic), and nothing else in the
     // loop runs user code; a panic here is a scheduler bug. Unwinding would kill this worker while
