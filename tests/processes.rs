@@ -355,14 +355,15 @@ fn mixed_expected(x: u64) -> u64 {
 }
 
 /// One call may mix functions of one signature: a batch ends where the next task calls another
-/// function, so every task runs its own, in slab batches and in inline ones (batches of one,
-/// the first of an automatic call), ordered, unordered and with a fixed batch size that would
-/// otherwise span several runs.
+/// function, so every task runs its own: in an automatic call (its first batches inline, before
+/// the pool's shared memory exists), with batches of a fixed size that would otherwise span
+/// several runs, in slabs and (many batches out at once, more than the slabs) inline, ordered
+/// and unordered.
 #[test]
 fn one_call_may_mix_functions_and_each_task_runs_its_own() {
     let _serial = serial();
-    let pool = two_workers();
     let expected: Vec<u64> = (0..3_000).map(mixed_expected).collect();
+    let pool = two_workers();
     let parallel = Parallel::new()
         .n_jobs(2)
         .backend(Backend::ProcessPool(pool.clone()));
@@ -370,10 +371,7 @@ fn one_call_may_mix_functions_and_each_task_runs_its_own() {
         parallel.run_in_processes((0..3_000).map(mixed_task)),
         expected
     );
-    let fixed = Parallel::new()
-        .n_jobs(2)
-        .backend(Backend::ProcessPool(pool))
-        .batch_size(parjob::BatchSize::Fixed(100));
+    let fixed = batches_of(&pool, 100);
     assert_eq!(fixed.run_in_processes((0..3_000).map(mixed_task)), expected);
     let mut unordered: Vec<(usize, u64)> = fixed
         .run_unordered_in_processes((0..3_000).map(mixed_task))
@@ -385,20 +383,68 @@ fn one_call_may_mix_functions_and_each_task_runs_its_own() {
         .map(|&(_, r)| r)
         .eq(expected.iter().copied()));
     assert!(unordered.iter().enumerate().all(|(i, &(j, _))| i == j));
+    // Slabs made, batches of 10 (cut short at each change of function), 200 out at once.
+    let pool = two_workers_with_slabs();
+    let (in_slabs, inline) = (pool.shared_memory_batches(), pool.no_free_slab_batches());
+    let many_out = batches_of(&pool, 10).pre_dispatch(200);
+    assert_eq!(
+        many_out.run_in_processes((0..3_000).map(mixed_task)),
+        expected
+    );
+    assert!(
+        pool.shared_memory_batches() > in_slabs,
+        "some batches in slabs"
+    );
+    assert!(pool.no_free_slab_batches() > inline, "some batches inline");
+}
+
+/// A worker dies in the middle of a batch of a mixed call: the batch's tasks are sent again one
+/// by one, each with its own function, so only the task that kills its worker fails.
+#[test]
+fn a_crashed_batch_of_a_mixed_call_is_retried_with_each_tasks_function() {
+    let _serial = serial();
+    let pool = two_workers_with_slabs();
+    let task = |x: u64| {
+        if x == BAD || (x / 7) % 2 == 0 {
+            delayed_fn(aborts)(x)
+        } else {
+            delayed_fn(square)(x)
+        }
+    };
+    let outcomes: Vec<_> = batches_of(&pool, 100)
+        .run_iter_in_processes((0..200u64).map(task))
+        .collect();
+    for (x, outcome) in outcomes.into_iter().enumerate() {
+        let x = x as u64;
+        match outcome {
+            Ok(value) => {
+                assert_ne!(x, BAD);
+                let expected = if (x / 7) % 2 == 0 { work(x) } else { x * x };
+                assert_eq!(value, expected, "task {x}");
+            }
+            Err(Error::WorkerCrashed { index, .. }) => assert_eq!(index as u64, BAD),
+            Err(other) => panic!("task {x}: {other}"),
+        }
+    }
+}
+
+/// A `fn(u64) -> u64` at the address of a function of the C library (a shared library of its
+/// own in this dynamically linked test binary). It is never called: the parent refuses to send
+/// it, which is what the tests using it check (were it sent, the worker would jump to an address
+/// with nothing of this signature at it and die; the test would then fail on the crash).
+fn foreign_function() -> fn(u64) -> u64 {
+    // SAFETY: see above: the value is only ever compared and refused, never called.
+    unsafe { std::mem::transmute(libc::getpid as unsafe extern "C" fn() -> libc::pid_t) }
 }
 
 /// A function that lives in a shared library is loaded at another address in a worker process,
 /// so it cannot be named there by its offset: its task fails in the parent with a message that
-/// says so (the worker is never asked to call it), and the tasks around it run.
+/// says so (the worker is never asked to call it), and every task around it runs.
 #[test]
 fn a_function_of_a_shared_library_is_refused_not_sent() {
     let _serial = serial();
     let pool = two_workers();
-    // SAFETY: the pointer is never called: the parent refuses to send a task calling it, which
-    // is what this test checks (were it sent, the worker would jump to an address with nothing
-    // of this signature at it and die: the test would fail on the crash, in that process).
-    let foreign: fn(u64) -> u64 =
-        unsafe { std::mem::transmute(libc::getpid as unsafe extern "C" fn() -> libc::pid_t) };
+    let foreign = foreign_function();
     let tasks = (0..9u64).map(|x| {
         if x == 4 {
             delayed_fn(foreign)(x)
@@ -408,24 +454,50 @@ fn a_function_of_a_shared_library_is_refused_not_sent() {
     });
     let parallel = Parallel::new()
         .n_jobs(2)
-        .backend(Backend::ProcessPool(pool));
-    let outcomes: Vec<_> = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        parallel.run_in_processes(tasks)
-    }))
-    .map(|_| ())
-    .unwrap_err()
-    .downcast::<String>()
-    .map(|message| *message)
-    .into_iter()
-    .collect();
-    assert_eq!(outcomes.len(), 1, "a String panic payload");
+        .backend(Backend::ProcessPool(pool.clone()));
+    let mut outcomes = parallel.run_iter_in_processes(tasks);
+    for x in 0..9u64 {
+        let next = catch_unwind(AssertUnwindSafe(|| outcomes.next()));
+        if x == 4 {
+            let payload = next.expect_err("the refused task fails as a task panic");
+            let message = payload.downcast_ref::<String>().expect("a message");
+            assert!(message.contains("not in the executable"), "{message}");
+        } else {
+            assert_eq!(next.unwrap().unwrap().unwrap(), work(x), "task {x}");
+        }
+    }
+    assert!(outcomes.next().is_none());
+    drop(outcomes);
+    // An endless input of such tasks: each `next()` reads at most a window's worth of them
+    // (refused tasks count against the window like batches sent), not the input to its end.
+    let pulled = std::sync::atomic::AtomicUsize::new(0);
+    let endless = std::iter::repeat_with(|| {
+        pulled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        delayed_fn(foreign)(0)
+    });
+    let mut outcomes = parallel.pre_dispatch(4).run_iter_in_processes(endless);
+    for _ in 0..3 {
+        assert!(catch_unwind(AssertUnwindSafe(|| outcomes.next())).is_err());
+    }
+    drop(outcomes);
+    let pulled = pulled.into_inner();
     assert!(
-        outcomes[0].contains("not in the executable"),
-        "{}",
-        outcomes[0]
+        pulled <= 3 + 4,
+        "{pulled} tasks read for 3 outcomes with a window of 4"
     );
-    let ok: Vec<u64> = parallel.run_in_processes((0..9u64).map(|x| delayed_fn(work)(x)));
-    assert_eq!(ok, (0..9).map(work).collect::<Vec<_>>());
+    // The pool's initializer crosses the same way, and is refused the same way: before any
+    // worker starts.
+    let foreign_initializer: fn() =
+        // SAFETY: as for `foreign_function`: refused by `build`, never called.
+        unsafe { std::mem::transmute(libc::getpid as unsafe extern "C" fn() -> libc::pid_t) };
+    let err = ProcessPoolBuilder::new()
+        .num_workers(1)
+        .initializer(foreign_initializer)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("not in the executable"), "{err}");
+    assert!(err.worker_death().is_none());
+    assert_gone(pool, HashSet::new());
 }
 
 static INITIALIZED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -155,7 +155,7 @@ where
 /// closure with captures does not (a compile error).
 ///
 /// This is the spelling of tasks sent to worker processes (`run_in_processes` and its
-/// counterparts take a [`ProcessFn`](crate::processes::ProcessFn), which only a pointer is): the
+/// counterparts take a `processes::ProcessFn`, which only a pointer is): the
 /// worker runs the same executable and is handed the function as its offset in it. On threads
 /// it runs like any other task. For more arguments, use [`delayed_fn!`](crate::delayed_fn!).
 ///

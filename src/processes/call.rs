@@ -574,7 +574,7 @@ where
         let function = match &self.checked {
             Some((checked, outcome)) if *checked == address => outcome.clone(),
             _ => {
-                let outcome = wire::checked_offset(address);
+                let outcome = wire::checked_offset(address, "the task's function");
                 self.checked = Some((address, outcome.clone()));
                 outcome
             }
@@ -590,7 +590,14 @@ where
     }
 
     fn fill(&mut self) {
-        while !self.stopped && !self.exhausted && self.in_flight.len() < self.settings.window {
+        // Tasks refused here (their function cannot be sent) count against the window like
+        // batches sent: a long run of them must not make one `fill` read the whole input (an
+        // endless one, for a process iterator) before anything is handed out.
+        let mut refused = 0;
+        while !self.stopped
+            && !self.exhausted
+            && self.in_flight.len() + refused < self.settings.window
+        {
             let Some((function, args)) = self.next_task() else {
                 break;
             };
@@ -600,6 +607,7 @@ where
                     self.ready
                         .insert(self.next_index, Ready::Task(Err(Failure::Panic(message))));
                     self.next_index += 1;
+                    refused += 1;
                     drop(args);
                     continue;
                 }

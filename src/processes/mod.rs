@@ -27,11 +27,22 @@
 //! without the code that made them in the parent. Safe Rust lets a library rely on "whoever holds
 //! this value went through my constructor" (a zero-sized token that proves an initialisation
 //! ran), so re-creating one elsewhere could break that library's soundness. A closure with any
-//! capture does not coerce to a function pointer, so the compiler refuses it. What is left is
-//! the assumption every process pool makes (procspawn's `spawn`, joblib's workers): a plain
-//! function may run in a fresh process in which only `init()` and the initializer ran. A function
-//! that lives in a shared library (loaded at another address in the worker) is refused at run
-//! time: its tasks fail with a message saying so.
+//! capture does not coerce to a function pointer, so the compiler refuses it.
+//!
+//! **The rule the compiler cannot check.** What is left is the assumption every process pool
+//! makes (procspawn's `spawn`, joblib's workers): a plain function may run in a fresh process in
+//! which only `init()`, the initializer and the task ran. A library could hand out a function
+//! (as a pointer, or as an opaque `impl Fn` that is one) only after a set-up, and rely on that
+//! set-up in it; in a worker the set-up never ran. Do not send a function that a library handed
+//! you as proof that something was done in this process; parjob cannot tell. A function that
+//! lives in a shared library (loaded at another address in the worker) is refused at run time:
+//! its tasks fail with a message saying so, and a pool whose initializer is one fails to build.
+//!
+//! **Cost of mixing functions.** A batch holds tasks of one function: it ends where the next task
+//! calls another. Tasks grouped by function batch as well as a call of one function; tasks that
+//! alternate function at every step go one per batch, each a round trip to a worker (tens of
+//! microseconds). To alternate finely, send one function that dispatches on an argument (an
+//! enum) instead.
 //!
 //! A task that cannot cross to another process is a compile error, not a runtime surprise. A
 //! closure that captures a value:
@@ -77,7 +88,7 @@
 //! ```
 //!
 //! Calls of plain functions over serde types compile (and run, in a program that calls
-//! [`init`]), several functions in one call included:
+//! [`init`]), several functions in one call included (grouped, so they batch well):
 //!
 //! ```no_run
 //! use parjob::{delayed_fn, Backend, Parallel};
@@ -86,7 +97,7 @@
 //! let out = Parallel::new().backend(Backend::Processes)
 //!     .run_in_processes((3..7u64).map(|x| parjob::delayed_fn!(add(x, 3))));
 //! let mixed = Parallel::new().backend(Backend::Processes).run_in_processes(
-//!     (3..7u64).map(|x| if x % 2 == 0 { delayed_fn!(add(x, 3)) } else { delayed_fn!(sub(x, 3)) }),
+//!     (3..1003u64).map(|x| if x < 503 { delayed_fn!(add(x, 3)) } else { delayed_fn!(sub(x, 3)) }),
 //! );
 //! let squares = Parallel::new().backend(Backend::Processes)
 //!     .run_in_processes((0..4u64).map(|x| delayed_fn(|x: u64| x * x)(x)));

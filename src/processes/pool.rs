@@ -339,7 +339,9 @@ impl ProcessPool {
     }
 }
 
-/// Why a [`ProcessPool`] could not be built: its first worker could not start.
+/// Why a [`ProcessPool`] could not be built: its first worker could not start, it was asked for
+/// zero workers, or its [initializer](ProcessPoolBuilder::initializer) is a function a worker
+/// cannot be handed (one of a shared library).
 ///
 /// ```
 /// let err = parjob::processes::ProcessPoolBuilder::new().num_workers(0).build().unwrap_err();
@@ -347,22 +349,34 @@ impl ProcessPool {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ProcessPoolError {
-    death: Option<WorkerDeath>,
+    reason: StartFailure,
+}
+
+#[derive(Debug, Clone)]
+enum StartFailure {
+    NoWorkers,
+    /// The initializer's address is not in the object that holds parjob (the message says so).
+    Unsendable(String),
+    Died(WorkerDeath),
 }
 
 impl ProcessPoolError {
     /// How the first worker that failed to start ended (`None`: the pool was asked for zero
-    /// workers).
+    /// workers, or no worker was started because the initializer cannot be sent to one).
     pub fn worker_death(&self) -> Option<&WorkerDeath> {
-        self.death.as_ref()
+        match &self.reason {
+            StartFailure::Died(death) => Some(death),
+            StartFailure::NoWorkers | StartFailure::Unsendable(_) => None,
+        }
     }
 }
 
 impl fmt::Display for ProcessPoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.death {
-            None => f.write_str("a process pool needs at least one worker"),
-            Some(death) => write!(f, "a worker process failed to start: {death}"),
+        match &self.reason {
+            StartFailure::NoWorkers => f.write_str("a process pool needs at least one worker"),
+            StartFailure::Unsendable(message) => write!(f, "the pool's initializer: {message}"),
+            StartFailure::Died(death) => write!(f, "a worker process failed to start: {death}"),
         }
     }
 }
@@ -446,11 +460,27 @@ impl ProcessPoolBuilder {
     /// panicked (see [`ProcessPoolError::worker_death`]). Workers already started are stopped.
     pub fn build(self) -> Result<ProcessPool, ProcessPoolError> {
         if self.num_workers == 0 {
-            return Err(ProcessPoolError { death: None });
+            return Err(ProcessPoolError {
+                reason: StartFailure::NoWorkers,
+            });
         }
         let inner = self
             .inner_threads
             .unwrap_or((crate::cpu_count() / self.num_workers).max(1));
+        // Checked like a task's function: a worker is handed it as an offset that only means the
+        // same function there if it lies in the object that holds parjob.
+        let initializer = match self
+            .initializer
+            .map(|f| wire::checked_offset(f as usize, "the function"))
+        {
+            None => None,
+            Some(Ok(offset)) => Some(offset),
+            Some(Err(message)) => {
+                return Err(ProcessPoolError {
+                    reason: StartFailure::Unsendable(message),
+                })
+            }
+        };
         let mut env = self.env;
         for var in INNER_THREAD_VARS {
             if std::env::var_os(var).is_none() {
@@ -465,7 +495,7 @@ impl ProcessPoolBuilder {
             wake: Condvar::new(),
             pids: (0..self.num_workers).map(|_| Mutex::new(None)).collect(),
             env,
-            initializer: self.initializer.map(|f| wire::offset_of(f as usize)),
+            initializer,
             restarts: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
             slab_batches: AtomicUsize::new(0),
@@ -487,7 +517,7 @@ impl ProcessPoolBuilder {
                     let pool = Inner { shared, drivers };
                     drop(pool);
                     return Err(ProcessPoolError {
-                        death: Some(WorkerDeath::StartFailed(format!(
+                        reason: StartFailure::Died(WorkerDeath::StartFailed(format!(
                             "cannot spawn a driver thread: {error}"
                         ))),
                     });
@@ -504,7 +534,9 @@ impl ProcessPoolBuilder {
         }
         match failure {
             // Dropping `inner` stops every driver and kills the workers that did start.
-            Some(death) => Err(ProcessPoolError { death: Some(death) }),
+            Some(death) => Err(ProcessPoolError {
+                reason: StartFailure::Died(death),
+            }),
             None => Ok(ProcessPool {
                 inner: Arc::new(inner),
             }),

@@ -188,16 +188,24 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    checked_offset(run_batch::<F, A, R> as Runner as usize)
+    checked_offset(
+        run_batch::<F, A, R> as Runner as usize,
+        "parjob's runner for this call's task type",
+    )
+    .map_err(|message| format!("{message} (is parjob built as a `dylib`?)"))
 }
 
 /// `offset_of(address)`, if `address` lies in the loaded object (the executable, or a shared
 /// library) that holds [`anchor`]: only there is the offset the same in a worker, since each
-/// object is loaded at its own address. Else the message a task calling it fails with.
+/// object is loaded at its own address. Else the message a task calling it fails with, naming
+/// the function as `what`.
 ///
 /// When the C library cannot say which object holds `anchor` (`dladdr` in a statically linked
-/// executable), the executable is the only object there is, and every offset is accepted.
-pub(crate) fn checked_offset(address: usize) -> Result<i64, String> {
+/// executable, glibc `-static` and `-static-pie` alike), the program is one image loaded at one
+/// offset, and every offset is accepted: a safe `fn` pointer then points into that image (other
+/// mappings, the vDSO or a library opened with glibc's static `dlopen`, are reached only through
+/// `unsafe` code that vouches for what it makes of them).
+pub(crate) fn checked_offset(address: usize, what: &str) -> Result<i64, String> {
     static ANCHOR_OBJECT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let anchor_object =
         *ANCHOR_OBJECT.get_or_init(|| loaded_object_of(anchor as fn() -> u64 as usize));
@@ -205,9 +213,9 @@ pub(crate) fn checked_offset(address: usize) -> Result<i64, String> {
         None => Ok(offset_of(address)),
         Some(base) if loaded_object_of(address) == Some(base) => Ok(offset_of(address)),
         Some(_) => Err(format!(
-            "parjob: the task's function (at {address:#x}) is not in the executable that parjob \
-             is linked into (a shared library is loaded at another address in a worker \
-             process): it cannot be sent to worker processes"
+            "parjob: {what} (at {address:#x}) is not in the executable that parjob is linked \
+             into (a shared library is loaded at another address in a worker process): it \
+             cannot be sent to worker processes"
         )),
     }
 }
@@ -647,7 +655,7 @@ mod tests {
         let mut area = vec![0u8; area];
         let mut spill = Vec::new();
         let mut sink = Sink::new(&mut area, &mut spill);
-        let function = checked_offset(f.address()).expect("a function of this test binary");
+        let function = checked_offset(f.address(), "f").expect("a function of this test binary");
         // SAFETY: `function` is the offset of `f`, of type `fn(u64) -> R`, in this process.
         unsafe {
             run_batch::<fn(u64) -> R, (u64,), R>(function, &input, args.len() as u64, &mut sink)
@@ -743,7 +751,7 @@ mod tests {
 
     /// `run_batch` of `f` over `input`, here (no worker).
     fn run_unencodable(f: fn(u64) -> Unencodable, input: &[u8], count: u64, sink: &mut Sink<'_>) {
-        let function = checked_offset(f.address()).expect("a function of this test binary");
+        let function = checked_offset(f.address(), "f").expect("a function of this test binary");
         // SAFETY: `function` is the offset of `f`, of type `fn(u64) -> Unencodable`, here.
         unsafe {
             run_batch::<fn(u64) -> Unencodable, (u64,), Unencodable>(function, input, count, sink)
@@ -822,11 +830,13 @@ mod tests {
 
     /// A function of the executable crosses as an offset that leads back to it; one of a shared
     /// library (here the C library's `getpid`, which a dynamically linked test binary does not
-    /// contain) is refused with a message, since a worker loads that library elsewhere.
+    /// contain) is refused with a message, since a worker loads that library elsewhere. (A
+    /// statically linked test binary has no shared library to refuse.)
     #[test]
+    #[cfg(all(target_os = "linux", not(target_feature = "crt-static")))]
     fn only_functions_of_the_executable_cross() {
         let f: fn(u64) -> u64 = halve_odd;
-        let offset = checked_offset(f.address()).unwrap();
+        let offset = checked_offset(f.address(), "f").unwrap();
         assert_eq!(address_at(offset), f.address());
         // SAFETY: `address_at(offset)` is `f`'s address, a `fn(u64) -> u64`.
         let back = unsafe { <fn(u64) -> u64>::from_address(address_at(offset)) };
@@ -834,7 +844,7 @@ mod tests {
         let foreign = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize;
         assert!(loaded_object_of(f.address()).is_some());
         assert_ne!(loaded_object_of(foreign), loaded_object_of(f.address()));
-        let error = checked_offset(foreign).unwrap_err();
+        let error = checked_offset(foreign, "getpid").unwrap_err();
         assert!(error.contains("not in the executable"), "{error}");
     }
 

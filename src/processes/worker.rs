@@ -47,11 +47,12 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         return;
     }
     if let Some(offset) = args.initializer {
-        // SAFETY: `offset` was computed by the parent as `offset_of(f as fn() as usize)` for a
-        // `fn()` of this same executable (the layout check above passed, so every function sits
-        // at the same offset from `anchor` here as there); adding our `anchor` back gives the
-        // address of that same `fn()` in this process, so the transmuted pointer has the right
-        // signature and points to code.
+        // SAFETY: `offset` was computed by the parent as `checked_offset(f as usize)` for a
+        // `fn()` in the object that holds `anchor` (a function anywhere else made `build` fail
+        // before any worker started), and this is the same executable with the same layout
+        // (checked above), so every function of that object sits at the same offset from
+        // `anchor` here as there; adding our `anchor` back gives the address of that same `fn()`
+        // in this process, so the transmuted pointer has the right signature and points to code.
         let initializer: fn() = unsafe { std::mem::transmute(wire::address_at(offset)) };
         if let Err(payload) = catch_unwind(initializer) {
             fail(&wire::panic_message(&*payload));
