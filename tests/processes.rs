@@ -918,8 +918,12 @@ fn slow_work(x: u64) -> u64 {
 
 /// Checks that every shared-memory slab of `pool` (12: 6 per worker) is free again. Batches of
 /// abandoned calls may still be running (a slab is free once its reply has been dropped), so one
-/// call waits behind them first. Then calls with at most 2 batches out (so at most 3 slabs held,
-/// with one finished out of order) find a free slab for every batch unless 9 or more leaked.
+/// call waits behind them first. Then calls with one batch out at a time find a free slab for
+/// every batch unless 11 or more leaked: they hold at most 2 (the batch out and the one being
+/// decoded). With 2 out at a time, a batch whose driver thread waits for a core lets the other
+/// worker's batches pile up, finished and undecoded, behind it in an ordered call (the window
+/// bounds the batches out, not those waiting for their turn), and on a loaded machine that took
+/// every slab without any leak.
 fn assert_every_slab_comes_back(pool: &ProcessPool) {
     let call = |pre_dispatch: usize| {
         let before = (pool.shared_memory_batches(), pool.no_free_slab_batches());
@@ -935,7 +939,7 @@ fn assert_every_slab_comes_back(pool: &ProcessPool) {
     call(6);
     for _ in 0..3 {
         // (A batch of an abandoned call that answers late still counts in the pool's total.)
-        let (in_slabs, no_free_slab) = call(2);
+        let (in_slabs, no_free_slab) = call(1);
         assert!(
             in_slabs >= 40 && no_free_slab == 0,
             "slabs leaked by the abandoned calls: {in_slabs} batches in slabs, {no_free_slab} found none free"

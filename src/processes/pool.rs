@@ -98,6 +98,12 @@ impl Job {
     /// Sends the job's one reply.
     pub(crate) fn answer(mut self, reply: Reply) {
         self.answered = true;
+        // The slab goes back before the reply goes out. Its worker is done with it once there is
+        // a reply, and the call keeps its own reference for as long as it decodes the outcomes.
+        // Released after the send, it stayed taken for as long as this driver thread waited for
+        // a core between the two, while the call, answered, could already have started its next
+        // batches: under load those found no free slab.
+        self.slab = None;
         // A call that stopped waiting (a dropped stream) no longer receives: nothing to do.
         let _ = self.reply.send(reply);
     }
