@@ -118,15 +118,25 @@ macro_rules! impl_apply {
     };
 }
 
-impl_apply!();
-impl_apply!(A1);
-impl_apply!(A1, A2);
-impl_apply!(A1, A2, A3);
-impl_apply!(A1, A2, A3, A4);
-impl_apply!(A1, A2, A3, A4, A5);
-impl_apply!(A1, A2, A3, A4, A5, A6);
-impl_apply!(A1, A2, A3, A4, A5, A6, A7);
-impl_apply!(A1, A2, A3, A4, A5, A6, A7, A8);
+/// Invokes `$impl!(A1, …, An)` for every task arity parjob supports (0 to 8 arguments): one
+/// list for [`Apply`] and for the process backend's function pointers.
+macro_rules! for_each_arity {
+    ($impl:ident) => {
+        $impl!();
+        $impl!(A1);
+        $impl!(A1, A2);
+        $impl!(A1, A2, A3);
+        $impl!(A1, A2, A3, A4);
+        $impl!(A1, A2, A3, A4, A5);
+        $impl!(A1, A2, A3, A4, A5, A6);
+        $impl!(A1, A2, A3, A4, A5, A6, A7);
+        $impl!(A1, A2, A3, A4, A5, A6, A7, A8);
+    };
+}
+#[cfg_attr(not(feature = "processes"), allow(unused_imports))]
+pub(crate) use for_each_arity;
+
+for_each_arity!(impl_apply);
 
 /// joblib's `delayed(f)(x)`: captures a one-argument call of `f` as a task.
 ///

@@ -80,12 +80,4 @@ macro_rules! impl_process_fn {
     };
 }
 
-impl_process_fn!();
-impl_process_fn!(A1);
-impl_process_fn!(A1, A2);
-impl_process_fn!(A1, A2, A3);
-impl_process_fn!(A1, A2, A3, A4);
-impl_process_fn!(A1, A2, A3, A4, A5);
-impl_process_fn!(A1, A2, A3, A4, A5, A6);
-impl_process_fn!(A1, A2, A3, A4, A5, A6, A7);
-impl_process_fn!(A1, A2, A3, A4, A5, A6, A7, A8);
+crate::parallel::delayed::for_each_arity!(impl_process_fn);
