@@ -32,9 +32,9 @@
 //! **The rule the compiler cannot check.** What is left is the assumption every process pool
 //! makes (procspawn's `spawn`, joblib's workers): a plain function may run in a fresh process in
 //! which only `init()`, the initializer and the task ran. A library could hand out a function
-//! (as a pointer, or as an opaque `impl Fn` that is one) only after a set-up, and rely on that
-//! set-up in it; in a worker the set-up never ran. Do not send a function that a library handed
-//! you as proof that something was done in this process; parjob cannot tell. A function that
+//! pointer only after a set-up, and rely on that set-up inside the function; in a worker the
+//! set-up never ran. Do not send a function that a library handed you as proof that something
+//! was done in this process; parjob cannot tell. A function that
 //! lives in a shared library (loaded at another address in the worker) is refused at run time:
 //! its tasks fail with a message saying so, and a pool whose initializer is one fails to build.
 //!
