@@ -468,19 +468,34 @@ fn a_function_of_a_shared_library_is_refused_not_sent() {
     }
     assert!(outcomes.next().is_none());
     drop(outcomes);
+    drop(parallel);
     // An endless input of such tasks: each `next()` reads at most a window's worth of them
-    // (refused tasks count against the window like batches sent), not the input to its end.
-    let pulled = std::sync::atomic::AtomicUsize::new(0);
-    let endless = std::iter::repeat_with(|| {
-        pulled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        delayed_fn(foreign)(0)
+    // (refused tasks count against the window like batches sent), not the input to its end
+    // (which, before that rule, never came: the check runs on a thread of its own, so that such
+    // a regression fails here instead of hanging the test binary).
+    let (done, finished) = std::sync::mpsc::channel();
+    let endless_pool = pool.clone();
+    std::thread::spawn(move || {
+        let mut pulled = 0usize;
+        let endless = std::iter::repeat_with(|| {
+            pulled += 1;
+            delayed_fn(foreign)(0)
+        });
+        let mut outcomes = Parallel::new()
+            .n_jobs(2)
+            .backend(Backend::ProcessPool(endless_pool))
+            .pre_dispatch(4)
+            .run_iter_in_processes(endless);
+        let refused = (0..3)
+            .filter(|_| catch_unwind(AssertUnwindSafe(|| outcomes.next())).is_err())
+            .count();
+        drop(outcomes);
+        let _ = done.send((refused, pulled));
     });
-    let mut outcomes = parallel.pre_dispatch(4).run_iter_in_processes(endless);
-    for _ in 0..3 {
-        assert!(catch_unwind(AssertUnwindSafe(|| outcomes.next())).is_err());
-    }
-    drop(outcomes);
-    let pulled = pulled.into_inner();
+    let (refused, pulled) = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a process iterator over endless refused tasks hung in next()");
+    assert_eq!(refused, 3);
     assert!(
         pulled <= 3 + 4,
         "{pulled} tasks read for 3 outcomes with a window of 4"
