@@ -49,7 +49,7 @@
 
 mod shared;
 
-pub(crate) use shared::{drop_chunk, lock, Batch, Chunk, Dest, Shared};
+pub(crate) use shared::{drop_chunk, lock, Batch, Chunk, Dest, Shared, SpareBuffers};
 use shared::{token, Queue, SlotPtr};
 
 use super::backend::Plan;
@@ -199,7 +199,7 @@ where
                     tokens: 0,
                 }),
                 done: Mutex::new(Vec::new()),
-                spare: Mutex::new(Vec::new()),
+                spare: SpareBuffers::new(),
                 waiter: Mutex::new(None),
                 tasks_done: AtomicUsize::new(0),
                 timing_tasks: AtomicU64::new(0),
@@ -275,7 +275,7 @@ where
             };
             // Bulk: one buffer per batch (a recycled one when there is one), filled by `extend`
             // (no per-task lock, atomic or allocation).
-            let mut tasks = lock(&self.shared.spare).pop().unwrap_or_default();
+            let mut tasks = self.shared.spare.take();
             tasks.reserve(take);
             let pulled =
                 crate::pool::unwind::halt_unwinding(|| tasks.extend(input.by_ref().take(take)));
