@@ -760,3 +760,207 @@ fn a_panicking_consumer_settles_and_a_forgotten_stream_only_leaks() {
         .run((0..100).map(|i| delayed(|i: i32| i)(i)));
     assert_eq!(out.len(), 100);
 }
+
+/// `try_run` on the calling thread (`n_jobs(1)`): a task fails with a value whose `Drop` panics,
+/// then the progress callback, told of that task, panics. The callback's panic is the call's and
+/// the failure is dropped once, contained (it was a local of the loop while that panic unwound,
+/// and its `Drop` panicking there aborted the process).
+#[test]
+fn an_inline_failure_reported_to_a_panicking_callback_is_dropped_contained() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        Parallel::new()
+            .n_jobs(1)
+            .on_progress(|_, _| panic!("progress"))
+            .try_run(vec![Delayed::new(|| Err::<(), _>(PanicsOnDrop(&DROPPED)))])
+    }));
+    assert_eq!(
+        message(&*caught.expect_err("the callback panicked")),
+        "progress"
+    );
+    assert_eq!(
+        DROPPED.load(Ordering::SeqCst),
+        1,
+        "the failure dropped once"
+    );
+}
+
+/// A deadline on the calling thread (`n_jobs(1)`): the call pulls the next task to see whether
+/// one is skipped, and that task's argument panics when dropped unrun. The call still fails with
+/// its timeout (the task was left in a `Peekable`, dropped with the loop, and its panic replaced
+/// the timeout), as the same call on a pool does.
+#[test]
+fn an_inline_deadline_whose_skipped_task_panics_when_dropped_still_times_out() {
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    static UNRUN: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for n_jobs in [1, 2] {
+        UNRUN.store(0, Ordering::SeqCst);
+        let run = defuse(&RAN, 40);
+        let tasks = (0..3)
+            .map(move |_| delayed(move |armed: Armed| Ok::<_, ()>(run(armed)))(Armed(&UNRUN)));
+        let result = Parallel::new()
+            .n_jobs(n_jobs)
+            .backend(Backend::Pool(pool.clone()))
+            .deadline(Duration::from_millis(20))
+            .try_run(tasks);
+        assert!(
+            matches!(result, Err(parjob::Error::Timeout { .. })),
+            "n_jobs {n_jobs}: {result:?}"
+        );
+        assert!(
+            UNRUN.load(Ordering::SeqCst) >= 1,
+            "n_jobs {n_jobs}: a task was skipped"
+        );
+    }
+    pool_works(&pool);
+}
+
+/// An input whose `size_hint` panics (the call asks it first, to size its output) and whose
+/// `Drop` panics too: the `size_hint` panic is the call's and the input is dropped contained
+/// (dropped by that unwinding, it aborted the process), for every entry point and plan.
+#[test]
+fn an_input_whose_size_hint_panics_is_dropped_contained() {
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    struct BadHint(usize);
+    impl Iterator for BadHint {
+        type Item = Delayed<fn() -> u32>;
+        fn next(&mut self) -> Option<Self::Item> {
+            (self.0 > 0).then(|| {
+                self.0 -= 1;
+                Delayed::new((|| 1) as fn() -> u32)
+            })
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            panic!("size_hint")
+        }
+    }
+    impl Drop for BadHint {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, Ordering::SeqCst);
+            panic!("input dropped");
+        }
+    }
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let mut calls = 0;
+    for n_jobs in [1, 2] {
+        let p = Parallel::new()
+            .n_jobs(n_jobs)
+            .backend(Backend::Pool(pool.clone()));
+        let entries: [&dyn Fn(); 4] = [
+            &|| drop(p.run(BadHint(4))),
+            &|| drop(p.try_run(BadHint(4).map(|d| Delayed::new(move || Ok::<_, ()>(d.call()))))),
+            &|| {
+                let _ = p.run_iter(BadHint(4)).count();
+            },
+            &|| {
+                let _ = p.run_unordered(BadHint(4)).count();
+            },
+        ];
+        for (entry, call) in entries.iter().enumerate() {
+            let caught = catch_unwind(AssertUnwindSafe(call));
+            calls += 1;
+            assert_eq!(
+                message(&*caught.expect_err("size_hint panicked")),
+                "size_hint",
+                "n_jobs {n_jobs}, entry {entry}"
+            );
+            assert_eq!(
+                DROPS.load(Ordering::SeqCst),
+                calls,
+                "the input dropped once"
+            );
+        }
+    }
+    pool_works(&pool);
+}
+
+/// A stream on the calling thread (`n_jobs(1)`) whose input panics: `next()` resumes that panic
+/// and the stream ends, as on a pool. (The input was pulled again by the next `next()`, and
+/// `run_unordered` handed its later tasks' results out under the indices of the ones before.)
+#[test]
+fn an_inline_stream_whose_input_panics_ends() {
+    let at = 30u64;
+    let tasks = (0..40u64).map(move |x| {
+        if x == at {
+            std::panic::panic_any(x);
+        }
+        delayed(|x: u64| x)(x)
+    });
+    for n_jobs in [2, 1] {
+        for ordered in [true, false] {
+            let p = Parallel::new()
+                .n_jobs(n_jobs)
+                .batch_size(BatchSize::Fixed(4))
+                .pre_dispatch(2);
+            let mut stream: Box<dyn Iterator<Item = (usize, u64)>> = if ordered {
+                Box::new(p.run_iter(tasks.clone()).enumerate())
+            } else {
+                Box::new(p.run_unordered(tasks.clone()))
+            };
+            let (mut got, mut panics) = (Vec::new(), 0);
+            for _ in 0..100 {
+                match catch_unwind(AssertUnwindSafe(|| stream.next())) {
+                    Ok(Some(pair)) => got.push(pair),
+                    Ok(None) => break,
+                    Err(payload) => {
+                        assert_eq!(payload.downcast_ref::<u64>(), Some(&at));
+                        panics += 1;
+                    }
+                }
+            }
+            got.sort_unstable();
+            let expected: Vec<(usize, u64)> = (0..at).map(|x| (x as usize, x)).collect();
+            assert_eq!(got, expected, "n_jobs {n_jobs}, ordered {ordered}");
+            assert_eq!(panics, 1, "n_jobs {n_jobs}, ordered {ordered}");
+        }
+    }
+}
+
+/// The progress callback waits for a call of the same `Parallel` that another thread drives
+/// (and that reports to the same callback). That call's reports are queued and delivered after
+/// the callback returns, instead of its thread waiting for the callback forever (a hang); every
+/// count of both calls is reported once.
+#[test]
+fn a_callback_that_waits_for_another_call_of_the_same_parallel_does_not_hang() {
+    let seen = within_20s(|| {
+        let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let shared: &'static std::sync::OnceLock<Parallel<'static>> =
+            Box::leak(Box::new(std::sync::OnceLock::new()));
+        let seen: &'static std::sync::Mutex<Vec<(usize, Option<usize>)>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        let nested = AtomicUsize::new(0);
+        let parallel = Parallel::new().n_jobs(1).on_progress(move |done, total| {
+            seen.lock().unwrap().push((done, total));
+            if nested.fetch_add(1, Ordering::SeqCst) == 0 {
+                // A call of the same Parallel on a pool worker, waited for here.
+                let three = pool.install(|| {
+                    shared
+                        .get()
+                        .expect("set")
+                        .run((0..3).map(|x| delayed(|x: u32| x)(x)))
+                });
+                assert_eq!(three, vec![0, 1, 2]);
+            }
+        });
+        assert!(shared.set(parallel).is_ok());
+        let two = shared
+            .get()
+            .expect("set")
+            .run((0..2).map(|x| delayed(|x: u32| x)(x)));
+        assert_eq!(two, vec![0, 1]);
+        seen.lock().unwrap().clone()
+    });
+    let of_two: Vec<_> = seen
+        .iter()
+        .filter(|r| r.1 == Some(2))
+        .map(|r| r.0)
+        .collect();
+    let of_three: Vec<_> = seen
+        .iter()
+        .filter(|r| r.1 == Some(3))
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(of_two, vec![1, 2], "in order, each once: {seen:?}");
+    assert_eq!(of_three, vec![1, 2, 3], "in order, each once: {seen:?}");
+}

@@ -19,7 +19,7 @@
 
 use super::backend::Plan;
 use super::engine::{drop_chunk, drop_unstarted, Chunk, Engine, Setup, Stop, Task, Waited};
-use crate::pool::unwind::drop_contained;
+use crate::pool::unwind::{drop_contained, halt_unwinding, resume_unwinding};
 use std::time::Instant;
 
 /// Runs every task; results in input order.
@@ -38,7 +38,7 @@ where
         Plan::Pool {
             ref pool, runners, ..
         } if runners >= 2
-            && super::exact_len(&tasks) == Some(2)
+            && setup.exact_len == Some(2)
             && setup.limits.timeout.is_none()
             && setup.limits.budget.is_none() =>
         {
@@ -181,9 +181,7 @@ where
     T: Task,
 {
     let mut out = Vec::new();
-    let ran = crate::pool::unwind::halt_unwinding(|| {
-        inline_loop(&mut tasks, &mut setup, fail_fast, &mut out)
-    });
+    let ran = halt_unwinding(|| inline_loop(&mut tasks, &mut setup, fail_fast, &mut out));
     // The input's `Drop` is user code too: contained after a panic; otherwise its panic is the
     // call's. (Dropped at the end of this function, it unwound with the results in the return
     // value, which were leaked or, with a `Stop`'s value, dropped while unwinding.)
@@ -192,7 +190,7 @@ where
             drop_contained(tasks);
             Err(payload)
         }
-        Ok(stopped) => match crate::pool::unwind::halt_unwinding(move || drop(tasks)) {
+        Ok(stopped) => match halt_unwinding(move || drop(tasks)) {
             Ok(()) => Ok(stopped),
             Err(payload) => {
                 drop_contained(stopped);
@@ -208,7 +206,7 @@ where
         }
         Err(payload) => {
             out.into_iter().for_each(drop_contained);
-            crate::pool::unwind::resume_unwinding(payload)
+            resume_unwinding(payload)
         }
     }
 }
@@ -235,14 +233,19 @@ where
         setup.progress.finish(out.len());
         return Ok(());
     }
-    let mut tasks = tasks.peekable();
-    out.reserve(tasks.size_hint().0);
+    out.reserve(setup.exact_len.unwrap_or(0));
     let mut last = Instant::now();
     let mut index = 0;
     while let Some(task) = tasks.next() {
         let value = task.run();
         if fail_fast.is_some_and(|failed| failed(&value)) {
-            setup.progress.update(index + 1);
+            // The callback is user code: if it panics, the failure it was told about is dropped
+            // on its own, contained (held here while that panic unwound, a `Drop` that panicked
+            // too aborted the process), and the callback's panic is the call's.
+            if let Err(payload) = halt_unwinding(|| setup.progress.update(index + 1)) {
+                drop_contained(value);
+                resume_unwinding(payload);
+            }
             return Err(Stop::Failed { index, value });
         }
         out.push(value);
@@ -256,7 +259,7 @@ where
         let now = Instant::now();
         let expired = match (limits.timeout, limits.budget) {
             (Some(t), _) if now.duration_since(last) > t => Some(t),
-            (_, Some((budget, at))) if now >= at && tasks.peek().is_some() => Some(budget),
+            (_, Some((budget, at))) if now >= at && skips_a_task(tasks) => Some(budget),
             _ => None,
         };
         if let Some(limit) = expired {
@@ -269,6 +272,20 @@ where
     }
     setup.progress.finish(out.len());
     Ok(())
+}
+
+/// Pulls the next task to see whether a passed deadline skips anything, and drops it unrun, on
+/// its own and contained, as every unstarted task is. (Left in a `Peekable`, it was dropped with
+/// the loop's locals: a panic from its `Drop` became the call's, in place of its timeout.) A
+/// panic of the input itself unwinds to `run_inline`, which drops the input contained.
+fn skips_a_task<T>(tasks: &mut impl Iterator<Item = T>) -> bool {
+    match tasks.next() {
+        Some(task) => {
+            drop_contained(task);
+            true
+        }
+        None => false,
+    }
 }
 
 /// One call on a pool: the engine, the chunks collected so far, and the output buffer they
@@ -327,7 +344,7 @@ where
     T: Task + Send,
     T::Output: Send,
 {
-    let mut out: Vec<T::Output> = Vec::with_capacity(super::exact_len(&tasks).unwrap_or(0));
+    let mut out: Vec<T::Output> = Vec::with_capacity(setup.exact_len.unwrap_or(0));
     let base = out.as_mut_ptr();
     // SAFETY: `call` is a local of this frame, declared after `out` (so dropped before it) and
     // never handed out; on every path it settles the engine before anything the tasks borrow or

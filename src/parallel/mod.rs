@@ -30,13 +30,13 @@ pub(crate) mod processes;
 pub(crate) mod progress;
 pub(crate) mod stream;
 
+use crate::pool::unwind::{drop_contained, halt_unwinding, resume_unwinding};
 use backend::{Backend, Plan};
 use batch::{BatchSize, Batcher};
 use delayed::{Apply, Delayed};
 use engine::{Limits, Setup, Stop};
 use error::{ConfigError, Error};
 use progress::{Callback, Progress};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// joblib's `effective_n_jobs`: how many workers a `Parallel::new().n_jobs(n_jobs)` call made
@@ -282,7 +282,13 @@ impl<'p> Parallel<'p> {
 
     /// Calls `callback(done, total)` after each completed task (`done` counts 1, 2, …; `total`
     /// is the input's length when its `size_hint` is exact, else `None`). It runs on the thread
-    /// that drives the call (the caller of `run`, or of the iterator's `next`), in order.
+    /// that drives the call (the caller of `run`, or of the iterator's `next`), in order, and
+    /// never twice at once. No call waits for it: a report that another thread's call of the same
+    /// `Parallel` makes while the callback runs is queued, and the thread running the callback
+    /// delivers it, in order, before it returns (so it may arrive on another thread than its
+    /// call's, after that call returned, and a callback may wait for such a call). A call that
+    /// the callback itself drives on its own thread is not reported (it would run the callback
+    /// inside itself).
     ///
     /// ```
     /// use parjob::{delayed, Parallel};
@@ -299,7 +305,7 @@ impl<'p> Parallel<'p> {
     where
         G: FnMut(usize, Option<usize>) + Send + 'p,
     {
-        self.on_progress = Some(Arc::new(Mutex::new(Some(Box::new(callback)))));
+        self.on_progress = Some(progress::shared_callback(Box::new(callback)));
         self
     }
 
@@ -381,6 +387,7 @@ impl<'p> Parallel<'p> {
                 budget: started,
             },
             progress,
+            exact_len: total,
         })
     }
 
@@ -395,8 +402,8 @@ impl<'p> Parallel<'p> {
         A: Send,
         R: Send,
     {
-        let tasks = tasks.into_iter();
-        let setup = self.setup(exact_len(&tasks))?;
+        let (tasks, len) = with_exact_len(tasks.into_iter());
+        let setup = self.setup(len)?;
         Ok(dispatch::run(tasks, setup, fail_fast))
     }
 
@@ -433,7 +440,7 @@ impl<'p> Parallel<'p> {
         match self.call(tasks, None) {
             Err(error) => panic!("parjob: invalid Parallel configuration: {error}"),
             Ok(Ok(results)) => results,
-            Ok(Err(Stop::Panic(payload))) => crate::pool::unwind::resume_unwinding(payload),
+            Ok(Err(Stop::Panic(payload))) => resume_unwinding(payload),
             Ok(Err(Stop::Timeout { completed, limit })) => panic!(
                 "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
             ),
@@ -470,7 +477,7 @@ impl<'p> Parallel<'p> {
                 .into_iter()
                 .map(|r| r.unwrap_or_else(|_| unreachable!()))
                 .collect()),
-            Ok(Err(Stop::Panic(payload))) => crate::pool::unwind::resume_unwinding(payload),
+            Ok(Err(Stop::Panic(payload))) => resume_unwinding(payload),
             Ok(Err(Stop::Timeout { completed, limit })) => Err(Error::Timeout {
                 timeout: limit,
                 completed,
@@ -493,9 +500,9 @@ impl<'p> Parallel<'p> {
         A: Send,
         R: Send,
     {
-        let tasks = tasks.into_iter();
+        let (tasks, len) = with_exact_len(tasks.into_iter());
         let setup = self
-            .setup(exact_len(&tasks))
+            .setup(len)
             .unwrap_or_else(|error| panic!("parjob: invalid Parallel configuration: {error}"));
         // SAFETY: our callers either require `'static` tasks and results (`run_iter`,
         // `run_unordered`) or settle the stream before returning, on every path (`scope_iter`).
@@ -651,7 +658,7 @@ impl<'p> Parallel<'p> {
             .unwrap_or_else(|error| panic!("parjob: invalid Parallel configuration: {error}"));
         match indexed::run_indexed(setup, n, f, mode, into) {
             Ok(results) => results,
-            Err(Stop::Panic(payload)) => crate::pool::unwind::resume_unwinding(payload),
+            Err(Stop::Panic(payload)) => resume_unwinding(payload),
             Err(Stop::Timeout { completed, limit }) => panic!(
                 "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
             ),
@@ -711,10 +718,24 @@ impl<'p> Parallel<'p> {
     }
 }
 
-fn exact_len<I: Iterator>(tasks: &I) -> Option<usize> {
-    match tasks.size_hint() {
+/// The input with its exact length, when its `size_hint` states one.
+///
+/// `size_hint` is user code. It is asked here, once per call at the call's entry and under a
+/// catch, and everything after reads the answer (`Setup::exact_len`, the process call's total)
+/// instead of asking again outside a catch. A panic from it is resumed with the input dropped
+/// first, on its own and contained: dropped by that unwinding, an input whose `Drop` panicked too
+/// aborted the process.
+fn with_exact_len<I: Iterator>(tasks: I) -> (I, Option<usize>) {
+    let asked = halt_unwinding(|| match tasks.size_hint() {
         (low, Some(high)) if low == high => Some(low),
         _ => None,
+    });
+    match asked {
+        Ok(len) => (tasks, len),
+        Err(payload) => {
+            drop_contained(tasks);
+            resume_unwinding(payload)
+        }
     }
 }
 

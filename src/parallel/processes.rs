@@ -68,9 +68,9 @@ impl<'p> Parallel<'p> {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let tasks = tasks.into_iter();
-        let progress = self.progress_for(super::exact_len(&tasks));
-        Call::new(tasks, settings, progress, ordered)
+        let (tasks, len) = super::with_exact_len(tasks.into_iter());
+        let progress = self.progress_for(len);
+        Call::new(tasks, len, settings, progress, ordered)
     }
 
     /// [`run`](Parallel::run) for tasks that may run in worker processes: in input order, every
@@ -115,9 +115,8 @@ impl<'p> Parallel<'p> {
             Target::Processes(settings) => settings,
         };
         let timeout = settings.timeout;
-        let tasks = tasks.into_iter();
-        let mut results = Vec::with_capacity(tasks.size_hint().0);
         let mut ordered = self.process_call(tasks, settings, true);
+        let mut results = Vec::with_capacity(ordered.total().unwrap_or(0));
         let mut first_failure = None;
         let drained = halt_unwinding(|| {
             ordered.drain(&mut results, |index, failure| {

@@ -16,55 +16,102 @@
 //! print more often.
 
 use crate::pool::unwind::{drop_contained, halt_unwinding, Panic};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// The user's callback, shared by a `Parallel` and the iterators it made. A plain std `Mutex`
-/// (not part of any protocol loom checks), held only to take the callback out or put it back:
-/// the callback runs with no lock held, so it may itself drive a call of the same `Parallel`.
-pub(crate) type Callback<'p> = Arc<Mutex<Option<UserCallback<'p>>>>;
+/// The user's callback, shared by a `Parallel` and the iterators it made, with the reports that
+/// arrived while it was busy. A plain std `Mutex` (not part of any protocol loom checks), held
+/// only to take the callback out, queue a report or put the callback back: the callback runs with
+/// no lock held, so it may itself drive a call of the same `Parallel`.
+pub(crate) type Callback<'p> = Arc<Mutex<CallbackSlot<'p>>>;
 
 /// The callback itself, boxed.
 pub(crate) type UserCallback<'p> = Box<dyn FnMut(usize, Option<usize>) + Send + 'p>;
 
-/// Puts a callback back into its slot when dropped (also when the callback panicked).
+/// Counts `from..=to` of a call whose length is `total`.
+type Report = (usize, usize, Option<usize>);
+
+/// See [`Callback`].
+pub(crate) struct CallbackSlot<'p> {
+    /// `None` while some thread runs it.
+    callback: Option<UserCallback<'p>>,
+    /// The thread running it, while it is out.
+    holder: Option<std::thread::ThreadId>,
+    /// Reports not yet delivered, oldest first. Only non-empty while the callback is out: the
+    /// thread running it delivers them before it puts it back.
+    queued: VecDeque<Report>,
+}
+
+/// A new shared slot holding `callback`.
+pub(crate) fn shared_callback(callback: UserCallback<'_>) -> Callback<'_> {
+    Arc::new(Mutex::new(CallbackSlot {
+        callback: Some(callback),
+        holder: None,
+        queued: VecDeque::new(),
+    }))
+}
+
+fn lock<'a, 'p>(slot: &'a Mutex<CallbackSlot<'p>>) -> std::sync::MutexGuard<'a, CallbackSlot<'p>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Puts the callback back into its slot if a report panicked (the reports still queued stay
+/// there, for the next thread that takes it out).
 struct PutBack<'a, 'p> {
-    slot: &'a Mutex<Option<UserCallback<'p>>>,
+    slot: &'a Mutex<CallbackSlot<'p>>,
     callback: Option<UserCallback<'p>>,
 }
 
 impl Drop for PutBack<'_, '_> {
     fn drop(&mut self) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = self.callback.take();
+        if let Some(callback) = self.callback.take() {
+            let mut slot = lock(self.slot);
+            slot.callback = Some(callback);
+            slot.holder = None;
+        }
     }
 }
 
-/// Takes the callback out of its slot. `None` while it is out: either this thread is inside it
-/// (a callback that drives another call of the same `Parallel`: that call's updates are not
-/// reported, rather than deadlocking), or another thread driving a call of the same `Parallel`
-/// is inside it (then this waits until it is back, so calls never run it concurrently).
-fn take_out<'a, 'p>(
-    slot: &'a Mutex<Option<UserCallback<'p>>>,
-    running_here: &std::cell::Cell<bool>,
-) -> Option<PutBack<'a, 'p>> {
+/// Delivers `report`, never blocking. If another thread runs the callback (another call of the
+/// same `Parallel` reports there), the report is queued, and that thread delivers it, in order,
+/// before it puts the callback back: waiting for the callback instead hung a callback that waited
+/// for a call of the same `Parallel` on another thread (which waited for the callback), and
+/// dropping the report lost counts of calls that merely ran at the same time. If this thread runs
+/// it (the callback drives a call of the same `Parallel` here), the report is skipped: queued, it
+/// would run the callback once more per nested report, and a callback that drives a call in every
+/// report would never return.
+fn deliver(slot: &Mutex<CallbackSlot<'_>>, report: Report) {
+    let mut guard = lock(slot);
+    let here = std::thread::current().id();
+    let Some(callback) = guard.callback.take() else {
+        if guard.holder != Some(here) {
+            guard.queued.push_back(report);
+        }
+        return;
+    };
+    guard.holder = Some(here);
+    guard.queued.push_back(report);
+    let mut holder = PutBack {
+        slot,
+        callback: Some(callback),
+    };
     loop {
-        if let Some(callback) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Some(PutBack {
-                slot,
-                callback: Some(callback),
-            });
+        let Some((from, to, total)) = guard.queued.pop_front() else {
+            // Put back under the same lock that saw the queue empty: a report queued after this
+            // finds the callback in its slot and delivers itself.
+            guard.callback = holder.callback.take();
+            guard.holder = None;
+            return;
+        };
+        drop(guard);
+        let callback = holder.callback.as_mut().expect("held until put back");
+        for k in from..=to {
+            callback(k, total);
         }
-        if running_here.get() {
-            return None;
-        }
-        std::thread::yield_now();
+        guard = lock(slot);
     }
-}
-
-std::thread_local! {
-    /// This thread is inside some `on_progress` callback.
-    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 pub(crate) struct Progress<'p> {
@@ -169,23 +216,7 @@ impl<'p> Progress<'p> {
         // Marked reported first: a panicking callback does not see these updates again.
         self.reported = done;
         if let Some(slot) = &self.callback {
-            IN_CALLBACK.with(|here| {
-                if let Some(mut taken) = take_out(slot, here) {
-                    let outer = here.replace(true);
-                    /// Restores the thread's flag, also when the callback panics.
-                    struct Restore<'a>(&'a std::cell::Cell<bool>, bool);
-                    impl Drop for Restore<'_> {
-                        fn drop(&mut self) {
-                            self.0.set(self.1);
-                        }
-                    }
-                    let _restore = Restore(here, outer);
-                    let callback = taken.callback.as_mut().expect("taken out above");
-                    for k in from..=done {
-                        (callback)(k, self.total);
-                    }
-                }
-            });
+            deliver(slot, (from, done, self.total));
         }
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
@@ -273,9 +304,10 @@ mod tests {
     fn the_callback_sees_every_count_once() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
-        let callback: super::Callback<'static> = Arc::new(Mutex::new(Some(Box::new(
-            move |done: usize, total: Option<usize>| log.lock().unwrap().push((done, total)),
-        ))));
+        let callback =
+            super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
+                log.lock().unwrap().push((done, total))
+            }));
         let mut p = Progress::new(Some(callback), 0, 2, Some(5), false);
         p.update(2);
         p.update(2);
@@ -283,5 +315,42 @@ mod tests {
         p.finish(5);
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen, (1..=5).map(|d| (d, Some(5))).collect::<Vec<_>>());
+    }
+
+    /// A report made on another thread while the callback runs is queued, not dropped and not
+    /// waited for, and delivered after the report in progress, before that report returns; one
+    /// made on the thread running the callback (a call the callback drives) is skipped.
+    #[test]
+    fn reports_made_while_the_callback_runs_are_queued_or_skipped() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let other: Arc<Mutex<Option<Progress<'static>>>> = Arc::new(Mutex::new(None));
+        let (log, others) = (Arc::clone(&seen), Arc::clone(&other));
+        let callback =
+            super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
+                log.lock().unwrap().push((done, total));
+                if total == Some(2) && done == 1 {
+                    let mut other = others.lock().unwrap().take().expect("set below");
+                    // On this thread: skipped. On another thread, waited for here: queued.
+                    other.update(1);
+                    std::thread::scope(|s| {
+                        s.spawn(|| other.update(3));
+                    });
+                }
+            }));
+        *other.lock().unwrap() = Some(Progress::new(
+            Some(Arc::clone(&callback)),
+            0,
+            2,
+            Some(3),
+            false,
+        ));
+        let mut first = Progress::new(Some(callback), 0, 2, Some(2), false);
+        first.update(2);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![(1, Some(2)), (2, Some(2)), (2, Some(3)), (3, Some(3))],
+            "the other thread's counts come after the running report's, none lost"
+        );
     }
 }

@@ -115,7 +115,7 @@ where
     /// As [`Engine::new`]: unless `T` and `T::Output` are `'static`, the caller must call
     /// [`settle`](Self::settle) before anything they borrow goes away, on every path.
     pub(crate) unsafe fn new(tasks: I, setup: Setup<'p>, ordered: bool) -> Self {
-        let exact_len = super::exact_len(&tasks);
+        let exact_len = setup.exact_len;
         let source = match setup.plan {
             super::backend::Plan::Inline => Source::Inline {
                 tasks: Some(tasks),
@@ -321,8 +321,22 @@ where
                 self.expire(budget, true);
             }
         }
-        let Some(task) = tasks.as_mut().and_then(Iterator::next) else {
-            return self.end();
+        let pulled = match tasks.as_mut() {
+            Some(input) => unwind::halt_unwinding(|| input.next()),
+            None => Ok(None),
+        };
+        let task = match pulled {
+            Ok(Some(task)) => task,
+            Ok(None) => return self.end(),
+            Err(payload) => {
+                // The input panicked (user code): it is dropped now, contained, and never pulled
+                // again, so a consumer that reads on finds the stream ended, as on a pool.
+                // (Pulled on, it handed its later tasks out under the indices of the ones before.)
+                if let Some(input) = tasks.take() {
+                    drop_contained(input);
+                }
+                self.fail(payload)
+            }
         };
         let started = Instant::now();
         let value = match unwind::halt_unwinding(|| task.run()) {

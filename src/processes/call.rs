@@ -337,11 +337,15 @@ where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
-    pub(crate) fn new(tasks: I, settings: Settings, progress: Progress<'p>, ordered: bool) -> Self {
-        let total = match tasks.size_hint() {
-            (low, Some(high)) if low == high => Some(low),
-            _ => None,
-        };
+    /// `total`: the input's length when its `size_hint` is exact, asked by the caller (once,
+    /// under a catch: `size_hint` is user code).
+    pub(crate) fn new(
+        tasks: I,
+        total: Option<usize>,
+        settings: Settings,
+        progress: Progress<'p>,
+        ordered: bool,
+    ) -> Self {
         progress.announce("Processes", settings.workers);
         let (tx, rx) = mpsc::channel();
         Call {
@@ -371,6 +375,11 @@ where
             ended: false,
             _types: PhantomData,
         }
+    }
+
+    /// The input's length, when its `size_hint` was exact.
+    pub(crate) fn total(&self) -> Option<usize> {
+        self.total
     }
 
     /// Stops dispatching: tasks not yet sent never run; batches already sent finish.

@@ -102,6 +102,8 @@ pub(crate) struct Setup<'p> {
     pub(crate) pre_dispatch: usize,
     pub(crate) limits: Limits,
     pub(crate) progress: Progress<'p>,
+    /// The input's length, when its `size_hint` is exact (asked once, see `with_exact_len`).
+    pub(crate) exact_len: Option<usize>,
 }
 
 /// How a call stopped early.
@@ -188,7 +190,7 @@ where
         fail_fast: Option<fn(&T::Output) -> bool>,
         slots: Option<(*mut T::Output, usize)>,
     ) -> Self {
-        let exact_len = super::exact_len(&tasks);
+        let exact_len = setup.exact_len;
         let close_on_panic = slots.is_some();
         let (pool, runners, caller_runs) = pool;
         Engine {
