@@ -255,6 +255,33 @@ fn a_size_hint_that_lies_about_two_tasks_is_harmless() {
     }
 }
 
+/// A call past its deadline pulls the next task to see whether one is skipped. An input that is
+/// not fused and says `None` there has ended: the call succeeds with what ran and does not ask
+/// again (on the calling thread it did, and ran a task the input yielded after its end).
+#[test]
+fn a_deadline_check_does_not_pull_past_the_inputs_end() {
+    let pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for n_jobs in [1, 2] {
+        let mut items = vec![Some(30u64), None, Some(1)].into_iter();
+        // Not fused: after its `None` it yields `Some(1)`.
+        let tasks = std::iter::from_fn(move || items.next().flatten()).map(|ms| {
+            delayed(|ms: u64| {
+                std::thread::sleep(Duration::from_millis(ms));
+                ms
+            })(ms)
+        });
+        let out = Parallel::new()
+            .n_jobs(n_jobs)
+            .backend(parjob::Backend::Pool(pool.clone()))
+            .deadline(Duration::from_millis(10))
+            .run(tasks);
+        assert_eq!(out, vec![30], "n_jobs {n_jobs}");
+    }
+}
+
 #[test]
 fn input_is_consumed_lazily_within_pre_dispatch() {
     // Each task blocks until the input has been pulled as far as it will go: tasks see how far

@@ -240,6 +240,56 @@ fn a_panicking_task_comes_back_as_its_message() {
     assert_gone(pool, HashSet::new());
 }
 
+/// `run_in_processes` over an input whose `next()` panics and whose own `Drop` panics too: the
+/// input's panic is the call's, and the input is dropped before it unwinds, contained (the call
+/// that owns it was dropped by the unwinding, and the input's `Drop` aborted the process).
+#[test]
+fn an_input_that_panics_and_panics_when_dropped_does_not_abort() {
+    /// Counts up from 1 and panics at its second field.
+    struct Breaks(u64, u64);
+    impl Iterator for Breaks {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            self.0 += 1;
+            if self.0 == self.1 {
+                panic!("input broke");
+            }
+            Some(self.0)
+        }
+    }
+    impl Drop for Breaks {
+        fn drop(&mut self) {
+            panic!("input dropped");
+        }
+    }
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()));
+    let payload = catch_unwind(AssertUnwindSafe(|| {
+        parallel.run_in_processes(Breaks(0, 20).map(|x| delayed_fn(work)(x)))
+    }))
+    .unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"input broke"));
+    // A stream over such an input, dropped while its consumer's panic unwinds: the consumer's
+    // panic goes on (the input's `Drop`, run by that unwinding, aborted the process).
+    let payload = catch_unwind(AssertUnwindSafe(|| {
+        for result in
+            parallel.run_iter_in_processes(Breaks(0, u64::MAX).map(|x| delayed_fn(work)(x)))
+        {
+            if result.expect("task ran") > 10 {
+                panic!("consumer gave up");
+            }
+        }
+    }))
+    .unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"consumer gave up"));
+    assert_eq!(pool.restarts(), 0);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
+
 #[test]
 fn run_panics_with_the_crash_after_the_other_tasks() {
     let _serial = serial();

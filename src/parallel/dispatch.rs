@@ -105,6 +105,8 @@ where
         let pool = (pool.clone(), *runners, *caller_runs);
         let rest = tasks.take(if ended { 0 } else { usize::MAX });
         let tasks = pulled.into_iter().flatten().chain(rest);
+        // The length it said is wrong: the batcher must not size batches by it.
+        setup.exact_len = None;
         return run_on_pool(tasks, setup, pool, fail_fast);
     }
     // The third slot is empty: the input ended after two tasks, or panicked before.
@@ -259,7 +261,19 @@ where
         let now = Instant::now();
         let expired = match (limits.timeout, limits.budget) {
             (Some(t), _) if now.duration_since(last) > t => Some(t),
-            (_, Some((budget, at))) if now >= at && skips_a_task(tasks) => Some(budget),
+            // Pull the next task to see whether the deadline skips one. It is dropped unrun, on
+            // its own and contained, as every unstarted task is (left in a `Peekable`, it was
+            // dropped with the loop's locals, and a panic from its `Drop` replaced the timeout).
+            // The input's own panic unwinds to `run_inline`, which drops the input contained.
+            (_, Some((budget, at))) if now >= at => match tasks.next() {
+                Some(task) => {
+                    drop_contained(task);
+                    Some(budget)
+                }
+                // The end: nothing was skipped, and an input that is not fused is not asked
+                // again (it may yield more after its `None`).
+                None => break,
+            },
             _ => None,
         };
         if let Some(limit) = expired {
@@ -272,20 +286,6 @@ where
     }
     setup.progress.finish(out.len());
     Ok(())
-}
-
-/// Pulls the next task to see whether a passed deadline skips anything, and drops it unrun, on
-/// its own and contained, as every unstarted task is. (Left in a `Peekable`, it was dropped with
-/// the loop's locals: a panic from its `Drop` became the call's, in place of its timeout.) A
-/// panic of the input itself unwinds to `run_inline`, which drops the input contained.
-fn skips_a_task<T>(tasks: &mut impl Iterator<Item = T>) -> bool {
-    match tasks.next() {
-        Some(task) => {
-            drop_contained(task);
-            true
-        }
-        None => false,
-    }
 }
 
 /// One call on a pool: the engine, the chunks collected so far, and the output buffer they

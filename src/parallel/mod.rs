@@ -284,11 +284,14 @@ impl<'p> Parallel<'p> {
     /// is the input's length when its `size_hint` is exact, else `None`). It runs on the thread
     /// that drives the call (the caller of `run`, or of the iterator's `next`), in order, and
     /// never twice at once. No call waits for it: a report that another thread's call of the same
-    /// `Parallel` makes while the callback runs is queued, and the thread running the callback
-    /// delivers it, in order, before it returns (so it may arrive on another thread than its
-    /// call's, after that call returned, and a callback may wait for such a call). A call that
-    /// the callback itself drives on its own thread is not reported (it would run the callback
-    /// inside itself).
+    /// `Parallel` makes while the callback runs is queued, and delivered by the thread running the
+    /// callback before it returns if that call has ended, else with the next report of any call
+    /// (so a report may arrive on another thread than its call's, after that call returned, and
+    /// a callback may wait for such a call). Reports made on the thread running the callback
+    /// while it runs (a call the callback drives, or pool work that thread runs while the
+    /// callback waits inside the pool) are not delivered. A panic from the callback fails the
+    /// call whose thread ran it, which for a queued report is not the call that made it, after
+    /// the reports that thread owed were delivered.
     ///
     /// ```
     /// use parjob::{delayed, Parallel};

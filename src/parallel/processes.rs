@@ -128,6 +128,9 @@ impl<'p> Parallel<'p> {
             // `Deserialize`, the progress callback): the results decoded so far are dropped on
             // their own, contained, before that panic unwinds on (as below).
             results.into_iter().for_each(drop_contained);
+            // So is the call, which owns the input and the tasks not yet sent (dropped by the
+            // unwinding, an input whose `Drop` panics too aborted the process).
+            drop_contained(ordered);
             resume_unwinding(payload)
         }
         match first_failure {
@@ -221,6 +224,7 @@ impl<'p> Parallel<'p> {
             if let Some(kept) = first {
                 drop_contained(kept);
             }
+            drop_contained(call);
             resume_unwinding(payload)
         }
         let Some((index, failure)) = first else {

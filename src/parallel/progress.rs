@@ -15,7 +15,7 @@
 //! (a line when `floor(sqrt(done / s))` changes, `s = 0.5 * (11 - verbose)^2`), so higher levels
 //! print more often.
 
-use crate::pool::unwind::{drop_contained, halt_unwinding, Panic};
+use crate::pool::unwind::{drop_contained, halt_unwinding, resume_unwinding, Panic};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -30,8 +30,17 @@ pub(crate) type Callback<'p> = Arc<Mutex<CallbackSlot<'p>>>;
 /// The callback itself, boxed.
 pub(crate) type UserCallback<'p> = Box<dyn FnMut(usize, Option<usize>) + Send + 'p>;
 
-/// Counts `from..=to` of a call whose length is `total`.
-type Report = (usize, usize, Option<usize>);
+/// Counts `from..=to` (possibly none) of one call, waiting in the queue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Report {
+    /// The call's `Progress::id`.
+    call: u64,
+    from: usize,
+    to: usize,
+    total: Option<usize>,
+    /// The call has ended: no later report of it will come and deliver this one.
+    last: bool,
+}
 
 /// See [`Callback`].
 pub(crate) struct CallbackSlot<'p> {
@@ -39,8 +48,7 @@ pub(crate) struct CallbackSlot<'p> {
     callback: Option<UserCallback<'p>>,
     /// The thread running it, while it is out.
     holder: Option<std::thread::ThreadId>,
-    /// Reports not yet delivered, oldest first. Only non-empty while the callback is out: the
-    /// thread running it delivers them before it puts it back.
+    /// Reports not yet delivered, oldest first: at most one entry per call and run of counts.
     queued: VecDeque<Report>,
 }
 
@@ -57,65 +65,100 @@ fn lock<'a, 'p>(slot: &'a Mutex<CallbackSlot<'p>>) -> std::sync::MutexGuard<'a, 
     slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Puts the callback back into its slot if a report panicked (the reports still queued stay
-/// there, for the next thread that takes it out).
-struct PutBack<'a, 'p> {
-    slot: &'a Mutex<CallbackSlot<'p>>,
-    callback: Option<UserCallback<'p>>,
-}
-
-impl Drop for PutBack<'_, '_> {
-    fn drop(&mut self) {
-        if let Some(callback) = self.callback.take() {
-            let mut slot = lock(self.slot);
-            slot.callback = Some(callback);
-            slot.holder = None;
+/// Queues `report`, merged into its call's newest entry when it continues it: a call's reports
+/// follow each other, so the queue holds about one entry per call running at once, however
+/// long the callback is busy.
+fn enqueue(queued: &mut VecDeque<Report>, report: Report) {
+    if let Some(newest) = queued.iter_mut().rev().find(|q| q.call == report.call) {
+        if report.from > report.to || newest.to + 1 == report.from {
+            newest.to = newest.to.max(report.to);
+            newest.last |= report.last;
+            return;
         }
+    }
+    if report.from <= report.to {
+        queued.push_back(report);
     }
 }
 
-/// Delivers `report`, never blocking. If another thread runs the callback (another call of the
-/// same `Parallel` reports there), the report is queued, and that thread delivers it, in order,
-/// before it puts the callback back: waiting for the callback instead hung a callback that waited
-/// for a call of the same `Parallel` on another thread (which waited for the callback), and
-/// dropping the report lost counts of calls that merely ran at the same time. If this thread runs
-/// it (the callback drives a call of the same `Parallel` here), the report is skipped: queued, it
-/// would run the callback once more per nested report, and a callback that drives a call in every
-/// report would never return.
+/// The next report the thread holding the callback delivers before it puts it back: the ones
+/// queued when it took the callback (`owed` of them, its own included), then those of calls
+/// that have ended (each call's entries in order). A call still running delivers its own queued
+/// entries at its next report; leaving them bounds how long a holder delivers for others.
+fn next_owed(queued: &mut VecDeque<Report>, owed: &mut usize) -> Option<Report> {
+    if *owed > 0 {
+        *owed -= 1;
+        return queued.pop_front();
+    }
+    let ended = queued.iter().find(|q| q.last)?.call;
+    let first = queued.iter().position(|q| q.call == ended)?;
+    queued.remove(first)
+}
+
+/// Delivers `report`, never blocking.
+///
+/// If another thread runs the callback (another call of the same `Parallel` reports there), the
+/// report is queued, and that thread delivers it before it puts the callback back if the call
+/// has ended, else the next report of any call does (this call's next report at the latest). (Waiting for the callback instead hung a
+/// callback that waited for a call of the same `Parallel` on another thread, which waited for
+/// the callback; dropping the report lost counts of calls that merely ran at the same time.)
+/// If this thread runs it (the callback drives a call of the same `Parallel` here, or a job this
+/// thread runs while the callback waits in the pool does), the report is skipped: queued, it
+/// would run the callback once more per nested report, and a callback that drives a call in
+/// every report would never return.
+///
+/// Each invocation runs under a catch: a panic from the callback (user code) must not strand the
+/// reports other calls left to this thread. The rest of the panicking report's counts are not
+/// delivered (as with a call's own report), the queue is served as usual, the callback is put
+/// back, and the first panic is resumed here, in whichever call's thread ran the callback.
 fn deliver(slot: &Mutex<CallbackSlot<'_>>, report: Report) {
     let mut guard = lock(slot);
     let here = std::thread::current().id();
-    let Some(callback) = guard.callback.take() else {
+    let Some(mut callback) = guard.callback.take() else {
         if guard.holder != Some(here) {
-            guard.queued.push_back(report);
+            enqueue(&mut guard.queued, report);
         }
         return;
     };
     guard.holder = Some(here);
-    guard.queued.push_back(report);
-    let mut holder = PutBack {
-        slot,
-        callback: Some(callback),
-    };
+    enqueue(&mut guard.queued, report);
+    let mut owed = guard.queued.len();
+    let mut first_panic = None;
     loop {
-        let Some((from, to, total)) = guard.queued.pop_front() else {
-            // Put back under the same lock that saw the queue empty: a report queued after this
+        let Some(next) = next_owed(&mut guard.queued, &mut owed) else {
+            // Put back under the same lock that found nothing owed: a report queued after this
             // finds the callback in its slot and delivers itself.
-            guard.callback = holder.callback.take();
+            guard.callback = Some(callback);
             guard.holder = None;
+            drop(guard);
+            if let Some(payload) = first_panic {
+                resume_unwinding(payload);
+            }
             return;
         };
         drop(guard);
-        let callback = holder.callback.as_mut().expect("held until put back");
-        for k in from..=to {
-            callback(k, total);
+        let ran = halt_unwinding(|| {
+            for k in next.from..=next.to {
+                callback(k, next.total);
+            }
+        });
+        if let Err(payload) = ran {
+            match first_panic {
+                None => first_panic = Some(payload),
+                Some(_) => drop_contained(payload),
+            }
         }
         guard = lock(slot);
     }
 }
 
+/// Identifies a call's reports in a shared callback's queue.
+static NEXT_CALL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub(crate) struct Progress<'p> {
     callback: Option<Callback<'p>>,
+    /// This call's id in the callback's queue.
+    id: u64,
     verbose: u32,
     requested_n_jobs: i32,
     total: Option<usize>,
@@ -146,6 +189,7 @@ impl<'p> Progress<'p> {
         let _ = bar;
         Progress {
             callback,
+            id: NEXT_CALL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             verbose,
             requested_n_jobs,
             total,
@@ -209,14 +253,46 @@ impl<'p> Progress<'p> {
 
     /// `done` tasks have completed so far (monotone).
     pub(crate) fn update(&mut self, done: usize) {
+        self.report(done, false);
+    }
+
+    /// `update`, and with `last` the call's end: counts of it still queued are then delivered by
+    /// whoever holds the callback, since this call reports no more.
+    fn report(&mut self, done: usize, last: bool) {
         if done <= self.reported {
+            if last {
+                if let Some(slot) = &self.callback {
+                    let (from, to) = (self.reported + 1, self.reported);
+                    let (call, total) = (self.id, self.total);
+                    deliver(
+                        slot,
+                        Report {
+                            call,
+                            from,
+                            to,
+                            total,
+                            last,
+                        },
+                    );
+                }
+            }
             return;
         }
         let from = self.reported + 1;
         // Marked reported first: a panicking callback does not see these updates again.
         self.reported = done;
         if let Some(slot) = &self.callback {
-            deliver(slot, (from, done, self.total));
+            let (call, total) = (self.id, self.total);
+            deliver(
+                slot,
+                Report {
+                    call,
+                    from,
+                    to: done,
+                    total,
+                    last,
+                },
+            );
         }
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
@@ -253,7 +329,7 @@ impl<'p> Progress<'p> {
 
     /// Every task finished: the final line.
     pub(crate) fn finish(&mut self, done: usize) {
-        self.update(done);
+        self.report(done, true);
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
             bar.finish();
@@ -317,9 +393,9 @@ mod tests {
         assert_eq!(seen, (1..=5).map(|d| (d, Some(5))).collect::<Vec<_>>());
     }
 
-    /// A report made on another thread while the callback runs is queued, not dropped and not
-    /// waited for, and delivered after the report in progress, before that report returns; one
-    /// made on the thread running the callback (a call the callback drives) is skipped.
+    /// Reports made while the callback runs: on another thread, queued (not dropped, not waited
+    /// for) and delivered at that call's next report or its end; on the thread running the
+    /// callback, skipped.
     #[test]
     fn reports_made_while_the_callback_runs_are_queued_or_skipped() {
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -329,7 +405,8 @@ mod tests {
             super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
                 log.lock().unwrap().push((done, total));
                 if total == Some(2) && done == 1 {
-                    let mut other = others.lock().unwrap().take().expect("set below");
+                    let mut guard = others.lock().unwrap();
+                    let other = guard.as_mut().expect("set below");
                     // On this thread: skipped. On another thread, waited for here: queued.
                     other.update(1);
                     std::thread::scope(|s| {
@@ -346,11 +423,54 @@ mod tests {
         ));
         let mut first = Progress::new(Some(callback), 0, 2, Some(2), false);
         first.update(2);
-        let seen = seen.lock().unwrap().clone();
+        assert_eq!(*seen.lock().unwrap(), vec![(1, Some(2)), (2, Some(2))]);
+        // The other call's end delivers what it left queued (a report of any call would).
+        other.lock().unwrap().as_mut().unwrap().finish(3);
         assert_eq!(
-            seen,
+            *seen.lock().unwrap(),
             vec![(1, Some(2)), (2, Some(2)), (2, Some(3)), (3, Some(3))],
-            "the other thread's counts come after the running report's, none lost"
+            "the other call's counts, each once and in order"
+        );
+    }
+
+    /// A call that ends while another thread's report runs the callback leaves its counts to
+    /// that thread, which delivers them before it puts the callback back, even when the callback
+    /// panicked meanwhile (its panic is resumed after); the callback is back afterwards.
+    #[test]
+    fn an_ended_calls_counts_are_delivered_even_if_the_callback_panics() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let slot: Arc<Mutex<Option<super::Callback<'static>>>> = Arc::new(Mutex::new(None));
+        let shared = Arc::clone(&slot);
+        let callback =
+            super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
+                log.lock().unwrap().push((done, total));
+                if total == Some(1) {
+                    let callback = shared.lock().unwrap().clone().expect("set below");
+                    std::thread::scope(|s| {
+                        s.spawn(|| Progress::new(Some(callback), 0, 2, Some(2), false).finish(2));
+                    });
+                    panic!("callback");
+                }
+            }));
+        *slot.lock().unwrap() = Some(Arc::clone(&callback));
+        let mut first = Progress::new(Some(Arc::clone(&callback)), 0, 2, Some(1), false);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| first.update(1)));
+        assert_eq!(
+            caught
+                .expect_err("the callback panicked")
+                .downcast_ref::<&str>(),
+            Some(&"callback")
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(1, Some(1)), (1, Some(2)), (2, Some(2))]
+        );
+        Progress::new(Some(callback), 0, 2, Some(4), false).update(1);
+        assert_eq!(
+            seen.lock().unwrap().last(),
+            Some(&(1, Some(4))),
+            "the callback is back"
         );
     }
 }

@@ -289,7 +289,8 @@ impl Decoding {
 /// The state of one call; yields `(index, outcome)` in input order (`ordered`) or in completion
 /// order.
 pub(crate) struct Call<'p, I, F, A, R> {
-    tasks: I,
+    /// The input: `None` only once the call is being dropped.
+    tasks: Option<I>,
     /// Task `next_index`, taken from `tasks` but not yet in a batch (its arguments did not fit
     /// the slab being filled, or it calls another function than the batch's tasks).
     pending: Option<(F, A)>,
@@ -349,7 +350,7 @@ where
         progress.announce("Processes", settings.workers);
         let (tx, rx) = mpsc::channel();
         Call {
-            tasks,
+            tasks: Some(tasks),
             pending: None,
             exhausted: false,
             next_index: 0,
@@ -565,7 +566,7 @@ where
         if let Some(task) = self.pending.take() {
             return Some(task);
         }
-        match self.tasks.next() {
+        match self.tasks.as_mut().and_then(Iterator::next) {
             Some(task) => Some(task.into_parts()),
             None => {
                 self.exhausted = true;
@@ -644,7 +645,11 @@ where
     /// is kept for the next batch (sent inline if it does not fit an empty slab).
     fn fill_slab(&mut self, size: usize, mut lease: Lease, functions: Functions, task: (F, A)) {
         let first = self.next_index;
-        let (count, len, stop) = encode_batch(&mut self.tasks, task, lease.args_mut(), size);
+        let tasks = self
+            .tasks
+            .as_mut()
+            .expect("the input lives until the call is dropped");
+        let (count, len, stop) = encode_batch(tasks, task, lease.args_mut(), size);
         self.next_index = first + count;
         let mut unencodable = None;
         match stop {
@@ -1012,6 +1017,15 @@ impl<I, F, A, R> Drop for Call<'_, I, F, A, R> {
     fn drop(&mut self) {
         // Batches still queued are skipped; running ones finish and their replies are dropped.
         self.state.cancelled.store(true, Ordering::Relaxed);
+        // The input and a task pulled but not sent are user values whose `Drop` may panic: each
+        // is dropped on its own, contained (a stream dropped while a panic unwinds, e.g. its
+        // consumer's, dropped them by that unwinding, and a `Drop` that panicked aborted).
+        if let Some(tasks) = self.tasks.take() {
+            crate::pool::unwind::drop_contained(tasks);
+        }
+        if let Some(task) = self.pending.take() {
+            crate::pool::unwind::drop_contained(task);
+        }
     }
 }
 
