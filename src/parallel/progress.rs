@@ -259,28 +259,15 @@ impl<'p> Progress<'p> {
     /// `update`, and with `last` the call's end: counts of it still queued are then delivered by
     /// whoever holds the callback, since this call reports no more.
     fn report(&mut self, done: usize, last: bool) {
-        if done <= self.reported {
-            if last {
-                if let Some(slot) = &self.callback {
-                    let (from, to) = (self.reported + 1, self.reported);
-                    let (call, total) = (self.id, self.total);
-                    deliver(
-                        slot,
-                        Report {
-                            call,
-                            from,
-                            to,
-                            total,
-                            last,
-                        },
-                    );
-                }
-            }
+        let fresh = done > self.reported;
+        if !fresh && !last {
             return;
         }
-        let from = self.reported + 1;
+        // With nothing new, an empty range (`from > to`): it only marks the call's queued counts
+        // as its last.
+        let (from, to) = (self.reported + 1, done.max(self.reported));
         // Marked reported first: a panicking callback does not see these updates again.
-        self.reported = done;
+        self.reported = to;
         if let Some(slot) = &self.callback {
             let (call, total) = (self.id, self.total);
             deliver(
@@ -288,11 +275,14 @@ impl<'p> Progress<'p> {
                 Report {
                     call,
                     from,
-                    to: done,
+                    to,
                     total,
                     last,
                 },
             );
+        }
+        if !fresh {
+            return;
         }
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
