@@ -284,14 +284,15 @@ impl<'p> Parallel<'p> {
     /// is the input's length when its `size_hint` is exact, else `None`). It runs on the thread
     /// that drives the call (the caller of `run`, or of the iterator's `next`), in order, and
     /// never twice at once. No call waits for it: a report that another thread's call of the same
-    /// `Parallel` makes while the callback runs is queued, and delivered by the thread running the
-    /// callback before it returns if that call has ended, else with the next report of any call
-    /// (so a report may arrive on another thread than its call's, after that call returned, and
-    /// a callback may wait for such a call). Reports made on the thread running the callback
-    /// while it runs (a call the callback drives, or pool work that thread runs while the
-    /// callback waits inside the pool) are not delivered. A panic from the callback fails the
-    /// call whose thread ran it, which for a queued report is not the call that made it, after
-    /// the reports that thread owed were delivered.
+    /// `Parallel` makes while the callback runs is queued. The thread running the callback
+    /// delivers it before it returns if that call has ended by then (finished, failed, or
+    /// dropped), else the next report of any call does, at the latest the drop of the `Parallel`
+    /// and of the iterators it made; so a report may arrive on another thread than its call's,
+    /// after that call returned, and a callback may wait for such a call. Reports made on the
+    /// thread running the callback while it runs (a call the callback drives, or pool work that
+    /// thread runs while the callback waits inside the pool) are not delivered. A panic from the
+    /// callback fails the call whose thread ran it, which for a queued report is not the call
+    /// that made it, after the reports that thread owed were delivered.
     ///
     /// ```
     /// use parjob::{delayed, Parallel};

@@ -70,8 +70,13 @@ fn lock<'a, 'p>(slot: &'a Mutex<CallbackSlot<'p>>) -> std::sync::MutexGuard<'a, 
 /// long the callback is busy.
 fn enqueue(queued: &mut VecDeque<Report>, report: Report) {
     if let Some(newest) = queued.iter_mut().rev().find(|q| q.call == report.call) {
-        if report.from > report.to || newest.to + 1 == report.from {
-            newest.to = newest.to.max(report.to);
+        if report.from > report.to {
+            // No counts: it only says the call has ended (its skipped counts stay skipped).
+            newest.last |= report.last;
+            return;
+        }
+        if newest.to + 1 == report.from {
+            newest.to = report.to;
             newest.last |= report.last;
             return;
         }
@@ -81,27 +86,61 @@ fn enqueue(queued: &mut VecDeque<Report>, report: Report) {
     }
 }
 
-/// The next report the thread holding the callback delivers before it puts it back: the ones
-/// queued when it took the callback (`owed` of them, its own included), then those of calls
-/// that have ended (each call's entries in order). A call still running delivers its own queued
-/// entries at its next report; leaving them bounds how long a holder delivers for others.
-fn next_owed(queued: &mut VecDeque<Report>, owed: &mut usize) -> Option<Report> {
-    if *owed > 0 {
-        *owed -= 1;
-        return queued.pop_front();
+/// What the thread holding the callback delivers before it puts it back: the entries queued when
+/// it took the callback (`prefix`, its own included), then the entries of the calls that had
+/// ended by the time those were delivered (`ended`, taken once). Both are fixed when taken, so a
+/// holder's work for others is bounded however fast other calls report or end (counted until
+/// nothing was left, a holder delivered for a thread that kept ending short calls for as long
+/// as it did); what arrives later waits for the next report of any call, or the slot's drop.
+struct Owed {
+    prefix: usize,
+    ended: Option<Vec<u64>>,
+}
+
+impl Owed {
+    fn next(&mut self, queued: &mut VecDeque<Report>) -> Option<Report> {
+        if self.prefix > 0 {
+            self.prefix -= 1;
+            return queued.pop_front();
+        }
+        let ended = self
+            .ended
+            .get_or_insert_with(|| queued.iter().filter(|q| q.last).map(|q| q.call).collect());
+        // Each ended call's entries in order: the first of any of them in the queue.
+        let at = queued.iter().position(|q| ended.contains(&q.call))?;
+        queued.remove(at)
     }
-    let ended = queued.iter().find(|q| q.last)?.call;
-    let first = queued.iter().position(|q| q.call == ended)?;
-    queued.remove(first)
+}
+
+impl Drop for CallbackSlot<'_> {
+    /// Every handle is gone (the `Parallel`, its streams, its calls): the counts still queued are
+    /// delivered now, in order, each under a catch. A panic from the callback here is dropped:
+    /// no call is left to fail.
+    fn drop(&mut self) {
+        let Some(callback) = self.callback.as_mut() else {
+            return;
+        };
+        while let Some(next) = self.queued.pop_front() {
+            let ran = halt_unwinding(|| {
+                for k in next.from..=next.to {
+                    callback(k, next.total);
+                }
+            });
+            if let Err(payload) = ran {
+                drop_contained(payload);
+            }
+        }
+    }
 }
 
 /// Delivers `report`, never blocking.
 ///
 /// If another thread runs the callback (another call of the same `Parallel` reports there), the
 /// report is queued, and that thread delivers it before it puts the callback back if the call
-/// has ended, else the next report of any call does (this call's next report at the latest). (Waiting for the callback instead hung a
-/// callback that waited for a call of the same `Parallel` on another thread, which waited for
-/// the callback; dropping the report lost counts of calls that merely ran at the same time.)
+/// had ended by then (see [`Owed`]), else the next report of any call does, at the latest the
+/// slot's drop. (Waiting for the callback instead hung a callback that waited for a call of the
+/// same `Parallel` on another thread, which waited for the callback; dropping the report lost
+/// counts of calls that merely ran at the same time.)
 /// If this thread runs it (the callback drives a call of the same `Parallel` here, or a job this
 /// thread runs while the callback waits in the pool does), the report is skipped: queued, it
 /// would run the callback once more per nested report, and a callback that drives a call in
@@ -122,10 +161,13 @@ fn deliver(slot: &Mutex<CallbackSlot<'_>>, report: Report) {
     };
     guard.holder = Some(here);
     enqueue(&mut guard.queued, report);
-    let mut owed = guard.queued.len();
+    let mut owed = Owed {
+        prefix: guard.queued.len(),
+        ended: None,
+    };
     let mut first_panic = None;
     loop {
-        let Some(next) = next_owed(&mut guard.queued, &mut owed) else {
+        let Some(next) = owed.next(&mut guard.queued) else {
             // Put back under the same lock that found nothing owed: a report queued after this
             // finds the callback in its slot and delivers itself.
             guard.callback = Some(callback);
@@ -159,6 +201,8 @@ pub(crate) struct Progress<'p> {
     callback: Option<Callback<'p>>,
     /// This call's id in the callback's queue.
     id: u64,
+    /// The call's end was reported (`finish`).
+    ended: bool,
     verbose: u32,
     requested_n_jobs: i32,
     total: Option<usize>,
@@ -167,6 +211,31 @@ pub(crate) struct Progress<'p> {
     started: Option<Instant>,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
+}
+
+impl Drop for Progress<'_> {
+    /// A call that ends without `finish` (a failure, a timeout, a panic, a stream dropped early)
+    /// says so like a finished one, so the counts it left queued go out with the callback's
+    /// current holder. A panic from the callback here is dropped: the call is failing or gone.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if let Some(slot) = &self.callback {
+            let (call, total) = (self.id, self.total);
+            let (from, to) = (self.reported + 1, self.reported);
+            let ended = Report {
+                call,
+                from,
+                to,
+                total,
+                last: true,
+            };
+            if let Err(payload) = halt_unwinding(|| deliver(slot, ended)) {
+                drop_contained(payload);
+            }
+        }
+    }
 }
 
 fn format_time(seconds: f64) -> String {
@@ -190,6 +259,7 @@ impl<'p> Progress<'p> {
         Progress {
             callback,
             id: NEXT_CALL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ended: false,
             verbose,
             requested_n_jobs,
             total,
@@ -268,6 +338,7 @@ impl<'p> Progress<'p> {
         let (from, to) = (self.reported + 1, done.max(self.reported));
         // Marked reported first: a panicking callback does not see these updates again.
         self.reported = to;
+        self.ended |= last;
         if let Some(slot) = &self.callback {
             let (call, total) = (self.id, self.total);
             deliver(
@@ -462,5 +533,77 @@ mod tests {
             Some(&(1, Some(4))),
             "the callback is back"
         );
+    }
+
+    /// A call that ends without `finish` (here: dropped after one count, as a failed call or a
+    /// stream dropped early is) while another thread runs the callback hands its queued count to
+    /// that thread, like a finished call.
+    #[test]
+    fn a_call_dropped_unfinished_hands_its_counts_over() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let slot: Arc<Mutex<Option<super::Callback<'static>>>> = Arc::new(Mutex::new(None));
+        let shared = Arc::clone(&slot);
+        let callback =
+            super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
+                log.lock().unwrap().push((done, total));
+                if total == Some(1) {
+                    let callback = shared.lock().unwrap().take().expect("set below");
+                    std::thread::scope(|s| {
+                        s.spawn(|| {
+                            let mut failing = Progress::new(Some(callback), 0, 2, Some(9), false);
+                            failing.update(1);
+                        });
+                    });
+                }
+            }));
+        *slot.lock().unwrap() = Some(Arc::clone(&callback));
+        // Kept alive, so the slot's drop (which would deliver what is left) does not come first.
+        let keep = Arc::clone(&callback);
+        let mut first = Progress::new(Some(callback), 0, 2, Some(1), false);
+        first.update(1);
+        assert_eq!(*seen.lock().unwrap(), vec![(1, Some(1)), (1, Some(9))]);
+        drop((first, keep));
+    }
+
+    /// The thread holding the callback delivers for others only what it owed when it started:
+    /// a call that ends while it delivers an ended call's counts is left to the next report of
+    /// any call (here none comes, so to the slot's drop). Counted until nothing was left, a holder delivered for a thread that
+    /// kept ending calls for as long as it did (here a chain: each delivery ends the next call).
+    #[test]
+    fn a_holder_delivers_only_what_it_owed() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let weak: Arc<Mutex<std::sync::Weak<Mutex<super::CallbackSlot<'static>>>>> =
+            Arc::new(Mutex::new(std::sync::Weak::new()));
+        let shared = Arc::clone(&weak);
+        let callback =
+            super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
+                log.lock().unwrap().push((done, total));
+                // The call of total 1 ends call 101 on another thread; call 101 ends call 102.
+                let next = match total {
+                    Some(1) => 101,
+                    Some(101) => 102,
+                    _ => return,
+                };
+                let callback = shared.lock().unwrap().upgrade().expect("alive");
+                std::thread::scope(|s| {
+                    s.spawn(|| Progress::new(Some(callback), 0, 2, Some(next), false).finish(1));
+                });
+            }));
+        *weak.lock().unwrap() = Arc::downgrade(&callback);
+        let mut first = Progress::new(Some(Arc::clone(&callback)), 0, 2, Some(1), false);
+        first.finish(1);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(1, Some(1)), (1, Some(101))],
+            "call 102 ended after the holder's account was taken"
+        );
+        // No call is left to report (the first one finished: its drop says nothing more): the
+        // slot's drop delivers what is left.
+        drop(first);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        drop(callback);
+        assert_eq!(seen.lock().unwrap().last(), Some(&(1, Some(102))));
     }
 }
