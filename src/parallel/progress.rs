@@ -494,45 +494,54 @@ mod tests {
         );
     }
 
+    type Log = Arc<Mutex<Vec<(usize, Option<usize>)>>>;
+
+    /// A shared callback that logs every `(done, total)`, then runs `react(total, itself)`, where
+    /// `itself` is the callback's own slot (held weakly in between, so the slot can be dropped),
+    /// for `react` to start other calls on.
+    fn logging_callback(
+        react: impl Fn(Option<usize>, super::Callback<'static>) + Send + 'static,
+    ) -> (super::Callback<'static>, Log) {
+        let seen = Log::default();
+        let log = Arc::clone(&seen);
+        let itself: Arc<Mutex<std::sync::Weak<Mutex<super::CallbackSlot<'static>>>>> =
+            Arc::default();
+        let reach = Arc::clone(&itself);
+        let callback = super::shared_callback(Box::new(move |done, total| {
+            log.lock().unwrap().push((done, total));
+            let slot = reach.lock().unwrap().upgrade();
+            if let Some(slot) = slot {
+                react(total, slot);
+            }
+        }));
+        *itself.lock().unwrap() = Arc::downgrade(&callback);
+        (callback, seen)
+    }
+
     /// A call that ends while another thread's report runs the callback leaves its counts to
     /// that thread, which delivers them before it puts the callback back, even when the callback
     /// panicked meanwhile (its panic is resumed after); the callback is back afterwards.
     #[test]
     fn an_ended_calls_counts_are_delivered_even_if_the_callback_panics() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        let slot: Arc<Mutex<Option<super::Callback<'static>>>> = Arc::new(Mutex::new(None));
-        let shared = Arc::clone(&slot);
-        let callback =
-            super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
-                log.lock().unwrap().push((done, total));
-                if total == Some(1) {
-                    let callback = shared.lock().unwrap().clone().expect("set below");
-                    std::thread::scope(|s| {
-                        s.spawn(|| Progress::new(Some(callback), 0, 2, Some(2), false).finish(2));
-                    });
-                    panic!("callback");
-                }
-            }));
-        *slot.lock().unwrap() = Some(Arc::clone(&callback));
+        let (callback, seen) = logging_callback(|total, itself| {
+            if total == Some(1) {
+                std::thread::scope(|s| {
+                    s.spawn(|| Progress::new(Some(itself), 0, 2, Some(2), false).finish(2));
+                });
+                panic!("callback");
+            }
+        });
         let mut first = Progress::new(Some(Arc::clone(&callback)), 0, 2, Some(1), false);
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| first.update(1)));
-        assert_eq!(
-            caught
-                .expect_err("the callback panicked")
-                .downcast_ref::<&str>(),
-            Some(&"callback")
-        );
+        let payload = caught.expect_err("the callback panicked");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"callback"));
         assert_eq!(
             *seen.lock().unwrap(),
             vec![(1, Some(1)), (1, Some(2)), (2, Some(2))]
         );
         Progress::new(Some(callback), 0, 2, Some(4), false).update(1);
-        assert_eq!(
-            seen.lock().unwrap().last(),
-            Some(&(1, Some(4))),
-            "the callback is back"
-        );
+        let last = seen.lock().unwrap().last().copied();
+        assert_eq!(last, Some((1, Some(4))), "the callback is back");
     }
 
     /// A call that ends without `finish` (here: dropped after one count, as a failed call or a
@@ -540,58 +549,39 @@ mod tests {
     /// that thread, like a finished call.
     #[test]
     fn a_call_dropped_unfinished_hands_its_counts_over() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        let slot: Arc<Mutex<Option<super::Callback<'static>>>> = Arc::new(Mutex::new(None));
-        let shared = Arc::clone(&slot);
-        let callback =
-            super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
-                log.lock().unwrap().push((done, total));
-                if total == Some(1) {
-                    let callback = shared.lock().unwrap().take().expect("set below");
-                    std::thread::scope(|s| {
-                        s.spawn(|| {
-                            let mut failing = Progress::new(Some(callback), 0, 2, Some(9), false);
-                            failing.update(1);
-                        });
-                    });
-                }
-            }));
-        *slot.lock().unwrap() = Some(Arc::clone(&callback));
-        // Kept alive, so the slot's drop (which would deliver what is left) does not come first.
-        let keep = Arc::clone(&callback);
-        let mut first = Progress::new(Some(callback), 0, 2, Some(1), false);
+        let (callback, seen) = logging_callback(|total, itself| {
+            if total == Some(1) {
+                std::thread::scope(|s| {
+                    s.spawn(|| Progress::new(Some(itself), 0, 2, Some(9), false).update(1));
+                });
+            }
+        });
+        let mut first = Progress::new(Some(Arc::clone(&callback)), 0, 2, Some(1), false);
         first.update(1);
+        // `callback` is still alive, so the slot's drop (which delivers what is left) is not
+        // what delivered it.
         assert_eq!(*seen.lock().unwrap(), vec![(1, Some(1)), (1, Some(9))]);
-        drop((first, keep));
+        drop((first, callback));
     }
 
     /// The thread holding the callback delivers for others only what it owed when it started:
     /// a call that ends while it delivers an ended call's counts is left to the next report of
-    /// any call (here none comes, so to the slot's drop). Counted until nothing was left, a holder delivered for a thread that
-    /// kept ending calls for as long as it did (here a chain: each delivery ends the next call).
+    /// any call (here none comes, so to the slot's drop). Counted until nothing was left, a
+    /// holder delivered for a thread that kept ending calls for as long as it did (here a chain:
+    /// each delivery ends the next call).
     #[test]
     fn a_holder_delivers_only_what_it_owed() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        let weak: Arc<Mutex<std::sync::Weak<Mutex<super::CallbackSlot<'static>>>>> =
-            Arc::new(Mutex::new(std::sync::Weak::new()));
-        let shared = Arc::clone(&weak);
-        let callback =
-            super::shared_callback(Box::new(move |done: usize, total: Option<usize>| {
-                log.lock().unwrap().push((done, total));
-                // The call of total 1 ends call 101 on another thread; call 101 ends call 102.
-                let next = match total {
-                    Some(1) => 101,
-                    Some(101) => 102,
-                    _ => return,
-                };
-                let callback = shared.lock().unwrap().upgrade().expect("alive");
-                std::thread::scope(|s| {
-                    s.spawn(|| Progress::new(Some(callback), 0, 2, Some(next), false).finish(1));
-                });
-            }));
-        *weak.lock().unwrap() = Arc::downgrade(&callback);
+        let (callback, seen) = logging_callback(|total, itself| {
+            // The call of total 1 ends call 101 on another thread; call 101 ends call 102.
+            let next = match total {
+                Some(1) => 101,
+                Some(101) => 102,
+                _ => return,
+            };
+            std::thread::scope(|s| {
+                s.spawn(|| Progress::new(Some(itself), 0, 2, Some(next), false).finish(1));
+            });
+        });
         let mut first = Progress::new(Some(Arc::clone(&callback)), 0, 2, Some(1), false);
         first.finish(1);
         assert_eq!(
