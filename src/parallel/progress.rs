@@ -112,6 +112,16 @@ impl Owed {
     }
 }
 
+/// Runs `callback` for each count of `report`, catching a panic (the rest of that report's counts
+/// are then not delivered).
+fn run_report(callback: &mut UserCallback<'_>, report: Report) -> Result<(), Panic> {
+    halt_unwinding(|| {
+        for k in report.from..=report.to {
+            callback(k, report.total);
+        }
+    })
+}
+
 impl Drop for CallbackSlot<'_> {
     /// Every handle is gone (the `Parallel`, its streams, its calls): the counts still queued are
     /// delivered now, in order, each under a catch. A panic from the callback here is dropped:
@@ -121,12 +131,7 @@ impl Drop for CallbackSlot<'_> {
             return;
         };
         while let Some(next) = self.queued.pop_front() {
-            let ran = halt_unwinding(|| {
-                for k in next.from..=next.to {
-                    callback(k, next.total);
-                }
-            });
-            if let Err(payload) = ran {
+            if let Err(payload) = run_report(callback, next) {
                 drop_contained(payload);
             }
         }
@@ -179,12 +184,7 @@ fn deliver(slot: &Mutex<CallbackSlot<'_>>, report: Report) {
             return;
         };
         drop(guard);
-        let ran = halt_unwinding(|| {
-            for k in next.from..=next.to {
-                callback(k, next.total);
-            }
-        });
-        if let Err(payload) = ran {
+        if let Err(payload) = run_report(&mut callback, next) {
             match first_panic {
                 None => first_panic = Some(payload),
                 Some(_) => drop_contained(payload),
@@ -497,10 +497,10 @@ mod tests {
     type Log = Arc<Mutex<Vec<(usize, Option<usize>)>>>;
 
     /// A shared callback that logs every `(done, total)`, then runs `react(total, itself)`, where
-    /// `itself` is the callback's own slot (held weakly in between, so the slot can be dropped),
-    /// for `react` to start other calls on.
+    /// `itself` is the callback's own slot (held weakly in between, so the slot can be dropped;
+    /// `None` while it is), for `react` to start other calls on.
     fn logging_callback(
-        react: impl Fn(Option<usize>, super::Callback<'static>) + Send + 'static,
+        react: impl Fn(Option<usize>, Option<super::Callback<'static>>) + Send + 'static,
     ) -> (super::Callback<'static>, Log) {
         let seen = Log::default();
         let log = Arc::clone(&seen);
@@ -510,9 +510,7 @@ mod tests {
         let callback = super::shared_callback(Box::new(move |done, total| {
             log.lock().unwrap().push((done, total));
             let slot = reach.lock().unwrap().upgrade();
-            if let Some(slot) = slot {
-                react(total, slot);
-            }
+            react(total, slot);
         }));
         *itself.lock().unwrap() = Arc::downgrade(&callback);
         (callback, seen)
@@ -526,7 +524,7 @@ mod tests {
         let (callback, seen) = logging_callback(|total, itself| {
             if total == Some(1) {
                 std::thread::scope(|s| {
-                    s.spawn(|| Progress::new(Some(itself), 0, 2, Some(2), false).finish(2));
+                    s.spawn(|| Progress::new(itself, 0, 2, Some(2), false).finish(2));
                 });
                 panic!("callback");
             }
@@ -552,7 +550,7 @@ mod tests {
         let (callback, seen) = logging_callback(|total, itself| {
             if total == Some(1) {
                 std::thread::scope(|s| {
-                    s.spawn(|| Progress::new(Some(itself), 0, 2, Some(9), false).update(1));
+                    s.spawn(|| Progress::new(itself, 0, 2, Some(9), false).update(1));
                 });
             }
         });
@@ -572,14 +570,16 @@ mod tests {
     #[test]
     fn a_holder_delivers_only_what_it_owed() {
         let (callback, seen) = logging_callback(|total, itself| {
-            // The call of total 1 ends call 101 on another thread; call 101 ends call 102.
+            // The call of total 1 ends call 101 on another thread; call 101 ends call 102. Call
+            // 102's count is delivered by the slot's drop, where the callback's panic is dropped.
             let next = match total {
                 Some(1) => 101,
                 Some(101) => 102,
+                Some(102) => panic!("in the slot's drop"),
                 _ => return,
             };
             std::thread::scope(|s| {
-                s.spawn(|| Progress::new(Some(itself), 0, 2, Some(next), false).finish(1));
+                s.spawn(|| Progress::new(itself, 0, 2, Some(next), false).finish(1));
             });
         });
         let mut first = Progress::new(Some(Arc::clone(&callback)), 0, 2, Some(1), false);
@@ -595,5 +595,34 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), 2);
         drop(callback);
         assert_eq!(seen.lock().unwrap().last(), Some(&(1, Some(102))));
+    }
+
+    /// A call dropped unfinished while its counts wait in the queue delivers them from its own
+    /// drop when the callback is free; a panic from the callback there is dropped, not resumed
+    /// (the drop may run while the call's own panic unwinds).
+    #[test]
+    fn a_panic_from_the_callback_in_a_calls_drop_is_contained() {
+        let parked: Arc<Mutex<Option<Progress<'static>>>> = Arc::default();
+        let park = Arc::clone(&parked);
+        let (callback, seen) = logging_callback(move |total, itself| match total {
+            // Another thread's call reports once while this report runs, and is parked.
+            Some(1) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    let mut other = Progress::new(itself, 0, 2, Some(5), false);
+                    other.update(1);
+                    *park.lock().unwrap() = Some(other);
+                });
+            }),
+            Some(5) => panic!("in a call's drop"),
+            _ => {}
+        });
+        let mut first = Progress::new(Some(Arc::clone(&callback)), 0, 2, Some(1), false);
+        first.update(1);
+        // The parked call is still running: its count waits in the queue.
+        assert_eq!(*seen.lock().unwrap(), vec![(1, Some(1))]);
+        let other = parked.lock().unwrap().take().expect("parked");
+        drop(other);
+        assert_eq!(*seen.lock().unwrap(), vec![(1, Some(1)), (1, Some(5))]);
+        drop((first, callback));
     }
 }
