@@ -345,3 +345,38 @@ fn scope_iter_settles_on_every_way_out() {
         drop(data);
     }
 }
+
+/// The driver pulls tasks into a batch buffer through raw writes (`pull_into`); the input panics
+/// part-way through a buffer. Every task it gave before must be dropped exactly once (run, or
+/// dropped unrun when the call unwinds): each holds a `Box` (a double drop or a leak is Miri's to
+/// catch) and counts its own drop.
+#[test]
+fn an_input_that_panics_mid_buffer_leaves_every_task_dropped_once() {
+    struct Counted(#[allow(dead_code)] Box<usize>, &'static AtomicUsize);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let p = pool(2);
+    let parallel = parjob::Parallel::new()
+        .n_jobs(2)
+        .batch_size(parjob::BatchSize::Fixed(4))
+        .backend(parjob::Backend::Pool(p.clone()));
+    for given in [2usize, 6, 9] {
+        DROPPED.store(0, Ordering::Relaxed);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            parallel.run((0..16).map(|i| {
+                assert!(i != given, "input panics");
+                parjob::delayed(|task: Counted| *task.0)(Counted(Box::new(i), &DROPPED))
+            }))
+        }));
+        assert!(outcome.is_err(), "the input's panic is resumed");
+        assert_eq!(
+            DROPPED.load(Ordering::Relaxed),
+            given,
+            "each given task dropped once"
+        );
+    }
+}
