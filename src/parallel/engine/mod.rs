@@ -67,11 +67,11 @@ use std::time::{Duration, Instant};
 /// Moves up to `take` tasks from `input` to the end of `tasks` (fewer when the input ends): what
 /// `tasks.extend(input.by_ref().take(take))` does, written out because the written-out loop keeps
 /// the input's state in registers. Through `extend`, the compiler stored the iterator's state back
-/// to memory after every task, a third store per task beside the task's own two; the driver's
-/// stores into a buffer whose lines are still cached by the runner that emptied it wait in the
-/// store buffer for those lines, and the extra store left fewer of them in flight. One `Delayed`
-/// per tiny task (1M tasks of 24-48 ns, 2 threads, both loops alternating in one process):
-/// 2-11 % faster calls; docs/benchmarks.md, round 9.
+/// to memory after every task, a third store per task beside the task's own two. The driver's
+/// stores into a buffer whose lines are still cached by the runner that emptied it wait for those
+/// lines; probably the extra store took store-buffer entries from them, so fewer waits overlapped.
+/// Measured, one `Delayed` per tiny task (1M tasks of 24-48 ns, 2 threads, both loops alternating
+/// in one process): 2-11 % faster calls; docs/benchmarks.md, round 9.
 ///
 /// If `input` panics, `tasks` holds every task it gave before (the length grows with each write).
 #[inline]
