@@ -197,6 +197,30 @@ impl Iterator for Liar {
     }
 }
 
+/// The progress total comes from the size hint: once more tasks completed than it claimed, the
+/// callback gets no total, never a count above its total (the review of round 9 saw `(3, Some(2))`).
+#[test]
+fn progress_past_a_lying_total_reports_no_total() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    let out = Parallel::new()
+        .n_jobs(1)
+        .on_progress(move |done, total| log.lock().unwrap().push((done, total)))
+        .run(Liar(0..12).map(|x| delayed(square)(x)));
+    assert_eq!(out, (0..12).map(square).collect::<Vec<_>>());
+    let seen = seen.lock().unwrap();
+    let counts: Vec<usize> = seen.iter().map(|&(done, _)| done).collect();
+    assert_eq!(
+        counts,
+        (1..=12).collect::<Vec<_>>(),
+        "every count once, in order"
+    );
+    for &(done, total) in seen.iter() {
+        let expected = if done <= 10 { Some(10) } else { None };
+        assert_eq!(total, expected, "count {done}");
+    }
+}
+
 #[test]
 fn a_lying_size_hint_is_harmless() {
     let out = Parallel::new()
@@ -208,6 +232,36 @@ fn a_lying_size_hint_is_harmless() {
         .n_jobs(2)
         .run(Liar(0..5).map(|x| delayed(square)(x)));
     assert_eq!(out, (0..5).map(square).collect::<Vec<_>>());
+}
+
+/// An input that claims an exact length far beyond memory (2^40 results of 8 bytes) and yields
+/// three: the results are right, on a pool, inline (with a progress callback, so not the plain
+/// loop) and in a stream. Pre-allocating for the claim aborted the process ("memory allocation of
+/// 8796093022208 bytes failed"; round 9 review).
+#[test]
+fn a_size_hint_claiming_more_than_memory_holds_does_not_abort() {
+    struct ClaimsTooMuch(std::ops::Range<u64>);
+    impl Iterator for ClaimsTooMuch {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (1 << 40, Some(1 << 40))
+        }
+    }
+    let pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let tasks = || ClaimsTooMuch(0..3).map(|x| delayed(square)(x));
+    let on_pool = Parallel::new()
+        .n_jobs(2)
+        .backend(parjob::Backend::Pool(pool));
+    assert_eq!(on_pool.run(tasks()), vec![0, 1, 4]);
+    assert_eq!(on_pool.run_iter(tasks()).collect::<Vec<_>>(), vec![0, 1, 4]);
+    let inline = Parallel::new().n_jobs(1).on_progress(|_, _| {});
+    assert_eq!(inline.run(tasks()), vec![0, 1, 4]);
 }
 
 /// An input whose `size_hint` says exactly two tasks takes the two-task path (`join`), which

@@ -1591,3 +1591,26 @@ fn an_argument_whose_serialize_panics_while_a_crashed_batch_is_split_fails_that_
     drop(parallel);
     assert_gone(pool, pids);
 }
+
+/// An input claiming an exact length far beyond memory (2^40) that yields three tasks: the
+/// process call gives the three results (pre-allocating for the claim aborted the process).
+#[test]
+fn a_size_hint_claiming_more_than_memory_holds_does_not_abort() {
+    struct ClaimsTooMuch(std::ops::Range<u64>);
+    impl Iterator for ClaimsTooMuch {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (1 << 40, Some(1 << 40))
+        }
+    }
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()));
+    let out = parallel.run_in_processes(ClaimsTooMuch(0..3).map(|x| delayed_fn(work)(x)));
+    assert_eq!(out, vec![work(0), work(1), work(2)]);
+}

@@ -964,3 +964,56 @@ fn a_callback_that_waits_for_another_call_of_the_same_parallel_does_not_hang() {
     assert_eq!(of_two, vec![1, 2], "in order, each once: {seen:?}");
     assert_eq!(of_three, vec![1, 2, 3], "in order, each once: {seen:?}");
 }
+
+/// A two-task call's `finish` reports no new count but may still run the callback, for another
+/// call's report queued meanwhile: here a stream of the same `Parallel`, read on another thread
+/// while this call's callback runs. The callback panics on that report, inside the two-task
+/// call's `finish`: both results (whose `Drop` panics) must be dropped contained and the
+/// callback's panic be the call's. (Round 9 review: the process aborted, "panic in a destructor
+/// during cleanup"; channels order the threads, no timing.)
+#[test]
+fn a_callback_panicking_on_a_queued_report_in_a_two_task_calls_finish_does_not_abort() {
+    use std::sync::mpsc;
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    within_20s(|| {
+        let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (queued_tx, queued_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let mut first = true;
+        let parallel = Parallel::new()
+            .n_jobs(2)
+            .backend(Backend::Pool(pool))
+            .on_progress(move |done, total| {
+                if total == Some(2) && done == 2 && first {
+                    first = false;
+                    // The stream reports while this thread holds the callback: its report is
+                    // queued, and stays queued (the stream has not ended).
+                    go_tx.send(()).unwrap();
+                    queued_rx.recv().unwrap();
+                }
+                assert!(total != Some(3), "callback on the stream's queued report");
+            });
+        std::thread::scope(|s| {
+            let parallel = &parallel;
+            s.spawn(move || {
+                go_rx.recv().unwrap();
+                let mut stream = parallel.run_iter((0..3u64).map(|i| Delayed::new(move || i)));
+                assert_eq!(stream.next(), Some(0));
+                queued_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            });
+            let caught = catch_unwind(AssertUnwindSafe(|| {
+                parallel.run((0..2).map(|_| Delayed::new(|| PanicsOnDrop(&DROPPED))))
+            }));
+            release_tx.send(()).unwrap();
+            let payload = caught.expect_err("the callback's panic is the call's");
+            assert_eq!(message(&*payload), "callback on the stream's queued report");
+            assert_eq!(
+                DROPPED.load(Ordering::SeqCst),
+                2,
+                "both results dropped once"
+            );
+        });
+    });
+}

@@ -139,7 +139,6 @@ where
     let (ra, rb) = joined.expect("joined unless something panicked");
     // The callback is user code: if it panics, both results are dropped contained before its
     // panic goes on (left to the unwinding, a result whose `Drop` panics aborts the process).
-    // `finish` below runs no callback: both counts are reported here.
     if let Err(payload) = halt_unwinding(|| setup.progress.update(2)) {
         drop_contained(ra);
         drop_contained(rb);
@@ -161,8 +160,15 @@ where
             });
         }
     }
-    setup.progress.finish(2);
-    Ok(vec![ra, rb])
+    // `finish` reports no new count, but may still run the callback: while no thread runs it, a
+    // report runs it for other calls' queued reports too (`progress.rs`). So its panic is caught
+    // like `update`'s, with both results dropped contained (round 9 review: a report queued by a
+    // stream of the same `Parallel` on another thread, delivered here to a callback that panicked,
+    // unwound over `ra` and `rb`; one whose `Drop` panicked aborted the process).
+    setup
+        .progress
+        .finish_with(vec![ra, rb])
+        .map_err(Stop::Panic)
 }
 
 /// The sequential path: every task on this thread, in order; a panic (a task's, the input's,
@@ -235,7 +241,7 @@ where
         setup.progress.finish(out.len());
         return Ok(());
     }
-    out.reserve(setup.exact_len.unwrap_or(0));
+    super::reserve_for_hint(out, setup.exact_len);
     let mut last = Instant::now();
     let mut index = 0;
     while let Some(task) = tasks.next() {
@@ -344,7 +350,8 @@ where
     T: Task + Send,
     T::Output: Send,
 {
-    let mut out: Vec<T::Output> = Vec::with_capacity(setup.exact_len.unwrap_or(0));
+    let mut out: Vec<T::Output> = Vec::new();
+    super::reserve_for_hint(&mut out, setup.exact_len);
     let base = out.as_mut_ptr();
     // SAFETY: `call` is a local of this frame, declared after `out` (so dropped before it) and
     // never handed out; on every path it settles the engine before anything the tasks borrow or

@@ -281,7 +281,8 @@ impl<'p> Parallel<'p> {
     }
 
     /// Calls `callback(done, total)` after each completed task (`done` counts 1, 2, …; `total`
-    /// is the input's length when its `size_hint` is exact, else `None`). It runs on the thread
+    /// is the input's length when its `size_hint` is exact, else `None`, and `None` too from the
+    /// first count past a length the hint claimed but the input exceeded). It runs on the thread
     /// that drives the call (the caller of `run`, or of the iterator's `next`), in order, and
     /// never twice at once. No call waits for it: a report that another thread's call of the same
     /// `Parallel` makes while the callback runs is queued. The thread running the callback
@@ -741,6 +742,16 @@ fn with_exact_len<I: Iterator>(tasks: I) -> (I, Option<usize>) {
             resume_unwinding(payload)
         }
     }
+}
+
+/// Room for `len` results in `out` when the memory is there, and none otherwise. `len` comes
+/// from the input's `size_hint`, which may lie: an input claiming far more items than memory
+/// holds must not abort the process at an allocation (`Vec::with_capacity` and `reserve` do). Room
+/// is only an optimisation here: results past `out`'s capacity still find a place (a batch's own
+/// vector on a pool, a growing vector elsewhere).
+pub(crate) fn reserve_for_hint<R>(out: &mut Vec<R>, len: Option<usize>) {
+    // Failing is the point of `try_reserve` here: the results just go without pre-allocated room.
+    let _ = out.try_reserve(len.unwrap_or(0));
 }
 
 fn backend_name(backend: &Backend) -> &'static str {

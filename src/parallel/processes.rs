@@ -116,7 +116,8 @@ impl<'p> Parallel<'p> {
         };
         let timeout = settings.timeout;
         let mut ordered = self.process_call(tasks, settings, true);
-        let mut results = Vec::with_capacity(ordered.total().unwrap_or(0));
+        let mut results = Vec::new();
+        super::reserve_for_hint(&mut results, ordered.total());
         let mut first_failure = None;
         let drained = halt_unwinding(|| {
             ordered.drain(&mut results, |index, failure| {

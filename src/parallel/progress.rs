@@ -338,6 +338,11 @@ impl<'p> Progress<'p> {
         let (from, to) = (self.reported + 1, done.max(self.reported));
         // Marked reported first: a panicking callback does not see these updates again.
         self.reported = to;
+        // The total came from the input's `size_hint`, which may lie: past it, the total is not
+        // known (reporting "4 of 3" would be a count that contradicts its own total).
+        if self.total.is_some_and(|total| to > total) {
+            self.total = None;
+        }
         self.ended |= last;
         if let Some(slot) = &self.callback {
             let (call, total) = (self.id, self.total);
