@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::Duration;
 
+mod common;
+
 fn square(x: u64) -> u64 {
     x * x
 }
@@ -262,6 +264,45 @@ fn a_size_hint_claiming_more_than_memory_holds_does_not_abort() {
     assert_eq!(on_pool.run_iter(tasks()).collect::<Vec<_>>(), vec![0, 1, 4]);
     let inline = Parallel::new().n_jobs(1).on_progress(|_, _| {});
     assert_eq!(inline.run(tasks()), vec![0, 1, 4]);
+}
+
+/// A call nested in its pool's worker, with an input of exact length, pulls the whole input (its
+/// window is not bounded by `pre_dispatch`). An endless input that claims three items must not be
+/// pulled forever: the whole input is the length it claims. (Round 9 review: the stream's first
+/// refill never returned.)
+#[test]
+fn a_nested_stream_over_an_endless_input_that_claims_a_length_is_bounded() {
+    static PULLED: AtomicUsize = AtomicUsize::new(0);
+    struct EndlessClaimsThree(u64);
+    impl Iterator for EndlessClaimsThree {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            PULLED.fetch_add(1, Ordering::Relaxed);
+            self.0 += 1;
+            Some(self.0 - 1)
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (3, Some(3))
+        }
+    }
+    let first = common::within_20s(|| {
+        let pool = parjob::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let parallel = Parallel::new()
+            .n_jobs(2)
+            .backend(parjob::Backend::Pool(pool.clone()));
+        pool.install(|| {
+            parallel
+                .run_iter(EndlessClaimsThree(0).map(|x| delayed(square)(x)))
+                .take(5)
+                .collect::<Vec<_>>()
+        })
+    });
+    assert_eq!(first, vec![0, 1, 4, 9, 16]);
+    let pulled = PULLED.load(Ordering::Relaxed);
+    assert!(pulled < 1000, "pulled {pulled} tasks for 5 results");
 }
 
 /// An input whose `size_hint` says exactly two tasks takes the two-task path (`join`), which

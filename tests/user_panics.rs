@@ -1017,3 +1017,39 @@ fn a_callback_panicking_on_a_queued_report_in_a_two_task_calls_finish_does_not_a
         });
     });
 }
+
+/// A stream asked for with an invalid configuration panics at once, while it still owns the
+/// input: the input (whose `Drop` panics) is dropped contained first, so the call ends with the
+/// configuration's panic (dropped by that panic's unwinding, the input aborted the process).
+#[test]
+fn an_invalid_stream_configuration_with_an_input_whose_drop_panics_does_not_abort() {
+    struct BreaksOnDrop(std::ops::Range<u64>);
+    impl Iterator for BreaksOnDrop {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            self.0.next()
+        }
+    }
+    impl Drop for BreaksOnDrop {
+        fn drop(&mut self) {
+            panic!("input dropped");
+        }
+    }
+    for ordered in [true, false] {
+        let parallel = Parallel::new().n_jobs(2).pre_dispatch(0);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            let tasks = BreaksOnDrop(0..4).map(|x| delayed(|x: u64| x + 1)(x));
+            if ordered {
+                drop(parallel.run_iter(tasks));
+            } else {
+                drop(parallel.run_unordered(tasks));
+            }
+        }));
+        let payload = caught.expect_err("an invalid configuration panics");
+        let message = message(&*payload);
+        assert!(
+            message.contains("invalid Parallel configuration"),
+            "the configuration's panic, not the input's: {message}"
+        );
+    }
+}

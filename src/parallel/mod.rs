@@ -224,7 +224,8 @@ impl<'p> Parallel<'p> {
     /// How many tasks may be taken from the input ahead of the results: joblib's `pre_dispatch`,
     /// default `2 × n_jobs` (but `'all'` for a call made from inside a pool whose input has an
     /// exact length: the calling worker runs other jobs while it waits, and must not hold its own
-    /// call back meanwhile); `usize::MAX` is joblib's `'all'`. Counted in tasks while batches hold
+    /// call back meanwhile; "all" is the length the input's `size_hint` states, so an input that
+    /// lies about it is still pulled no further ahead); `usize::MAX` is joblib's `'all'`. Counted in tasks while batches hold
     /// one task (always the case at the start of a call, and with slow tasks); once `Auto`
     /// batching packs several tasks per batch, the window is `pre_dispatch` batches. The input is
     /// consumed lazily, so a huge lazy input never sits in memory at once. `0` is an error.
@@ -374,9 +375,13 @@ impl<'p> Parallel<'p> {
         if let Plan::Pool { inside: true, .. } = &plan {
             // Nested call of known length, window not set: the whole input. A driver that is a
             // worker runs other jobs of the pool while it waits, and a window it cannot refill
-            // meanwhile would hold its own call back (see docs/joblib.md, `pre_dispatch`).
-            if self.pre_dispatch.is_none() && total.is_some() {
-                pre_dispatch = usize::MAX;
+            // meanwhile would hold its own call back (see docs/joblib.md, `pre_dispatch`). "The
+            // whole input" is the length it claims, not unbounded: the claim comes from its
+            // `size_hint`, and an endless input that lied about its length was pulled forever.
+            // One more than the length: the batch a helping driver keeps for itself
+            // (`Engine::reserve`) then still leaves room for every task.
+            if let (None, Some(len)) = (self.pre_dispatch, total) {
+                pre_dispatch = len.saturating_add(1);
             }
         }
         let progress = self.progress_for(total);
@@ -506,9 +511,15 @@ impl<'p> Parallel<'p> {
         R: Send,
     {
         let (tasks, len) = with_exact_len(tasks.into_iter());
-        let setup = self
-            .setup(len)
-            .unwrap_or_else(|error| panic!("parjob: invalid Parallel configuration: {error}"));
+        let setup = match self.setup(len) {
+            Ok(setup) => setup,
+            Err(error) => {
+                // The input is user code: dropped by this panic's unwinding, an input whose
+                // `Drop` panics too aborted the process.
+                drop_contained(tasks);
+                panic!("parjob: invalid Parallel configuration: {error}")
+            }
+        };
         // SAFETY: our callers either require `'static` tasks and results (`run_iter`,
         // `run_unordered`) or settle the stream before returning, on every path (`scope_iter`).
         unsafe { stream::Stream::new(tasks, setup, ordered) }
