@@ -262,3 +262,33 @@ fn building_and_dropping_many_pools_leaks_no_threads() {
         );
     }
 }
+
+/// A thread name with a NUL byte (which std's `spawn` refuses with a panic) is a typed build
+/// error, found before any worker starts: before round 9 `build` panicked from the middle of its
+/// spawn loop, and the workers already started ran on, unowned.
+#[test]
+fn a_thread_name_with_a_nul_byte_is_a_build_error_and_starts_nothing() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&started);
+    let err = parjob::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .thread_name(|i| {
+            if i == 2 {
+                "third\0worker".to_string()
+            } else {
+                format!("worker-{i}")
+            }
+        })
+        .start_handler(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .expect_err("a NUL byte in a thread name is an error");
+    assert!(err.is_invalid_thread_name());
+    assert!(!err.is_spawn_failure());
+    assert_eq!(
+        err.to_string(),
+        r#"the name of worker 2 contains a NUL byte: "third\0worker""#
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 0, "no worker started");
+}

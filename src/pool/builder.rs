@@ -326,6 +326,7 @@ pub struct BuildError {
 enum ErrorKind {
     Spawn(std::io::Error),
     PinningUnsupported,
+    InvalidThreadName { worker: usize, name: String },
 }
 
 impl BuildError {
@@ -339,6 +340,11 @@ impl BuildError {
             kind: ErrorKind::PinningUnsupported,
         }
     }
+    pub(crate) fn invalid_thread_name(worker: usize, name: String) -> Self {
+        BuildError {
+            kind: ErrorKind::InvalidThreadName { worker, name },
+        }
+    }
     /// The operating system refused to spawn a worker thread (see `source()` for its error).
     pub fn is_spawn_failure(&self) -> bool {
         matches!(self.kind, ErrorKind::Spawn(_))
@@ -347,16 +353,37 @@ impl BuildError {
     pub fn is_pinning_unsupported(&self) -> bool {
         matches!(self.kind, ErrorKind::PinningUnsupported)
     }
+    /// A name given by [`thread_name`](ThreadPoolBuilder::thread_name) contains a NUL byte, which
+    /// no thread name may hold. Nothing was started.
+    ///
+    /// ```
+    /// let err = parjob::ThreadPoolBuilder::new()
+    ///     .num_threads(2)
+    ///     .thread_name(|_| "bad\0name".to_string())
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.is_invalid_thread_name());
+    /// assert_eq!(err.to_string(), r#"the name of worker 0 contains a NUL byte: "bad\0name""#);
+    /// ```
+    pub fn is_invalid_thread_name(&self) -> bool {
+        matches!(self.kind, ErrorKind::InvalidThreadName { .. })
+    }
 }
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
+        match &self.kind {
             // The io::Error is the `source()`; not repeated here so error reports don't print it twice.
             ErrorKind::Spawn(_) => f.write_str("could not spawn a worker thread"),
             ErrorKind::PinningUnsupported => f.write_str(
                 "thread pinning was requested but this platform cannot list or pin cores",
             ),
+            ErrorKind::InvalidThreadName { worker, name } => {
+                write!(
+                    f,
+                    "the name of worker {worker} contains a NUL byte: {name:?}"
+                )
+            }
         }
     }
 }
@@ -365,7 +392,7 @@ impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             ErrorKind::Spawn(e) => Some(e),
-            ErrorKind::PinningUnsupported => None,
+            ErrorKind::PinningUnsupported | ErrorKind::InvalidThreadName { .. } => None,
         }
     }
 }

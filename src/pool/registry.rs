@@ -76,6 +76,14 @@ impl Registry {
             start_handler,
             exit_handler,
         } = config;
+        // Checked before any thread starts: std's `spawn` panics on a NUL in a name, and from the
+        // middle of this loop that panic left the workers started before it running, unowned.
+        if let Some(worker) = thread_names.iter().position(|name| name.contains('\0')) {
+            return Err(BuildError::invalid_thread_name(
+                worker,
+                thread_names[worker].clone(),
+            ));
+        }
         let cores = if pin_threads {
             pinning_cores()?
         } else {
