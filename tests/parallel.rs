@@ -242,16 +242,7 @@ fn a_lying_size_hint_is_harmless() {
 /// 8796093022208 bytes failed"; round 9 review).
 #[test]
 fn a_size_hint_claiming_more_than_memory_holds_does_not_abort() {
-    struct ClaimsTooMuch(std::ops::Range<u64>);
-    impl Iterator for ClaimsTooMuch {
-        type Item = u64;
-        fn next(&mut self) -> Option<u64> {
-            self.0.next()
-        }
-        fn size_hint(&self) -> (usize, Option<usize>) {
-            (1 << 40, Some(1 << 40))
-        }
-    }
+    use common::ClaimsTooMuch;
     let pool = parjob::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()

@@ -15,6 +15,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 use std::time::Duration;
 
+mod common;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -1596,16 +1598,7 @@ fn an_argument_whose_serialize_panics_while_a_crashed_batch_is_split_fails_that_
 /// process call gives the three results (pre-allocating for the claim aborted the process).
 #[test]
 fn a_size_hint_claiming_more_than_memory_holds_does_not_abort() {
-    struct ClaimsTooMuch(std::ops::Range<u64>);
-    impl Iterator for ClaimsTooMuch {
-        type Item = u64;
-        fn next(&mut self) -> Option<u64> {
-            self.0.next()
-        }
-        fn size_hint(&self) -> (usize, Option<usize>) {
-            (1 << 40, Some(1 << 40))
-        }
-    }
+    use common::ClaimsTooMuch;
     let _serial = serial();
     let pool = two_workers();
     let parallel = Parallel::new()

@@ -185,3 +185,17 @@ impl Drop for Bomb {
         }
     }
 }
+
+/// An input that yields the numbers of its range but claims, in its `size_hint`, an exact length
+/// far beyond memory (2^40 items): pre-allocating for the claim would abort the process.
+pub struct ClaimsTooMuch(pub std::ops::Range<u64>);
+
+impl Iterator for ClaimsTooMuch {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (1 << 40, Some(1 << 40))
+    }
+}
