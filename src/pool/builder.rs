@@ -184,8 +184,8 @@ impl ThreadPoolBuilder {
         self
     }
 
-    /// How many workers may search for work at once (at least 1). The default is half the
-    /// workers, rounded up: more searchers only contend on the same empty deques.
+    /// How many workers may search for work at once (at least 1: `0` counts as 1). The default is
+    /// half the workers, rounded up: more searchers only contend on the same empty deques.
     pub fn max_searchers(mut self, max: usize) -> Self {
         self.max_searchers = Some(max);
         self
