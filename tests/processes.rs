@@ -1607,3 +1607,43 @@ fn a_size_hint_claiming_more_than_memory_holds_does_not_abort() {
     let out = parallel.run_in_processes(ClaimsTooMuch(0..3).map(|x| delayed_fn(work)(x)));
     assert_eq!(out, vec![work(0), work(1), work(2)]);
 }
+
+/// A process call asked for with an invalid configuration panics before any worker starts, while
+/// it still holds the input: the input (whose `Drop` panics) is dropped contained first, so the
+/// call ends with the configuration's panic, on every entry point (dropped by that panic's
+/// unwinding, the input aborted the process).
+#[test]
+fn an_invalid_configuration_with_an_input_whose_drop_panics_does_not_abort() {
+    struct BreaksOnDrop(std::ops::Range<u64>);
+    impl Iterator for BreaksOnDrop {
+        type Item = u64;
+        fn next(&mut self) -> Option<u64> {
+            self.0.next()
+        }
+    }
+    impl Drop for BreaksOnDrop {
+        fn drop(&mut self) {
+            panic!("input dropped");
+        }
+    }
+    let parallel = Parallel::new().n_jobs(0).backend(Backend::Processes);
+    for entry in 0..3 {
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            let tasks = BreaksOnDrop(0..4).map(|x| delayed_fn(work)(x));
+            match entry {
+                0 => drop(parallel.run_in_processes(tasks)),
+                1 => drop(parallel.run_iter_in_processes(tasks)),
+                _ => drop(parallel.run_unordered_in_processes(tasks)),
+            }
+        }));
+        let payload = caught.expect_err("an invalid configuration panics");
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or("<not a message>");
+        assert!(
+            message.contains("invalid Parallel configuration"),
+            "entry {entry}: the configuration's panic, not the input's: {message}"
+        );
+    }
+}

@@ -413,7 +413,15 @@ impl<'p> Parallel<'p> {
         R: Send,
     {
         let (tasks, len) = with_exact_len(tasks.into_iter());
-        let setup = self.setup(len)?;
+        let setup = match halt_unwinding(|| self.setup(len)) {
+            Ok(setup) => setup?,
+            // Setting up may panic (the default backend's pool cannot start): the input is user
+            // code, dropped contained first (by the unwinding, a panicking `Drop` aborted).
+            Err(payload) => {
+                drop_contained(tasks);
+                resume_unwinding(payload)
+            }
+        };
         Ok(dispatch::run(tasks, setup, fail_fast))
     }
 
@@ -511,13 +519,18 @@ impl<'p> Parallel<'p> {
         R: Send,
     {
         let (tasks, len) = with_exact_len(tasks.into_iter());
-        let setup = match self.setup(len) {
-            Ok(setup) => setup,
-            Err(error) => {
-                // The input is user code: dropped by this panic's unwinding, an input whose
-                // `Drop` panics too aborted the process.
+        let setup = match halt_unwinding(|| self.setup(len)) {
+            Ok(Ok(setup)) => setup,
+            // The input is user code: dropped by these panics' unwinding, an input whose `Drop`
+            // panics too aborted the process. (Setting up itself may panic: the default
+            // backend's pool cannot start.)
+            Ok(Err(error)) => {
                 drop_contained(tasks);
                 panic!("parjob: invalid Parallel configuration: {error}")
+            }
+            Err(payload) => {
+                drop_contained(tasks);
+                resume_unwinding(payload)
             }
         };
         // SAFETY: our callers either require `'static` tasks and results (`run_iter`,

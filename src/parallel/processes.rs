@@ -56,6 +56,20 @@ impl<'p> Parallel<'p> {
         Target::Threads
     }
 
+    /// [`process_target`](Self::process_target) with the caller's input in hand, which it hands
+    /// back. Its panics (an invalid configuration, worker processes that cannot start) drop the
+    /// input first, on its own and contained: dropped by that panic's unwinding, an input whose
+    /// `Drop` panics too aborted the process.
+    fn process_target_holding<T>(&self, tasks: T) -> (Target, T) {
+        match halt_unwinding(|| self.process_target()) {
+            Ok(target) => (target, tasks),
+            Err(payload) => {
+                drop_contained(tasks);
+                resume_unwinding(payload)
+            }
+        }
+    }
+
     fn process_call<I, F, A, R>(
         &self,
         tasks: I,
@@ -110,7 +124,8 @@ impl<'p> Parallel<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let settings = match self.process_target() {
+        let (target, tasks) = self.process_target_holding(tasks);
+        let settings = match target {
             Target::Threads => return self.run(tasks),
             Target::Processes(settings) => settings,
         };
@@ -176,14 +191,14 @@ impl<'p> Parallel<'p> {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + Send + 'static,
     {
-        let settings = match &self.backend {
+        let (settings, tasks) = match &self.backend {
             Backend::Processes | Backend::ProcessPool(_) => {
                 if let Err(error) = self.validate() {
                     return Err(Error::Config { error });
                 }
-                match self.process_target() {
-                    Target::Processes(settings) => settings,
-                    Target::Threads => return self.try_run(tasks),
+                match self.process_target_holding(tasks) {
+                    (Target::Processes(settings), tasks) => (settings, tasks),
+                    (Target::Threads, tasks) => return self.try_run(tasks),
                 }
             }
             _ => return self.try_run(tasks),
@@ -281,7 +296,8 @@ impl<'p> Parallel<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        RunIterInProcesses(match self.process_target() {
+        let (target, tasks) = self.process_target_holding(tasks);
+        RunIterInProcesses(match target {
             Target::Threads => Runner::Threads(self.run_iter(tasks)),
             Target::Processes(settings) => {
                 let timeout = settings.timeout;
@@ -317,7 +333,8 @@ impl<'p> Parallel<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        RunUnorderedInProcesses(match self.process_target() {
+        let (target, tasks) = self.process_target_holding(tasks);
+        RunUnorderedInProcesses(match target {
             Target::Threads => UnorderedRunner::Threads(self.run_unordered(tasks)),
             Target::Processes(settings) => {
                 let timeout = settings.timeout;
