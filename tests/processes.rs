@@ -1614,18 +1614,7 @@ fn a_size_hint_claiming_more_than_memory_holds_does_not_abort() {
 /// unwinding, the input aborted the process).
 #[test]
 fn an_invalid_configuration_with_an_input_whose_drop_panics_does_not_abort() {
-    struct BreaksOnDrop(std::ops::Range<u64>);
-    impl Iterator for BreaksOnDrop {
-        type Item = u64;
-        fn next(&mut self) -> Option<u64> {
-            self.0.next()
-        }
-    }
-    impl Drop for BreaksOnDrop {
-        fn drop(&mut self) {
-            panic!("input dropped");
-        }
-    }
+    use common::BreaksOnDrop;
     let parallel = Parallel::new().n_jobs(0).backend(Backend::Processes);
     for entry in 0..3 {
         let caught = catch_unwind(AssertUnwindSafe(|| {

@@ -1023,18 +1023,7 @@ fn a_callback_panicking_on_a_queued_report_in_a_two_task_calls_finish_does_not_a
 /// configuration's panic (dropped by that panic's unwinding, the input aborted the process).
 #[test]
 fn an_invalid_stream_configuration_with_an_input_whose_drop_panics_does_not_abort() {
-    struct BreaksOnDrop(std::ops::Range<u64>);
-    impl Iterator for BreaksOnDrop {
-        type Item = u64;
-        fn next(&mut self) -> Option<u64> {
-            self.0.next()
-        }
-    }
-    impl Drop for BreaksOnDrop {
-        fn drop(&mut self) {
-            panic!("input dropped");
-        }
-    }
+    use common::BreaksOnDrop;
     for ordered in [true, false] {
         let parallel = Parallel::new().n_jobs(2).pre_dispatch(0);
         let caught = catch_unwind(AssertUnwindSafe(|| {

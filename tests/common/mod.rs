@@ -199,3 +199,20 @@ impl Iterator for ClaimsTooMuch {
         (1 << 40, Some(1 << 40))
     }
 }
+
+/// An input that yields the numbers of its range and panics when dropped (even while a panic
+/// unwinds: dropped by an unwinding, it aborts the process unless parjob contains it).
+pub struct BreaksOnDrop(pub std::ops::Range<u64>);
+
+impl Iterator for BreaksOnDrop {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.0.next()
+    }
+}
+
+impl Drop for BreaksOnDrop {
+    fn drop(&mut self) {
+        panic!("input dropped");
+    }
+}
