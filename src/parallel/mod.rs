@@ -30,7 +30,7 @@ pub(crate) mod processes;
 pub(crate) mod progress;
 pub(crate) mod stream;
 
-use crate::pool::unwind::{drop_contained, halt_unwinding, resume_unwinding};
+use crate::pool::unwind::{drop_contained, holding, resume_unwinding};
 use backend::{Backend, Plan};
 use batch::{BatchSize, Batcher};
 use delayed::{Apply, Delayed};
@@ -225,10 +225,11 @@ impl<'p> Parallel<'p> {
     /// default `2 × n_jobs` (but `'all'` for a call made from inside a pool whose input has an
     /// exact length: the calling worker runs other jobs while it waits, and must not hold its own
     /// call back meanwhile; "all" is the length the input's `size_hint` states, so an input that
-    /// lies about it is still pulled no further ahead); `usize::MAX` is joblib's `'all'`. Counted in tasks while batches hold
-    /// one task (always the case at the start of a call, and with slow tasks); once `Auto`
-    /// batching packs several tasks per batch, the window is `pre_dispatch` batches. The input is
-    /// consumed lazily, so a huge lazy input never sits in memory at once. `0` is an error.
+    /// lies about it is still pulled no further ahead); `usize::MAX` is joblib's `'all'`.
+    /// Counted in tasks while batches hold one task (always the case at the start of a call, and
+    /// with slow tasks); once `Auto` batching packs several tasks per batch, the window is
+    /// `pre_dispatch` batches. The input is consumed lazily, so a huge lazy input never sits in
+    /// memory at once. `0` is an error.
     ///
     /// ```
     /// use parjob::{delayed, Parallel};
@@ -401,6 +402,13 @@ impl<'p> Parallel<'p> {
         })
     }
 
+    /// Sets up a call over `tasks` with the input in hand: its length is asked here, once, and a
+    /// panic from `size_hint` or from setting up (the default backend's pool cannot start) drops
+    /// the input contained before it goes on (`holding`).
+    fn setup_holding<I: Iterator>(&self, tasks: I) -> (I, Result<Setup<'p>, ConfigError>) {
+        holding(tasks, |tasks| self.setup(exact_len(tasks)))
+    }
+
     fn call<I, F, A, R>(
         &self,
         tasks: I,
@@ -412,17 +420,8 @@ impl<'p> Parallel<'p> {
         A: Send,
         R: Send,
     {
-        let (tasks, len) = with_exact_len(tasks.into_iter());
-        let setup = match halt_unwinding(|| self.setup(len)) {
-            Ok(setup) => setup?,
-            // Setting up may panic (the default backend's pool cannot start): the input is user
-            // code, dropped contained first (by the unwinding, a panicking `Drop` aborted).
-            Err(payload) => {
-                drop_contained(tasks);
-                resume_unwinding(payload)
-            }
-        };
-        Ok(dispatch::run(tasks, setup, fail_fast))
+        let (tasks, setup) = self.setup_holding(tasks.into_iter());
+        Ok(dispatch::run(tasks, setup?, fail_fast))
     }
 
     /// Runs every task and returns the results in input order (joblib's `return_as="list"`).
@@ -518,19 +517,14 @@ impl<'p> Parallel<'p> {
         A: Send,
         R: Send,
     {
-        let (tasks, len) = with_exact_len(tasks.into_iter());
-        let setup = match halt_unwinding(|| self.setup(len)) {
-            Ok(Ok(setup)) => setup,
-            // The input is user code: dropped by these panics' unwinding, an input whose `Drop`
-            // panics too aborted the process. (Setting up itself may panic: the default
-            // backend's pool cannot start.)
-            Ok(Err(error)) => {
+        let (tasks, setup) = self.setup_holding(tasks.into_iter());
+        let setup = match setup {
+            Ok(setup) => setup,
+            Err(error) => {
+                // The input is user code: dropped by this panic's unwinding, an input whose
+                // `Drop` panics too aborted the process.
                 drop_contained(tasks);
                 panic!("parjob: invalid Parallel configuration: {error}")
-            }
-            Err(payload) => {
-                drop_contained(tasks);
-                resume_unwinding(payload)
             }
         };
         // SAFETY: our callers either require `'static` tasks and results (`run_iter`,
@@ -747,24 +741,16 @@ impl<'p> Parallel<'p> {
     }
 }
 
-/// The input with its exact length, when its `size_hint` states one.
+/// The input's length, when its `size_hint` states an exact one.
 ///
-/// `size_hint` is user code. It is asked here, once per call at the call's entry and under a
-/// catch, and everything after reads the answer (`Setup::exact_len`, the process call's total)
-/// instead of asking again outside a catch. A panic from it is resumed with the input dropped
-/// first, on its own and contained: dropped by that unwinding, an input whose `Drop` panicked too
-/// aborted the process.
-fn with_exact_len<I: Iterator>(tasks: I) -> (I, Option<usize>) {
-    let asked = halt_unwinding(|| match tasks.size_hint() {
+/// `size_hint` is user code. It is asked once per call, at the call's entry, inside
+/// [`holding`](crate::pool::unwind::holding) (a panic from it drops the input contained first),
+/// and everything after reads the answer (`Setup::exact_len`, the process call's total) instead
+/// of asking again outside a catch.
+pub(crate) fn exact_len<I: Iterator>(tasks: &I) -> Option<usize> {
+    match tasks.size_hint() {
         (low, Some(high)) if low == high => Some(low),
         _ => None,
-    });
-    match asked {
-        Ok(len) => (tasks, len),
-        Err(payload) => {
-            drop_contained(tasks);
-            resume_unwinding(payload)
-        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::delayed::{Apply, Delayed};
 use super::error::Error;
 use super::stream::{RunIter, RunUnordered};
 use super::Parallel;
-use crate::pool::unwind::{drop_contained, halt_unwinding, resume_unwinding};
+use crate::pool::unwind::{drop_contained, halt_unwinding, holding, resume_unwinding};
 use crate::processes::call::{Call, Failure, Settings};
 use crate::processes::{ProcessFn, ProcessPool};
 use serde::de::DeserializeOwned;
@@ -56,18 +56,12 @@ impl<'p> Parallel<'p> {
         Target::Threads
     }
 
-    /// [`process_target`](Self::process_target) with the caller's input in hand, which it hands
-    /// back. Its panics (an invalid configuration, worker processes that cannot start) drop the
-    /// input first, on its own and contained: dropped by that panic's unwinding, an input whose
-    /// `Drop` panics too aborted the process.
+    /// [`process_target`](Self::process_target) with the caller's input in hand (`holding`): its
+    /// panics (an invalid configuration, worker processes that cannot start) drop the input
+    /// contained first.
     fn process_target_holding<T>(&self, tasks: T) -> (Target, T) {
-        match halt_unwinding(|| self.process_target()) {
-            Ok(target) => (target, tasks),
-            Err(payload) => {
-                drop_contained(tasks);
-                resume_unwinding(payload)
-            }
-        }
+        let (tasks, target) = holding(tasks, |_| self.process_target());
+        (target, tasks)
     }
 
     fn process_call<I, F, A, R>(
@@ -82,7 +76,7 @@ impl<'p> Parallel<'p> {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let (tasks, len) = super::with_exact_len(tasks.into_iter());
+        let (tasks, len) = holding(tasks.into_iter(), super::exact_len);
         let progress = self.progress_for(len);
         Call::new(tasks, len, settings, progress, ordered)
     }

@@ -47,6 +47,19 @@ pub(crate) fn drop_contained<T>(value: T) {
     std::mem::forget(again);
 }
 
+/// `f(&input)`, with `input` handed back. If `f` panics, `input` (a user value, such as a call's
+/// input iterator, whose `Drop` may panic) is dropped first, on its own and contained, and then
+/// `f`'s panic goes on: dropped by that unwinding, a `Drop` that panicked too would abort.
+pub(crate) fn holding<T, R>(input: T, f: impl FnOnce(&T) -> R) -> (T, R) {
+    match halt_unwinding(|| f(&input)) {
+        Ok(value) => (input, value),
+        Err(payload) => {
+            drop_contained(input);
+            resume_unwinding(payload)
+        }
+    }
+}
+
 /// Keeps `payload` in `first` if it holds none yet (the first panic is the one a call resumes),
 /// else drops it contained: a later panic's payload is user data whose `Drop` may panic.
 pub(crate) fn keep_first(first: &mut Option<Panic>, payload: Panic) {

@@ -133,7 +133,7 @@ pub(crate) struct Setup<'p> {
     pub(crate) pre_dispatch: usize,
     pub(crate) limits: Limits,
     pub(crate) progress: Progress<'p>,
-    /// The input's length, when its `size_hint` is exact (asked once, see `with_exact_len`).
+    /// The input's length, when its `size_hint` is exact (asked once, see `parallel::exact_len`).
     pub(crate) exact_len: Option<usize>,
 }
 
