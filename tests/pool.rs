@@ -292,3 +292,26 @@ fn a_thread_name_with_a_nul_byte_is_a_build_error_and_starts_nothing() {
     );
     assert_eq!(started.load(Ordering::SeqCst), 0, "no worker started");
 }
+
+/// `thread_name` is user code, asked for every name before any worker starts: if it panics,
+/// `build` ends with that panic and nothing was started.
+#[test]
+fn a_panicking_thread_name_starts_no_worker() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&started);
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        parjob::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .thread_name(|i| {
+                assert!(i != 2, "no name for worker 2");
+                format!("worker-{i}")
+            })
+            .start_handler(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+            })
+            .build()
+    }));
+    let payload = caught.expect_err("the name callback's panic is build's");
+    assert_eq!(panic_message(&*payload), "no name for worker 2");
+    assert_eq!(started.load(Ordering::SeqCst), 0, "no worker started");
+}
