@@ -744,7 +744,7 @@ impl<'p> Parallel<'p> {
 /// The input's length, when its `size_hint` states an exact one.
 ///
 /// `size_hint` is user code. It is asked once per call, at the call's entry, inside
-/// [`holding`](crate::pool::unwind::holding) (a panic from it drops the input contained first),
+/// [`holding`] (a panic from it drops the input contained first),
 /// and everything after reads the answer (`Setup::exact_len`, the process call's total) instead
 /// of asking again outside a catch.
 pub(crate) fn exact_len<I: Iterator>(tasks: &I) -> Option<usize> {
