@@ -131,6 +131,9 @@ pub enum Policy {
     NoSpin,
     /// Record every fork (`fork_sample_period(1)`): the lazy policy without sampling
     RecordAll,
+    /// Also record one join in 64, counted down at every join (`fork_sample_period(64)`, the
+    /// default until round 10)
+    Sample64,
 }
 
 impl Policy {
@@ -143,6 +146,7 @@ impl Policy {
             Policy::LastVictim => "last-victim",
             Policy::NoSpin => "no-spin",
             Policy::RecordAll => "record-all",
+            Policy::Sample64 => "sample-64",
         }
     }
 
@@ -165,6 +169,7 @@ impl Policy {
             Policy::LastVictim => builder.victim_policy(parjob::VictimPolicy::LastSuccessful),
             Policy::NoSpin => builder.spin_rounds(0),
             Policy::RecordAll => builder.fork_sample_period(1),
+            Policy::Sample64 => builder.fork_sample_period(64),
         }
     }
 }

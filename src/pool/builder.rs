@@ -1,6 +1,6 @@
 //! `ThreadPoolBuilder`, scheduling policies and `BuildError`.
 
-use super::registry::Registry;
+use super::registry::{Registry, UNCOUNTED};
 use super::thread_pool::ThreadPool;
 use std::fmt;
 
@@ -12,7 +12,7 @@ pub enum SharePolicy {
     /// this worker's deque empty flags it as hungry; at its next fork the worker then publishes
     /// its oldest private fork (the biggest piece of work). Most forks are not even recorded (see
     /// [`ThreadPoolBuilder::fork_sample_period`]): the default, where a `join` nobody wants costs
-    /// a load and a store. Trade-off: a worker deep inside a long leaf computation does not
+    /// one load. Trade-off: a worker deep inside a long leaf computation does not
     /// publish until its next fork (or until it waits for something).
     #[default]
     Lazy,
@@ -41,7 +41,8 @@ pub(crate) struct Policy {
     pub(crate) victims: VictimPolicy,
     pub(crate) spin_rounds: u32,
     pub(crate) max_searchers: usize,
-    /// Joins that go unrecorded after each recorded one (`fork_sample_period - 1`).
+    /// Joins that go unrecorded after each recorded one (`fork_sample_period - 1`), or
+    /// [`UNCOUNTED`] when no period is counted (`fork_sample_period(u32::MAX)`, the default).
     pub(crate) unrecorded_per_record: u32,
 }
 
@@ -63,10 +64,12 @@ pub(crate) struct PoolConfig {
 /// The same in every build: the loom models ask for `spin_rounds(0)` explicitly.
 pub const DEFAULT_SPIN_ROUNDS: u32 = 32;
 
-/// Default [`ThreadPoolBuilder::fork_sample_period`]: one recorded fork in 64 joins (once the
-/// running job's first forks are recorded). A record costs a few nanoseconds, so this keeps its
-/// share of an average join under a tenth of a nanosecond.
-pub const DEFAULT_FORK_SAMPLE_PERIOD: u32 = 64;
+/// Default [`ThreadPoolBuilder::fork_sample_period`]: `u32::MAX`, no periodic sampling. A worker
+/// records the first forks of each job and answers thieves' requests, and otherwise lets joins
+/// go unrecorded without counting them, so a `join` nobody asks for costs one load of a word the
+/// owner does not write, instead of a load and a store of a count-down (which chained each join
+/// to the previous one through memory: 7–9 % of fib's and the trees' time on one thread).
+pub const DEFAULT_FORK_SAMPLE_PERIOD: u32 = u32::MAX;
 
 /// Configures and builds a [`ThreadPool`].
 ///
@@ -191,20 +194,24 @@ impl ThreadPoolBuilder {
         self
     }
 
-    /// Under the lazy share policy, how many joins share one recorded fork.
+    /// Under the lazy share policy, how many joins share one recorded fork beyond those always
+    /// recorded.
     ///
-    /// Only a recorded fork can be given to a thief; an unrecorded `join` runs `a` then `b` inline
-    /// at the cost of a counter update. A worker records every join while fewer than 3 of its
-    /// forks are private (so the first forks of each job, the biggest, always are) and whenever
-    /// a thief has asked it for work; otherwise one join in `period`. `1` (or `0`) records every
-    /// join, the behaviour of a scheduler without sampling; larger periods make fine-grained
-    /// joins cheaper and give thieves the same big pieces. The default is
-    /// [`DEFAULT_FORK_SAMPLE_PERIOD`]. Ignored under [`SharePolicy::Eager`], which records and
-    /// publishes every fork.
+    /// Only a recorded fork can be given to a thief; an unrecorded `join` runs `a` then `b` inline.
+    /// A worker always records every join while fewer than 3 of its forks are private (so the
+    /// first forks of each job, the biggest, always are: when one of them returns, the next join
+    /// takes its place) and the next join after a thief has asked it for work. `u32::MAX` (the
+    /// default, [`DEFAULT_FORK_SAMPLE_PERIOD`]) records no other join, and an unrecorded join then
+    /// costs one load. Any other `period` also records one join in `period`, counted down at
+    /// every join (a load and a store more per join): recorded forks further down a recursion,
+    /// which a wide machine's many thieves may want once the first ones are taken. `1` (or `0`)
+    /// records every join, the behaviour of a scheduler without sampling. Ignored under
+    /// [`SharePolicy::Eager`], which records and publishes every fork.
     ///
     /// The second half of an unrecorded join is never given to another worker (not even while
-    /// its worker waits for something), and in a rare race a thief's request is answered up to
-    /// one period of joins late: very large periods trade parallelism for nothing measurable.
+    /// its worker waits for something). With a counted period, in a rare race a thief's request
+    /// is answered up to one period of joins late (the owner's count-down store can overwrite the
+    /// thief's request); without one, at the owner's next join.
     ///
     /// ```
     /// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).fork_sample_period(1).build().unwrap();
@@ -275,7 +282,10 @@ impl ThreadPoolBuilder {
             victims: self.victims,
             spin_rounds: self.spin_rounds,
             max_searchers: self.max_searchers.unwrap_or(num_threads.div_ceil(2)).max(1),
-            unrecorded_per_record: self.fork_sample_period.saturating_sub(1),
+            unrecorded_per_record: match self.fork_sample_period {
+                u32::MAX => UNCOUNTED,
+                period => period.saturating_sub(1),
+            },
         }
     }
 

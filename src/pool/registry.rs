@@ -22,23 +22,31 @@ pub(crate) enum Caller<'w> {
     Outside,
 }
 
+/// `ForkRequests::unrecorded_left` when no sampling period is counted (the default): every join
+/// may go unrecorded, and the owner's join only reads the word, never writes it, until a thief
+/// zeroes it or one of the first recorded forks returns.
+pub(crate) const UNCOUNTED: u32 = u32::MAX;
+
 /// How thieves ask a worker for work, and how the worker decides which forks to record.
 ///
-/// Two cache lines: the owner writes the count-down at almost every `join`, while searching
-/// thieves read the flag at every empty steal; on one line, every search would cost the owner a
-/// coherence miss per join. Thieves write the count-down only when they raise the flag.
+/// Two cache lines: the owner reads the count (and, with a counted sampling period, writes it)
+/// at almost every `join`, while searching thieves read the flag at every empty steal; on one
+/// line, every search would cost the owner a coherence miss per join. Thieves write the count
+/// only when they raise the flag.
 pub(crate) struct ForkRequests {
     /// A thief found this worker's deque empty and would like it to publish a private fork (lazy
     /// share policy); the owner clears it when it publishes. Under the eager policy it is set from
     /// the start and never cleared, so the fork path has one check for both policies.
     pub(crate) hungry: CachePadded<AtomicBool>,
     /// How many more joins the owner may run without recording their forks
-    /// (`WorkerThread::may_skip_fork`). The owner counts it down; a thief that raises `hungry`
-    /// also zeroes it, so the owner's next join is recorded and sees the flag. Only a hint: the
+    /// (`WorkerThread::may_skip_fork`), or [`UNCOUNTED`]: any number, not counted. A counted
+    /// value is counted down by the owner; a thief that raises `hungry` also zeroes it, so the
+    /// owner's next join is recorded and sees the flag. Only a hint: with a counted period the
     /// owner's count-down store can overwrite the thief's zero (a window of one load and one
     /// store), which delays the answer by at most one sampling period of joins (the flag stays set
-    /// and every recorded join reads it). The owner narrows the other window itself: it re-reads
-    /// the flag after each store of a non-zero count (`refresh_fork_sampling`).
+    /// and every recorded join reads it); `UNCOUNTED` is never written by a join, so it has no
+    /// such window. The owner narrows the other window itself: it re-reads the flag after each
+    /// store of a non-zero value (`refresh_fork_sampling`).
     pub(crate) unrecorded_left: CachePadded<AtomicU32>,
 }
 

@@ -5,7 +5,7 @@ use super::job::JobRef;
 use super::latch::{CoreLatch, WakeTarget};
 use super::metrics::now_ns;
 use super::metrics::WorkerCounters;
-use super::registry::{ForkRequests, Registry};
+use super::registry::{ForkRequests, Registry, UNCOUNTED};
 use super::sleep::{Sleep, Woken};
 use super::trace::EventKind;
 use super::unwind;
@@ -63,20 +63,31 @@ crate::sync::thread_local_const! {
     static UNRECORDED_LEFT: Cell<*const AtomicU32> = Cell::new(ptr::null());
 }
 
-/// Takes one unrecorded join from a sampling count-down: `true` (and the count one lower) if
-/// any was left.
+/// Takes one unrecorded join from a sampling count-down: `true` (and a counted value one lower)
+/// if any was left.
 #[inline(always)]
 fn count_down(left: &AtomicU32) -> bool {
     // Relaxed: a hint (see `ForkRequests::unrecorded_left`). A thief that wants work zeroes it,
     // so this one load also answers "is a thief hungry?" on the path almost every join takes;
-    // the recorded path then reads the flag itself.
+    // the recorded path then reads the flag itself. `UNCOUNTED` (the default) is not written
+    // back: a store per join would chain every join's load to the previous join's store.
     match left.load(Ordering::Relaxed) {
-        0 => false,
-        n => {
-            left.store(n - 1, Ordering::Relaxed);
-            true
-        }
+        UNCOUNTED => true,
+        n => count_down_counted(left, n),
     }
+}
+
+/// `count_down` on a counted value `n` (a thief's zero included). Cold, so that the default's
+/// path (`UNCOUNTED`) is the one laid out straight through: as a taken branch it cost fib(35)
+/// 10 % on one thread.
+#[cold]
+#[inline(always)]
+fn count_down_counted(left: &AtomicU32, n: u32) -> bool {
+    if n == 0 {
+        return false;
+    }
+    left.store(n - 1, Ordering::Relaxed);
+    true
 }
 
 /// Spin rounds cap the doubling of pauses per round (2^6 = 64 `pause`s).
@@ -134,10 +145,11 @@ impl WorkerThread {
     /// A fork that is never recorded can never be given to a thief, so recording is sampled such
     /// that thieves still get big pieces: every join is recorded while fewer than
     /// `MIN_PRIVATE_FORKS` forks are private (so the oldest, biggest forks of the running job are),
-    /// then one in the policy's `fork_sample_period`; and a hungry thief zeroes the count, so the
-    /// next join is recorded and publishes at once. Under the eager policy the count stays zero:
-    /// every fork is recorded and published. An unrecorded join costs one load and one store of
-    /// the count: the caller runs A then B as the sequential program would.
+    /// then none (the default) or one in the policy's `fork_sample_period`; and a hungry thief
+    /// zeroes the count, so the next join is recorded and publishes at once. Under the eager
+    /// policy the count stays zero: every fork is recorded and published. An unrecorded join
+    /// costs one load of the count (and a store with a counted period): the caller runs A then B
+    /// as the sequential program would.
     #[inline(always)]
     pub(crate) fn may_skip_fork(&self) -> bool {
         count_down(&self.requests().unrecorded_left)
@@ -619,7 +631,8 @@ pub(crate) fn main_loop(
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::WorkerThread;
+    use super::{WorkerThread, UNCOUNTED};
+    use crate::sync::Ordering;
     use crate::ThreadPoolBuilder;
 
     /// Past the forks a worker always records, sampling lets joins go unrecorded; a thief's
@@ -653,5 +666,52 @@ mod tests {
             !skipped_after,
             "after a thief's request, the next join is recorded"
         );
+    }
+
+    /// What `may_skip_fork` answers for 8 joins in a row, and the count word after them, with
+    /// three recorded forks private (so only the sampling rule decides).
+    fn eight_joins_past_the_first_forks(period: Option<u32>) -> (Vec<bool>, u32) {
+        let builder = ThreadPoolBuilder::new().num_threads(1);
+        let builder = match period {
+            Some(period) => builder.fork_sample_period(period),
+            None => builder,
+        };
+        let pool = builder.build().unwrap();
+        pool.install(|| {
+            let nested = || {
+                let worker = WorkerThread::current().expect("on a worker");
+                let answers = (0..8).map(|_| worker.may_skip_fork()).collect();
+                (
+                    answers,
+                    worker.requests().unrecorded_left.load(Ordering::Relaxed),
+                )
+            };
+            crate::join(
+                || crate::join(|| crate::join(nested, || ()).0, || ()).0,
+                || (),
+            )
+            .0
+        })
+    }
+
+    /// The default counts nothing: every join past the first forks goes unrecorded and none
+    /// writes the word (the load-only hot path).
+    #[test]
+    fn by_default_unrecorded_joins_leave_the_count_unwritten() {
+        assert_eq!(
+            eight_joins_past_the_first_forks(None),
+            (vec![true; 8], UNCOUNTED)
+        );
+    }
+
+    /// A counted period records one join in `period` once the first forks are private.
+    #[test]
+    fn a_counted_period_records_one_join_in_period() {
+        let (answers, left) = eight_joins_past_the_first_forks(Some(4));
+        assert_eq!(
+            answers,
+            [true, true, true, false, false, false, false, false]
+        );
+        assert_eq!(left, 0);
     }
 }
