@@ -14,9 +14,10 @@ use std::mem;
 /// The worker side of `join`.
 ///
 /// Most joins are not recorded at all (see `WorkerThread::may_skip_fork`): A runs, then B, as in
-/// the sequential program, with nothing but a load and a store of a count-down added. Only a
-/// sample of the forks is recorded (`join_recorded`), which is all a thief ever needs: it is given
-/// the oldest recorded fork, and the sampling rule keeps the forks nearest the root recorded.
+/// the sequential program, with nothing but one load of the request word added (and a store,
+/// with a counted sampling period). Only the forks nearest the root of the running job, and the
+/// next one after a thief's request, are recorded (`join_recorded`), which is all a thief ever
+/// needs: it is given the oldest recorded fork.
 ///
 /// Panics: B always runs (or is waited for) even if A panicked, so no task outlives the borrows
 /// it holds; A's panic, if any, is resumed first, else B's.
