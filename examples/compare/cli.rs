@@ -133,6 +133,7 @@ pub enum Policy {
     RecordAll,
     /// Also record one join in 64, counted down at every join (`fork_sample_period(64)`, the
     /// default until round 10)
+    #[value(name = "sample-64")]
     Sample64,
 }
 
