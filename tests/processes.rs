@@ -1636,3 +1636,106 @@ fn an_invalid_configuration_with_an_input_whose_drop_panics_does_not_abort() {
         );
     }
 }
+
+fn seven_refused(x: u64) -> Result<u64, String> {
+    match x {
+        7 => Err("seven is not allowed".to_owned()),
+        _ => Ok(work(x)),
+    }
+}
+
+/// One `Parallel` on one process pool, driven from three threads at once (an ordered call, a
+/// stream and a fallible call on each, several times): every call gets its own results (or its
+/// own error, at its own index), the shared progress callback is never run twice at once, and
+/// by the time the `Parallel` is dropped each call's reports have all arrived, in order, ending
+/// with its total (each call has its own length, so each report names its call).
+#[test]
+fn calls_from_three_threads_on_one_process_pool_keep_their_results_and_reports_apart() {
+    let _serial = serial();
+    let pool = two_workers();
+    let in_callback = std::sync::atomic::AtomicBool::new(false);
+    let reports = Mutex::new(Vec::new());
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .on_progress(|done, total| {
+            assert!(
+                !in_callback.swap(true, std::sync::atomic::Ordering::SeqCst),
+                "the progress callback ran twice at once"
+            );
+            reports.lock().unwrap().push((done, total));
+            in_callback.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+    // Every call's length differs from every other's (thread t, round r: 40 + 3t + 10r, and
+    // thread 2's second call one more).
+    let length = |thread: u64, round: u64| 40 + 3 * thread + 10 * round;
+    const ROUNDS: u64 = 20;
+    std::thread::scope(|threads| {
+        let parallel = &parallel;
+        threads.spawn(move || {
+            for round in 0..ROUNDS {
+                let n = length(0, round);
+                let got = parallel.run_in_processes((0..n).map(|x| delayed_fn(work)(x)));
+                assert_eq!(got, (0..n).map(work).collect::<Vec<_>>());
+            }
+        });
+        threads.spawn(move || {
+            for round in 0..ROUNDS {
+                let n = length(1, round);
+                let got: Vec<u64> = parallel
+                    .run_iter_in_processes((0..n).map(|x| delayed_fn(work)(x)))
+                    .collect::<Result<_, _>>()
+                    .expect("no task fails");
+                assert_eq!(got, (0..n).map(work).collect::<Vec<_>>());
+            }
+        });
+        threads.spawn(move || {
+            for round in 0..ROUNDS {
+                let n = length(2, round);
+                match parallel.try_run_in_processes((0..n).map(|x| delayed_fn(seven_refused)(x))) {
+                    Err(Error::Task { index: 7, error }) => {
+                        assert_eq!(error, "seven is not allowed")
+                    }
+                    other => panic!("expected the task error of 7, got {other:?}"),
+                }
+                // One task more, so that its reports are told from the failing call's.
+                let ok =
+                    parallel.try_run_in_processes((8..9 + n).map(|x| delayed_fn(seven_refused)(x)));
+                assert_eq!(ok.unwrap(), (8..9 + n).map(work).collect::<Vec<_>>());
+            }
+        });
+    });
+    drop(parallel);
+    let reports = reports.into_inner().unwrap();
+    // Thread 2's failing calls stop at their error, so only their order is checked; every other
+    // call must end with its total.
+    let failing: Vec<usize> = (0..ROUNDS).map(|round| length(2, round) as usize).collect();
+    let complete: Vec<usize> = (0..2)
+        .flat_map(|thread| (0..ROUNDS).map(move |round| length(thread, round) as usize))
+        .chain(failing.iter().map(|n| n + 1))
+        .collect();
+    for &n in complete.iter().chain(&failing) {
+        let of_call: Vec<usize> = reports
+            .iter()
+            .filter(|(_, total)| *total == Some(n))
+            .map(|&(done, _)| done)
+            .collect();
+        assert!(
+            of_call.windows(2).all(|pair| pair[0] < pair[1]),
+            "reports of the call of {n} tasks out of order: {of_call:?}"
+        );
+        if complete.contains(&n) {
+            assert_eq!(
+                of_call.last(),
+                Some(&n),
+                "the call of {n} tasks did not report its end: {of_call:?}"
+            );
+        }
+    }
+    assert!(
+        reports.iter().all(|&(done, total)| total.is_some_and(
+            |total| done <= total && (complete.contains(&total) || failing.contains(&total))
+        )),
+        "a report names no call: {reports:?}"
+    );
+    assert_gone(pool, HashSet::new());
+}
