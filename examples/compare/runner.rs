@@ -71,13 +71,23 @@ pub fn build_pools(options: &Options) -> Vec<Vec<(String, Pools)>> {
         .collect()
 }
 
-/// Times one run of `contender` (per call, for latency workloads).
-fn time_one_run(workload: &mut dyn Workload, contender: Contender, pools: &Pools) -> Duration {
+/// Times `reps` runs (per call, for latency workloads), sorted.
+pub fn measure(
+    workload: &mut dyn Workload,
+    contender: Contender,
+    pools: &Pools,
+    reps: usize,
+) -> Vec<Duration> {
     let calls = workload.calls_per_run().max(1) as u32;
-    workload.setup();
-    let start = Instant::now();
-    std::hint::black_box(workload.run(contender, pools));
-    start.elapsed() / calls
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        workload.setup();
+        let start = Instant::now();
+        std::hint::black_box(workload.run(contender, pools));
+        times.push(start.elapsed() / calls);
+    }
+    times.sort();
+    times
 }
 
 /// Repetitions: `--reps`, or as many as fit in a time budget, within bounds (at least 3, so a
@@ -96,24 +106,8 @@ pub fn reps_for(first: Duration, options: &Options) -> usize {
     fit.clamp(min, max)
 }
 
-/// One cell being measured: a row, and what it is timed with.
-struct Cell<'p> {
-    row: Row,
-    contender: Contender,
-    pools: &'p Pools,
-    /// Timed (its answer was right); a wrong or absent contender's row keeps its `Err`.
-    timed: bool,
-    times: Vec<Duration>,
-    /// Steals and sleeps of the contender's own pool over its timed runs (parjob on its pool).
-    counts: Option<(u64, u64)>,
-}
-
-/// Runs one workload: every contender's answer is checked against the sequential one, then the
-/// cells are timed **interleaved**: each repetition runs every cell once (sequential, then each
-/// contender at each thread count, starting one cell further along each repetition), so a
-/// disturbance of the shared machine that lasts a while (another guest's burst, a frequency
-/// change) lands on every contender's times alike instead of on whichever contender ran during
-/// it, and the ratios of one run stay comparable. This is where a row is measured.
+/// Runs one workload: the sequential row, then every contender at every thread count. This is
+/// where a row is measured.
 pub fn run_workload(
     workload: &mut dyn Workload,
     thread_pools: &[Vec<(String, Pools)>],
@@ -127,30 +121,28 @@ pub fn run_workload(
     let expected = workload
         .run(Contender::Sequential, base_pools)
         .map(|returned| workload.checksum(returned));
-    let first =
-        time_one_run(workload, Contender::Sequential, base_pools) * workload.calls_per_run() as u32;
+    let first = measure(workload, Contender::Sequential, base_pools, 1)[0]
+        * workload.calls_per_run() as u32;
     let reps = reps_for(first, options);
-    let row = |threads: usize, contender: String| Row {
+    let seq_times = measure(workload, Contender::Sequential, base_pools, reps);
+    let seq_median = seq_times[seq_times.len() / 2];
+    let speedup_of = |t: Duration| seq_median.as_secs_f64() / t.as_secs_f64();
+    let mut rows = vec![Row {
         workload: name.clone(),
-        threads,
-        contender,
+        threads: 1,
+        contender: "sequential".into(),
         latency,
-        times: Err(String::new()),
-        speedup: None,
-        speedup_range: None,
+        speedup: (!latency).then_some(1.0),
+        speedup_range: (!latency)
+            .then(|| (speedup_of(seq_times[reps - 1]), speedup_of(seq_times[0]))),
+        times: Ok(seq_times),
         vs_rayon: None,
         steals: None,
         sleeps: None,
-    };
-    let mut cells = vec![Cell {
-        row: row(1, "sequential".into()),
-        contender: Contender::Sequential,
-        pools: base_pools,
-        timed: true,
-        times: Vec::with_capacity(reps),
-        counts: None,
     }];
     for pools_for_threads in thread_pools {
+        let mut rayon_median = None;
+        let mut cells: Vec<Row> = Vec::new();
         for (index, (label, pools)) in pools_for_threads.iter().enumerate() {
             // The other contenders run once per thread count, next to the first policy.
             let contenders: &[Contender] = if index == 0 {
@@ -169,100 +161,71 @@ pub fn run_workload(
                 } else {
                     contender.name().to_string()
                 };
-                let mut cell = Cell {
-                    row: row(pools.threads, label),
-                    contender,
-                    pools,
-                    timed: false,
-                    times: Vec::with_capacity(reps),
-                    counts: (contender == Contender::Parjob
-                        && workload.runs_on_contender_pool(pools))
-                    .then_some((0, 0)),
+                let mut row = Row {
+                    workload: name.clone(),
+                    threads: pools.threads,
+                    contender: label,
+                    latency,
+                    times: Err(String::new()),
+                    speedup: None,
+                    speedup_range: None,
+                    vs_rayon: None,
+                    steals: None,
+                    sleeps: None,
                 };
                 workload.setup();
                 let Some(returned) = workload.run(contender, pools) else {
                     continue;
                 };
                 let got = workload.checksum(returned);
-                if Some(got) == expected {
-                    cell.timed = true;
-                } else {
-                    cell.row.times = Err(format!(
+                if Some(got) != expected {
+                    row.times = Err(format!(
                         "WRONG RESULT {got} (expected {expected:?}); not timed"
                     ));
+                    cells.push(row);
+                    continue;
                 }
-                cells.push(cell);
-            }
-        }
-    }
-    #[cfg(feature = "trace")]
-    let traced = |cell: &Cell<'_>| {
-        cell.timed && cell.contender == Contender::Parjob && options.trace_dir.is_some()
-    };
-    #[cfg(feature = "trace")]
-    for cell in cells.iter().filter(|cell| traced(cell)) {
-        cell.pools.parjob.start_trace();
-    }
-    let timed: Vec<usize> = (0..cells.len()).filter(|&i| cells[i].timed).collect();
-    for rep in 0..reps {
-        for k in 0..timed.len() {
-            let cell = &mut cells[timed[(rep + k) % timed.len()]];
-            let before = cell.counts.map(|_| cell.pools.parjob.metrics().totals());
-            let time = time_one_run(workload, cell.contender, cell.pools);
-            cell.times.push(time);
-            if let (Some(before), Some((steals, sleeps))) = (before, cell.counts.as_mut()) {
-                let delta = cell.pools.parjob.metrics().totals().since(&before);
-                *steals += delta.steals;
-                *sleeps += delta.sleeps;
-            }
-        }
-    }
-    #[cfg(feature = "trace")]
-    for cell in cells.iter().filter(|cell| traced(cell)) {
-        write_trace(
-            options.trace_dir.as_deref().expect("trace dir"),
-            &name,
-            &cell.row.contender,
-            cell.pools,
-        );
-    }
-    let mut seq_times = std::mem::take(&mut cells[0].times);
-    seq_times.sort();
-    let seq_median = seq_times[seq_times.len() / 2];
-    cells[0].times = seq_times;
-    let speedup_of = |t: Duration| seq_median.as_secs_f64() / t.as_secs_f64();
-    let mut rows: Vec<Row> = cells
-        .into_iter()
-        .map(|mut cell| {
-            if cell.timed {
-                cell.times.sort();
-                let times = cell.times;
+                let before = pools.parjob.metrics().totals();
+                #[cfg(feature = "trace")]
+                let tracing = contender == Contender::Parjob && options.trace_dir.is_some();
+                #[cfg(feature = "trace")]
+                if tracing {
+                    pools.parjob.start_trace();
+                }
+                let times = measure(workload, contender, pools, reps);
+                #[cfg(feature = "trace")]
+                if tracing {
+                    write_trace(
+                        options.trace_dir.as_deref().expect("trace dir"),
+                        &name,
+                        &row.contender,
+                        pools,
+                    );
+                }
+                if contender == Contender::Parjob && workload.runs_on_contender_pool(pools) {
+                    let delta = pools.parjob.metrics().totals().since(&before);
+                    row.steals = Some(delta.steals);
+                    row.sleeps = Some(delta.sleeps);
+                }
+                let median = times[times.len() / 2];
+                if contender == Contender::Rayon {
+                    rayon_median = Some(median);
+                }
                 if !latency {
-                    cell.row.speedup = Some(speedup_of(times[times.len() / 2]));
-                    cell.row.speedup_range =
+                    row.speedup = Some(speedup_of(median));
+                    row.speedup_range =
                         Some((speedup_of(times[times.len() - 1]), speedup_of(times[0])));
                 }
-                if let Some((steals, sleeps)) = cell.counts {
-                    cell.row.steals = Some(steals);
-                    cell.row.sleeps = Some(sleeps);
-                }
-                cell.row.times = Ok(times);
+                row.times = Ok(times);
+                cells.push(row);
             }
-            cell.row
-        })
-        .collect();
-    let rayon_medians: Vec<(usize, Duration)> = rows
-        .iter()
-        .filter(|row| row.contender == Contender::Rayon.name())
-        .filter_map(|row| Some((row.threads, row.median()?)))
-        .collect();
-    for row in rows.iter_mut() {
-        let rayon = rayon_medians
-            .iter()
-            .find(|(threads, _)| *threads == row.threads);
-        if let (Some(median), Some((_, rayon))) = (row.median(), rayon) {
-            row.vs_rayon = Some(rayon.as_secs_f64() / median.as_secs_f64());
         }
+        for cell in cells.iter_mut() {
+            if let (Some(median), Some(rayon)) = (cell.median(), rayon_median) {
+                cell.vs_rayon = Some(rayon.as_secs_f64() / median.as_secs_f64());
+            }
+        }
+        rows.extend(cells);
     }
     rows
 }
