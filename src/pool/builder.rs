@@ -68,7 +68,7 @@ pub const DEFAULT_SPIN_ROUNDS: u32 = 32;
 /// records the first forks of each job and answers thieves' requests, and otherwise lets joins
 /// go unrecorded without counting them, so a `join` nobody asks for costs one load of a word the
 /// owner does not write, instead of a load and a store of a count-down (which chained each join
-/// to the previous one through memory: 7–9 % of fib's and the trees' time on one thread).
+/// to the previous one through memory: 5–9 % of fib's and the trees' time on one thread).
 pub const DEFAULT_FORK_SAMPLE_PERIOD: u32 = u32::MAX;
 
 /// Configures and builds a [`ThreadPool`].
