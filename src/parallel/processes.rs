@@ -59,9 +59,8 @@ impl<'p> Parallel<'p> {
     /// [`process_target`](Self::process_target) with the caller's input in hand (`holding`): its
     /// panics (an invalid configuration, worker processes that cannot start) drop the input
     /// contained first.
-    fn process_target_holding<T>(&self, tasks: T) -> (Target, T) {
-        let (tasks, target) = holding(tasks, |_| self.process_target());
-        (target, tasks)
+    fn process_target_holding<T>(&self, tasks: T) -> (T, Target) {
+        holding(tasks, |_| self.process_target())
     }
 
     fn process_call<I, F, A, R>(
@@ -118,7 +117,7 @@ impl<'p> Parallel<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let (target, tasks) = self.process_target_holding(tasks);
+        let (tasks, target) = self.process_target_holding(tasks);
         let settings = match target {
             Target::Threads => return self.run(tasks),
             Target::Processes(settings) => settings,
@@ -191,8 +190,8 @@ impl<'p> Parallel<'p> {
                     return Err(Error::Config { error });
                 }
                 match self.process_target_holding(tasks) {
-                    (Target::Processes(settings), tasks) => (settings, tasks),
-                    (Target::Threads, tasks) => return self.try_run(tasks),
+                    (tasks, Target::Processes(settings)) => (settings, tasks),
+                    (tasks, Target::Threads) => return self.try_run(tasks),
                 }
             }
             _ => return self.try_run(tasks),
@@ -290,7 +289,7 @@ impl<'p> Parallel<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let (target, tasks) = self.process_target_holding(tasks);
+        let (tasks, target) = self.process_target_holding(tasks);
         RunIterInProcesses(match target {
             Target::Threads => Runner::Threads(self.run_iter(tasks)),
             Target::Processes(settings) => {
@@ -327,7 +326,7 @@ impl<'p> Parallel<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let (target, tasks) = self.process_target_holding(tasks);
+        let (tasks, target) = self.process_target_holding(tasks);
         RunUnorderedInProcesses(match target {
             Target::Threads => UnorderedRunner::Threads(self.run_unordered(tasks)),
             Target::Processes(settings) => {

@@ -644,19 +644,10 @@ mod tests {
             .fork_sample_period(u32::MAX)
             .build()
             .unwrap();
-        let (skipped_before, skipped_after) = pool.install(|| {
-            let nested = || {
-                let worker = WorkerThread::current().expect("on a worker");
-                let before = worker.may_skip_fork();
-                worker.registry().mark_hungry(worker.index());
-                (before, worker.may_skip_fork())
-            };
-            // Three recorded forks are private while `nested` runs.
-            crate::join(
-                || crate::join(|| crate::join(nested, || ()).0, || ()).0,
-                || (),
-            )
-            .0
+        let (skipped_before, skipped_after) = with_three_recorded_forks(&pool, |worker| {
+            let before = worker.may_skip_fork();
+            worker.registry().mark_hungry(worker.index());
+            (before, worker.may_skip_fork())
         });
         assert!(
             skipped_before,
@@ -668,8 +659,24 @@ mod tests {
         );
     }
 
-    /// What `may_skip_fork` answers for 8 joins in a row, and the count word after them, with
-    /// three recorded forks private (so only the sampling rule decides).
+    /// Runs `f` on `pool`'s worker inside three nested joins, whose forks (the job's first, so
+    /// always recorded) are then private: past them, only the sampling rule decides.
+    fn with_three_recorded_forks<R: Send>(
+        pool: &crate::ThreadPool,
+        f: impl FnOnce(&WorkerThread) -> R + Send,
+    ) -> R {
+        pool.install(|| {
+            let nested = || f(WorkerThread::current().expect("on a worker"));
+            crate::join(
+                || crate::join(|| crate::join(nested, || ()).0, || ()).0,
+                || (),
+            )
+            .0
+        })
+    }
+
+    /// What `may_skip_fork` answers for 8 joins in a row, and the count word after them, past
+    /// the first forks.
     fn eight_joins_past_the_first_forks(period: Option<u32>) -> (Vec<bool>, u32) {
         let builder = ThreadPoolBuilder::new().num_threads(1);
         let builder = match period {
@@ -677,20 +684,10 @@ mod tests {
             None => builder,
         };
         let pool = builder.build().unwrap();
-        pool.install(|| {
-            let nested = || {
-                let worker = WorkerThread::current().expect("on a worker");
-                let answers = (0..8).map(|_| worker.may_skip_fork()).collect();
-                (
-                    answers,
-                    worker.requests().unrecorded_left.load(Ordering::Relaxed),
-                )
-            };
-            crate::join(
-                || crate::join(|| crate::join(nested, || ()).0, || ()).0,
-                || (),
-            )
-            .0
+        with_three_recorded_forks(&pool, |worker| {
+            let answers = (0..8).map(|_| worker.may_skip_fork()).collect();
+            let left = worker.requests().unrecorded_left.load(Ordering::Relaxed);
+            (answers, left)
         })
     }
 
