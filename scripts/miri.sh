@@ -27,18 +27,34 @@ if ! cargo +nightly miri --version >/dev/null 2>&1; then
     exit 2
   fi
 fi
-export CARGO_TARGET_DIR=target-miri
+# The sysroot is built once, before the lanes start: two lanes building it at once would race.
+cargo +nightly miri setup >/dev/null 2>&1 || { echo "miri: sysroot setup failed"; cargo +nightly miri setup; exit 1; }
+# Miri interprets on one thread, so the two lanes run side by side (one per core of a 2-core
+# machine); each writes its own log, printed when both are done.
+log=$(mktemp -d)
+lane1() {
+  MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-preemption-rate=0 -Zmiri-many-seeds=0..16 -Zmiri-ignore-leaks" \
+  CARGO_TARGET_DIR=target-miri \
+    cargo +nightly miri test -q -p parjob --test miri_smoke --test leaks
+}
+lane2() {
+  RUSTFLAGS="--cfg parjob_stand_in_deque" CARGO_TARGET_DIR=target-miri-stand-in \
+  MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-many-seeds=0..8" \
+    cargo +nightly miri test -q -p parjob --test miri_smoke
+}
 fail=0
-echo "== miri lane 1: crossbeam deque"
-t0=$(date +%s)
-MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-preemption-rate=0 -Zmiri-many-seeds=0..16 -Zmiri-ignore-leaks" \
-  cargo +nightly miri test -q -p parjob --test miri_smoke --test leaks || fail=1
-echo "   lane 1: $(( $(date +%s) - t0 ))s"
-echo "== miri lane 2: stand-in deque, preemption on"
-t0=$(date +%s)
-RUSTFLAGS="--cfg parjob_stand_in_deque" CARGO_TARGET_DIR=target-miri-stand-in \
-MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-many-seeds=0..8" \
-  cargo +nightly miri test -q -p parjob --test miri_smoke || fail=1
-echo "   lane 2: $(( $(date +%s) - t0 ))s"
+timed() { local t0; t0=$(date +%s); "$1" >"$log/$1.txt" 2>&1; local rc=$?; echo "$rc $(( $(date +%s) - t0 ))" >"$log/$1.status"; }
+timed lane1 &
+timed lane2 &
+wait
+for lane in lane1 lane2; do
+  read -r rc secs <"$log/$lane.status"
+  case $lane in
+    lane1) echo "== miri lane 1: crossbeam deque (${secs}s, rc $rc)";;
+    lane2) echo "== miri lane 2: stand-in deque, preemption on (${secs}s, rc $rc)";;
+  esac
+  cat "$log/$lane.txt"
+  [ "$rc" -eq 0 ] || fail=1
+done
 echo "== miri: $(( $(date +%s) - start ))s"
 [ $fail -eq 0 ] && echo "miri: ok" || { echo "miri: FAILED"; exit 1; }

@@ -13,9 +13,16 @@ use crate::sync::Ordering;
 use crate::ThreadPool;
 use std::time::Instant;
 
-/// The broken variant this build was compiled with (`--cfg parjob_mutant="NAME"`), if any.
+/// The broken variant this process runs (`PARJOB_MUTANT`, in a `--cfg parjob_mutants` build), if
+/// any.
 pub fn mutant() -> Option<&'static str> {
-    crate::sync::mutant::ACTIVE
+    crate::sync::mutant::selected_name()
+}
+
+/// Whether this build compiles the mutants' sites (`--cfg parjob_mutants`); without it,
+/// `PARJOB_MUTANT` has no effect.
+pub fn mutants_compiled() -> bool {
+    crate::sync::mutant::COMPILED
 }
 
 /// A pool's sleep state and injector, without worker threads: the model's own threads play the

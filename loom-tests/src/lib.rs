@@ -12,6 +12,12 @@ use std::sync::Once;
 /// and with `LOOM_MAX_BRANCHES` (default here: 10 000) for the models whose threads spin.
 pub fn model<F: Fn() + Sync + Send + 'static>(name: &str, bound: usize, f: F) {
     quiet_expected_panics();
+    // A twin run on a build without the mutants' sites would check the unmutated code and pass.
+    assert!(
+        std::env::var_os("PARJOB_MUTANT").is_none() || __loom::mutants_compiled(),
+        "PARJOB_MUTANT is set, but this build has no mutant sites: build the twins with \
+         RUSTFLAGS=\"--cfg loom --cfg parjob_mutants\""
+    );
     let mut builder = loom::model::Builder::new();
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
         builder.preemption_bound = Some(bound);

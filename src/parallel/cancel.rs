@@ -18,14 +18,14 @@
 //! the canceller's read of `active` sees the increment, so it is not quiescent until `finish`. If
 //! `close`'s comes first, `begin` reads `closed == true` and backs out (its transient increment only
 //! delays quiescence). Checking `closed` *before* incrementing (the broken variant
-//! [`mutant::CANCEL_CHECK_BEFORE_CLAIM`]) lets a runner read `closed == false`, the canceller
+//! `Mutant::CancelCheckBeforeClaim`) lets a runner read `closed == false`, the canceller
 //! close and see `active == 0`, and the runner then start a task after the cancel was observed.
 //!
 //! Within an active runner, tasks check [`Tracker::is_closed`] (a plain load) before each task, so
 //! a batch stops at the next task boundary; that check needs no ordering, the counter does the
 //! accounting.
 
-use crate::sync::mutant;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{fence, AtomicBool, AtomicUsize, Ordering};
 
 /// See the module docs.
@@ -48,7 +48,7 @@ impl Tracker {
     /// once; `false`: the tracker is closed, touch nothing.
     #[inline]
     pub(crate) fn begin(&self) -> bool {
-        if mutant::CANCEL_CHECK_BEFORE_CLAIM {
+        if mutant::active(Mutant::CancelCheckBeforeClaim) {
             if self.closed.load(Ordering::Relaxed) {
                 return false;
             }

@@ -5,7 +5,7 @@ use super::latch::{LockLatch, SpinLatch};
 use super::registry::{Caller, Registry};
 use super::unwind::{self, AbortIfPanic, Panic};
 use super::worker::WorkerThread;
-use crate::sync::mutant;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{Arc, AtomicBool, Ordering};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -64,7 +64,7 @@ where
     if worker.pop_fork(fork) || worker.take_back(job_b_ref) {
         return run_b_inline(result_a, job_b.take_func());
     }
-    if mutant::JOIN_SKIPS_WAIT_ON_PANIC {
+    if mutant::active(Mutant::JoinSkipsWaitOnPanic) {
         if let Err(payload) = result_a {
             unwind::resume_unwinding(payload);
         }

@@ -7,7 +7,7 @@
 //!    and must read everything it needs (registry, owner index) **before** the store that sets it.
 
 use super::registry::Registry;
-use crate::sync::mutant;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// Something that can be set once.
@@ -79,7 +79,7 @@ impl CoreLatch {
     /// See [`Latch::set`]: `this` may be freed once this returns.
     #[inline]
     pub(crate) unsafe fn set(this: *const Self) -> bool {
-        let order = if mutant::LATCH_SET_RELAXED {
+        let order = if mutant::active(Mutant::LatchSetRelaxed) {
             Ordering::Relaxed
         } else {
             Ordering::AcqRel

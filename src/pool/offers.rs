@@ -16,7 +16,7 @@
 //! The injector (with its ticket) remains the fallback when every slot is taken.
 
 use super::job::JobRef;
-use crate::sync::mutant;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{AtomicPtr, Ordering};
 use crossbeam_utils::CachePadded;
 use std::ptr;
@@ -90,7 +90,7 @@ impl OutsideOffers {
     #[inline]
     pub(crate) fn withdraw(&self, offer: Offer) -> bool {
         let slot = &self.slots[offer.slot];
-        if mutant::OFFER_WITHDRAW_WITHOUT_CAS {
+        if mutant::active(Mutant::OfferWithdrawWithoutCas) {
             // Broken twin: read, then clear. A worker's claim between the two is missed, and the
             // job runs twice.
             let still_ours = slot.load(Ordering::Acquire) == offer.job;

@@ -8,7 +8,7 @@ use super::offers::OutsideOffers;
 use super::sleep::Sleep;
 use super::worker::{self, WorkerThread};
 use crate::sync::deque::{Injector, Stealer, Worker};
-use crate::sync::mutant;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{thread, Arc, AtomicBool, AtomicU32, Condvar, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -336,7 +336,7 @@ impl Registry {
     /// Under the `SHUTDOWN_SKIPS_DRAIN` mutant, workers leave as soon as they see the flag.
     #[inline]
     pub(crate) fn exits_without_draining(&self) -> bool {
-        mutant::SHUTDOWN_SKIPS_DRAIN && self.is_terminating()
+        mutant::active(Mutant::ShutdownSkipsDrain) && self.is_terminating()
     }
 }
 

@@ -5,7 +5,7 @@ use super::latch::CoreLatch;
 use super::registry::Registry;
 use super::unwind::{self, Panic};
 use super::worker::WorkerThread;
-use crate::sync::mutant;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{Arc, AtomicPtr, AtomicUsize, Ordering};
 use std::marker::PhantomData;
 use std::ptr;
@@ -88,7 +88,7 @@ where
             let scope_ref = unsafe { &*scope };
             unwind::halt_unwinding(move || task(scope_ref))
         };
-        if mutant::SCOPE_COUNTS_BEFORE_PANIC {
+        if mutant::active(Mutant::ScopeCountsBeforePanic) {
             // Broken twin (loom builds only): count first, record after.
             drop(finished);
             if let Err(payload) = result {

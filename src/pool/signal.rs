@@ -26,6 +26,7 @@
 use super::latch::CoreLatch;
 use super::registry::Registry;
 use super::worker::WorkerThread;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering};
 use std::time::Instant;
 
@@ -93,8 +94,8 @@ impl Signal {
                 // `waiting` in `wait_while` (a Dekker pair of fences: we changed the state, fenced,
                 // then read `waiting`; it set `waiting`, fenced, then re-reads the state).
                 // The loom model `loom-tests/tests/signal.rs` checks it, and its broken twin
-                // (`mutant::SIGNAL_NOTIFY_SKIPS_FENCE`) loses the wake-up.
-                if !crate::sync::mutant::SIGNAL_NOTIFY_SKIPS_FENCE {
+                // (`mutant::active(Mutant::SignalNotifySkipsFence)`) loses the wake-up.
+                if !mutant::active(Mutant::SignalNotifySkipsFence) {
                     crate::sync::fence(Ordering::SeqCst);
                 }
                 if waiting.load(Ordering::Relaxed) {

@@ -14,7 +14,7 @@
 
 use super::metrics::now_ns;
 use super::metrics::{LatencyHistogram, WorkerCounters};
-use crate::sync::mutant;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{fence, thread, AtomicU64, AtomicU8, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 use std::time::Instant;
@@ -125,7 +125,10 @@ impl Sleep {
         // together with what it did before); the Acquire half pairs with sleepers' `fetch_add`
         // (Release), so a sleeper counted in `before` is one `wake_any` can find as SLEEPING.
         let before = self.counters.fetch_sub(SEARCHING_ONE, Ordering::AcqRel);
-        if searching(before) == 1 && sleeping(before) > 0 && !mutant::SEARCHER_SKIPS_HANDOFF {
+        if searching(before) == 1
+            && sleeping(before) > 0
+            && !mutant::active(Mutant::SearcherSkipsHandoff)
+        {
             self.wake_any(counters);
         }
     }
@@ -142,10 +145,10 @@ impl Sleep {
     /// Called after publishing work where another worker may take it.
     #[inline]
     pub(crate) fn new_work(&self, counters: &WorkerCounters) {
-        if mutant::PUBLISH_SKIPS_NOTIFY {
+        if mutant::active(Mutant::PublishSkipsNotify) {
             return;
         }
-        if !mutant::PUBLISH_SKIPS_FENCE {
+        if !mutant::active(Mutant::PublishSkipsFence) {
             // Pairs with the sleeper's fence in `sleep`: see the module docs.
             fence(Ordering::SeqCst);
         }
@@ -231,11 +234,11 @@ impl Sleep {
         me.state.store(SLEEPING, Ordering::Relaxed);
         // Release: a waker that sees this count (Acquire) also sees our `SLEEPING` state.
         self.counters.fetch_add(SLEEPING_ONE, Ordering::AcqRel);
-        if !mutant::SLEEP_SKIPS_FENCE {
+        if !mutant::active(Mutant::SleepSkipsFence) {
             // Pairs with the publisher's fence in `new_work`.
             fence(Ordering::SeqCst);
         }
-        if (!mutant::SLEEP_SKIPS_RECHECK && has_work()) || !keep_sleeping() {
+        if (!mutant::active(Mutant::SleepSkipsRecheck) && has_work()) || !keep_sleeping() {
             return self.cancel_sleep(index);
         }
         counters.bump_sleeps();

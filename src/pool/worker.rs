@@ -10,7 +10,7 @@ use super::sleep::{Sleep, Woken};
 use super::trace::EventKind;
 use super::unwind;
 use crate::sync::deque::{Injector, Steal, Worker};
-use crate::sync::mutant;
+use crate::sync::mutant::{self, Mutant};
 use crate::sync::{spin_loop, Arc, AtomicU32, Ordering};
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
@@ -399,7 +399,7 @@ impl WorkerThread {
                 searching = false;
             }
             if let Some(l) = latch {
-                if !mutant::LATCH_SKIPS_ANNOUNCE && !l.fall_asleep() {
+                if !mutant::active(Mutant::LatchSkipsAnnounce) && !l.fall_asleep() {
                     continue; // set meanwhile
                 }
             }
@@ -532,7 +532,7 @@ pub(crate) fn take_injected<T>(
     loop {
         match injector.steal_batch_and_pop(own) {
             Steal::Success(job) => {
-                if !mutant::BATCH_SKIPS_NOTIFY && !own.is_empty() {
+                if !mutant::active(Mutant::BatchSkipsNotify) && !own.is_empty() {
                     sleep.new_work(counters);
                 }
                 return Some(job);
