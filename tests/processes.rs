@@ -1739,3 +1739,153 @@ fn calls_from_three_threads_on_one_process_pool_keep_their_results_and_reports_a
     );
     assert_gone(pool, HashSet::new());
 }
+
+fn never_fails(x: u64) -> Result<u64, String> {
+    Ok(work(x))
+}
+
+/// The payload of the progress callback's own panics in
+/// `a_callback_that_panics_under_three_threads_leaves_every_call_whole`.
+struct CallbackPanic;
+
+/// One `Parallel` on one process pool, driven from three threads at once, whose shared progress
+/// callback panics at the 5th report of every call of odd length. A report of one thread's call
+/// may be delivered by another thread (the one running the callback), so a callback panic may end
+/// any thread's call: each call must either return its own results or end with the callback's
+/// panic (never another panic, a poisoned lock or a hang), at most as many calls end that way as
+/// the callback panicked, the callback never runs twice at once (panics included), reports of a
+/// call stay in order, and afterwards the same `Parallel` serves a call with every result and
+/// every report.
+#[test]
+fn a_callback_that_panics_under_three_threads_leaves_every_call_whole() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let _serial = serial();
+    let pool = two_workers();
+    let in_callback = AtomicBool::new(false);
+    let raised = AtomicUsize::new(0);
+    let caught = AtomicUsize::new(0);
+    let reports = Mutex::new(Vec::new());
+    /// Clears the "callback running" flag however the callback ends.
+    struct Leaving<'a>(&'a AtomicBool);
+    impl Drop for Leaving<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, SeqCst);
+        }
+    }
+    let parallel = Parallel::new()
+        .backend(Backend::ProcessPool(pool.clone()))
+        .on_progress(|done, total| {
+            assert!(
+                !in_callback.swap(true, SeqCst),
+                "the progress callback ran twice at once"
+            );
+            let _leaving = Leaving(&in_callback);
+            reports.lock().unwrap().push((done, total));
+            if done == 5 && total.is_some_and(|n| n % 2 == 1) {
+                raised.fetch_add(1, SeqCst);
+                std::panic::panic_any(CallbackPanic);
+            }
+        });
+    // Lengths differ across every call (thread t, round r: 30 + 2r + 64t, plus r % 2 to make
+    // every other call odd).
+    let length = |thread: u64, round: u64| 30 + 2 * round + 64 * thread + round % 2;
+    const ROUNDS: u64 = 12;
+    // A call's outcome: its results, or the callback's panic (counted). Any other panic fails.
+    let outcome = |call: &dyn Fn() -> Vec<u64>, n: u64| match catch_unwind(AssertUnwindSafe(call)) {
+        Ok(got) => assert_eq!(got, (0..n).map(work).collect::<Vec<_>>()),
+        Err(payload) => {
+            assert!(
+                payload.is::<CallbackPanic>(),
+                "a call of {n} tasks ended with a panic that is not the callback's: {:?}",
+                payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+            );
+            caught.fetch_add(1, SeqCst);
+        }
+    };
+    std::thread::scope(|threads| {
+        let (parallel, outcome) = (&parallel, &outcome);
+        threads.spawn(move || {
+            for round in 0..ROUNDS {
+                let n = length(0, round);
+                outcome(
+                    &|| parallel.run_in_processes((0..n).map(|x| delayed_fn(work)(x))),
+                    n,
+                );
+            }
+        });
+        threads.spawn(move || {
+            for round in 0..ROUNDS {
+                let n = length(1, round);
+                outcome(
+                    &|| {
+                        parallel
+                            .run_iter_in_processes((0..n).map(|x| delayed_fn(work)(x)))
+                            .collect::<Result<Vec<u64>, _>>()
+                            .expect("no task fails")
+                    },
+                    n,
+                );
+            }
+        });
+        threads.spawn(move || {
+            for round in 0..ROUNDS {
+                let n = length(2, round);
+                outcome(
+                    &|| {
+                        parallel
+                            .try_run_in_processes((0..n).map(|x| delayed_fn(never_fails)(x)))
+                            .expect("no task fails")
+                    },
+                    n,
+                );
+            }
+        });
+    });
+    let (raised_now, caught_now) = (raised.load(SeqCst), caught.load(SeqCst));
+    assert!(
+        raised_now > 0 && caught_now > 0,
+        "the callback panicked {raised_now} times and {caught_now} calls saw it: the path under \
+         test was not reached"
+    );
+    assert!(
+        caught_now <= raised_now,
+        "{caught_now} calls ended with the callback's panic, which panicked only {raised_now} times"
+    );
+    // The same `Parallel` afterwards: every result, and every report of the call (an even length,
+    // so the callback lets it through), in order.
+    let after = 200;
+    assert_eq!(
+        parallel.run_in_processes((0..after).map(|x| delayed_fn(work)(x))),
+        (0..after).map(work).collect::<Vec<_>>()
+    );
+    drop(parallel);
+    let reports = reports.into_inner().unwrap();
+    let of_after: Vec<usize> = reports
+        .iter()
+        .filter(|(_, total)| *total == Some(after as usize))
+        .map(|&(done, _)| done)
+        .collect();
+    assert_eq!(
+        of_after.last(),
+        Some(&(after as usize)),
+        "the call after the panics did not report its end: {of_after:?}"
+    );
+    for thread in 0..3 {
+        for round in 0..ROUNDS {
+            let n = length(thread, round) as usize;
+            let of_call: Vec<usize> = reports
+                .iter()
+                .filter(|(_, total)| *total == Some(n))
+                .map(|&(done, _)| done)
+                .collect();
+            assert!(
+                of_call.windows(2).all(|pair| pair[0] < pair[1]),
+                "reports of the call of {n} tasks out of order: {of_call:?}"
+            );
+        }
+    }
+    assert_gone(pool, HashSet::new());
+}
