@@ -1644,6 +1644,21 @@ fn seven_refused(x: u64) -> Result<u64, String> {
     }
 }
 
+/// The `done` counts reported for the call of `n` tasks (the only call of that length), checked
+/// to arrive in increasing order.
+fn reports_of_call(reports: &[(usize, Option<usize>)], n: usize) -> Vec<usize> {
+    let of_call: Vec<usize> = reports
+        .iter()
+        .filter(|(_, total)| *total == Some(n))
+        .map(|&(done, _)| done)
+        .collect();
+    assert!(
+        of_call.windows(2).all(|pair| pair[0] < pair[1]),
+        "reports of the call of {n} tasks out of order: {of_call:?}"
+    );
+    of_call
+}
+
 /// One `Parallel` on one process pool, driven from three threads at once (an ordered call, a
 /// stream and a fallible call on each, several times): every call gets its own results (or its
 /// own error, at its own index), the shared progress callback is never run twice at once, and
@@ -1714,15 +1729,7 @@ fn calls_from_three_threads_on_one_process_pool_keep_their_results_and_reports_a
         .chain(failing.iter().map(|n| n + 1))
         .collect();
     for &n in complete.iter().chain(&failing) {
-        let of_call: Vec<usize> = reports
-            .iter()
-            .filter(|(_, total)| *total == Some(n))
-            .map(|&(done, _)| done)
-            .collect();
-        assert!(
-            of_call.windows(2).all(|pair| pair[0] < pair[1]),
-            "reports of the call of {n} tasks out of order: {of_call:?}"
-        );
+        let of_call = reports_of_call(&reports, n);
         if complete.contains(&n) {
             assert_eq!(
                 of_call.last(),
@@ -1863,11 +1870,7 @@ fn a_callback_that_panics_under_three_threads_leaves_every_call_whole() {
     );
     drop(parallel);
     let reports = reports.into_inner().unwrap();
-    let of_after: Vec<usize> = reports
-        .iter()
-        .filter(|(_, total)| *total == Some(after as usize))
-        .map(|&(done, _)| done)
-        .collect();
+    let of_after = reports_of_call(&reports, after as usize);
     assert_eq!(
         of_after.last(),
         Some(&(after as usize)),
@@ -1875,16 +1878,7 @@ fn a_callback_that_panics_under_three_threads_leaves_every_call_whole() {
     );
     for thread in 0..3 {
         for round in 0..ROUNDS {
-            let n = length(thread, round) as usize;
-            let of_call: Vec<usize> = reports
-                .iter()
-                .filter(|(_, total)| *total == Some(n))
-                .map(|&(done, _)| done)
-                .collect();
-            assert!(
-                of_call.windows(2).all(|pair| pair[0] < pair[1]),
-                "reports of the call of {n} tasks out of order: {of_call:?}"
-            );
+            reports_of_call(&reports, length(thread, round) as usize);
         }
     }
     assert_gone(pool, HashSet::new());
