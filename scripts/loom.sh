@@ -74,6 +74,10 @@ for m in "${by_length[@]}"; do
 done
 wait
 for m in "${models[@]}"; do
+  # No row: the model's runner itself died before writing it; that fails too.
+  if [ ! -f "$log/$m.row" ]; then
+    rows+=("$(printf '%-10s %-28s %s' model "$m" "NO RESULT")"); fail=1; continue
+  fi
   rows+=("$(cat "$log/$m.row")")
   if [ -f "$log/$m.failed" ]; then
     fail=1; echo "-- model $m failed:"; grep -E "panicked at|deadlock|Causality|exceeded|assertion" -A2 "$log/$m.txt" | head -8
