@@ -39,6 +39,9 @@ log=$(mktemp -d)
 fail=0
 rows=()
 jobs=${LOOM_JOBS:-$(nproc 2>/dev/null || echo 1)}
+[[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "LOOM_JOBS must be a positive number, not '$jobs'"; exit 1; }
+# An interrupted run must not leave models running.
+trap 'kill $(jobs -p) 2>/dev/null' EXIT INT TERM
 
 echo "== builds: the models (target-loom/), the twins (target-loom-mutants/, one build for all)"
 if ! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target-loom cargo test --release -p parjob-loom-tests --no-run -q 2>"$log/build.txt"; then
@@ -96,7 +99,7 @@ for spec in "${twins[@]}"; do
     secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $t1" | bc)")
     found=$(grep -Eo -m1 "$pattern" "$log/$mutant-$f.txt" | head -1)
     # The banner proves the mutant was on: a twin that ran unmutated must not count as caught.
-    if ! grep -q "mutant $mutant" "$log/$mutant-$f.txt"; then
+    if ! grep -qE "mutant ${mutant}\$" "$log/$mutant-$f.txt"; then
       status="MUTANT NOT ACTIVE (rc $rc)"; fail=1
     elif [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ -n "$found" ]; then
       status="caught: $found"

@@ -44,17 +44,21 @@ lane2() {
 }
 fail=0
 timed() { local t0; t0=$(date +%s); "$1" >"$log/$1.txt" 2>&1; local rc=$?; echo "$rc $(( $(date +%s) - t0 ))" >"$log/$1.status"; }
+# An interrupted run must not leave a lane interpreting on.
+trap 'kill $(jobs -p) 2>/dev/null' EXIT INT TERM
 timed lane1 &
 timed lane2 &
 wait
 for lane in lane1 lane2; do
-  read -r rc secs <"$log/$lane.status"
+  # A lane whose status file is missing died before finishing: a failure, never the other's rc.
+  rc=missing; secs='?'
+  [ -f "$log/$lane.status" ] && read -r rc secs <"$log/$lane.status"
   case $lane in
     lane1) echo "== miri lane 1: crossbeam deque (${secs}s, rc $rc)";;
     lane2) echo "== miri lane 2: stand-in deque, preemption on (${secs}s, rc $rc)";;
   esac
   cat "$log/$lane.txt"
-  [ "$rc" -eq 0 ] || fail=1
+  [ "$rc" = 0 ] || fail=1
 done
 echo "== miri: $(( $(date +%s) - start ))s"
 [ $fail -eq 0 ] && echo "miri: ok" || { echo "miri: FAILED"; exit 1; }

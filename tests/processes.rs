@@ -1759,8 +1759,8 @@ struct CallbackPanic;
 /// callback panics at the 5th report of every call of odd length. A report of one thread's call
 /// may be delivered by another thread (the one running the callback), so a callback panic may end
 /// any thread's call: each call must either return its own results or end with the callback's
-/// panic (never another panic, a poisoned lock or a hang), at most as many calls end that way as
-/// the callback panicked, the callback never runs twice at once (panics included), reports of a
+/// panic (never another panic, a poisoned lock or a hang), the callback never runs twice at once
+/// (panics included), reports of a
 /// call stay in order, and afterwards the same `Parallel` serves a call with every result and
 /// every report.
 #[test]
@@ -1769,6 +1769,9 @@ fn a_callback_that_panics_under_three_threads_leaves_every_call_whole() {
     let _serial = serial();
     let pool = two_workers();
     let in_callback = AtomicBool::new(false);
+    // Recorded, not asserted in the callback: a second panic in one delivery is dropped by
+    // design, so an assertion there could be swallowed.
+    let overlapped = AtomicBool::new(false);
     let raised = AtomicUsize::new(0);
     let caught = AtomicUsize::new(0);
     let reports = Mutex::new(Vec::new());
@@ -1782,10 +1785,9 @@ fn a_callback_that_panics_under_three_threads_leaves_every_call_whole() {
     let parallel = Parallel::new()
         .backend(Backend::ProcessPool(pool.clone()))
         .on_progress(|done, total| {
-            assert!(
-                !in_callback.swap(true, SeqCst),
-                "the progress callback ran twice at once"
-            );
+            if in_callback.swap(true, SeqCst) {
+                overlapped.store(true, SeqCst);
+            }
             let _leaving = Leaving(&in_callback);
             reports.lock().unwrap().push((done, total));
             if done == 5 && total.is_some_and(|n| n % 2 == 1) {
@@ -1851,12 +1853,17 @@ fn a_callback_that_panics_under_three_threads_leaves_every_call_whole() {
             }
         });
     });
+    assert!(
+        !overlapped.load(SeqCst),
+        "the progress callback ran twice at once"
+    );
     let (raised_now, caught_now) = (raised.load(SeqCst), caught.load(SeqCst));
     assert!(
         raised_now > 0 && caught_now > 0,
         "the callback panicked {raised_now} times and {caught_now} calls saw it: the path under \
          test was not reached"
     );
+    // A sanity check of the counting (a payload cannot be resumed twice), not of the library.
     assert!(
         caught_now <= raised_now,
         "{caught_now} calls ended with the callback's panic, which panicked only {raised_now} times"
