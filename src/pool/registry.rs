@@ -333,7 +333,7 @@ impl Registry {
         }
     }
 
-    /// Under the `SHUTDOWN_SKIPS_DRAIN` mutant, workers leave as soon as they see the flag.
+    /// Under the `Mutant::ShutdownSkipsDrain` twin, workers leave as soon as they see the flag.
     #[inline]
     pub(crate) fn exits_without_draining(&self) -> bool {
         mutant::active(Mutant::ShutdownSkipsDrain) && self.is_terminating()

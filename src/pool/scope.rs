@@ -89,7 +89,7 @@ where
             unwind::halt_unwinding(move || task(scope_ref))
         };
         if mutant::active(Mutant::ScopeCountsBeforePanic) {
-            // Broken twin (loom builds only): count first, record after.
+            // Broken twin (`--cfg parjob_mutants` loom builds only): count first, record after.
             drop(finished);
             if let Err(payload) = result {
                 // SAFETY: none; this is the deliberately broken order the model must catch.

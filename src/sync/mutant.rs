@@ -85,19 +85,20 @@ pub(crate) const fn active(_mutant: Mutant) -> bool {
 /// Whether this process runs `mutant` (`PARJOB_MUTANT`, read once).
 #[cfg(all(loom, parjob_mutants))]
 pub(crate) fn active(mutant: Mutant) -> bool {
-    selected() == Some(mutant)
+    selected().is_some_and(|(selected, _)| selected == mutant)
 }
 
-/// The mutant `PARJOB_MUTANT` names, read once per process. A name that is no mutant panics: a
-/// misspelt twin must not run as the unmutated code and "pass".
+/// The mutant `PARJOB_MUTANT` names, with its name, read once per process. A name that is no
+/// mutant panics: a misspelt twin must not run as the unmutated code and "pass".
 #[cfg(all(loom, parjob_mutants))]
-fn selected() -> Option<Mutant> {
+fn selected() -> Option<(Mutant, &'static str)> {
     // A std `OnceLock`, not the facade's: this is configuration, read before any model runs and
     // identical in every execution, not part of a protocol loom should explore.
-    static SELECTED: std::sync::OnceLock<Option<Mutant>> = std::sync::OnceLock::new();
+    static SELECTED: std::sync::OnceLock<Option<(Mutant, &'static str)>> =
+        std::sync::OnceLock::new();
     *SELECTED.get_or_init(|| {
         let name = std::env::var("PARJOB_MUTANT").ok()?;
-        let found = NAMES.iter().find(|(_, n)| *n == name).map(|(m, _)| *m);
+        let found = NAMES.iter().find(|(_, known)| *known == name).copied();
         Some(found.unwrap_or_else(|| {
             let known: Vec<&str> = NAMES.iter().map(|(_, n)| *n).collect();
             panic!("PARJOB_MUTANT={name:?} names no mutant; known: {known:?}")
@@ -109,10 +110,7 @@ fn selected() -> Option<Mutant> {
 #[allow(dead_code)]
 pub(crate) fn selected_name() -> Option<&'static str> {
     #[cfg(all(loom, parjob_mutants))]
-    {
-        let mutant = selected()?;
-        NAMES.iter().find(|(m, _)| *m == mutant).map(|(_, n)| *n)
-    }
+    return selected().map(|(_, name)| name);
     #[cfg(not(all(loom, parjob_mutants)))]
     None
 }
