@@ -1,7 +1,8 @@
 //! Criterion: every workload of the comparison run (`examples/compare/`, same code in
 //! `benches/workloads/`), sequential vs parjob vs rayon vs chili (vs a static 2-way split), each on
-//! 1 thread and on all cores, one criterion group per workload so the report puts them side by
-//! side. `cargo bench --bench compare` (filter: `cargo bench --bench compare -- fib`).
+//! 1 thread and on all cores (vs, for the fork-join workloads, the same recursion through a `join`
+//! with no scheduler, on 1 thread), one criterion group per workload so the report puts them side
+//! by side. `cargo bench --bench compare` (filter: `cargo bench --bench compare -- fib`).
 
 mod workloads;
 
@@ -41,6 +42,7 @@ fn bench_workload(c: &mut Criterion, workload: &mut dyn Workload, pools: &[Pools
             Contender::Rayon,
             Contender::Chili,
             Contender::StaticSplit,
+            Contender::JoinShape,
         ] {
             workload.setup();
             let Some(returned) = workload.run(contender, p) else {

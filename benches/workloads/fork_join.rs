@@ -2,6 +2,21 @@
 
 use super::{static_split, Contender, Pools, Workload};
 
+// ---------------------------------------------------------------- the shape of a join
+
+/// `join` without a scheduler: A, then B, on the calling thread, inlined into the recursion. The
+/// `join-shape` contender runs each workload's fork-join recursion through it. The sequential
+/// code is the same recursion with plain calls, where the compiler turns the last recursive call
+/// of each level into a loop; a recursion through any `join` keeps both calls (its result is
+/// combined after B returns), so on a walk limited by memory latency it executes about twice the
+/// instructions between two cache misses, and fewer misses overlap. This row measures that cost,
+/// which no scheduler can remove, apart from what the scheduler adds.
+#[inline(always)]
+pub fn join_shape<RA, RB>(a: impl FnOnce() -> RA, b: impl FnOnce() -> RB) -> (RA, RB) {
+    let ra = a();
+    (ra, b())
+}
+
 // ---------------------------------------------------------------- fib
 
 pub fn fib_seq(n: u64) -> u64 {
@@ -17,6 +32,14 @@ pub fn fib_parjob(n: u64) -> u64 {
         return n;
     }
     let (a, b) = parjob::join(|| fib_parjob(n - 1), || fib_parjob(n - 2));
+    a + b
+}
+
+pub fn fib_join_shape(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let (a, b) = join_shape(|| fib_join_shape(n - 1), || fib_join_shape(n - 2));
     a + b
 }
 
@@ -54,6 +77,8 @@ impl Workload for Fib {
                 a + b
             }
             Contender::StaticSplit => return None,
+            Contender::JoinShape if pools.threads == 1 => fib_join_shape(n),
+            Contender::JoinShape => return None,
         })
     }
 }
@@ -115,6 +140,16 @@ pub fn sum_parjob(node: &Option<Box<Node>>) -> u64 {
         None => 0,
         Some(n) => {
             let (a, b) = parjob::join(|| sum_parjob(&n.left), || sum_parjob(&n.right));
+            n.value + a + b
+        }
+    }
+}
+
+pub fn sum_join_shape(node: &Option<Box<Node>>) -> u64 {
+    match node {
+        None => 0,
+        Some(n) => {
+            let (a, b) = join_shape(|| sum_join_shape(&n.left), || sum_join_shape(&n.right));
             n.value + a + b
         }
     }
@@ -204,6 +239,8 @@ impl Workload for TreeSum {
                 root.value + a + b
             }
             Contender::StaticSplit => return None,
+            Contender::JoinShape if pools.threads == 1 => sum_join_shape(tree),
+            Contender::JoinShape => return None,
         })
     }
 }
@@ -263,6 +300,18 @@ pub fn quicksort_parjob(v: &mut [u64]) {
     let mid = partition(v);
     let (lo, hi) = v.split_at_mut(mid);
     parjob::join(|| quicksort_parjob(lo), || quicksort_parjob(&mut hi[1..]));
+}
+
+pub fn quicksort_join_shape(v: &mut [u64]) {
+    if v.len() <= INSERTION_CUTOFF {
+        return insertion_sort(v);
+    }
+    let mid = partition(v);
+    let (lo, hi) = v.split_at_mut(mid);
+    join_shape(
+        || quicksort_join_shape(lo),
+        || quicksort_join_shape(&mut hi[1..]),
+    );
 }
 
 pub fn quicksort_rayon(v: &mut [u64]) {
@@ -339,6 +388,8 @@ impl Workload for Quicksort {
                 static_split(|| quicksort_seq(lo), || quicksort_seq(&mut hi[1..]));
             }
             Contender::StaticSplit => return None,
+            Contender::JoinShape if pools.threads == 1 => quicksort_join_shape(v),
+            Contender::JoinShape => return None,
         }
         Some(0)
     }
@@ -372,7 +423,10 @@ impl Workload for JoinLatency {
         self.calls
     }
     fn run(&mut self, contender: Contender, pools: &Pools) -> Option<u64> {
-        if contender == Contender::StaticSplit && pools.threads != 2 {
+        // One `join` per call and no recursion: the sequential row is this workload's anchor.
+        if (contender == Contender::StaticSplit && pools.threads != 2)
+            || contender == Contender::JoinShape
+        {
             return None;
         }
         let mut total = 0u64;
@@ -384,6 +438,7 @@ impl Workload for JoinLatency {
                 Contender::Rayon => pools.rayon.join(|| i, || i + 1),
                 Contender::Chili => pools.chili.borrow_mut().scope().join(|_| i, |_| i + 1),
                 Contender::StaticSplit => static_split(|| i, || i + 1),
+                Contender::JoinShape => unreachable!("returned above"),
             };
             total = total.wrapping_add(a + b);
         }

@@ -2,6 +2,9 @@
 //! time exactly the same code. Each workload has one implementation per contender: sequential,
 //! parjob, rayon, chili and a hand-written static split over `std::thread::scope` (an anchor: what
 //! perfect 2-way load balance with zero scheduling costs gives on the workloads that split evenly).
+//! The fork-join workloads also have a one-thread anchor, `join-shape`: their recursion with a
+//! `join` that only calls A then B, which separates what the shape of the user's recursion costs
+//! from what a scheduler costs.
 #![allow(dead_code)]
 
 pub mod fork_join;
@@ -17,15 +20,21 @@ pub enum Contender {
     Rayon,
     Chili,
     StaticSplit,
+    /// An anchor for the fork-join workloads, on one thread only: the same recursion as the
+    /// fork-join contenders with every `join` replaced by [`fork_join::join_shape`] (A, then B,
+    /// inlined, no scheduler). Its row is what the shape of a join at every level costs by
+    /// itself, so parjob's one-thread row minus this one is what the scheduler adds.
+    JoinShape,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::Sequential,
         Contender::Parjob,
         Contender::Rayon,
         Contender::Chili,
         Contender::StaticSplit,
+        Contender::JoinShape,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +44,7 @@ impl Contender {
             Contender::Rayon => "rayon",
             Contender::Chili => "chili",
             Contender::StaticSplit => "static-split",
+            Contender::JoinShape => "join-shape",
         }
     }
 }

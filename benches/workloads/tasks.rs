@@ -108,7 +108,7 @@ impl Workload for SqrtFresh {
                 sqrt_split(&mut out, numbers);
                 out
             }
-            Contender::StaticSplit | Contender::Chili => return None,
+            Contender::StaticSplit | Contender::Chili | Contender::JoinShape => return None,
         };
         self.out = out;
         Some(0)
@@ -163,7 +163,7 @@ impl Workload for SqrtRecycled {
             Contender::StaticSplit if pools.threads == 2 => {
                 sqrt_split(out, numbers);
             }
-            Contender::StaticSplit | Contender::Chili => return None,
+            Contender::StaticSplit | Contender::Chili | Contender::JoinShape => return None,
         }
         Some(0)
     }
@@ -223,7 +223,7 @@ impl Workload for TinyTasks {
             Contender::StaticSplit if pools.threads == 2 => {
                 map_split(count, |i| tiny(i, iterations))
             }
-            Contender::StaticSplit | Contender::Chili => return None,
+            Contender::StaticSplit | Contender::Chili | Contender::JoinShape => return None,
         };
         self.out = out;
         Some(0)
@@ -292,7 +292,7 @@ impl Workload for UnevenTasks {
                     spin_work(i, iterations[i as usize])
                 })
             }
-            Contender::StaticSplit | Contender::Chili => return None,
+            Contender::StaticSplit | Contender::Chili | Contender::JoinShape => return None,
         };
         Some(out.iter().fold(0u64, |h, &x| h.rotate_left(7) ^ x))
     }
@@ -342,7 +342,7 @@ impl Workload for Nested {
                     .collect()
             }),
             Contender::StaticSplit if pools.threads == 2 => map_split(16, inner_seq),
-            Contender::StaticSplit | Contender::Chili => return None,
+            Contender::StaticSplit | Contender::Chili | Contender::JoinShape => return None,
         };
         Some(out.iter().fold(0u64, |h, &x| h.rotate_left(11) ^ x))
     }
@@ -388,7 +388,7 @@ impl Workload for ParallelLatency {
                 Contender::Rayon => pools
                     .rayon
                     .install(|| [i, i + 1].par_iter().copied().collect()),
-                Contender::StaticSplit | Contender::Chili => return None,
+                Contender::StaticSplit | Contender::Chili | Contender::JoinShape => return None,
             };
             total = total.wrapping_add(out[0] * 3 + out[1]);
         }

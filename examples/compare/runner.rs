@@ -150,6 +150,7 @@ pub fn run_workload(
                     Contender::Rayon,
                     Contender::Chili,
                     Contender::StaticSplit,
+                    Contender::JoinShape,
                     Contender::Parjob,
                 ]
             } else {
