@@ -1447,10 +1447,11 @@ fn run_picky(parallel: &Parallel<'static>) -> Vec<Result<u64, String>> {
     outcomes
 }
 
-/// An argument's `Deserialize` panics in the worker, in the middle of a batch: the worker cannot
-/// read the rest of the batch, exits, and the batch is re-sent one task per batch. Here the
-/// argument decodes in the parent: task BAD alone panics in the worker again and comes back as
-/// that panic's message (not as a crash), every other task with its result.
+/// An argument's `Deserialize` panics in the worker, in the middle of a batch: task BAD comes back
+/// as that panic's message (not as a crash), every other task with its result, and the worker
+/// stays (each task's arguments are a frame of their own, so the worker reads on at the next).
+/// Until round 12 the worker could not locate the rest of the batch, exited, and the parent
+/// decoded the arguments to re-send them one per batch.
 #[test]
 fn an_argument_whose_deserialize_panics_in_the_worker_fails_its_task_only() {
     let _serial = serial();
@@ -1470,8 +1471,7 @@ fn an_argument_whose_deserialize_panics_in_the_worker_fails_its_task_only() {
             assert_eq!(outcome, Ok(work(i as u64)), "task {i}");
         }
     }
-    // The worker that met BAD in the middle of its batch exited and was replaced.
-    assert!(pool.restarts() >= 1);
+    assert_eq!(pool.restarts(), 0, "no worker exited");
     let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
     assert_every_slab_comes_back(&pool);
     pids.extend(pool.worker_pids());
@@ -1479,46 +1479,11 @@ fn an_argument_whose_deserialize_panics_in_the_worker_fails_its_task_only() {
     assert_gone(pool, pids);
 }
 
-/// The same argument's `Deserialize` panics in the parent too, while the crashed batch is split
-/// to be re-sent (the parent decodes its arguments to find where each starts): the call goes on.
-/// The tasks before BAD in its batch are re-sent and return; BAD fails with its panic's message;
-/// the tasks after it in that batch cannot be located any more and fail with a message saying
-/// so; the other batches are untouched. Before, the panic escaped the parent's bisection: the
-/// iterator resumed it at whatever position it was waiting for, and ended.
-#[test]
-fn an_argument_whose_deserialize_panics_while_a_crashed_batch_is_split_fails_that_batch_only() {
-    let _serial = serial();
-    let pool = two_workers_with_slabs();
-    let parallel = batches_of(&pool, 100);
-    let outcomes = run_picky(&parallel);
-    for (i, outcome) in outcomes.into_iter().enumerate() {
-        let i = i as u64;
-        if i == BAD {
-            let message = outcome.expect_err("task BAD failed");
-            assert!(
-                message.contains("panicked") && message.contains("cannot decode argument 50"),
-                "{message}"
-            );
-        } else if i > BAD && i < 100 {
-            let message = outcome.expect_err("the tasks after BAD in its batch fail");
-            assert!(message.contains("cannot be located"), "task {i}: {message}");
-        } else {
-            assert_eq!(outcome, Ok(work(i)), "task {i}");
-        }
-    }
-    assert!(pool.restarts() >= 1);
-    let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
-    assert_every_slab_comes_back(&pool);
-    pids.extend(pool.worker_pids());
-    drop(parallel);
-    assert_gone(pool, pids);
-}
-
-/// Set in the parent once a [`Reencoded`] argument has been decoded there, which happens only
-/// when a crashed batch is split to be re-sent; from then on the value 7 panics when encoded.
+/// Set in the parent if a [`Reencoded`] argument is ever decoded there (it never is: a crashed
+/// batch is split by copying its tasks' frames); from then on the value 7 panics when encoded.
 static DECODED_IN_PARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// An argument whose `Serialize` panics for 7 the second time round, in the parent's bisection.
+/// An argument whose `Serialize` panics for 7 the second time round, if there ever is one.
 #[derive(Debug)]
 struct Reencoded(u64);
 
@@ -1545,20 +1510,23 @@ fn aborts_at_3(x: Reencoded) -> u64 {
     work(x.0)
 }
 
-/// Task 3 kills its worker in a batch of 10, so the parent decodes the batch's arguments and
-/// encodes each again, and task 7's `Serialize` panics then: task 7 fails with that panic's
-/// message, task 3 with its crash, the other eight return, and the iterator goes on to its end.
+/// Task 3 kills its worker in a batch of 10, so the batch is split and each task re-sent alone.
+/// The split copies each task's frame: no argument is decoded or encoded again in the parent
+/// (until round 12 it was, and a `Serialize` or `Deserialize` that failed or panicked there
+/// failed tasks that had done nothing wrong). Task 3 fails with its crash, the other nine return,
+/// and the iterator goes on to its end.
 #[test]
-fn an_argument_whose_serialize_panics_while_a_crashed_batch_is_split_fails_that_task_only() {
+fn a_crashed_batch_is_split_without_running_argument_code_in_the_parent() {
     let _serial = serial();
     let pool = two_workers_with_slabs();
     let parallel = batches_of(&pool, 10);
     DECODED_IN_PARENT.store(false, std::sync::atomic::Ordering::SeqCst);
+    let restarts = pool.restarts();
     let mut iter =
         parallel.run_iter_in_processes((0..10u64).map(|x| delayed_fn(aborts_at_3)(Reencoded(x))));
     for i in 0..10u64 {
         match catch_unwind(AssertUnwindSafe(|| iter.next())) {
-            Ok(Some(Ok(value))) => assert!(i != 3 && i != 7 && value == work(i), "task {i}"),
+            Ok(Some(Ok(value))) => assert!(i != 3 && value == work(i), "task {i}"),
             Ok(Some(Err(error))) => {
                 assert_eq!(i, 3, "{error}");
                 assert!(
@@ -1567,26 +1535,174 @@ fn an_argument_whose_serialize_panics_while_a_crashed_batch_is_split_fails_that_
                 );
             }
             Ok(None) => panic!("the iterator ended at task {i}"),
-            Err(payload) => {
-                let message = panic_text(&*payload);
-                assert_eq!(i, 7, "{message}");
-                assert!(
-                    message.contains("encoding the task's arguments panicked")
-                        && message.contains("cannot encode argument 7 again"),
-                    "{message}"
-                );
-            }
+            Err(payload) => panic!("task {i}: {}", panic_text(&*payload)),
         }
     }
     assert!(catch_unwind(AssertUnwindSafe(|| iter.next()))
         .unwrap()
         .is_none());
     drop(iter);
+    assert!(pool.restarts() > restarts, "no worker crashed");
     assert!(
-        DECODED_IN_PARENT.load(std::sync::atomic::Ordering::SeqCst),
-        "no bisection happened"
+        !DECODED_IN_PARENT.load(std::sync::atomic::Ordering::SeqCst),
+        "the parent decoded an argument"
     );
-    DECODED_IN_PARENT.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    assert_serves(&parallel, 100);
+    pids.extend(pool.worker_pids());
+    drop(parallel);
+    assert_gone(pool, pids);
+}
+
+/// Arguments and results of a type whose `Deserialize` reads fewer bytes than its `Serialize`
+/// writes (`#[serde(skip_deserializing)]`) come back as threads give them, on every path: in
+/// slabs and inline, through `run_in_processes` and a process iterator. Until round 12 the values
+/// went back to back with no lengths, so every value after the first in a batch was read from
+/// another's bytes: 1983 of 2000 results came back wrong, as `Ok`.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+struct SkipsOnDecode {
+    x: u64,
+    #[serde(skip_deserializing)]
+    label: u64,
+}
+
+fn uses_skips(p: SkipsOnDecode) -> SkipsOnDecode {
+    SkipsOnDecode {
+        x: p.x * 10 + p.label,
+        label: 7,
+    }
+}
+
+#[test]
+fn values_whose_deserialize_reads_less_than_serialize_wrote_come_back_as_on_threads() {
+    let _serial = serial();
+    let tasks = || (0..2000u64).map(|x| delayed_fn(uses_skips)(SkipsOnDecode { x, label: 99 }));
+    let on_threads = Parallel::new().n_jobs(2).run_in_processes(tasks());
+    // On threads nothing is encoded: `label` arrives as 99. Through bytes it is skipped, so the
+    // worker sees 0, and each result's `label` decodes as 0.
+    let expected: Vec<SkipsOnDecode> = (0..2000)
+        .map(|x| SkipsOnDecode {
+            x: x * 10,
+            label: 0,
+        })
+        .collect();
+    assert_eq!(on_threads[1].x, 10 + 99, "threads pass the value itself");
+    for pool in [two_workers_with_slabs(), two_workers()] {
+        for batch in [None, Some(8), Some(500)] {
+            let parallel = match batch {
+                Some(size) => batches_of(&pool, size),
+                None => Parallel::new()
+                    .n_jobs(2)
+                    .backend(Backend::ProcessPool(pool.clone())),
+            };
+            assert_eq!(parallel.run_in_processes(tasks()), expected, "{batch:?}");
+            let streamed: Vec<SkipsOnDecode> = parallel
+                .run_iter_in_processes(tasks())
+                .map(|outcome| outcome.expect("no task fails"))
+                .collect();
+            assert_eq!(streamed, expected, "{batch:?}");
+        }
+        assert_eq!(pool.restarts(), 0);
+    }
+}
+
+/// An argument whose `Deserialize` returns an error (for 11, in the parent and the workers) fails
+/// its own task only, whatever the batch size (until round 12 every later task of its batch
+/// failed with it).
+#[derive(serde::Serialize, Debug)]
+struct RefusesEleven(u64);
+
+impl<'de> serde::Deserialize<'de> for RefusesEleven {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(deserializer)?;
+        if value == 11 {
+            return Err(serde::de::Error::custom("eleven refuses to decode"));
+        }
+        Ok(RefusesEleven(value))
+    }
+}
+
+fn refuses_eleven(x: RefusesEleven) -> Result<u64, String> {
+    if x.0 == 3 {
+        std::process::abort();
+    }
+    Ok(work(x.0))
+}
+
+#[test]
+fn an_argument_whose_deserialize_fails_fails_its_task_only() {
+    let _serial = serial();
+    let pool = two_workers_with_slabs();
+    for batch in [None, Some(1), Some(20)] {
+        let parallel = match batch {
+            Some(size) => batches_of(&pool, size),
+            None => Parallel::new()
+                .n_jobs(2)
+                .backend(Backend::ProcessPool(pool.clone())),
+        };
+        let tasks = (4..40u64).map(|x| delayed_fn(refuses_eleven)(RefusesEleven(x)));
+        let mut iter = parallel.run_iter_in_processes(tasks);
+        for i in 4..40u64 {
+            // A task whose arguments do not decode fails like a task that panicked: `next()`
+            // raises its message, and the iterator goes on.
+            match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+                Err(payload) => {
+                    let message = panic_text(&*payload);
+                    assert_eq!(i, 11, "{message}");
+                    assert!(
+                        message.contains("cannot decode the task's arguments")
+                            && message.contains("eleven refuses to decode"),
+                        "{message}"
+                    );
+                }
+                Ok(outcome) => {
+                    assert_eq!(
+                        outcome.unwrap().unwrap(),
+                        Ok(work(i)),
+                        "task {i} ({batch:?})"
+                    )
+                }
+            }
+        }
+        assert!(iter.next().is_none());
+    }
+    assert_eq!(pool.restarts(), 0);
+}
+
+/// A worker dies in a batch that also holds an argument whose `Deserialize` returns an error:
+/// the batch is split by its frames, task 3 is named as the crash, task 11 fails with its decode
+/// error, the others return (until round 12 the parent could not split such a batch and every
+/// task of it failed with "cannot split a crashed batch").
+#[test]
+fn a_crash_in_a_batch_with_an_argument_that_does_not_decode_is_located() {
+    let _serial = serial();
+    let pool = two_workers_with_slabs();
+    let parallel = batches_of(&pool, 20);
+    let inputs = [0u64, 1, 2, 3, 4, 11, 12];
+    let tasks = || {
+        inputs
+            .iter()
+            .map(|&x| delayed_fn(refuses_eleven)(RefusesEleven(x)))
+    };
+    match parallel.try_run_in_processes(tasks()) {
+        Err(Error::WorkerCrashed { index: 3, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut iter = parallel.run_iter_in_processes(tasks());
+    for &x in &inputs {
+        match (x, catch_unwind(AssertUnwindSafe(|| iter.next()))) {
+            (3, Ok(Some(Err(Error::WorkerCrashed { index: 3, .. })))) => {}
+            (11, Err(payload)) => {
+                let message = panic_text(&*payload);
+                assert!(message.contains("eleven refuses to decode"), "{message}");
+            }
+            (x, Ok(Some(Ok(Ok(value))))) if x != 3 && x != 11 => assert_eq!(value, work(x)),
+            (x, Ok(other)) => panic!("task {x}: {other:?}"),
+            (x, Err(payload)) => panic!("task {x}: {}", panic_text(&*payload)),
+        }
+    }
+    assert!(iter.next().is_none());
+    drop(iter);
     let mut pids: HashSet<u32> = pool.worker_pids().into_iter().collect();
     assert_serves(&parallel, 100);
     pids.extend(pool.worker_pids());

@@ -15,11 +15,12 @@
 //! as they are asked for, so a large batch is never held twice; `run_in_processes` ([`Call::drain`])
 //! decodes a batch in one loop per run of results between failures, straight into the output
 //! vector. Both check the outcomes' footer and failure records first (malformed ones fail every
-//! task of the batch) and stop reading at bytes that do not decode: that task fails with the
-//! error, the rest of the batch with "corrupt" (where their values start is unknown), as typed
-//! failures, never a guess. Results that all decode but do not end exactly at the end of the
-//! results area fail too: in `drain` the whole batch, in the iterators the last result and the
-//! tasks after it (the results before it are handed out already).
+//! task of the batch). A result whose frame is whole but does not decode fails its own task with
+//! the error; at a frame that is not whole they stop reading, and the rest of the batch fails
+//! with "corrupt" (where their values start is unknown): typed failures, never a guess. Result
+//! frames that do not end exactly at the end of the results area fail too: in `drain` the whole
+//! batch, in the iterators the last result and the tasks after it (the results before it are
+//! handed out already).
 //!
 //! **Which task crashed.** When a worker dies in the middle of a batch of several tasks, the
 //! outcomes it had not sent are lost, and so is the knowledge of which task killed it. The batch's
@@ -207,23 +208,24 @@ impl Decoding {
         let mut input = &values[self.offset..];
         let outcome = wire::read_value::<R>(&mut input);
         self.offset = values.len() - input.len();
+        if let Err(wire::Unread::Frame) = outcome {
+            // The next frame's start is unknown: the rest of the batch cannot be read.
+            self.broken = Some(wire::CORRUPT.to_owned());
+            return Some((index, Err(Failure::Panic(wire::CORRUPT.to_owned()))));
+        }
+        // The batch's last result frame (every task after it failed) must end the results
+        // area. If it does not, some frame's length was wrong: the results handed out cannot be
+        // taken back, but this one and the rest fail.
+        let last = self.count - self.next == self.failures.len() - self.next_failure;
+        if last && self.offset != self.values_len {
+            self.broken = Some(wire::CORRUPT.to_owned());
+            return Some((index, Err(Failure::Panic(wire::UNREAD.to_owned()))));
+        }
         match outcome {
-            Ok(value) => {
-                // The batch's last result (every task after it failed) must end the results
-                // area. If it does not, some result's length was wrong: the ones handed out
-                // cannot be taken back, but this one and the rest fail.
-                let last = self.count - self.next == self.failures.len() - self.next_failure;
-                if last && self.offset != self.values_len {
-                    self.broken = Some(wire::CORRUPT.to_owned());
-                    return Some((index, Err(Failure::Panic(wire::UNREAD.to_owned()))));
-                }
-                Some((index, Ok(value)))
-            }
-            Err(message) => {
-                // The next value's start is unknown: the rest of the batch cannot be read.
-                self.broken = Some(wire::CORRUPT.to_owned());
-                Some((index, Err(Failure::Panic(message))))
-            }
+            Ok(value) => Some((index, Ok(value))),
+            // Its frame was read: the next result is where it was written.
+            Err(wire::Unread::Value(message)) => Some((index, Err(Failure::Panic(message)))),
+            Err(wire::Unread::Frame) => unreachable!("handled above"),
         }
     }
 
@@ -253,11 +255,24 @@ impl Decoding {
                 let read = wire::read_values(&mut input, end - self.next, values);
                 self.offset = values_bytes.len() - input.len();
                 self.next += values.len() - before;
-                if let Err(message) = read {
-                    failed(self.first + self.next, Failure::Panic(message));
-                    self.next += 1;
-                    self.broken = Some(wire::CORRUPT.to_owned());
-                    break;
+                match read {
+                    Ok(()) => {}
+                    Err(wire::Unread::Value(message)) => {
+                        // This task fails alone; its frame was read, so the loop goes on at
+                        // the next task (a value, or the failure at `end`).
+                        failed(self.first + self.next, Failure::Panic(message));
+                        self.next += 1;
+                        continue;
+                    }
+                    Err(wire::Unread::Frame) => {
+                        failed(
+                            self.first + self.next,
+                            Failure::Panic(wire::CORRUPT.to_owned()),
+                        );
+                        self.next += 1;
+                        self.broken = Some(wire::CORRUPT.to_owned());
+                        break;
+                    }
                 }
             }
             // The failure at `end` (none once `end` is the batch's end).
@@ -704,8 +719,7 @@ where
                 break;
             }
             let start = bytes.len();
-            let mut serializer = bincode::Serializer::new(&mut bytes, wire::options());
-            if let Err(error) = args.serialize(&mut serializer) {
+            if let Err(error) = wire::encode_frame(&mut bytes, &args) {
                 // This task fails on its own; the batch (consecutive tasks) ends before it.
                 bytes.truncate(start);
                 self.unencodable(first + count, error);
@@ -830,106 +844,42 @@ where
     }
 
     /// Sends each task of a batch whose worker died again on its own, first task first in the
-    /// queue. The arguments are decoded here and encoded again one per request.
-    ///
-    /// That decoding and encoding is user code (`A`'s `Deserialize` and `Serialize`) running in
-    /// the parent, and it may panic: most simply when the worker died because an argument's
-    /// `Deserialize` panicked there, which it then does here too. Such a panic must not escape
-    /// into the call: it would surface at whatever task the caller was waiting for (and end a
-    /// process iterator, losing every task not handed out yet). It fails tasks instead: a panic
-    /// while encoding task `i` fails task `i` alone; a panic while decoding it fails task `i`
-    /// and, since where the next arguments start is then unknown, the batch's tasks after it.
-    /// The tasks before it are re-sent as usual.
+    /// queue: each task's arguments frame is copied into a request of its own. No user code runs
+    /// here (until round 12 the parent decoded the batch's arguments to find where each started,
+    /// and encoded them again: `A`'s `Deserialize` and `Serialize` could panic or fail in the
+    /// parent, and a task's frame now says where it ends). The frames come from a slab a task
+    /// may have written into, so they are checked: from a frame that is not whole on, the
+    /// batch's tasks fail with [`wire::CORRUPT_ARGUMENTS`] instead of being re-sent.
     fn bisect(&mut self, flight: InFlight) {
-        use crate::pool::unwind::{drop_contained, halt_unwinding};
-        // The message a task fails with when `A`'s code panicked `doing` its arguments; the
-        // payload (user data: its `Drop` may panic too) is dropped contained.
-        let panicked_while = |doing: &str, payload: crate::pool::unwind::Panic| {
-            let message = wire::arguments_panicked(doing, &wire::panic_message(&*payload));
-            drop_contained(payload);
-            message
-        };
-        let mut de = bincode::Deserializer::from_slice(flight.args.bytes(), wire::options());
+        let mut rest = flight.args.bytes();
         let mut requests = Vec::with_capacity(flight.count);
-        let mut split = true;
-        // The task whose arguments panicked while decoded, with the message it fails with.
-        let mut lost_at = None;
-        for i in 0..flight.count {
-            let args = match halt_unwinding(|| A::deserialize(&mut de)) {
-                Ok(Ok(args)) => args,
-                Ok(Err(_)) => {
-                    split = false;
-                    break;
-                }
-                Err(payload) => {
-                    lost_at = Some((i, panicked_while("decoding", payload)));
-                    break;
-                }
+        for _ in 0..flight.count {
+            let Some(frame) = wire::next_frame(&mut rest) else {
+                break;
             };
-            let mut bytes = wire::header(flight.functions, 1, wire::INLINE, 0).to_vec();
-            let mut serializer = bincode::Serializer::new(&mut bytes, wire::options());
-            let encoded = halt_unwinding(|| args.serialize(&mut serializer));
-            // `A`'s `Drop` is user code too.
-            drop_contained(args);
-            match encoded {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    split = false;
-                    break;
-                }
-                Err(payload) => {
-                    requests.push(Err(panicked_while("encoding", payload)));
-                    continue;
-                }
-            }
-            let len = (bytes.len() - wire::HEADER) as u64;
-            bytes[..wire::HEADER].copy_from_slice(&wire::header(
-                flight.functions,
-                1,
-                wire::INLINE,
-                len,
-            ));
-            requests.push(Ok(Arc::new(bytes)));
+            let len = wire::FRAME + frame.len();
+            let mut bytes = Vec::with_capacity(wire::HEADER + len);
+            bytes.extend_from_slice(&wire::header(flight.functions, 1, wire::INLINE, len as u64));
+            // `frame` came out of a frame: its length fits the length's width.
+            bytes.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(frame);
+            requests.push(Arc::new(bytes));
         }
-        if !split {
-            // Cannot happen (these bytes were encoded from `A` here); fail the whole batch
-            // rather than guess.
-            let message = "parjob: cannot split a crashed batch".to_owned();
-            for index in flight.first..flight.first + flight.count {
-                self.ready
-                    .insert(index, Ready::Task(Err(Failure::Panic(message.clone()))));
-            }
-            return;
-        }
-        if let Some((at, message)) = lost_at {
-            requests.push(Err(message));
-            for _ in at + 1..flight.count {
-                requests.push(Err(format!(
-                    "parjob: the task's arguments cannot be located: its worker died, and \
-                     decoding the arguments of task {} before it panicked",
-                    flight.first + at
-                )));
-            }
+        for index in flight.first + requests.len()..flight.first + flight.count {
+            let failure = Failure::Panic(wire::CORRUPT_ARGUMENTS.to_owned());
+            self.ready.insert(index, Ready::Task(Err(failure)));
         }
         for (i, request) in requests.into_iter().enumerate().rev() {
-            match request {
-                Ok(request) => {
-                    let args = Args::Inline(Arc::clone(&request));
-                    self.send(
-                        flight.first + i,
-                        1,
-                        flight.functions,
-                        request,
-                        args,
-                        None,
-                        true,
-                    );
-                }
-                Err(message) => {
-                    self.ready
-                        .insert(flight.first + i, Ready::Task(Err(Failure::Panic(message))));
-                }
-            }
+            let args = Args::Inline(Arc::clone(&request));
+            self.send(
+                flight.first + i,
+                1,
+                flight.functions,
+                request,
+                args,
+                None,
+                true,
+            );
         }
     }
 }
@@ -998,8 +948,7 @@ where
             return (count, writer.len, Stop::Deferred((f, args)));
         }
         let start = writer.len;
-        let mut serializer = bincode::Serializer::new(&mut writer, wire::options());
-        if let Err(error) = args.serialize(&mut serializer) {
+        if let Err(error) = wire::encode_frame(&mut writer, &args) {
             writer.len = start;
             let stop = if writer.full {
                 Stop::Deferred((f, args))
@@ -1055,7 +1004,7 @@ mod tests {
         assert!(!may_send_ahead(Some(25.0), 30_000, false, false));
     }
 
-    /// Outcomes as a worker lays them out: `values` (encoded `u64`s), then `failures`.
+    /// Outcomes as a worker lays them out: `values` (frames of `u64`s), then `failures`.
     fn outcomes(values: &[u8], failures: &[(u64, &str)]) -> Vec<u8> {
         let mut bytes = values.to_vec();
         for (position, message) in failures {
@@ -1068,7 +1017,11 @@ mod tests {
     }
 
     fn encoded(values: &[u64]) -> Vec<u8> {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        let mut bytes = Vec::new();
+        for value in values {
+            wire::encode_frame(&mut bytes, value).unwrap();
+        }
+        bytes
     }
 
     fn one_by_one(decoding: &mut Decoding) -> Vec<(usize, Result<u64, String>)> {
@@ -1114,33 +1067,60 @@ mod tests {
         );
     }
 
-    /// After a value that does not decode, neither decoder reads on (where the next value
-    /// starts is unknown): the rest of the batch fails with the corrupt-batch message, and its
-    /// failure records are not handed out as if they were in place.
+    /// A value whose frame is whole but does not decode fails its own task only: both decoders
+    /// read on at the next frame.
     #[test]
-    fn after_a_corrupt_value_the_rest_of_the_batch_fails() {
-        // Task 0 returned 10, task 1's value is cut short, task 2 failed, task 3 returned.
+    fn a_value_that_does_not_decode_fails_its_task_only() {
+        // Task 0 returned 10, task 1's frame holds 3 bytes (no `u64`), task 2 failed, task 3
+        // returned 13.
         let mut values = encoded(&[10]);
+        values.extend_from_slice(&3u32.to_le_bytes());
         values.extend_from_slice(&[1, 2, 3]);
+        values.extend_from_slice(&encoded(&[13]));
         let bytes = outcomes(&values, &[(2, "third")]);
         let mut one = Decoding::new(0, 4, Source::Inline(bytes.clone()));
         let got = one_by_one(&mut one);
         assert_eq!(got[0], (0, Ok(10)));
         assert!(matches!(&got[1], (1, Err(m)) if m.contains("cannot decode the task's result")));
+        assert_eq!(got[2], (2, Err("third".to_owned())));
+        assert_eq!(got[3], (3, Ok(13)));
+
+        let (values, failed) = drained(Decoding::new(0, 4, Source::Inline(bytes)));
+        assert_eq!(values, [10, 13]);
+        assert_eq!(failed.len(), 2);
+        assert!(failed[0].0 == 1 && failed[0].1.contains("cannot decode the task's result"));
+        assert_eq!(failed[1], (2, "third".to_owned()));
+    }
+
+    /// After a frame that is not whole, neither decoder reads on (where the next value starts
+    /// is unknown): the rest of the batch fails with the corrupt-batch message, and its failure
+    /// records are not handed out as if they were in place.
+    #[test]
+    fn after_a_broken_frame_the_rest_of_the_batch_fails() {
+        // Task 0 returned 10, task 1's frame claims 8 bytes and holds 3, task 2 failed, task 3
+        // returned.
+        let mut values = encoded(&[10]);
+        values.extend_from_slice(&8u32.to_le_bytes());
+        values.extend_from_slice(&[1, 2, 3]);
+        let bytes = outcomes(&values, &[(2, "third")]);
+        let mut one = Decoding::new(0, 4, Source::Inline(bytes.clone()));
+        let got = one_by_one(&mut one);
+        assert_eq!(got[0], (0, Ok(10)));
+        assert_eq!(got[1], (1, Err(wire::CORRUPT.to_owned())));
         assert_eq!(got[2], (2, Err(wire::CORRUPT.to_owned())));
         assert_eq!(got[3], (3, Err(wire::CORRUPT.to_owned())));
 
         let (values, failed) = drained(Decoding::new(0, 4, Source::Inline(bytes)));
         assert_eq!(values, [10]);
         assert_eq!(failed.len(), 3);
-        assert!(failed[0].1.contains("cannot decode the task's result"));
+        assert_eq!(failed[0], (1, wire::CORRUPT.to_owned()));
         assert_eq!(failed[1], (2, wire::CORRUPT.to_owned()));
         assert_eq!(failed[2], (3, wire::CORRUPT.to_owned()));
     }
 
-    /// Results that all decode but leave bytes of the results area unread (a result's encoded
-    /// length was wrong somewhere): the iterator fails the last result and what follows it
-    /// (those before it are handed out already), `drain` the whole batch.
+    /// Result frames that do not end at the end of the results area (a frame's length was
+    /// wrong somewhere): the iterator fails the last result and what follows it (those before it
+    /// are handed out already), `drain` the whole batch.
     #[test]
     fn results_that_leave_bytes_unread_fail() {
         // Tasks 0 and 1 returned 10 and 11, task 2 failed; 3 bytes more in the results area.
