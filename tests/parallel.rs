@@ -255,6 +255,12 @@ fn a_size_hint_claiming_more_than_memory_holds_does_not_abort() {
     assert_eq!(on_pool.run_iter(tasks()).collect::<Vec<_>>(), vec![0, 1, 4]);
     let inline = Parallel::new().n_jobs(1).on_progress(|_, _| {});
     assert_eq!(inline.run(tasks()), vec![0, 1, 4]);
+    // With nothing to check between tasks the inline loop is a plain one, which reserved room
+    // for the claim through `Vec::extend` (round 12 review).
+    let plain = Parallel::new().n_jobs(1);
+    assert_eq!(plain.run(tasks()), vec![0, 1, 4]);
+    let sequential = Parallel::new().backend(parjob::Backend::Sequential);
+    assert_eq!(sequential.run(tasks()), vec![0, 1, 4]);
 }
 
 /// A call nested in its pool's worker, with an input of exact length, pulls the whole input (its
@@ -663,9 +669,16 @@ fn nested_parallel_runs_on_the_current_pool() {
 
 /// The calling thread helps under `Backend::Pool` (it runs the first task itself before any
 /// timing exists), and a `Parallel` call made by a task it runs nests into that pool, not into
-/// the global one.
+/// the global one: with 4 tasks (the general path) and with 2 (a call of two tasks is one
+/// `join`, whose tasks on the caller went to the global pool until round 12).
 #[test]
 fn pool_backend_caller_helps_and_its_tasks_nest_into_the_pool() {
+    for count in [2u64, 4] {
+        caller_helps_and_nests(count);
+    }
+}
+
+fn caller_helps_and_nests(count: u64) {
     let pool = ThreadPoolBuilder::new()
         .num_threads(2)
         .thread_name(|i| format!("helping-test-{i}"))
@@ -675,13 +688,16 @@ fn pool_backend_caller_helps_and_its_tasks_nest_into_the_pool() {
     let outer = Parallel::new()
         .backend(parjob::Backend::Pool(pool.clone()))
         .n_jobs(2)
-        .run((0..4u64).map(|_| {
+        .run((0..count).map(|_| {
             Delayed::new(move || {
                 let place = on_pool_or_caller("helping-test-", caller);
-                let inner = Parallel::new().n_jobs(2).run(
-                    (0..64u64)
-                        .map(|_| Delayed::new(move || on_pool_or_caller("helping-test-", caller))),
-                );
+                // Tasks long enough (100 µs) that a pool the nested call went to would take some.
+                let inner = Parallel::new().n_jobs(2).run((0..64u64).map(|_| {
+                    Delayed::new(move || {
+                        std::thread::sleep(std::time::Duration::from_micros(100));
+                        on_pool_or_caller("helping-test-", caller)
+                    })
+                }));
                 (place, inner)
             })
         }));
@@ -693,9 +709,12 @@ fn pool_backend_caller_helps_and_its_tasks_nest_into_the_pool() {
         if *on_caller {
             // The nested call of a task on the caller: its tasks run on the pool's workers or
             // on the caller (helping that call in turn), never on the global pool.
-            assert!(inner
-                .iter()
-                .all(|(on_pool, on_caller)| *on_pool || *on_caller));
+            assert!(
+                inner
+                    .iter()
+                    .all(|(on_pool, on_caller)| *on_pool || *on_caller),
+                "{count} tasks: a nested call left the pool"
+            );
         }
     }
 }

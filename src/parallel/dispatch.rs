@@ -113,7 +113,11 @@ where
     let [a, b, _] = pulled;
     let joined = match (a, b) {
         (Some(a), Some(b)) if first.is_none() => {
-            halt_unwinding(|| pool.join(move || a.run(), move || b.run()))
+            // From outside the pool the caller runs A, and B too when no worker took it: as on
+            // the general path (`run_from_input`, `help`), `Parallel` calls they make nest into
+            // `pool`, not the default pool (on a worker of `pool` this changes nothing).
+            let nest = |task: T| move || super::backend::running_tasks_of(pool, || task.run());
+            halt_unwinding(|| pool.join(nest(a), nest(b)))
                 .map_err(|payload| first = Some(payload))
                 .ok()
         }
@@ -236,8 +240,12 @@ where
         && limits.budget.is_none()
         && setup.progress.is_silent()
     {
-        // Nothing to check between tasks: the plain loop.
-        out.extend(tasks.map(Task::run));
+        // Nothing to check between tasks: the plain loop. Not `extend`, which reserves room for
+        // the input's `size_hint` (user code): a lower bound beyond memory aborted the process.
+        super::reserve_for_hint(out, setup.exact_len);
+        for task in tasks {
+            out.push(task.run());
+        }
         setup.progress.finish(out.len());
         return Ok(());
     }
