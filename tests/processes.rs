@@ -2006,3 +2006,70 @@ fn a_callback_that_panics_under_three_threads_leaves_every_call_whole() {
     }
     assert_gone(pool, HashSet::new());
 }
+
+fn sleeps_ms(ms: u64) -> Result<u64, String> {
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(ms)
+}
+
+/// `Parallel::deadline` under a process backend: once it has passed, no batch is sent (those
+/// waiting in the pool are skipped), and the call fails as on threads: `try_run_in_processes`
+/// with `Error::Timeout` (the budget, the tasks completed), `run_in_processes` and a process
+/// iterator with a panic carrying that error's text, after the iterator handed out what ran.
+/// Until round 12 the process methods ignored the deadline: the same call returned `Ok` after a
+/// second. A call that skipped no task succeeds, as on threads.
+#[test]
+fn the_deadline_stops_a_process_call_as_on_threads() {
+    let _serial = serial();
+    let pool = two_workers();
+    let budget = Duration::from_millis(100);
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()))
+        .deadline(budget);
+    // 40 tasks of 50 ms on 2 workers need a second; at most a window of them are sent at once.
+    let tasks = || (0..40u64).map(|x| delayed_fn(sleeps_ms)(50 + x % 2));
+    let started = std::time::Instant::now();
+    match parallel.try_run_in_processes(tasks()) {
+        Err(Error::Timeout { timeout, completed }) => {
+            assert_eq!(timeout, budget);
+            assert!(completed < 40, "{completed}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the call ran every task: {:?}",
+        started.elapsed()
+    );
+    let caught = catch_unwind(AssertUnwindSafe(|| parallel.run_in_processes(tasks())));
+    let message = panic_text(&*caught.expect_err("run_in_processes panics"));
+    assert!(message.contains("timed out"), "{message}");
+    let mut iter = parallel.run_iter_in_processes(tasks());
+    let mut handed = 0;
+    let ended = loop {
+        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+            Ok(Some(outcome)) => {
+                assert!(outcome.is_ok());
+                handed += 1;
+            }
+            Ok(None) => panic!("the iterator ended without reporting the deadline"),
+            Err(payload) => break panic_text(&*payload),
+        }
+    };
+    assert!(
+        ended.contains("timed out") && handed < 40,
+        "{ended}, {handed}"
+    );
+    assert!(iter.next().is_none());
+    drop(iter);
+    // Two tasks sent at once at the start: nothing is skipped, whatever the deadline says.
+    let roomy = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()))
+        .deadline(Duration::from_millis(200));
+    let two = (0..2u64).map(|_| delayed_fn(sleeps_ms)(400));
+    assert_eq!(roomy.try_run_in_processes(two).unwrap(), [400, 400]);
+    drop((parallel, roomy));
+    assert_gone(pool, HashSet::new());
+}

@@ -267,7 +267,8 @@ impl<'p> Parallel<'p> {
     /// [`timeout`](Parallel::timeout): once it has passed, no task starts (runners check it
     /// before each task), running tasks finish, and the call fails the same way (`run` panics,
     /// `try_run` returns [`Error::Timeout`] with this budget, a stream's `next()` panics), unless
-    /// no task was skipped.
+    /// no task was skipped. In worker processes (feature `processes`) it is checked before each
+    /// batch is sent: batches already running in a worker finish.
     ///
     /// ```
     /// use parjob::{delayed, Error, Parallel};

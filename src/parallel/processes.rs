@@ -48,6 +48,10 @@ impl<'p> Parallel<'p> {
                     batch: self.batch_size,
                     window,
                     timeout: self.timeout,
+                    // From the call's start, as on threads.
+                    deadline: self
+                        .deadline
+                        .map(|budget| (budget, std::time::Instant::now() + budget)),
                 });
             }
             _ => None,
@@ -142,13 +146,18 @@ impl<'p> Parallel<'p> {
             drop_contained(ordered);
             resume_unwinding(payload)
         }
-        match first_failure {
-            None => results,
-            Some((index, failure)) => {
+        let missed = ordered.take_deadline_miss();
+        match (first_failure, missed) {
+            (None, None) => results,
+            (Some((index, failure)), _) => {
                 // The results are user values whose `Drop` may panic: each is dropped on its own,
                 // contained, before the failure unwinds (a panic while unwinding aborts).
                 results.into_iter().for_each(drop_contained);
                 raise(index, failure, timeout)
+            }
+            (None, Some(missed)) => {
+                results.into_iter().for_each(drop_contained);
+                deadline_passed(missed)
             }
         }
     }
@@ -236,7 +245,12 @@ impl<'p> Parallel<'p> {
             drop_contained(call);
             resume_unwinding(payload)
         }
+        let missed = call.take_deadline_miss();
         let Some((index, failure)) = first else {
+            if let Some((timeout, completed)) = missed {
+                values.into_iter().flatten().for_each(drop_contained);
+                return Err(Error::Timeout { timeout, completed });
+            }
             return Ok(values
                 .into_iter()
                 .map(|v| v.expect("every task ran"))
@@ -353,6 +367,14 @@ fn failure_error<E>(
     }
 }
 
+/// Panics with the error of a call whose deadline passed before every task was sent:
+/// `(budget, tasks completed)`.
+fn deadline_passed(missed: (std::time::Duration, usize)) -> ! {
+    let (timeout, completed) = missed;
+    let error: Error<Infallible> = Error::Timeout { timeout, completed };
+    panic!("parjob: {error}")
+}
+
 /// Panics with a failure: a task's panic with its own message, a crash or timeout with the
 /// typed error's text.
 fn raise(index: usize, failure: Failure, timeout: Option<std::time::Duration>) -> ! {
@@ -399,10 +421,13 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             Runner::Threads(iter) => iter.next().map(Ok),
-            Runner::Processes(call, timeout) => {
-                let (index, result) = call.next_completed()?;
-                Some(outcome(index, result, *timeout))
-            }
+            Runner::Processes(call, timeout) => match call.next_completed() {
+                Some((index, result)) => Some(outcome(index, result, *timeout)),
+                // Once, after every outcome of the tasks that ran; then `None`.
+                None => call
+                    .take_deadline_miss()
+                    .map(|missed| deadline_passed(missed)),
+            },
         }
     }
 }
@@ -418,10 +443,12 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             UnorderedRunner::Threads(iter) => iter.next().map(|(i, r)| (i, Ok(r))),
-            UnorderedRunner::Processes(call, timeout) => {
-                let (index, result) = call.next_completed()?;
-                Some((index, outcome(index, result, *timeout)))
-            }
+            UnorderedRunner::Processes(call, timeout) => match call.next_completed() {
+                Some((index, result)) => Some((index, outcome(index, result, *timeout))),
+                None => call
+                    .take_deadline_miss()
+                    .map(|missed| deadline_passed(missed)),
+            },
         }
     }
 }

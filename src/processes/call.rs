@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What an automatically sized batch aims to last in the worker: 1 ms. A message each way costs
 /// tens of microseconds of latency (hidden: several batches are in flight) and a few microseconds
@@ -97,6 +97,8 @@ pub(crate) struct Settings {
     /// Batches queued or running at once.
     pub(crate) window: usize,
     pub(crate) timeout: Option<Duration>,
+    /// `Parallel::deadline`: the whole call's budget, and when it ends.
+    pub(crate) deadline: Option<(Duration, Instant)>,
 }
 
 /// A batch sent to a worker: tasks `first .. first + count`, all calling one function.
@@ -343,6 +345,9 @@ pub(crate) struct Call<'p, I, F, A, R> {
     /// `Deserialize`, the progress callback) went through [`Call::next_completed`]: the call is
     /// over (see there).
     ended: bool,
+    /// The deadline passed with tasks not yet sent: the budget, until the caller has taken it
+    /// ([`Call::take_deadline_miss`]).
+    deadline_miss: Option<Duration>,
     _types: PhantomData<fn(F)>,
 }
 
@@ -389,6 +394,7 @@ where
             completed: 0,
             finished: false,
             ended: false,
+            deadline_miss: None,
             _types: PhantomData,
         }
     }
@@ -396,6 +402,14 @@ where
     /// The input's length, when its `size_hint` was exact.
     pub(crate) fn total(&self) -> Option<usize> {
         self.total
+    }
+
+    /// The call's deadline passed before every task was sent: `Some((budget, tasks completed))`,
+    /// once (the call stopped then; what it hands out before `None` ran before).
+    pub(crate) fn take_deadline_miss(&mut self) -> Option<(Duration, usize)> {
+        self.deadline_miss
+            .take()
+            .map(|budget| (budget, self.completed))
     }
 
     /// Stops dispatching: tasks not yet sent never run; batches already sent finish.
@@ -607,6 +621,30 @@ where
         Ok(Functions { runner, function })
     }
 
+    /// The deadline passed while tasks may be left to send: if there are (one more is pulled to
+    /// know, and dropped unrun, contained), no task starts any more (batches queued in drivers
+    /// are skipped, running ones finish) and the call will report the miss. If the input turns
+    /// out to be exhausted, nothing was skipped and the call goes on to its end.
+    #[cold]
+    #[inline(never)]
+    fn deadline_passed(&mut self, budget: Duration) {
+        let more = self.pending.is_some()
+            || match self.tasks.as_mut().and_then(Iterator::next) {
+                Some(task) => {
+                    crate::pool::unwind::drop_contained(task);
+                    true
+                }
+                None => {
+                    self.exhausted = true;
+                    false
+                }
+            };
+        if more {
+            self.deadline_miss = Some(budget);
+            self.stop();
+        }
+    }
+
     /// Records that task `index`'s arguments cannot be encoded: it fails on its own.
     fn unencodable(&mut self, index: usize, error: bincode::Error) {
         let message = format!("parjob: cannot encode the task's arguments: {error}");
@@ -623,6 +661,12 @@ where
             && !self.exhausted
             && self.in_flight.len() + refused < self.settings.window
         {
+            if let Some((budget, at)) = self.settings.deadline {
+                if Instant::now() >= at {
+                    self.deadline_passed(budget);
+                    break;
+                }
+            }
             let Some((function, args)) = self.next_task() else {
                 break;
             };
