@@ -2073,3 +2073,49 @@ fn the_deadline_stops_a_process_call_as_on_threads() {
     drop((parallel, roomy));
     assert_gone(pool, HashSet::new());
 }
+
+/// Both workers are killed while idle (as the out-of-memory killer may pick one): the next call
+/// replaces them before sending it anything, and every task returns. Until round 12 the driver
+/// noticed the death only when it awaited the reply, so the call's first task was reported as
+/// having crashed its worker ("task 0: its worker process killed by signal 9").
+#[test]
+fn a_worker_that_died_while_idle_is_replaced_not_blamed_on_the_next_task() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()));
+    assert_serves(&parallel, 4);
+    let killed: HashSet<u32> = pool.worker_pids().into_iter().collect();
+    assert_eq!(killed.len(), 2);
+    for &pid in &killed {
+        // SAFETY: `kill` with a pid of our own child and a valid signal number has no memory
+        // effects here; the worker it ends is the point of the test.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    }
+    // Dead (zombies: the pool reaps them when it notices) before the next call starts.
+    let since = std::time::Instant::now();
+    while !children()
+        .iter()
+        .filter(|(pid, _)| killed.contains(pid))
+        .all(|&(_, zombie)| zombie)
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the workers did not die"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let restarts = pool.restarts();
+    let out = parallel.try_run_in_processes((0..100u64).map(|x| delayed_fn(checked)(x + 100)));
+    assert_eq!(
+        out.unwrap(),
+        (100..200u64).map(work).collect::<Vec<_>>(),
+        "a task was blamed for a death it did not cause"
+    );
+    assert_eq!(pool.restarts(), restarts + 2);
+    let mut pids = killed;
+    pids.extend(pool.worker_pids());
+    drop(parallel);
+    assert_gone(pool, pids);
+}

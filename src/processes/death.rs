@@ -121,6 +121,12 @@ pub(crate) fn wait_for_death(pid: u32, patience: Duration) -> WorkerDeath {
     }
 }
 
+/// Whether child `pid` has ended (it is left unreaped: [`wait_for_death`] reads how). Never
+/// waits.
+pub(crate) fn has_ended(pid: u32) -> bool {
+    peek_status(pid, false).is_some()
+}
+
 /// The exit status of child `pid` if it has ended (`blocking`: wait until it has), left unreaped.
 fn peek_status(pid: u32, blocking: bool) -> Option<WorkerDeath> {
     let mut options = libc::WEXITED | libc::WNOWAIT;

@@ -18,7 +18,7 @@
 //! lock. The only other thread that signals a worker, the pool's shutdown, reads the pid under
 //! the same lock.
 
-use super::death::{kill, wait_for_death, WorkerDeath};
+use super::death::{has_ended, kill, wait_for_death, WorkerDeath};
 use super::shm::{Arena, Lease, WorkerSlabs};
 use super::wire::{self, FromWorker};
 use super::worker::{worker_main, WorkerArgs};
@@ -761,6 +761,15 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             let Some(job) = job.unless_cancelled() else {
                 continue;
             };
+            if worker.as_ref().is_some_and(|idle| has_ended(idle.pid)) {
+                // It died while idle (the OOM killer, a thread a task left running): replaced
+                // before the job is sent, or the job's first task would be reported as the
+                // crash of a worker it never ran on.
+                shared.restarts.fetch_add(1, Ordering::Relaxed);
+                if let Some(dead) = worker.take() {
+                    retire(&shared, slot, dead, false);
+                }
+            }
             if worker.is_none() {
                 match start(&shared, slot) {
                     Ok(w) => worker = Some(w),
