@@ -799,10 +799,15 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             send_job(&shared, live, &job);
             sent.push_back(job);
         }
-        let Some(job) = sent.pop_front() else {
+        // Awaited in place, popped after its reply: were `await_reply` to unwind (ipc-channel
+        // asserts on failed system calls), a popped job, a local of this loop, would be dropped
+        // first and give its slab back while the worker, dropped after it, may still write
+        // into that slab's outcome area. Left in `sent`, it is dropped after the worker.
+        let Some(awaited) = sent.front() else {
             continue;
         };
-        let ran = await_reply(live, &job);
+        let ran = await_reply(live, awaited);
+        let job = sent.pop_front().expect("the job just awaited");
         let reply = match ran {
             Ran::Done {
                 elapsed_ns,
