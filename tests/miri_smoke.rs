@@ -277,6 +277,18 @@ fn parallel_calls_borrow_the_callers_data() {
             |results| results.nth(2),
         );
         assert_eq!(first.as_deref(), Some("2"));
+        // A 2-task call (one `join`) whose tasks nest a call into the pool: on the caller's
+        // thread, through the thread-local pointer to the pool whose tasks it runs.
+        let nested = parallel.run((0..2u64).map(|i| {
+            parjob::Delayed::new(move || {
+                parjob::Parallel::new()
+                    .n_jobs(2)
+                    .run((0..3u64).map(|j| parjob::delayed(|x: u64| x)(i * 3 + j)))
+                    .iter()
+                    .sum::<u64>()
+            })
+        }));
+        assert_eq!(nested, [3, 12]);
     }
 }
 
