@@ -369,6 +369,10 @@ where
     ) -> Self {
         progress.announce("Processes", settings.workers);
         let (tx, rx) = mpsc::channel();
+        let state = Arc::new(CallState {
+            deadline: settings.deadline.map(|(_, at)| at),
+            ..CallState::default()
+        });
         Call {
             tasks: Some(tasks),
             pending: None,
@@ -378,7 +382,7 @@ where
             runner: wire::runner_offset::<F, A, R>(),
             checked: None,
             settings,
-            state: Arc::new(CallState::default()),
+            state,
             tx,
             rx,
             in_flight: HashMap::new(),
@@ -404,9 +408,13 @@ where
         self.total
     }
 
-    /// The call's deadline passed before every task was sent: `Some((budget, tasks completed))`,
-    /// once (the call stopped then; what it hands out before `None` ran before).
+    /// The call's deadline passed before every task had started: `Some((budget, tasks
+    /// completed))`, once (the call stopped then; what it handed out before `None` ran before).
+    /// `None` after a panic from user code ended the call: it reported that instead.
     pub(crate) fn take_deadline_miss(&mut self) -> Option<(Duration, usize)> {
+        if self.ended {
+            return None;
+        }
         self.deadline_miss
             .take()
             .map(|budget| (budget, self.completed))
@@ -509,6 +517,15 @@ where
         self.fill();
         if self.in_flight.is_empty() {
             match self.ready.first_key_value() {
+                // Ordered, after the deadline stopped the call: it ends at the first position that
+                // never ran, as a thread stream does (its next `next()` reports the deadline). The
+                // outcomes after that position are not handed out: dropped here, contained.
+                Some(_) if self.ordered && self.deadline_miss.is_some() => {
+                    std::mem::take(&mut self.ready)
+                        .into_values()
+                        .for_each(crate::pool::unwind::drop_contained);
+                    return false;
+                }
                 // Ordered, after a stop: skip the positions that never ran.
                 Some((&key, _)) => {
                     self.next_out = key;
@@ -883,6 +900,14 @@ where
             }
             Reply::Skipped { batch } => {
                 self.in_flight.remove(&batch);
+                if !self.stopped {
+                    // Not stopped by the call: a driver skipped the batch because the deadline
+                    // passed while it was queued. Its tasks never ran: the call stops, and fails.
+                    if let Some((budget, _)) = self.settings.deadline {
+                        self.deadline_miss = Some(budget);
+                    }
+                    self.stop();
+                }
             }
         }
     }
@@ -992,7 +1017,15 @@ where
             return (count, writer.len, Stop::Deferred((f, args)));
         }
         let start = writer.len;
-        if let Err(error) = wire::encode_frame(&mut writer, &args) {
+        let encoded = match wire::encode_frame(&mut writer, &args) {
+            // A `Serialize` that swallowed the error of a write that did not fit: the frame is
+            // incomplete, as if the write had failed.
+            Ok(()) if writer.full => {
+                Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
+            }
+            encoded => encoded,
+        };
+        if let Err(error) = encoded {
             writer.len = start;
             let stop = if writer.full {
                 Stop::Deferred((f, args))

@@ -84,10 +84,15 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// The job, unless its call was cancelled: then it is answered `Skipped` here (never sent to
-    /// a worker) and `None` comes back.
+    /// The job, unless its call was cancelled or its deadline has passed: then it is answered
+    /// `Skipped` here (never sent to a worker) and `None` comes back.
     fn unless_cancelled(self) -> Option<Job> {
-        if self.call.cancelled.load(Ordering::Relaxed) {
+        let past_deadline = || {
+            self.call
+                .deadline
+                .is_some_and(|at| std::time::Instant::now() >= at)
+        };
+        if self.call.cancelled.load(Ordering::Relaxed) || past_deadline() {
             let batch = self.batch;
             self.answer(Reply::Skipped { batch });
             return None;
@@ -130,6 +135,9 @@ impl Drop for Job {
 pub(crate) struct CallState {
     /// Set when the call stops early: its queued batches are skipped.
     pub(crate) cancelled: AtomicBool,
+    /// `Parallel::deadline`'s end: a batch a driver takes after it is skipped, not started, as
+    /// on threads no task starts after the deadline (the call notices the `Skipped` reply).
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 /// A driver's answer to one job.
@@ -782,8 +790,10 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
                 job.answer(Reply::Crashed { batch, death });
                 continue;
             };
-            send_job(&shared, live, &job);
+            // Queued in `sent` before it is sent: were sending to unwind, the job must be
+            // dropped after the worker (see `sent`), not as a local before it.
             sent.push_back(job);
+            send_job(&shared, live, sent.back().expect("just queued"));
         }
         // `sent` is not empty, so the worker is alive.
         let Some(live) = worker.as_ref() else {
@@ -796,8 +806,8 @@ fn drive(shared: Arc<Shared>, slot: usize, started: mpsc::Sender<Result<(), Work
             let Some(job) = job.unless_cancelled() else {
                 continue;
             };
-            send_job(&shared, live, &job);
             sent.push_back(job);
+            send_job(&shared, live, sent.back().expect("just queued"));
         }
         // Awaited in place, popped after its reply: were `await_reply` to unwind (ipc-channel
         // asserts on failed system calls), a popped job, a local of this loop, would be dropped

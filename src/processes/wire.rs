@@ -162,7 +162,8 @@ impl<W: Framing> Staged<'_, W> {
             // made the copy read back two separate stores at once, which stalls).
             None => self.out.write_frame(&self.small[..self.len])?,
             Some(start) => {
-                let len = self.out.position() - start - FRAME;
+                // Saturating: a `Serialize` that swallowed a write error may have left less.
+                let len = self.out.position().saturating_sub(start + FRAME);
                 let Ok(len) = u32::try_from(len) else {
                     return Err(too_large(len));
                 };

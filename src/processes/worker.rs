@@ -90,10 +90,11 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         // function's address in this process.
         let run: wire::Runner = unsafe { std::mem::transmute(wire::address_at(functions.runner)) };
         let mut sink = wire::Sink::new(area.unwrap_or_default(), &mut out);
-        // `run_batch` catches each task's panic itself; this catch is for a panic outside a
-        // task (a panicking `Deserialize`), after which the batch's input cannot be trusted:
-        // the worker exits, and the parent re-sends the tasks one by one. The payload is user
-        // data whose `Drop` may panic: dropped contained, so the exit stays this orderly one.
+        // `run_batch` catches each task's panic itself, its arguments' `Deserialize` included
+        // (each task's arguments are a frame of their own); this catch is for a panic outside
+        // any task, which `run_batch` does not expect: the worker exits, and the parent re-sends
+        // the tasks one by one as after a crash. The payload is user data whose `Drop` may
+        // panic: dropped contained, so the exit stays this orderly one.
         // SAFETY: the parent wrote `functions.function` in the same header as the runner, as the
         // checked offset of the `fn` pointer of type `F` that this batch's tasks hold (`Call`
         // puts only tasks of one function in a batch), which is `run_batch::<F, A, R>`'s
