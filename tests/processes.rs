@@ -2007,6 +2007,21 @@ fn a_callback_that_panics_under_three_threads_leaves_every_call_whole() {
     assert_gone(pool, HashSet::new());
 }
 
+/// Reads a process iterator until its `next()` panics (here: the deadline): the values it handed
+/// out before, in order, each an `Ok`, and the panic's message. Ending first fails the test.
+fn values_until_panic<R: std::fmt::Debug>(
+    iter: &mut impl Iterator<Item = Result<R, Error<std::convert::Infallible>>>,
+) -> (Vec<R>, String) {
+    let mut handed = Vec::new();
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+            Ok(Some(outcome)) => handed.push(outcome.expect("the tasks that ran succeed")),
+            Ok(None) => panic!("the iterator ended without reporting the deadline"),
+            Err(payload) => return (handed, panic_text(&*payload)),
+        }
+    }
+}
+
 fn sleeps_ms(ms: u64) -> Result<u64, String> {
     std::thread::sleep(Duration::from_millis(ms));
     Ok(ms)
@@ -2046,20 +2061,10 @@ fn the_deadline_stops_a_process_call_as_on_threads() {
     let message = panic_text(&*caught.expect_err("run_in_processes panics"));
     assert!(message.contains("timed out"), "{message}");
     let mut iter = parallel.run_iter_in_processes(tasks());
-    let mut handed = 0;
-    let ended = loop {
-        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
-            Ok(Some(outcome)) => {
-                assert!(outcome.is_ok());
-                handed += 1;
-            }
-            Ok(None) => panic!("the iterator ended without reporting the deadline"),
-            Err(payload) => break panic_text(&*payload),
-        }
-    };
+    let (handed, ended) = values_until_panic(&mut iter);
     assert!(
-        ended.contains("timed out") && handed < 40,
-        "{ended}, {handed}"
+        ended.contains("timed out") && handed.len() < 40,
+        "{ended}, {handed:?}"
     );
     assert!(iter.next().is_none());
     drop(iter);
@@ -2138,21 +2143,12 @@ fn batches_queued_past_the_deadline_are_skipped() {
         other => panic!("{other:?}"),
     }
     let mut iter = parallel.run_iter_in_processes(tasks());
-    let mut handed = 0;
-    let ended = loop {
-        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
-            Ok(Some(outcome)) => {
-                assert_eq!(outcome.unwrap(), Ok(400));
-                handed += 1;
-            }
-            Ok(None) => panic!("the iterator ended without reporting the deadline"),
-            Err(payload) => break panic_text(&*payload),
-        }
-    };
+    let (handed, ended) = values_until_panic(&mut iter);
     assert!(
-        ended.contains("timed out") && handed <= 2,
-        "{ended}, {handed}"
+        ended.contains("timed out") && handed.len() <= 2,
+        "{ended}, {handed:?}"
     );
+    assert!(handed.iter().all(|value| *value == Ok(400)), "{handed:?}");
     assert!(iter.next().is_none());
     drop((iter, parallel));
     assert_gone(pool, HashSet::new());
@@ -2188,19 +2184,15 @@ fn an_ordered_process_iterator_ends_at_the_first_task_the_deadline_skipped() {
     let mut iter = parallel.run_iter_in_processes(
         (0..6u64).map(|x| delayed_fn(slow_first_two)(RefusesToEncodeFive(x))),
     );
-    let mut position = 0u64;
-    let ended = loop {
-        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
-            Ok(Some(outcome)) => {
-                assert_eq!(outcome.unwrap(), position, "an outcome out of place");
-                position += 1;
-            }
-            Ok(None) => panic!("the iterator ended without reporting the deadline"),
-            Err(payload) => break panic_text(&*payload),
-        }
-    };
-    assert!(ended.contains("timed out"), "item {position}: {ended}");
-    assert!(position <= 2, "{position}");
+    let (handed, ended) = values_until_panic(&mut iter);
+    assert!(
+        ended.contains("timed out"),
+        "item {}: {ended}",
+        handed.len()
+    );
+    // Each value is its task's index: one out of place would not be.
+    assert_eq!(handed, (0..handed.len() as u64).collect::<Vec<_>>());
+    assert!(handed.len() <= 2, "{handed:?}");
     assert!(iter.next().is_none());
     drop((iter, parallel));
     assert_gone(pool, HashSet::new());
