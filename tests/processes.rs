@@ -2063,7 +2063,7 @@ fn the_deadline_stops_a_process_call_as_on_threads() {
     let mut iter = parallel.run_iter_in_processes(tasks());
     let (handed, ended) = values_until_panic(&mut iter);
     assert!(
-        ended.contains("timed out") && handed.len() < 40,
+        ended.contains("passed its deadline") && handed.len() < 40,
         "{ended}, {handed:?}"
     );
     assert!(iter.next().is_none());
@@ -2145,7 +2145,7 @@ fn batches_queued_past_the_deadline_are_skipped() {
     let mut iter = parallel.run_iter_in_processes(tasks());
     let (handed, ended) = values_until_panic(&mut iter);
     assert!(
-        ended.contains("timed out") && handed.len() <= 2,
+        ended.contains("passed its deadline") && handed.len() <= 2,
         "{ended}, {handed:?}"
     );
     assert!(handed.iter().all(|value| *value == Ok(400)), "{handed:?}");
@@ -2186,7 +2186,7 @@ fn an_ordered_process_iterator_ends_at_the_first_task_the_deadline_skipped() {
     );
     let (handed, ended) = values_until_panic(&mut iter);
     assert!(
-        ended.contains("timed out"),
+        ended.contains("passed its deadline"),
         "item {}: {ended}",
         handed.len()
     );

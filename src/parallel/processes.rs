@@ -367,12 +367,21 @@ fn failure_error<E>(
     }
 }
 
-/// Panics with the error of a call whose deadline passed before every task was sent:
-/// `(budget, tasks completed)`.
+/// Panics as `run` does when its deadline passed before every task had started: `(budget,
+/// tasks completed)`.
 fn deadline_passed(missed: (std::time::Duration, usize)) -> ! {
-    let (timeout, completed) = missed;
-    let error: Error<Infallible> = Error::Timeout { timeout, completed };
-    panic!("parjob: {error}")
+    let (limit, completed) = missed;
+    panic!(
+        "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
+    )
+}
+
+/// Panics as a thread stream does when its deadline passed before every task had started.
+fn stream_deadline_passed(missed: (std::time::Duration, usize)) -> ! {
+    let (limit, _) = missed;
+    panic!(
+        "parjob: Parallel stream passed its deadline ({limit:?}); unstarted tasks were cancelled"
+    )
 }
 
 /// Panics with a failure: a task's panic with its own message, a crash or timeout with the
@@ -426,7 +435,7 @@ where
                 // Once, after every outcome of the tasks that ran; then `None`.
                 None => call
                     .take_deadline_miss()
-                    .map(|missed| deadline_passed(missed)),
+                    .map(|missed| stream_deadline_passed(missed)),
             },
         }
     }
@@ -447,7 +456,7 @@ where
                 Some((index, result)) => Some((index, outcome(index, result, *timeout))),
                 None => call
                     .take_deadline_miss()
-                    .map(|missed| deadline_passed(missed)),
+                    .map(|missed| stream_deadline_passed(missed)),
             },
         }
     }
