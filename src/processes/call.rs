@@ -982,7 +982,8 @@ enum Stop<A> {
 }
 
 /// Encodes up to `size` tasks' arguments (`task` first, then `tasks`, as long as they call
-/// `task`'s function) back to back into `buf`: `(tasks encoded, bytes used, why it stopped)`.
+/// `task`'s function) into `buf`, one frame each, back to back: `(tasks encoded, bytes used, why
+/// it stopped)`.
 /// A loop of its own over locals, so the input's state and the write position stay in
 /// registers.
 #[inline]
