@@ -459,9 +459,7 @@ impl<'p> Parallel<'p> {
             Err(error) => panic!("parjob: invalid Parallel configuration: {error}"),
             Ok(Ok(results)) => results,
             Ok(Err(Stop::Panic(payload))) => resume_unwinding(payload),
-            Ok(Err(Stop::Timeout { completed, limit })) => panic!(
-                "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
-            ),
+            Ok(Err(Stop::Timeout { completed, limit })) => call_timed_out(limit, completed),
             Ok(Err(Stop::Failed { .. })) => unreachable!("run does not fail fast"),
         }
     }
@@ -683,9 +681,7 @@ impl<'p> Parallel<'p> {
         match indexed::run_indexed(setup, n, f, mode, into) {
             Ok(results) => results,
             Err(Stop::Panic(payload)) => resume_unwinding(payload),
-            Err(Stop::Timeout { completed, limit }) => panic!(
-                "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
-            ),
+            Err(Stop::Timeout { completed, limit }) => call_timed_out(limit, completed),
             Err(Stop::Failed { .. }) => unreachable!("run_indexed does not fail fast"),
         }
     }
@@ -760,6 +756,14 @@ pub(crate) fn exact_len<I: Iterator>(tasks: &I) -> Option<usize> {
 /// holds must not abort the process at an allocation (`Vec::with_capacity` and `reserve` do). Room
 /// is only an optimisation here: results past `out`'s capacity still find a place (a batch's own
 /// vector on a pool, a growing vector elsewhere).
+/// The panic of a `run`-like call (on threads or in worker processes) that a limit stopped
+/// before every task had started.
+pub(crate) fn call_timed_out(limit: Duration, completed: usize) -> ! {
+    panic!(
+        "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
+    )
+}
+
 pub(crate) fn reserve_for_hint<R>(out: &mut Vec<R>, len: Option<usize>) {
     // Failing is the point of `try_reserve` here: the results just go without pre-allocated room.
     let _ = out.try_reserve(len.unwrap_or(0));

@@ -10,7 +10,7 @@
 use super::backend::Backend;
 use super::delayed::{Apply, Delayed};
 use super::error::Error;
-use super::stream::{RunIter, RunUnordered};
+use super::stream::{stream_passed_deadline, RunIter, RunUnordered};
 use super::Parallel;
 use crate::pool::unwind::{drop_contained, halt_unwinding, holding, resume_unwinding};
 use crate::processes::call::{Call, Failure, Settings};
@@ -157,7 +157,7 @@ impl<'p> Parallel<'p> {
             }
             (None, Some(missed)) => {
                 results.into_iter().for_each(drop_contained);
-                deadline_passed(missed)
+                super::call_timed_out(missed.0, missed.1)
             }
         }
     }
@@ -367,23 +367,6 @@ fn failure_error<E>(
     }
 }
 
-/// Panics as `run` does when its deadline passed before every task had started: `(budget,
-/// tasks completed)`.
-fn deadline_passed(missed: (std::time::Duration, usize)) -> ! {
-    let (limit, completed) = missed;
-    panic!(
-        "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
-    )
-}
-
-/// Panics as a thread stream does when its deadline passed before every task had started.
-fn stream_deadline_passed(missed: (std::time::Duration, usize)) -> ! {
-    let (limit, _) = missed;
-    panic!(
-        "parjob: Parallel stream passed its deadline ({limit:?}); unstarted tasks were cancelled"
-    )
-}
-
 /// Panics with a failure: a task's panic with its own message, a crash or timeout with the
 /// typed error's text.
 fn raise(index: usize, failure: Failure, timeout: Option<std::time::Duration>) -> ! {
@@ -435,7 +418,7 @@ where
                 // Once, after every outcome of the tasks that ran; then `None`.
                 None => call
                     .take_deadline_miss()
-                    .map(|missed| stream_deadline_passed(missed)),
+                    .map(|(limit, _)| stream_passed_deadline(limit)),
             },
         }
     }
@@ -456,7 +439,7 @@ where
                 Some((index, result)) => Some((index, outcome(index, result, *timeout))),
                 None => call
                     .take_deadline_miss()
-                    .map(|missed| stream_deadline_passed(missed)),
+                    .map(|(limit, _)| stream_passed_deadline(limit)),
             },
         }
     }

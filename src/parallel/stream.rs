@@ -182,7 +182,7 @@ where
         self.finished = true;
         self.stop();
         if whole_call {
-            panic!("parjob: Parallel stream passed its deadline ({limit:?}); unstarted tasks were cancelled")
+            stream_passed_deadline(limit)
         }
         panic!(
             "parjob: timed out after {limit:?} waiting for the next result; unstarted tasks were cancelled"
@@ -448,3 +448,11 @@ macro_rules! stream_iterator {
 stream_iterator!(RunIter, R, |(_, r)| r);
 stream_iterator!(RunUnordered, (usize, R), |pair| pair);
 stream_iterator!(ScopedIter, R, |(_, r)| r);
+
+/// The panic of a stream (on threads or in worker processes) whose deadline passed before every
+/// task had started.
+pub(crate) fn stream_passed_deadline(limit: std::time::Duration) -> ! {
+    panic!(
+        "parjob: Parallel stream passed its deadline ({limit:?}); unstarted tasks were cancelled"
+    )
+}

@@ -208,13 +208,17 @@ impl Decoding {
         }
         let values = &self.outcomes.bytes()[..self.values_len];
         let mut input = &values[self.offset..];
-        let outcome = wire::read_value::<R>(&mut input);
+        let outcome = match wire::read_value::<R>(&mut input) {
+            Ok(value) => Ok(value),
+            // Its frame was read: the next result is where it was written.
+            Err(wire::Unread::Value(message)) => Err(Failure::Panic(message)),
+            Err(wire::Unread::Frame) => {
+                // The next frame's start is unknown: the rest of the batch cannot be read.
+                self.broken = Some(wire::CORRUPT.to_owned());
+                return Some((index, Err(Failure::Panic(wire::CORRUPT.to_owned()))));
+            }
+        };
         self.offset = values.len() - input.len();
-        if let Err(wire::Unread::Frame) = outcome {
-            // The next frame's start is unknown: the rest of the batch cannot be read.
-            self.broken = Some(wire::CORRUPT.to_owned());
-            return Some((index, Err(Failure::Panic(wire::CORRUPT.to_owned()))));
-        }
         // The batch's last result frame (every task after it failed) must end the results
         // area. If it does not, some frame's length was wrong: the results handed out cannot be
         // taken back, but this one and the rest fail.
@@ -223,12 +227,7 @@ impl Decoding {
             self.broken = Some(wire::CORRUPT.to_owned());
             return Some((index, Err(Failure::Panic(wire::UNREAD.to_owned()))));
         }
-        match outcome {
-            Ok(value) => Some((index, Ok(value))),
-            // Its frame was read: the next result is where it was written.
-            Err(wire::Unread::Value(message)) => Some((index, Err(Failure::Panic(message)))),
-            Err(wire::Unread::Frame) => unreachable!("handled above"),
-        }
+        Some((index, outcome))
     }
 
     /// Every outcome still to come, in one pass: the results appended to `values`, the failures
@@ -930,8 +929,7 @@ where
             let mut bytes = Vec::with_capacity(wire::HEADER + len);
             bytes.extend_from_slice(&wire::header(flight.functions, 1, wire::INLINE, len as u64));
             // `frame` came out of a frame: its length fits the length's width.
-            bytes.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(frame);
+            wire::Framing::write_frame(&mut bytes, frame).expect("a Vec takes every byte");
             requests.push(Arc::new(bytes));
         }
         for index in flight.first + requests.len()..flight.first + flight.count {
