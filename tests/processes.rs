@@ -2210,3 +2210,67 @@ fn an_ordered_process_iterator_ends_at_the_first_task_the_deadline_skipped() {
     drop((iter, parallel));
     assert_gone(pool, HashSet::new());
 }
+
+/// An argument whose `Drop` panics unless it was encoded: only a task dropped unrun panics.
+#[derive(Debug)]
+struct PanicsIfDroppedUnsent {
+    x: u64,
+    sent: std::cell::Cell<bool>,
+}
+
+impl serde::Serialize for PanicsIfDroppedUnsent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.sent.set(true);
+        self.x.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PanicsIfDroppedUnsent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(PanicsIfDroppedUnsent {
+            x: u64::deserialize(deserializer)?,
+            sent: std::cell::Cell::new(true),
+        })
+    }
+}
+
+impl Drop for PanicsIfDroppedUnsent {
+    fn drop(&mut self) {
+        if !self.sent.get() && !std::thread::panicking() {
+            panic!("task {} dropped unsent", self.x);
+        }
+    }
+}
+
+fn sleeps_for(x: PanicsIfDroppedUnsent) -> Result<u64, String> {
+    std::thread::sleep(Duration::from_millis(50));
+    Ok(x.x)
+}
+
+/// When the deadline stops a process call, the caller pulls one more task to learn whether any
+/// was skipped and drops it unrun: a `Drop` of that task's arguments that panics (user code) is
+/// contained, and the call fails with the deadline, not with that panic.
+#[test]
+fn a_task_dropped_unrun_at_the_deadline_may_panic_in_its_drop() {
+    let _serial = serial();
+    let pool = two_workers();
+    let parallel = Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()))
+        .deadline(Duration::from_millis(100));
+    let tasks = (0..40u64).map(|x| {
+        delayed_fn(sleeps_for)(PanicsIfDroppedUnsent {
+            x,
+            sent: std::cell::Cell::new(false),
+        })
+    });
+    let outcome = catch_unwind(AssertUnwindSafe(|| parallel.try_run_in_processes(tasks)));
+    match outcome {
+        Ok(Err(Error::Timeout { completed, .. })) => assert!(completed < 40, "{completed}"),
+        Ok(other) => panic!("{other:?}"),
+        Err(payload) => panic!("the call panicked: {}", panic_text(&*payload)),
+    }
+    assert_serves(&parallel, 10);
+    drop(parallel);
+    assert_gone(pool, HashSet::new());
+}
