@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 /// stores into a buffer whose lines are still cached by the runner that emptied it wait for those
 /// lines; probably the extra store took store-buffer entries from them, so fewer waits overlapped.
 /// Measured, one `Delayed` per tiny task (1M tasks of 24-48 ns, 2 threads, both loops alternating
-/// in one process): 2-11 % faster calls; docs/benchmarks.md, round 9.
+/// in one process): 2-11 % faster calls; docs/benchmarks-history.md, round 9.
 ///
 /// If `input` panics, `tasks` holds every task it gave before (the length grows with each write).
 #[inline]

@@ -268,7 +268,7 @@ fn token_loop<T: Task>(shared: Arc<Shared<T>>) {
 /// cache; a driver that writes the next batch's tasks into it waits for every line to come back
 /// (on 1.5 ns tasks that wait was most of the driver's pull: sqrt over 10M `f64` into a recycled
 /// output ran at 0.67-0.72x sequential on 2 threads reusing the newest buffer, 1.16-1.17x reusing
-/// the oldest; docs/benchmarks.md, round 8).
+/// the oldest; docs/benchmarks-history.md, round 8).
 pub(crate) struct SpareBuffers<T>(Mutex<VecDeque<Vec<T>>>);
 
 impl<T> SpareBuffers<T> {
