@@ -75,7 +75,7 @@ pub use pool::{
     cpu_count, current_thread_index, join, scope, BuildError, EventKind, LatencySummary, Metrics,
     Scope, SharePolicy, ThreadPool, ThreadPoolBuilder, Trace, TraceEvent, TraceSummary,
     VictimPolicy, WorkerMetrics, WorkerTime, DEFAULT_FORK_SAMPLE_PERIOD, DEFAULT_SPIN_ROUNDS,
-    TRACE_CAPACITY,
+    MAX_NUM_THREADS, MIN_STACK_SIZE, TRACE_CAPACITY,
 };
 
 /// The README's Rust examples are compiled and run as doctests.

@@ -92,3 +92,29 @@ fn explicit_settings_win_over_the_override() {
         assert_eq!(Parallel::new().n_jobs(3).get_n_jobs(), 3);
     });
 }
+
+/// `effective_n_jobs` answers for a call made where it is asked: on the default backend, a call
+/// nested in a pool runs on that pool, so at most its threads (it used to answer `n` there).
+#[test]
+fn effective_n_jobs_inside_a_pool_counts_that_pools_threads() {
+    let pool = parjob::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    assert_eq!(pool.install(|| parjob::effective_n_jobs(8)), Ok(2));
+    assert_eq!(pool.install(|| parjob::effective_n_jobs(1)), Ok(1));
+    // What a call nested there really uses: never more than 2 threads.
+    let threads = pool.install(|| {
+        let ids = Parallel::new().n_jobs(8).run((0..64).map(|_| {
+            parjob::Delayed::new(|| {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                std::thread::current().id()
+            })
+        }));
+        ids.into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    });
+    assert!(threads <= 2, "{threads}");
+    assert_eq!(parjob::effective_n_jobs(8), Ok(8), "outside any pool");
+}

@@ -720,6 +720,104 @@ fn zero_jobs_is_a_config_error() {
     assert!(ProcessPoolBuilder::new().num_workers(0).build().is_err());
 }
 
+/// Counts no machine runs are refused before anything is started or allocated for them (each
+/// worker has a driver thread here, so the thread maximum applies): `n_jobs` as a typed
+/// configuration error, a pool's worker count as a build error naming it.
+#[test]
+fn too_many_workers_is_an_error_before_anything_starts() {
+    let _serial = serial();
+    // Pools that `Backend::Processes` cached for earlier tests stay; none may be added.
+    let before = children().len();
+    let result = Parallel::new()
+        .n_jobs(i32::MAX)
+        .backend(Backend::Processes)
+        .try_run_in_processes((0..3u64).map(|x| delayed_fn(checked)(x)));
+    assert!(
+        matches!(
+            result,
+            Err(Error::Config {
+                error: parjob::ConfigError::TooManyJobs { n_jobs: i32::MAX }
+            })
+        ),
+        "{result:?}"
+    );
+    for asked in [parjob::MAX_NUM_THREADS + 1, usize::MAX] {
+        let error = ProcessPoolBuilder::new()
+            .num_workers(asked)
+            .build()
+            .unwrap_err();
+        assert!(error.to_string().contains(&asked.to_string()), "{error}");
+        assert!(error.worker_death().is_none());
+    }
+    assert!(children().len() <= before, "{:?}", children());
+}
+
+/// Marks task `index` as running with a file of its own in `dir` for `ms`, and returns how many
+/// tasks were running (files present) when it started: the call's concurrency, seen from the
+/// worker processes, whatever the timing.
+fn occupies(dir: String, index: u64, ms: u64) -> usize {
+    let me = std::path::Path::new(&dir).join(format!("task-{index}"));
+    std::fs::write(&me, b"").unwrap();
+    let running = std::fs::read_dir(&dir).unwrap().count();
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::remove_file(&me).unwrap();
+    running
+}
+
+/// `n_jobs` below a `ProcessPool`'s size caps the batches running at once, as documented (and
+/// as joblib's `n_jobs` does on an executor it is given). Any idle driver of the pool takes a
+/// queued batch, so the window of batches in flight is what keeps the cap: it used to be 3 ×
+/// `n_jobs`, and all four workers ran a call of `n_jobs(2)`.
+#[test]
+fn n_jobs_caps_the_batches_running_at_once_on_a_larger_process_pool() {
+    let _serial = serial();
+    let pool = ProcessPoolBuilder::new().num_workers(4).build().unwrap();
+    let dir = std::env::temp_dir().join(format!("parjob-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.to_str().unwrap().to_owned();
+    for n_jobs in [1, 2] {
+        let seen = batches_of(&pool, 1).n_jobs(n_jobs).run_in_processes(
+            (0..8u64).map(|i| parjob::delayed_fn!(occupies(path.clone(), i, 100))),
+        );
+        assert_eq!(seen.len(), 8);
+        let peak = seen.into_iter().max().unwrap();
+        assert!(
+            peak <= n_jobs as usize,
+            "n_jobs({n_jobs}): {peak} tasks ran at once"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_gone(pool, HashSet::new());
+}
+
+/// `Duration::MAX`, the usual "no limit", as a process call's deadline or per-task timeout:
+/// never reached (`Instant::now() + Duration::MAX` panicked with an overflow).
+#[test]
+fn a_process_limit_of_duration_max_never_expires() {
+    let _serial = serial();
+    let pool = two_workers();
+    let expected: Vec<u64> = (0..50).map(work).collect();
+    for parallel in [
+        batches_of(&pool, 5).deadline(Duration::MAX),
+        batches_of(&pool, 5).timeout(Duration::MAX),
+        batches_of(&pool, 5)
+            .timeout(Duration::from_secs(u64::MAX))
+            .deadline(Duration::MAX),
+    ] {
+        let tasks = || (0..50u64).map(|x| delayed_fn(work)(x));
+        assert_eq!(parallel.run_in_processes(tasks()), expected);
+        // `checked` refuses 7 and aborts at 50.
+        let tried = parallel.try_run_in_processes((8..50u64).map(|x| delayed_fn(checked)(x)));
+        assert_eq!(tried.unwrap(), (8..50).map(work).collect::<Vec<_>>());
+        let streamed: Vec<u64> = parallel
+            .run_iter_in_processes(tasks())
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(streamed, expected);
+    }
+    assert_gone(pool, HashSet::new());
+}
+
 fn checksum(data: Vec<u8>) -> (usize, u64) {
     (data.len(), data.iter().map(|&b| u64::from(b)).sum())
 }

@@ -37,11 +37,11 @@ pub enum Backend {
     /// or its start handler: a task that needs either must not run under a caller outside the
     /// pool (use [`ThreadPool::install`] around the call). With a
     /// [`timeout`](crate::Parallel::timeout) or [`deadline`](crate::Parallel::deadline), a caller
-    /// outside the pool only dispatches (so it is never inside a task when a limit passes),
-    /// except in a call of exactly two tasks, which runs as [`ThreadPool::join`] (the caller runs
-    /// the first), and in the splittable form ([`Parallel::map`](crate::Parallel::map),
-    /// [`run_indexed`](crate::Parallel::run_indexed)), where the caller is always one of the
-    /// runners.
+    /// outside the pool only dispatches (so it is never inside a task when a limit passes; the
+    /// same on the default backend), except in the splittable form
+    /// ([`Parallel::map`](crate::Parallel::map), [`run_indexed`](crate::Parallel::run_indexed)),
+    /// where the caller is always one of the runners. (A call of exactly two tasks runs as
+    /// [`ThreadPool::join`], the caller running the first, only without limits.)
     Pool(ThreadPool),
     /// Worker processes (joblib's `loky`/`multiprocessing`; cargo feature `processes`): a pool of
     /// exactly `n_jobs` processes per distinct count, started on first use and kept until the
@@ -102,6 +102,13 @@ impl Plan {
                     inside,
                 }
             }
+            // A caller that is not one of the pool's workers runs tasks only without a limit:
+            // with one it only dispatches and waits, so it notices a timeout when it expires.
+            // Inside a task of its own it would notice nothing until the task ended, and in the
+            // meantime the workers kept starting tasks that the expired timeout had cancelled
+            // (found in round 13: every task ran, then the call failed anyway). A worker caller
+            // runs the pool's jobs while it waits, whatever the limits (that is what keeps a
+            // nested call from deadlocking a small pool).
             Backend::WorkStealing => match current_pool() {
                 // Nested: no new threads; the calling thread is one of the runners.
                 Some((pool, inside)) => {
@@ -112,7 +119,7 @@ impl Plan {
                         Plan::Pool {
                             pool,
                             runners,
-                            caller_runs: true,
+                            caller_runs: inside || !limited,
                             inside,
                         }
                     }
@@ -120,7 +127,7 @@ impl Plan {
                 None => Plan::Pool {
                     pool: cached_pool(n_jobs),
                     runners: n_jobs,
-                    caller_runs: true,
+                    caller_runs: !limited,
                     inside: false,
                 },
             },
@@ -140,7 +147,7 @@ thread_local! {
 /// The pool a `Parallel` call on the default backend nests into, and whether this thread is one of
 /// its workers: the pool of the worker we are on, else the pool whose call's tasks this thread is
 /// running (a caller that helps).
-fn current_pool() -> Option<(ThreadPool, bool)> {
+pub(crate) fn current_pool() -> Option<(ThreadPool, bool)> {
     match ThreadPool::current() {
         Some(pool) => Some((pool, true)),
         // `try_with`: from a thread-local destructor at thread exit the slot may be gone; then

@@ -19,6 +19,12 @@ pub enum ConfigError {
     ZeroBatchSize,
     /// `pre_dispatch(0)`: no task could ever be dispatched.
     ZeroPreDispatch,
+    /// `n_jobs(k)` with `k` above [`MAX_NUM_THREADS`](crate::MAX_NUM_THREADS): every job is a
+    /// thread of this process (a worker thread, or a worker process's driver thread).
+    TooManyJobs {
+        /// The `n_jobs` asked for.
+        n_jobs: i32,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -33,6 +39,11 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroPreDispatch => {
                 f.write_str("pre_dispatch must be at least 1 (usize::MAX means all)")
             }
+            ConfigError::TooManyJobs { n_jobs } => write!(
+                f,
+                "n_jobs == {n_jobs} is more than the {} threads parjob runs at most",
+                crate::MAX_NUM_THREADS
+            ),
         }
     }
 }
@@ -64,12 +75,14 @@ pub enum Error<E> {
         /// The error the task returned.
         error: E,
     },
-    /// The call's wall-clock budget ([`Parallel::timeout`](crate::Parallel::timeout)) ran out
-    /// before every task had finished. Tasks not yet started were cancelled; running ones finished.
+    /// A wait for the next result took longer than [`Parallel::timeout`](crate::Parallel::timeout),
+    /// or the whole call's budget, [`Parallel::deadline`](crate::Parallel::deadline), passed with
+    /// tasks not yet started. Tasks not yet started were cancelled; running ones finished.
     Timeout {
-        /// The budget that was exceeded.
+        /// The limit that was hit: the timeout, or the deadline's budget.
         timeout: Duration,
-        /// How many tasks had completed.
+        /// How many tasks had completed when the call ended (running tasks included: they
+        /// finish before the call returns).
         completed: usize,
     },
     /// The configuration was invalid; no task ran.

@@ -163,9 +163,31 @@ impl Shared {
             crate::pool::trace_current(crate::EventKind::BatchStart, (hi - lo) as u32);
             let mut written = 0usize;
             let outcome = unwind::halt_unwinding(|| {
-                // SAFETY: `f` and `out` are alive while we are active (module docs); the claim
-                // made us the only runner of `lo..hi`, which is inside the buffer (`hi <= n`).
-                unsafe { (self.body)(self.f, self.out, lo, hi, &mut written) }
+                if self.deadline.is_none() {
+                    // SAFETY: `f` and `out` are alive while we are active (module docs); the
+                    // claim made us the only runner of `lo..hi`, which is inside the buffer
+                    // (`hi <= n`).
+                    unsafe { (self.body)(self.f, self.out, lo, hi, &mut written) }
+                    return;
+                }
+                // With a deadline, no index may start after it (`Parallel::deadline`), and early
+                // claims are large (a quarter of a runner's share): the clock is read before each
+                // index, not once per claim. The indices of the claim not run are skipped work,
+                // which the deadline check recorded.
+                for i in lo..hi {
+                    if i > lo
+                        && self
+                            .tracker
+                            .stop_before_next_task(self.deadline, &self.deadline_hit)
+                    {
+                        break;
+                    }
+                    let mut one = 0;
+                    // SAFETY: as above, for the one index `i` of our claim `lo..hi`.
+                    unsafe { (self.body)(self.f, self.out, i, i + 1, &mut one) }
+                    // Slots `lo..lo + written` are written: indices run in order, each once.
+                    written += one;
+                }
             });
             crate::pool::trace_current(crate::EventKind::BatchEnd, written as u32);
             self.done.fetch_add(written, Ordering::Relaxed);

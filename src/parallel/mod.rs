@@ -45,11 +45,15 @@ use std::time::{Duration, Instant};
 /// else [`Backend::WorkStealing`]).
 ///
 /// `n_jobs` resolves as `-1` = all usable cores ([`cpu_count`](crate::cpu_count)), `-k` =
-/// cores + 1 - k (at least 1), `k > 0` = `k` (more than the cores is allowed), `0` = an error.
+/// cores + 1 - k (at least 1), `k > 0` = `k` (more than the cores is allowed, up to
+/// [`MAX_NUM_THREADS`](crate::MAX_NUM_THREADS)), `0` and larger `k` = an error.
 /// Then the backend caps it: [`Backend::Sequential`] runs everything on the caller (1),
 /// [`Backend::Pool`] at most its threads; a [`ProcessPool`](crate::processes::ProcessPool)
-/// backend at most its workers; the default backend and `Backend::Processes` start exactly that
-/// many threads or processes.
+/// backend at most its workers (for the `*_in_processes` methods: the thread methods run on the
+/// default backend's threads); the default backend and `Backend::Processes` start exactly that
+/// many threads or processes, except that a call on the default backend nested in a pool (made
+/// on one of its workers, or by a task that a call on it runs on the calling thread) runs on that
+/// pool, at most its threads.
 ///
 /// ```
 /// use parjob::{effective_n_jobs, parallel_backend, Backend, ThreadPoolBuilder};
@@ -70,7 +74,12 @@ pub fn effective_n_jobs(n_jobs: i32) -> Result<usize, ConfigError> {
         Backend::Pool(pool) => n.min(pool.num_threads()),
         #[cfg(feature = "processes")]
         Backend::ProcessPool(pool) => n.min(pool.num_workers()),
-        _ => n,
+        #[cfg(feature = "processes")]
+        Backend::Processes => n,
+        // Nested calls run on the pool they are made in (`Plan::new`).
+        Backend::WorkStealing => {
+            backend::current_pool().map_or(n, |(pool, _)| n.min(pool.num_threads()))
+        }
     })
 }
 
@@ -78,6 +87,11 @@ pub fn effective_n_jobs(n_jobs: i32) -> Result<usize, ConfigError> {
 pub(crate) fn resolve_n_jobs(n_jobs: i32) -> Result<usize, ConfigError> {
     match n_jobs {
         0 => Err(ConfigError::ZeroNJobs),
+        // Refused here, not when a pool of that many threads fails to allocate its state (an
+        // abort, which neither `try_run`'s `Err` nor `catch_unwind` could report).
+        n if n > 0 && n as usize > crate::MAX_NUM_THREADS => {
+            Err(ConfigError::TooManyJobs { n_jobs: n })
+        }
         n if n > 0 => Ok(n as usize),
         n => {
             let cores = cores() as i64;
@@ -245,10 +259,16 @@ impl<'p> Parallel<'p> {
     /// for any task to finish; for `run_iter`: for the next result in order; for
     /// `run_unordered`: for any result). Cooperative: when it expires, tasks already running
     /// finish and tasks not yet started are cancelled; `run` panics, `try_run` returns
-    /// [`Error::Timeout`], a stream's `next()` panics. A call that skipped no task succeeds. For a
-    /// budget on the whole call, see [`deadline`](Parallel::deadline). In worker processes (the
+    /// [`Error::Timeout`], a stream's `next()` panics. Unlike an expired
+    /// [`deadline`](Parallel::deadline) (a budget on the whole call), an expired timeout fails
+    /// the call even if no task was left to cancel, as joblib raises: a wait was longer than
+    /// allowed. While a limit is set, a calling thread that is not a worker of the pool only
+    /// dispatches and waits (it runs no task itself), so it sees the timeout expire when it
+    /// does; with an effective `n_jobs` of 1 the caller runs every task, and a task longer than
+    /// the timeout fails the call. In worker processes (the
     /// `*_in_processes` methods under a process backend, feature `processes`) it is a limit on
-    /// each task, and a task past it is killed with its worker.
+    /// each task, and a task past it is killed with its worker. A timeout too long to be
+    /// represented as an [`Instant`] (such as `Duration::MAX`) never expires.
     ///
     /// ```
     /// use parjob::{delayed, Error, Parallel};
@@ -268,7 +288,8 @@ impl<'p> Parallel<'p> {
     /// before each task), running tasks finish, and the call fails the same way (`run` panics,
     /// `try_run` returns [`Error::Timeout`] with this budget, a stream's `next()` panics), unless
     /// no task was skipped. In worker processes (feature `processes`) it is checked before each
-    /// batch is sent: batches already running in a worker finish.
+    /// batch is sent: batches already running in a worker finish. A budget too long to be
+    /// represented as an [`Instant`] (such as `Duration::MAX`) never runs out.
     ///
     /// ```
     /// use parjob::{delayed, Error, Parallel};
@@ -368,7 +389,11 @@ impl<'p> Parallel<'p> {
     /// the clocks. The one place where the settings become a call's configuration.
     fn setup(&self, total: Option<usize>) -> Result<Setup<'p>, ConfigError> {
         let (n_jobs, mut pre_dispatch) = self.validate()?;
-        let started = self.deadline.map(|d| (d, Instant::now() + d));
+        // A budget too large for an `Instant` (`Duration::MAX`, the usual "no limit") never
+        // ends: no deadline, rather than the overflow panic of `Instant + Duration`.
+        let started = self
+            .deadline
+            .and_then(|d| Instant::now().checked_add(d).map(|at| (d, at)));
         let plan = Plan::new(
             &self.backend,
             n_jobs,
@@ -590,7 +615,8 @@ impl<'p> Parallel<'p> {
     /// claims the next range of indices itself, with shrinking range sizes (large first, single
     /// indices at the end), and writes results in place. `n_jobs`, the backend, `on_progress`,
     /// `verbose` and [`deadline`](Parallel::deadline) apply; `batch_size` and `pre_dispatch` do
-    /// not (there is no input to pull), and neither does `timeout` (the caller is itself a runner
+    /// not (there is no input to pull; a `Parallel` holding an invalid value of either is still
+    /// refused, as for every call), and neither does `timeout` (the caller is itself a runner
     /// until the last range is claimed).
     ///
     /// Several inputs are zipped by indexing them in `f`.
@@ -760,7 +786,7 @@ pub(crate) fn exact_len<I: Iterator>(tasks: &I) -> Option<usize> {
 /// before every task had started.
 pub(crate) fn call_timed_out(limit: Duration, completed: usize) -> ! {
     panic!(
-        "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; the rest were cancelled)"
+        "parjob: Parallel call timed out after {limit:?} ({completed} tasks completed; tasks not yet started were cancelled)"
     )
 }
 

@@ -41,17 +41,28 @@ impl<'p> Parallel<'p> {
                         (pool, n)
                     }
                 };
-                let window = self.pre_dispatch.map_or(3 * workers, |_| pre_dispatch);
+                let mut window = self.pre_dispatch.map_or(3 * workers, |_| pre_dispatch);
+                if workers < pool.num_workers() {
+                    // `n_jobs` below the pool's size caps the batches *running* at once, and any
+                    // idle driver of the pool takes a queued batch: only a window of `workers`
+                    // batches in flight keeps the cap (until round 13 the window was 3 × that,
+                    // and every worker of the pool ran the call). Each worker then waits for the
+                    // caller between its batches.
+                    window = window.min(workers);
+                }
                 return Target::Processes(Settings {
                     pool,
                     workers,
                     batch: self.batch_size,
                     window,
                     timeout: self.timeout,
-                    // From the call's start, as on threads.
-                    deadline: self
-                        .deadline
-                        .map(|budget| (budget, std::time::Instant::now() + budget)),
+                    // From the call's start, as on threads; one too large for an `Instant`
+                    // never runs out.
+                    deadline: self.deadline.and_then(|budget| {
+                        std::time::Instant::now()
+                            .checked_add(budget)
+                            .map(|at| (budget, at))
+                    }),
                 });
             }
             _ => None,

@@ -58,6 +58,20 @@ pub(crate) struct PoolConfig {
     pub(crate) exit_handler: Option<Handler>,
 }
 
+/// The most worker threads a pool may have ([`ThreadPoolBuilder::num_threads`]; also the most
+/// `n_jobs` a [`Parallel`](crate::Parallel) call and the most workers a process pool may ask for,
+/// since each of those is a thread of this process). A pool allocates its per-worker state
+/// before it starts any thread, so an absurd count (`usize::MAX`, `i32::MAX` jobs) must be
+/// refused up front: allocating for it aborted the process instead of returning the error.
+/// Far above what any machine runs threads for (Linux's default `threads-max` is tens of
+/// thousands per host).
+pub const MAX_NUM_THREADS: usize = 1 << 16;
+
+/// The smallest stack a worker thread gets: [`ThreadPoolBuilder::stack_size`] raises smaller
+/// requests to this. parjob's own worker loop, start-up and exit need more than std's minimum
+/// (16 KiB, what `stack_size(0)` gave): a pool built with it crashed, even idle, when dropped.
+pub const MIN_STACK_SIZE: usize = 64 * 1024;
+
 /// Default spin rounds before an idle worker parks. Round `r` spins `2^min(r, 6)` pause
 /// instructions, so 32 rounds are about 1,800 pauses: tens of microseconds, long enough to catch
 /// the next fork of a running computation, short enough that an idle pool costs nothing measurable.
@@ -141,7 +155,13 @@ impl ThreadPoolBuilder {
 
     /// Number of worker threads. `0` (the default) means [`cpu_count`](crate::cpu_count): the
     /// cores this process may use (cgroup quota and affinity mask taken into account). More threads
-    /// than cores is allowed.
+    /// than cores is allowed, up to [`MAX_NUM_THREADS`]; `build` refuses more
+    /// ([`BuildError::is_too_many_threads`]).
+    ///
+    /// ```
+    /// let err = parjob::ThreadPoolBuilder::new().num_threads(usize::MAX).build().unwrap_err();
+    /// assert!(err.is_too_many_threads());
+    /// ```
     pub fn num_threads(mut self, num_threads: usize) -> Self {
         self.num_threads = num_threads;
         self
@@ -161,9 +181,11 @@ impl ThreadPoolBuilder {
         self
     }
 
-    /// Stack size of each worker thread, in bytes (the default is std's).
+    /// Stack size of each worker thread, in bytes (the default is std's). Sizes below
+    /// [`MIN_STACK_SIZE`] are raised to it (the operating system may round any size up further,
+    /// to whole pages).
     pub fn stack_size(mut self, bytes: usize) -> Self {
-        self.stack_size = Some(bytes);
+        self.stack_size = Some(bytes.max(MIN_STACK_SIZE));
         self
     }
 
@@ -300,15 +322,22 @@ impl ThreadPoolBuilder {
     ///
     /// # Errors
     /// [`BuildError`] if a thread cannot be spawned (the threads already started are stopped and
-    /// joined) or pinning was asked for where it is unsupported.
+    /// joined), pinning was asked for where it is unsupported, or more than [`MAX_NUM_THREADS`]
+    /// threads were asked for (nothing is started).
     pub fn build(self) -> Result<ThreadPool, BuildError> {
-        Registry::new(self.resolve()).map(ThreadPool::from_registry)
+        Registry::new(self.resolve()?).map(ThreadPool::from_registry)
     }
 
-    /// Resolves every default (thread count, policy, names) into what a registry is built from.
-    pub(crate) fn resolve(mut self) -> PoolConfig {
+    /// Resolves every default (thread count, policy, names) into what a registry is built from;
+    /// refuses a thread count above [`MAX_NUM_THREADS`] before anything is allocated for it.
+    pub(crate) fn resolve(mut self) -> Result<PoolConfig, BuildError> {
         let num_threads = self.resolved_num_threads();
-        PoolConfig {
+        if num_threads > MAX_NUM_THREADS {
+            return Err(BuildError {
+                kind: ErrorKind::TooManyThreads(num_threads),
+            });
+        }
+        Ok(PoolConfig {
             num_threads,
             policy: self.policy(num_threads),
             pin_threads: self.pin_threads,
@@ -316,7 +345,7 @@ impl ThreadPoolBuilder {
             stack_size: self.stack_size,
             start_handler: self.start_handler.take(),
             exit_handler: self.exit_handler.take(),
-        }
+        })
     }
 }
 
@@ -336,7 +365,12 @@ pub struct BuildError {
 enum ErrorKind {
     Spawn(std::io::Error),
     PinningUnsupported,
-    InvalidThreadName { worker: usize, name: String },
+    InvalidThreadName {
+        worker: usize,
+        name: String,
+    },
+    /// More than `MAX_NUM_THREADS` asked for.
+    TooManyThreads(usize),
 }
 
 impl BuildError {
@@ -378,6 +412,10 @@ impl BuildError {
     pub fn is_invalid_thread_name(&self) -> bool {
         matches!(self.kind, ErrorKind::InvalidThreadName { .. })
     }
+    /// More than [`MAX_NUM_THREADS`] worker threads were asked for. Nothing was started.
+    pub fn is_too_many_threads(&self) -> bool {
+        matches!(self.kind, ErrorKind::TooManyThreads(_))
+    }
 }
 
 impl fmt::Display for BuildError {
@@ -394,6 +432,10 @@ impl fmt::Display for BuildError {
                     "the name of worker {worker} contains a NUL byte: {name:?}"
                 )
             }
+            ErrorKind::TooManyThreads(asked) => write!(
+                f,
+                "{asked} worker threads asked for; a pool has at most {MAX_NUM_THREADS}"
+            ),
         }
     }
 }
@@ -402,7 +444,9 @@ impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             ErrorKind::Spawn(e) => Some(e),
-            ErrorKind::PinningUnsupported | ErrorKind::InvalidThreadName { .. } => None,
+            ErrorKind::PinningUnsupported
+            | ErrorKind::InvalidThreadName { .. }
+            | ErrorKind::TooManyThreads(_) => None,
         }
     }
 }

@@ -33,7 +33,7 @@ mod worker;
 // The public API (re-exported by the crate root).
 pub use builder::{
     BuildError, SharePolicy, ThreadPoolBuilder, VictimPolicy, DEFAULT_FORK_SAMPLE_PERIOD,
-    DEFAULT_SPIN_ROUNDS,
+    DEFAULT_SPIN_ROUNDS, MAX_NUM_THREADS, MIN_STACK_SIZE,
 };
 pub use metrics::{LatencySummary, Metrics, WorkerMetrics};
 pub use scope::Scope;

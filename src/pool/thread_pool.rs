@@ -220,12 +220,11 @@ impl ThreadPool {
         use std::sync::OnceLock;
         static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
         GLOBAL.get_or_init(|| {
-            let registry = Registry::new(
-                ThreadPoolBuilder::new()
-                    .num_threads(crate::cpu_count())
-                    .resolve(),
-            )
-            .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
+            let registry = ThreadPoolBuilder::new()
+                .num_threads(crate::cpu_count())
+                .resolve()
+                .and_then(Registry::new)
+                .unwrap_or_else(|e| panic!("parjob: cannot start the global thread pool: {e}"));
             ThreadPool {
                 inner: Arc::new(PoolHandle {
                     registry,

@@ -268,8 +268,9 @@ impl ProcessPool {
             .collect()
     }
 
-    /// How many workers died (a crash) or were killed (a timeout) while running a batch since
-    /// the pool was built; each is replaced by a new worker.
+    /// How many workers have been replaced since the pool was built: those that died (a crash)
+    /// or were killed (a timeout) while running a batch, and those found dead while idle (killed
+    /// from outside, say) when a batch was about to be sent to them.
     pub fn restarts(&self) -> usize {
         self.inner.shared.restarts.load(Ordering::Relaxed)
     }
@@ -369,6 +370,8 @@ pub struct ProcessPoolError {
 #[derive(Debug, Clone)]
 enum StartFailure {
     NoWorkers,
+    /// More workers than `MAX_NUM_THREADS` (each has a driver thread here).
+    TooManyWorkers(usize),
     /// The initializer's address is not in the object that holds parjob (the message says so).
     Unsendable(String),
     Died(WorkerDeath),
@@ -376,11 +379,14 @@ enum StartFailure {
 
 impl ProcessPoolError {
     /// How the first worker that failed to start ended (`None`: the pool was asked for zero
-    /// workers, or no worker was started because the initializer cannot be sent to one).
+    /// workers or more than [`MAX_NUM_THREADS`](crate::MAX_NUM_THREADS), or no worker was started
+    /// because the initializer cannot be sent to one).
     pub fn worker_death(&self) -> Option<&WorkerDeath> {
         match &self.reason {
             StartFailure::Died(death) => Some(death),
-            StartFailure::NoWorkers | StartFailure::Unsendable(_) => None,
+            StartFailure::NoWorkers
+            | StartFailure::TooManyWorkers(_)
+            | StartFailure::Unsendable(_) => None,
         }
     }
 }
@@ -389,6 +395,11 @@ impl fmt::Display for ProcessPoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.reason {
             StartFailure::NoWorkers => f.write_str("a process pool needs at least one worker"),
+            StartFailure::TooManyWorkers(asked) => write!(
+                f,
+                "{asked} worker processes asked for; a pool has at most {}",
+                crate::MAX_NUM_THREADS
+            ),
             StartFailure::Unsendable(message) => write!(f, "the pool's initializer: {message}"),
             StartFailure::Died(death) => write!(f, "a worker process failed to start: {death}"),
         }
@@ -438,7 +449,9 @@ impl ProcessPoolBuilder {
         }
     }
 
-    /// How many worker processes (at least 1, else `build` fails).
+    /// How many worker processes (at least 1 and at most
+    /// [`MAX_NUM_THREADS`](crate::MAX_NUM_THREADS), since each has a driver thread in this
+    /// process; else `build` fails).
     pub fn num_workers(mut self, n: usize) -> Self {
         self.num_workers = n;
         self
@@ -476,6 +489,11 @@ impl ProcessPoolBuilder {
         if self.num_workers == 0 {
             return Err(ProcessPoolError {
                 reason: StartFailure::NoWorkers,
+            });
+        }
+        if self.num_workers > crate::MAX_NUM_THREADS {
+            return Err(ProcessPoolError {
+                reason: StartFailure::TooManyWorkers(self.num_workers),
             });
         }
         let inner = self

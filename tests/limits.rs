@@ -1,0 +1,257 @@
+//! Configuration at the edges: limits too long for an `Instant`, thread counts no machine runs,
+//! stacks smaller than a worker needs, and a deadline that passes inside one of the splittable
+//! form's large claims. Each must give its documented outcome (no limit at all, a typed error or
+//! a clear panic, a raised stack size, no index started late), never an abort, a crash or an
+//! arithmetic-overflow panic. (Found by a review in round 13: every one of these either panicked
+//! with "overflow when adding duration to instant", aborted the process on an allocation of
+//! terabytes, crashed an idle pool when it was dropped, or ran tasks long after the deadline.)
+
+use parjob::{delayed, Backend, ConfigError, Error, Parallel, ThreadPoolBuilder, MAX_NUM_THREADS};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+mod common;
+use common::panic_message;
+
+/// Makers of the same call configured three ways: inline (`n_jobs(1)`), on the default backend,
+/// and on a pool of the user's.
+type Maker = Box<dyn Fn() -> Parallel<'static>>;
+
+fn parallels() -> Vec<(&'static str, Maker)> {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    vec![
+        ("n_jobs(1)", Box::new(|| Parallel::new().n_jobs(1))),
+        ("n_jobs(2)", Box::new(|| Parallel::new().n_jobs(2))),
+        (
+            "Backend::Pool",
+            Box::new(move || {
+                Parallel::new()
+                    .n_jobs(2)
+                    .backend(Backend::Pool(pool.clone()))
+            }),
+        ),
+    ]
+}
+
+/// A task slow enough that the caller waits for results (the timeout is turned into an instant
+/// when a wait starts).
+fn slow_double(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(200));
+    x * 2
+}
+
+/// `Duration::MAX` is how a caller says "no limit"; `Instant::now() + Duration::MAX` overflows.
+/// As a timeout or a deadline it must simply never expire, on every entry point.
+#[test]
+fn a_limit_of_duration_max_never_expires() {
+    let data: Vec<u64> = (0..40).collect();
+    let expected: Vec<u64> = data.iter().map(|x| x * 2).collect();
+    for (name, base) in parallels() {
+        for (limit, parallel) in [
+            ("timeout", base().timeout(Duration::MAX)),
+            ("deadline", base().deadline(Duration::MAX)),
+            (
+                "both",
+                base()
+                    .timeout(Duration::MAX)
+                    .deadline(Duration::from_secs(u64::MAX)),
+            ),
+        ] {
+            let case = format!("{name}, {limit}");
+            let tasks = || data.iter().map(|&x| delayed(slow_double)(x));
+            let tried: Result<Vec<u64>, Error<()>> = parallel.try_run(
+                data.iter()
+                    .map(|&x| delayed(|x: u64| Ok(slow_double(x)))(x)),
+            );
+            assert_eq!(tried.expect(&case), expected, "{case}");
+            assert_eq!(parallel.run(tasks()), expected, "{case}");
+            assert_eq!(
+                parallel.run_iter(tasks()).collect::<Vec<_>>(),
+                expected,
+                "{case}"
+            );
+            let mut unordered: Vec<(usize, u64)> = parallel.run_unordered(tasks()).collect();
+            unordered.sort_unstable();
+            let unordered: Vec<u64> = unordered.into_iter().map(|(_, v)| v).collect();
+            assert_eq!(unordered, expected, "{case}");
+            let scoped: Vec<u64> = parallel.scope_iter(tasks(), |results| results.collect());
+            assert_eq!(scoped, expected, "{case}");
+            assert_eq!(parallel.map(&data, |&x| slow_double(x)), expected, "{case}");
+            assert_eq!(
+                parallel.run_indexed(data.len(), |i| slow_double(data[i])),
+                expected,
+                "{case}"
+            );
+        }
+    }
+}
+
+/// A pool allocates its per-worker state before it starts a thread: a count no machine runs
+/// aborted the process (an allocation of terabytes), which neither `Err` nor `catch_unwind` could
+/// report. Refused up front with a typed error.
+#[test]
+fn thread_counts_above_the_maximum_are_typed_errors_not_aborts() {
+    for asked in [MAX_NUM_THREADS + 1, usize::MAX] {
+        let error = ThreadPoolBuilder::new()
+            .num_threads(asked)
+            .build()
+            .unwrap_err();
+        assert!(error.is_too_many_threads(), "{error}");
+        assert!(!error.is_spawn_failure());
+        assert!(error.to_string().contains(&asked.to_string()), "{error}");
+    }
+    let too_many = ConfigError::TooManyJobs { n_jobs: i32::MAX };
+    assert_eq!(parjob::effective_n_jobs(i32::MAX), Err(too_many));
+    assert_eq!(
+        parjob::effective_n_jobs(MAX_NUM_THREADS as i32),
+        Ok(MAX_NUM_THREADS),
+        "the maximum itself is allowed"
+    );
+    assert_eq!(
+        parjob::effective_n_jobs(MAX_NUM_THREADS as i32 + 1),
+        Err(ConfigError::TooManyJobs {
+            n_jobs: MAX_NUM_THREADS as i32 + 1
+        })
+    );
+    // Negative values count down from the cores and are never too many.
+    assert_eq!(parjob::effective_n_jobs(i32::MIN), Ok(1));
+    let parallel = Parallel::new().n_jobs(i32::MAX);
+    let tried: Result<Vec<u32>, Error<()>> =
+        parallel.try_run((0..4u32).map(|x| delayed(|x: u32| Ok(x))(x)));
+    assert!(
+        matches!(tried, Err(Error::Config { error }) if error == too_many),
+        "{tried:?}"
+    );
+    let payload = catch_unwind(AssertUnwindSafe(|| {
+        parallel.run((0..4u32).map(|x| delayed(|x: u32| x)(x)))
+    }))
+    .unwrap_err();
+    assert!(
+        panic_message(&*payload).contains("n_jobs == 2147483647"),
+        "{}",
+        panic_message(&*payload)
+    );
+    let payload = catch_unwind(AssertUnwindSafe(|| parallel.run_indexed(4, |i| i))).unwrap_err();
+    assert!(panic_message(&*payload).contains("invalid Parallel configuration"));
+}
+
+/// std rounds a tiny stack up to its own minimum (16 KiB), too small for a worker's start-up and
+/// exit: a pool built with `stack_size(0)` crashed (SIGSEGV) when dropped, even idle, and one
+/// that ran tasks overflowed its stack. Sizes below `MIN_STACK_SIZE` are raised to it.
+#[test]
+fn a_stack_size_below_the_minimum_is_raised_not_a_crash() {
+    for bytes in [0, 1, 16 * 1024] {
+        let idle = ThreadPoolBuilder::new()
+            .num_threads(2)
+            .stack_size(bytes)
+            .build()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(idle);
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(2)
+            .stack_size(bytes)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(|| parjob::join(|| 1, || 2)), (1, 2));
+        let mut data = vec![1u64; 256];
+        pool.scope(|s| {
+            for chunk in data.chunks_mut(16) {
+                s.spawn(move |_| chunk.iter_mut().for_each(|x| *x += 1));
+            }
+        });
+        assert!(data.iter().all(|&x| x == 2));
+        let doubled = Parallel::new()
+            .n_jobs(2)
+            .backend(Backend::Pool(pool.clone()))
+            .run((0..64u64).map(|x| delayed(|x: u64| x * 2)(x)));
+        assert_eq!(doubled, (0..64).map(|x| x * 2).collect::<Vec<_>>());
+        drop(pool);
+    }
+}
+
+/// `deadline`: once it has passed, no task starts. The splittable form claims large index ranges
+/// first (a quarter of a runner's share) and checked the deadline only between claims, so a claim
+/// went on for tens of tasks after it. Index 0 outlasts the deadline, and every other index waits
+/// until index 0 is done: after that, any index that starts has started after the deadline. So
+/// at most index 0 and one index per other runner (already waiting when the deadline passed) may
+/// have started, whatever the timing.
+#[test]
+fn no_index_of_a_claim_starts_after_the_deadline() {
+    for n_jobs in [1usize, 2] {
+        for splittable in ["run_indexed", "map"] {
+            let started = AtomicUsize::new(0);
+            let index_0_done = AtomicBool::new(false);
+            let task = |i: usize| {
+                started.fetch_add(1, Ordering::SeqCst);
+                if i == 0 {
+                    std::thread::sleep(Duration::from_millis(60));
+                    index_0_done.store(true, Ordering::SeqCst);
+                } else {
+                    while !index_0_done.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                i
+            };
+            let parallel = Parallel::new()
+                .n_jobs(n_jobs as i32)
+                .deadline(Duration::from_millis(20));
+            let items: Vec<usize> = (0..64).collect();
+            let outcome = catch_unwind(AssertUnwindSafe(|| match splittable {
+                "map" => parallel.map(&items, |&i| task(i)),
+                _ => parallel.run_indexed(64, task),
+            }));
+            let payload = outcome.expect_err("the deadline skipped indices");
+            assert!(
+                panic_message(&*payload).contains("timed out"),
+                "{}",
+                panic_message(&*payload)
+            );
+            let started = started.load(Ordering::SeqCst);
+            assert!(
+                (1..=n_jobs).contains(&started),
+                "n_jobs {n_jobs}, {splittable}: {started} indices started"
+            );
+        }
+    }
+}
+
+/// joblib's `timeout`: once a wait for the next result exceeds it, tasks not yet started are
+/// cancelled. Both runners are inside tasks of 1 s, so no result can come before the 100 ms
+/// timeout: it expires while they run, and the other tasks must never start. On the default
+/// backend the calling thread used to run tasks too; inside one it noticed nothing, the workers
+/// meanwhile started every remaining task, and the call failed only after all of them had run.
+#[test]
+fn an_expired_timeout_cancels_the_tasks_not_started() {
+    let limit = Duration::from_millis(100);
+    let started = AtomicUsize::new(0);
+    let task = |_: u32| -> Result<(), ()> {
+        started.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(())
+    };
+    let tried = Parallel::new()
+        .n_jobs(2)
+        .timeout(limit)
+        .try_run((0..6).map(|i| delayed(task)(i)));
+    assert!(
+        matches!(tried, Err(Error::Timeout { timeout, .. }) if timeout == limit),
+        "{tried:?}"
+    );
+    let ran = started.swap(0, Ordering::SeqCst);
+    assert!(
+        ran <= 2,
+        "{ran} tasks started, at most 2 before the timeout"
+    );
+    // More jobs than tasks: every task starts at once and none is left to cancel, but the wait
+    // for the first result is still longer than the timeout, so the call fails (as joblib
+    // raises). It used to succeed: the caller ran a task itself and never waited.
+    let tried = Parallel::new()
+        .n_jobs(4)
+        .timeout(limit)
+        .try_run((0..3).map(|i| delayed(task)(i)));
+    assert!(matches!(tried, Err(Error::Timeout { .. })), "{tried:?}");
+    assert_eq!(started.load(Ordering::SeqCst), 3);
+}
