@@ -300,6 +300,10 @@ fn parallel_panics_drop_written_results() {
     let parallel = parjob::Parallel::new()
         .n_jobs(2)
         .backend(parjob::Backend::Pool(p.clone()));
+    let limited = parjob::Parallel::new()
+        .n_jobs(2)
+        .backend(parjob::Backend::Pool(p.clone()))
+        .deadline(std::time::Duration::from_secs(3600));
     for _ in 0..PARALLEL_ROUNDS {
         let caught = catch_unwind(AssertUnwindSafe(|| {
             parallel.run((0..16).map(|i| {
@@ -317,6 +321,17 @@ fn parallel_panics_drop_written_results() {
             })
         }));
         assert!(caught.is_err());
+        // With a deadline (far off) each claimed range runs one index at a time, writing each
+        // slot through its own call of the erased body.
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            limited.run_indexed(16, |i| {
+                assert!(i != 9, "index 9");
+                vec![i; 3]
+            })
+        }));
+        assert!(caught.is_err());
+        let strings = limited.map(&[5u64, 6, 7, 8], |x| x.to_string());
+        assert_eq!(strings, ["5", "6", "7", "8"]);
     }
 }
 
