@@ -176,7 +176,7 @@ fn a_stack_size_below_the_minimum_is_raised_not_a_crash() {
 /// went on for tens of tasks after it. Index 0 outlasts the deadline, and every other index waits
 /// until index 0 is done: after that, any index that starts has started after the deadline. So
 /// at most index 0 and one index per other runner (already waiting when the deadline passed) may
-/// have started, whatever the timing.
+/// have started, whatever the timing (index 0 never waits, so nothing can hang).
 #[test]
 fn no_index_of_a_claim_starts_after_the_deadline() {
     for n_jobs in [1usize, 2] {
@@ -209,9 +209,11 @@ fn no_index_of_a_claim_starts_after_the_deadline() {
                 "{}",
                 panic_message(&*payload)
             );
+            // (None at all if the deadline passed before the first claim: a machine that
+            // stalled this thread for 20 ms.)
             let started = started.load(Ordering::SeqCst);
             assert!(
-                (1..=n_jobs).contains(&started),
+                started <= n_jobs,
                 "n_jobs {n_jobs}, {splittable}: {started} indices started"
             );
         }
@@ -219,10 +221,12 @@ fn no_index_of_a_claim_starts_after_the_deadline() {
 }
 
 /// joblib's `timeout`: once a wait for the next result exceeds it, tasks not yet started are
-/// cancelled. Both runners are inside tasks of 1 s, so no result can come before the 100 ms
-/// timeout: it expires while they run, and the other tasks must never start. On the default
-/// backend the calling thread used to run tasks too; inside one it noticed nothing, the workers
-/// meanwhile started every remaining task, and the call failed only after all of them had run.
+/// cancelled and the call fails. Every runner is inside a task of 1 s, so no result can come
+/// within the 100 ms timeout: it expires while they run, and the other tasks must never start.
+/// Until round 13 only the driver's wait checked it: on the default backend the calling thread
+/// runs tasks too, and inside one it noticed nothing while the workers started every remaining
+/// task (the call failed after all of them had run); with more runners than tasks it never
+/// waited and the call succeeded; on a pool worker (`install`) the timeout was never seen at all.
 #[test]
 fn an_expired_timeout_cancels_the_tasks_not_started() {
     let limit = Duration::from_millis(100);
@@ -232,26 +236,126 @@ fn an_expired_timeout_cancels_the_tasks_not_started() {
         std::thread::sleep(Duration::from_secs(1));
         Ok(())
     };
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let expect_timeout = |tried: Result<Vec<()>, Error<()>>, case: &str| {
+        assert!(
+            matches!(tried, Err(Error::Timeout { timeout, .. }) if timeout == limit),
+            "{case}: {tried:?}"
+        );
+    };
+    // Two runners (the caller and a worker), six tasks: at most the first two start.
     let tried = Parallel::new()
         .n_jobs(2)
         .timeout(limit)
         .try_run((0..6).map(|i| delayed(task)(i)));
-    assert!(
-        matches!(tried, Err(Error::Timeout { timeout, .. }) if timeout == limit),
-        "{tried:?}"
-    );
+    expect_timeout(tried, "default backend");
     let ran = started.swap(0, Ordering::SeqCst);
-    assert!(
-        ran <= 2,
-        "{ran} tasks started, at most 2 before the timeout"
-    );
-    // More jobs than tasks: every task starts at once and none is left to cancel, but the wait
-    // for the first result is still longer than the timeout, so the call fails (as joblib
-    // raises). It used to succeed: the caller ran a task itself and never waited.
+    assert!(ran <= 2, "default backend: {ran} tasks started");
+    // The same call made on a worker of `pool`.
+    let tried = pool.install(|| {
+        Parallel::new()
+            .n_jobs(2)
+            .timeout(limit)
+            .try_run((0..6).map(|i| delayed(task)(i)))
+    });
+    expect_timeout(tried, "on a worker");
+    let ran = started.swap(0, Ordering::SeqCst);
+    assert!(ran <= 2, "on a worker: {ran} tasks started");
+    // More runners than tasks: nothing is left to cancel, but the first result still comes
+    // later than the timeout, so the call fails (as joblib raises).
     let tried = Parallel::new()
         .n_jobs(4)
         .timeout(limit)
         .try_run((0..3).map(|i| delayed(task)(i)));
-    assert!(matches!(tried, Err(Error::Timeout { .. })), "{tried:?}");
-    assert_eq!(started.load(Ordering::SeqCst), 3);
+    expect_timeout(tried, "more runners than tasks");
+    assert!(started.load(Ordering::SeqCst) <= 3);
+}
+
+/// A call with a limit, nested in a task that the calling thread runs for an outer call while
+/// every worker of the pool is busy: the calling thread runs the nested call's tasks itself. (A
+/// first fix of the timeout above made a limited call's caller only dispatch and wait: this one
+/// then waited for a worker until its own timeout failed it.)
+#[test]
+fn a_limited_call_nested_in_a_task_of_the_caller_does_not_wait_for_a_worker() {
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let release = AtomicBool::new(false);
+    let b_started = AtomicBool::new(false);
+    let (release, b_started) = (&release, &b_started);
+    let hold = move || {
+        while !release.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let pool = &pool;
+    std::thread::scope(|s| {
+        // Worker 1: busy until released.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            pool.install(move || {
+                held_tx.send(()).unwrap();
+                hold();
+            })
+        });
+        held_rx.recv().unwrap();
+        // A 2-task call: task 0 on this thread, task 1 taken by worker 2, which it keeps busy.
+        let outcomes = Parallel::new()
+            .n_jobs(2)
+            .backend(Backend::Pool(pool.clone()))
+            .run((0..2).map(|i| {
+                parjob::Delayed::new(move || {
+                    if i == 1 {
+                        b_started.store(true, Ordering::SeqCst);
+                        hold();
+                        return Ok(Vec::new());
+                    }
+                    while !b_started.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    // Both workers busy: this thread runs these tasks itself.
+                    let inner = Parallel::new()
+                        .n_jobs(2)
+                        .timeout(Duration::from_secs(2))
+                        .deadline(Duration::from_secs(2))
+                        .try_run((0..4u32).map(|x| delayed(|x: u32| Ok::<u32, ()>(x + 1))(x)));
+                    release.store(true, Ordering::SeqCst);
+                    inner
+                })
+            }));
+        release.store(true, Ordering::SeqCst);
+        assert_eq!(outcomes[0].as_ref().unwrap(), &vec![1, 2, 3, 4]);
+    });
+}
+
+/// Run by `parjob_num_threads_above_the_maximum_is_ignored` in a child process with
+/// `PARJOB_NUM_THREADS` set (the value is read once per process).
+#[test]
+#[ignore = "a child process of parjob_num_threads_above_the_maximum_is_ignored"]
+fn child_reports_its_cpu_count() {
+    let all = parjob::effective_n_jobs(-1).expect("-1 resolves");
+    println!("cpu_count={} n_jobs(-1)={all}", parjob::cpu_count());
+}
+
+/// `PARJOB_NUM_THREADS` above `MAX_NUM_THREADS` is ignored like any invalid value: taken, it made
+/// `n_jobs(-1)` resolve past the maximum and the global pool fail to start (a panic from `run`).
+#[test]
+fn parjob_num_threads_above_the_maximum_is_ignored() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (value, expected) in [("100000", cores), ("3", 3), ("0", cores)] {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "child_reports_its_cpu_count",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("PARJOB_NUM_THREADS", value)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(child.status.success(), "{value}: {stdout}");
+        assert!(
+            stdout.contains(&format!("cpu_count={expected} n_jobs(-1)={expected}")),
+            "PARJOB_NUM_THREADS={value}: {stdout}"
+        );
+    }
 }

@@ -37,8 +37,8 @@ pub enum Backend {
     /// or its start handler: a task that needs either must not run under a caller outside the
     /// pool (use [`ThreadPool::install`] around the call). With a
     /// [`timeout`](crate::Parallel::timeout) or [`deadline`](crate::Parallel::deadline), a caller
-    /// outside the pool only dispatches (so it is never inside a task when a limit passes; the
-    /// same on the default backend), except in the splittable form
+    /// outside the pool only dispatches (so it is never inside a task when a limit passes),
+    /// except in the splittable form
     /// ([`Parallel::map`](crate::Parallel::map), [`run_indexed`](crate::Parallel::run_indexed)),
     /// where the caller is always one of the runners. (A call of exactly two tasks runs as
     /// [`ThreadPool::join`], the caller running the first, only without limits.)
@@ -102,13 +102,11 @@ impl Plan {
                     inside,
                 }
             }
-            // A caller that is not one of the pool's workers runs tasks only without a limit:
-            // with one it only dispatches and waits, so it notices a timeout when it expires.
-            // Inside a task of its own it would notice nothing until the task ended, and in the
-            // meantime the workers kept starting tasks that the expired timeout had cancelled
-            // (found in round 13: every task ran, then the call failed anyway). A worker caller
-            // runs the pool's jobs while it waits, whatever the limits (that is what keeps a
-            // nested call from deadlocking a small pool).
+            // The calling thread is a runner, with or without limits: every runner checks the
+            // deadline and (`run`/`try_run`) the timeout before each task, so a caller inside a
+            // task of its own misses neither (`engine::shared::Quiet`). Not helping under a limit,
+            // as `Backend::Pool` does outside the pool, would stall a call nested in a task that
+            // this thread runs for an outer call while every worker is busy with that call.
             Backend::WorkStealing => match current_pool() {
                 // Nested: no new threads; the calling thread is one of the runners.
                 Some((pool, inside)) => {
@@ -119,7 +117,7 @@ impl Plan {
                         Plan::Pool {
                             pool,
                             runners,
-                            caller_runs: inside || !limited,
+                            caller_runs: true,
                             inside,
                         }
                     }
@@ -127,7 +125,7 @@ impl Plan {
                 None => Plan::Pool {
                     pool: cached_pool(n_jobs),
                     runners: n_jobs,
-                    caller_runs: !limited,
+                    caller_runs: true,
                     inside: false,
                 },
             },

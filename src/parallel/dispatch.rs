@@ -418,7 +418,14 @@ where
         if engine.help() {
             continue;
         }
-        if let Waited::Expired(limit) = engine.wait(last_result) {
+        // With a timeout the runners keep the time of the latest result (the driver's own
+        // batches included); the wait counts from there.
+        let since = engine
+            .shared
+            .quiet
+            .as_ref()
+            .map_or(last_result, |quiet| quiet.last_result());
+        if let Waited::Expired(limit) = engine.wait(since) {
             let whole_call = engine.past_deadline();
             timed_out = Some((limit, !whole_call));
             break;
@@ -451,14 +458,24 @@ where
             .shared
             .tasks_done
             .load(std::sync::atomic::Ordering::Acquire);
-        let timed_out = timed_out.or_else(|| {
-            engine
-                .shared
-                .deadline_hit
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .then(|| engine.limits.budget.map(|(b, _)| (b, false)))
-                .flatten()
-        });
+        let timed_out = timed_out
+            .or_else(|| {
+                // A runner found the timeout expired: it fails the call.
+                engine
+                    .shared
+                    .timeout_hit
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .then(|| engine.limits.timeout.map(|t| (t, true)))
+                    .flatten()
+            })
+            .or_else(|| {
+                engine
+                    .shared
+                    .deadline_hit
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .then(|| engine.limits.budget.map(|(b, _)| (b, false)))
+                    .flatten()
+            });
         // The first panic caught (in arrival order), else the failure with the smallest index.
         let mut panic = None;
         let mut failure: Option<(usize, T::Output)> = None;

@@ -262,9 +262,10 @@ impl<'p> Parallel<'p> {
     /// [`Error::Timeout`], a stream's `next()` panics. Unlike an expired
     /// [`deadline`](Parallel::deadline) (a budget on the whole call), an expired timeout fails
     /// the call even if no task was left to cancel, as joblib raises: a wait was longer than
-    /// allowed. While a limit is set, a calling thread that is not a worker of the pool only
-    /// dispatches and waits (it runs no task itself), so it sees the timeout expire when it
-    /// does; with an effective `n_jobs` of 1 the caller runs every task, and a task longer than
+    /// allowed. For `run`/`try_run` every thread running the call's tasks (the caller, when it
+    /// helps, included) checks the timeout before each task, and each finished batch checks the
+    /// wait it ended, so no task starts after it expired even while every runner is inside a
+    /// task; with an effective `n_jobs` of 1 the caller runs every task, and a task longer than
     /// the timeout fails the call. In worker processes (the
     /// `*_in_processes` methods under a process backend, feature `processes`) it is a limit on
     /// each task, and a task past it is killed with its worker. A timeout too long to be
@@ -389,15 +390,18 @@ impl<'p> Parallel<'p> {
     /// the clocks. The one place where the settings become a call's configuration.
     fn setup(&self, total: Option<usize>) -> Result<Setup<'p>, ConfigError> {
         let (n_jobs, mut pre_dispatch) = self.validate()?;
-        // A budget too large for an `Instant` (`Duration::MAX`, the usual "no limit") never
-        // ends: no deadline, rather than the overflow panic of `Instant + Duration`.
+        // A limit too large for an `Instant` (`Duration::MAX`, the usual "no limit") is no
+        // limit at all: not the overflow panic of `Instant + Duration`, and not a limited call
+        // either (which changes how it is scheduled, see `Plan::new`).
+        let now = Instant::now();
         let started = self
             .deadline
-            .and_then(|d| Instant::now().checked_add(d).map(|at| (d, at)));
+            .and_then(|d| now.checked_add(d).map(|at| (d, at)));
+        let timeout = self.timeout.filter(|&t| now.checked_add(t).is_some());
         let plan = Plan::new(
             &self.backend,
             n_jobs,
-            self.timeout.is_some() || self.deadline.is_some(),
+            timeout.is_some() || started.is_some(),
         );
         if let Plan::Pool { inside: true, .. } = &plan {
             // Nested call of known length, window not set: the whole input. A driver that is a
@@ -420,7 +424,7 @@ impl<'p> Parallel<'p> {
             batcher: Batcher::new(self.batch_size),
             pre_dispatch,
             limits: Limits {
-                timeout: self.timeout,
+                timeout,
                 budget: started,
             },
             progress,

@@ -47,22 +47,23 @@ impl<'p> Parallel<'p> {
                     // idle driver of the pool takes a queued batch: only a window of `workers`
                     // batches in flight keeps the cap (until round 13 the window was 3 × that,
                     // and every worker of the pool ran the call). Each worker then waits for the
-                    // caller between its batches.
+                    // caller between its batches. (A crashed batch is split by sending each of
+                    // its tasks again at once, past the window: that moment can exceed it.)
                     window = window.min(workers);
                 }
+                // A limit too large for an `Instant` (`Duration::MAX`) is no limit: no overflow
+                // panic, and no timeout's one task per batch either.
+                let now = std::time::Instant::now();
                 return Target::Processes(Settings {
                     pool,
                     workers,
                     batch: self.batch_size,
                     window,
-                    timeout: self.timeout,
-                    // From the call's start, as on threads; one too large for an `Instant`
-                    // never runs out.
-                    deadline: self.deadline.and_then(|budget| {
-                        std::time::Instant::now()
-                            .checked_add(budget)
-                            .map(|at| (budget, at))
-                    }),
+                    timeout: self.timeout.filter(|&t| now.checked_add(t).is_some()),
+                    // From the call's start, as on threads.
+                    deadline: self
+                        .deadline
+                        .and_then(|budget| now.checked_add(budget).map(|at| (budget, at))),
                 });
             }
             _ => None,

@@ -142,6 +142,12 @@ impl ThreadPool {
     /// sleep, wake) to its own bounded buffer, without locks. Starting again discards the previous
     /// recording.
     ///
+    /// Memory: the first start allocates [`TRACE_CAPACITY`](crate::TRACE_CAPACITY) events
+    /// (1 MiB) per worker, and [`Trace::summary`](crate::Trace::summary) counts steals in a
+    /// workers × workers matrix: meant for pools of up to a few hundred threads, not for ones
+    /// near [`MAX_NUM_THREADS`](crate::MAX_NUM_THREADS), whose allocations would fail (and
+    /// abort).
+    ///
     /// ```
     /// # #[cfg(feature = "trace")] {
     /// let pool = parjob::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
@@ -324,8 +330,8 @@ pub fn current_thread_index() -> Option<usize> {
     WorkerThread::current().map(|w| w.index())
 }
 
-/// The number of cores parjob uses: `PARJOB_NUM_THREADS` if it is set to a positive number (as
-/// the global pool does, and as process workers get it, see `docs/joblib.md`), else the cores
+/// The number of cores parjob uses: `PARJOB_NUM_THREADS` if it is set to a positive number no
+/// larger than [`MAX_NUM_THREADS`](crate::MAX_NUM_THREADS) (as the global pool does, and as process workers get it, see `docs/joblib.md`), else the cores
 /// this process may use: std's `available_parallelism`, which on Linux takes the cgroup CPU quota
 /// and the affinity mask into account. At least 1. It is the global pool's size and what
 /// `n_jobs = -1` means.
@@ -343,7 +349,9 @@ pub fn cpu_count() -> usize {
         let configured = std::env::var("PARJOB_NUM_THREADS")
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0);
+            // A count no pool may have is ignored like any other invalid value: taken, it made
+            // the global pool fail to start and `n_jobs = -1` exceed the maximum.
+            .filter(|&n| n > 0 && n <= super::builder::MAX_NUM_THREADS);
         configured.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     })
 }

@@ -50,7 +50,7 @@
 mod shared;
 
 pub(crate) use shared::{drop_chunk, lock, Batch, Chunk, Dest, Shared, SpareBuffers};
-use shared::{token, Queue, SlotPtr};
+use shared::{token, Queue, Quiet, SlotPtr};
 
 use super::backend::Plan;
 use super::batch::Batcher;
@@ -239,6 +239,12 @@ where
                 timing_ns: AtomicU64::new(0),
                 deadline: setup.limits.deadline(),
                 deadline_hit: AtomicBool::new(false),
+                quiet: setup
+                    .limits
+                    .timeout
+                    .filter(|_| close_on_panic)
+                    .map(Quiet::new),
+                timeout_hit: AtomicBool::new(false),
                 fail_fast,
                 close_on_panic,
             }),
@@ -459,7 +465,8 @@ where
         let plain = slots.is_some()
             && !std::mem::needs_drop::<T::Output>()
             && shared.fail_fast.is_none()
-            && shared.deadline.is_none();
+            && shared.deadline.is_none()
+            && shared.quiet.is_none();
         let pool = &self.on_pool.pool;
         let outcome = crate::pool::unwind::halt_unwinding(|| {
             super::backend::running_tasks_of(pool, || match slots {
@@ -492,10 +499,7 @@ where
                 }
                 _ => {
                     while taken < size {
-                        if shared
-                            .tracker
-                            .stop_before_next_task(shared.deadline, &shared.deadline_hit)
-                        {
+                        if shared.stop_before_next_task() {
                             break;
                         }
                         let Some(task) = tasks.next() else {
@@ -536,6 +540,7 @@ where
             .timing_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         shared.tasks_done.fetch_add(written, Ordering::Release);
+        shared.result_arrived(written);
         self.exhausted |= ended;
         self.pulled += taken;
         if taken == 0 && panic.is_none() {

@@ -45,6 +45,60 @@ pub(super) struct Queue<T: Task> {
     pub(super) tokens: usize,
 }
 
+/// `run`/`try_run`'s [`timeout`](crate::Parallel::timeout) as every runner sees it: the longest
+/// time the call may go without a result (a batch finishing), counted from its start.
+///
+/// The driver's wait alone cannot keep it: the driver runs tasks too (it helps), and so do the
+/// workers while the driver waits on a worker thread; inside a task nobody noticed the timeout
+/// expire, runners went on starting the tasks it had cancelled, and a call with more runners than
+/// tasks succeeded though no result came within the timeout (round 13). So each runner checks it
+/// before each task ([`Shared::stop_before_next_task`]), and each result checks the gap it
+/// closes ([`Shared::result_arrived`]): a task that starts after the timeout expired finds it
+/// expired, and a result that comes after it finds the gap too long. Either closes the call, which
+/// then fails with the timeout.
+pub(crate) struct Quiet {
+    limit_ns: u64,
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to the latest result (0: none yet, the call's start).
+    last_ns: AtomicU64,
+}
+
+impl Quiet {
+    pub(super) fn new(limit: std::time::Duration) -> Self {
+        Quiet {
+            // A limit beyond `u64` nanoseconds (584 years; `Duration::MAX`) never passes.
+            limit_ns: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+            epoch: Instant::now(),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// No result for longer than the limit, now.
+    fn expired(&self) -> bool {
+        self.now_ns()
+            .saturating_sub(self.last_ns.load(Ordering::Relaxed))
+            > self.limit_ns
+    }
+
+    /// A result arrived now; `true` if the wait for it (since the latest result) was longer than
+    /// the limit. Relaxed: the timestamps order nothing else, and a stale read only compares
+    /// against an older result, which makes a gap look longer, never hides one that was.
+    fn arrived(&self) -> bool {
+        let now = self.now_ns();
+        let previous = self.last_ns.fetch_max(now, Ordering::Relaxed);
+        now.saturating_sub(previous) > self.limit_ns
+    }
+
+    /// When the latest result arrived (the call's start if none has).
+    pub(crate) fn last_result(&self) -> Instant {
+        self.epoch + std::time::Duration::from_nanos(self.last_ns.load(Ordering::Relaxed))
+    }
+}
+
 /// The state a call's driver and its tokens share.
 pub(crate) struct Shared<T: Task> {
     pub(crate) tracker: Tracker,
@@ -62,6 +116,11 @@ pub(crate) struct Shared<T: Task> {
     pub(super) deadline: Option<Instant>,
     /// A batch found the deadline passed and closed the call.
     pub(crate) deadline_hit: AtomicBool,
+    /// `run`/`try_run`'s timeout, kept by every runner (`None` for streams: their timeout counts
+    /// the consumer's wait in `next()`, which only the consumer sees).
+    pub(crate) quiet: Option<Quiet>,
+    /// A runner found the timeout expired (`quiet`) and closed the call.
+    pub(crate) timeout_hit: AtomicBool,
     /// Results for which this returns `true` close the call (`try_run`'s `Err`).
     pub(super) fail_fast: Option<fn(&T::Output) -> bool>,
     /// A panic closes the call (`run`), or only ends the stream at its position (streams).
@@ -75,6 +134,37 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> impl std::ops::DerefMut<Target = T> + '_ 
 }
 
 impl<T: Task> Shared<T> {
+    /// Checked before each task that is not in a plain run: the call is closed, or this check
+    /// finds the deadline passed or the timeout expired (and closes it).
+    #[inline]
+    pub(super) fn stop_before_next_task(&self) -> bool {
+        if self
+            .tracker
+            .stop_before_next_task(self.deadline, &self.deadline_hit)
+        {
+            return true;
+        }
+        match &self.quiet {
+            Some(quiet) if quiet.expired() => {
+                self.timeout_hit.store(true, Ordering::Relaxed);
+                self.tracker.close();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A batch of `written` results finished: with a timeout, the wait for them is checked.
+    #[inline]
+    pub(super) fn result_arrived(&self, written: usize) {
+        if let Some(quiet) = &self.quiet {
+            if written > 0 && quiet.arrived() {
+                self.timeout_hit.store(true, Ordering::Relaxed);
+                self.tracker.close();
+            }
+        }
+    }
+
     pub(super) fn notify(&self) {
         let waiter = lock(&self.waiter).clone();
         if let Some(signal) = waiter {
@@ -103,7 +193,8 @@ impl<T: Task> Shared<T> {
         // dropped, and fails the call anyway), the cancel flag checked between runs.
         let plain = !std::mem::needs_drop::<T::Output>()
             && self.fail_fast.is_none()
-            && self.deadline.is_none();
+            && self.deadline.is_none()
+            && self.quiet.is_none();
         // Outside the closure: if a task panics, the tasks not yet run are not dropped while
         // unwinding (a panicking `Drop` there would abort), but below, one by one.
         let mut left = tasks.drain(..);
@@ -134,10 +225,7 @@ impl<T: Task> Shared<T> {
             }
             _ => {
                 for task in left.by_ref() {
-                    if self
-                        .tracker
-                        .stop_before_next_task(self.deadline, &self.deadline_hit)
-                    {
+                    if self.stop_before_next_task() {
                         break;
                     }
                     let value = task.run();
@@ -177,6 +265,7 @@ impl<T: Task> Shared<T> {
         self.timing_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.tasks_done.fetch_add(written, Ordering::Release);
+        self.result_arrived(written);
         lock(&self.done).push(Chunk {
             start,
             written,
