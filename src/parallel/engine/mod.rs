@@ -33,9 +33,12 @@
 //!
 //! # Limits
 //! `timeout` bounds each wait for the next result, `deadline` the whole call. Both are
-//! cooperative: batches check the deadline before each task, the driver checks both after each
-//! wait; running tasks are never interrupted. An expired timeout fails the call; a call in which no
-//! task was skipped succeeds even if it ran past its deadline.
+//! cooperative: batches check the deadline before each task, and in `run`'s calls the timeout
+//! too (the time since the latest result, [`Quiet`]; each finished batch also checks the wait it
+//! ended), since the driver that helps, and the workers, may all be inside tasks when it expires;
+//! the driver checks both after each wait (a stream's timeout counts only the consumer's wait,
+//! which only it sees); running tasks are never interrupted. An expired timeout fails the call; a
+//! call in which no task was skipped succeeds even if it ran past its deadline.
 //!
 //! # Soundness with borrowed tasks
 //! Tokens are queued with `spawn_unchecked`, so tasks, results and the output slots may borrow the
