@@ -37,8 +37,9 @@ pub enum Backend {
     /// or its start handler: a task that needs either must not run under a caller outside the
     /// pool (use [`ThreadPool::install`] around the call). With a
     /// [`timeout`](crate::Parallel::timeout) or [`deadline`](crate::Parallel::deadline), a caller
-    /// outside the pool only dispatches (so it is never inside a task when a limit passes),
-    /// except in the splittable form
+    /// outside the pool only dispatches (every task then runs on the pool's threads; such a call
+    /// made while all of them are busy, say by a task this thread runs for another call on the
+    /// same pool, waits for one, and its timeout counts that wait), except in the splittable form
     /// ([`Parallel::map`](crate::Parallel::map), [`run_indexed`](crate::Parallel::run_indexed)),
     /// where the caller is always one of the runners. (A call of exactly two tasks runs as
     /// [`ThreadPool::join`], the caller running the first, only without limits.)

@@ -259,10 +259,13 @@ where
         return Ok(());
     }
     super::reserve_for_hint(out, setup.exact_len);
-    let mut last = Instant::now();
     let mut index = 0;
     while let Some(task) = tasks.next() {
+        // The timeout times the task alone: pulling the input and the progress callback are
+        // user code of the caller's, not a wait for a result (as in a call on a pool).
+        let started = limits.timeout.map(|_| Instant::now());
         let value = task.run();
+        let ran_for = started.map(|started| started.elapsed());
         if fail_fast.is_some_and(|failed| failed(&value)) {
             // The callback is user code: if it panics, the failure it was told about is dropped
             // on its own, contained (held here while that panic unwound, a `Drop` that panicked
@@ -282,13 +285,13 @@ where
         // The timeout expired (this task took longer): stop. The deadline passed: stop, unless
         // nothing is left to skip.
         let now = Instant::now();
-        let expired = match (limits.timeout, limits.budget) {
-            (Some(t), _) if now.duration_since(last) > t => Some(t),
+        let expired = match (limits.timeout, limits.budget, ran_for) {
+            (Some(t), _, Some(ran_for)) if ran_for > t => Some(t),
             // Pull the next task to see whether the deadline skips one. It is dropped unrun, on
             // its own and contained, as every unstarted task is (left in a `Peekable`, it was
             // dropped with the loop's locals, and a panic from its `Drop` replaced the timeout).
             // The input's own panic unwinds to `run_inline`, which drops the input contained.
-            (_, Some((budget, at))) if now >= at => match tasks.next() {
+            (_, Some((budget, at)), _) if now >= at => match tasks.next() {
                 Some(task) => {
                     drop_contained(task);
                     Some(budget)
@@ -305,7 +308,6 @@ where
                 limit,
             });
         }
-        last = now;
     }
     setup.progress.finish(out.len());
     Ok(())
@@ -397,6 +399,7 @@ where
             .tasks_done
             .load(std::sync::atomic::Ordering::Acquire);
         engine.report(done);
+        engine.driver_was_busy();
         if engine.shared.tracker.is_closed() {
             break;
         }
@@ -406,6 +409,7 @@ where
             break;
         }
         engine.refill(None);
+        engine.driver_was_busy();
         if engine.exhausted && call.chunks.len() == engine.batches {
             break;
         }
@@ -425,8 +429,7 @@ where
             .quiet
             .as_ref()
             .map_or(last_result, |quiet| quiet.last_result());
-        if let Waited::Expired(limit) = engine.wait(since) {
-            let whole_call = engine.past_deadline();
+        if let Waited::Expired(limit, whole_call) = engine.wait(since) {
             timed_out = Some((limit, !whole_call));
             break;
         }
@@ -458,24 +461,22 @@ where
             .shared
             .tasks_done
             .load(std::sync::atomic::Ordering::Acquire);
-        let timed_out = timed_out
-            .or_else(|| {
-                // A runner found the timeout expired: it fails the call.
-                engine
-                    .shared
-                    .timeout_hit
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .then(|| engine.limits.timeout.map(|t| (t, true)))
-                    .flatten()
-            })
-            .or_else(|| {
-                engine
-                    .shared
-                    .deadline_hit
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .then(|| engine.limits.budget.map(|(b, _)| (b, false)))
-                    .flatten()
-            });
+        // A runner found the timeout expired: that fails the call, whatever the driver saw (a
+        // deadline it woke for would let a call that skipped nothing succeed).
+        let timeout_hit = engine
+            .shared
+            .timeout_hit
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| engine.limits.timeout.map(|t| (t, true)))
+            .flatten();
+        let timed_out = timeout_hit.or(timed_out).or_else(|| {
+            engine
+                .shared
+                .deadline_hit
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| engine.limits.budget.map(|(b, _)| (b, false)))
+                .flatten()
+        });
         // The first panic caught (in arrival order), else the failure with the smallest index.
         let mut panic = None;
         let mut failure: Option<(usize, T::Output)> = None;

@@ -277,8 +277,7 @@ where
                     .map_or_else(Default::default, |(b, _)| b);
                 self.expire(budget, true);
             }
-            if let Waited::Expired(limit) = engine.wait(self.since) {
-                let whole_call = engine.past_deadline();
+            if let Waited::Expired(limit, whole_call) = engine.wait(self.since) {
                 self.expire(limit, whole_call);
             }
         }

@@ -162,8 +162,9 @@ const PROBE_BATCHES: usize = 2;
 pub(crate) enum Waited {
     /// Something may have changed: a chunk arrived, the call was closed, or a spurious wake.
     Changed,
-    /// A limit passed with no new chunk: the timeout or budget that did.
-    Expired(Duration),
+    /// A limit passed with no new chunk: the timeout or budget that did, and whether it was the
+    /// budget (the whole call's deadline).
+    Expired(Duration, bool),
 }
 
 /// The pool side of a call's plan.
@@ -509,6 +510,10 @@ where
                             ended = true;
                             break;
                         };
+                        if let Some(quiet) = &shared.quiet {
+                            // Pulling was the caller's user code, not a wait for a result.
+                            quiet.busy_until_now();
+                        }
                         taken += 1;
                         let value = task.run();
                         if shared.fail_fast.is_some_and(|failed| failed(&value)) {
@@ -599,6 +604,15 @@ where
         self.progress.update(done);
     }
 
+    /// The driver was busy with user code until now (the progress callback, the input's
+    /// `next()`): with a timeout, that time is not a wait for a result (joblib's clock runs only
+    /// while its caller polls for one), so the runners count from here if no result came later.
+    pub(crate) fn driver_was_busy(&self) {
+        if let Some(quiet) = &self.shared.quiet {
+            quiet.busy_until_now();
+        }
+    }
+
     /// Waits until a chunk arrives, the call is closed, or a limit passes: the timeout counted
     /// from `since` (when the driver began waiting for the next result), or the budget.
     pub(crate) fn wait(&mut self, since: Instant) -> Waited {
@@ -606,24 +620,24 @@ where
         let by_timeout = self
             .limits
             .timeout
-            .and_then(|t| since.checked_add(t).map(|at| (t, at)));
-        let by_budget = self.limits.budget;
+            .and_then(|t| since.checked_add(t).map(|at| (t, at, false)));
+        let by_budget = self.limits.budget.map(|(b, at)| (b, at, true));
         let until = match (by_timeout, by_budget) {
             (Some(a), Some(b)) => Some(if a.1 <= b.1 { a } else { b }),
             (a, b) => a.or(b),
         };
         let signal = self.signal();
         let shared = &self.shared;
-        Signal::wait_while_until(&signal, until.map(|(_, at)| at), || {
+        Signal::wait_while_until(&signal, until.map(|(_, at, _)| at), || {
             lock(&shared.done).is_empty() && !shared.tracker.is_closed()
         });
         match until {
-            Some((limit, at))
+            Some((limit, at, whole_call))
                 if Instant::now() >= at
                     && lock(&shared.done).is_empty()
                     && !shared.tracker.is_closed() =>
             {
-                Waited::Expired(limit)
+                Waited::Expired(limit, whole_call)
             }
             _ => Waited::Changed,
         }

@@ -55,11 +55,14 @@ pub(super) struct Queue<T: Task> {
 /// before each task ([`Shared::stop_before_next_task`]), and each result checks the gap it
 /// closes ([`Shared::result_arrived`]): a task that starts after the timeout expired finds it
 /// expired, and a result that comes after it finds the gap too long. Either closes the call, which
-/// then fails with the timeout.
+/// then fails with the timeout. Time the driver spends in user code (pulling the input, the
+/// progress callback) is not a wait for a result: the clock restarts when it leaves that code
+/// (`Engine::driver_was_busy`), as joblib's runs only while its caller polls for a result.
 pub(crate) struct Quiet {
     limit_ns: u64,
     epoch: Instant,
-    /// Nanoseconds from `epoch` to the latest result (0: none yet, the call's start).
+    /// Nanoseconds from `epoch` to the latest result, or to when the driver last left user code
+    /// (the input's `next()`, the progress callback), whichever is later (0: the call's start).
     last_ns: AtomicU64,
 }
 
@@ -93,7 +96,14 @@ impl Quiet {
         now.saturating_sub(previous) > self.limit_ns
     }
 
-    /// When the latest result arrived (the call's start if none has).
+    /// The driver was busy with user code (input, callback) until now: the wait for the next
+    /// result counts from here, unless a result came later.
+    pub(crate) fn busy_until_now(&self) {
+        self.last_ns.fetch_max(self.now_ns(), Ordering::Relaxed);
+    }
+
+    /// When the latest result arrived, or the driver last left user code (the call's start if
+    /// neither has happened).
     pub(crate) fn last_result(&self) -> Instant {
         self.epoch + std::time::Duration::from_nanos(self.last_ns.load(Ordering::Relaxed))
     }
