@@ -409,7 +409,6 @@ where
             break;
         }
         engine.refill(None);
-        engine.driver_was_busy();
         if engine.exhausted && call.chunks.len() == engine.batches {
             break;
         }

@@ -358,6 +358,10 @@ where
         // helped (and so spawned fewer tokens) need tokens of their own once it stops helping,
         // or nobody runs them (a 1-thread pool with `n_jobs(2)` hung there, the driver waiting
         // for chunks that no token would make).
+        // Pulling was the caller's user code, not a wait for a result: with a timeout, the runners
+        // count from here. Before the batches are queued: a runner that took one while the clock
+        // still counted from before a slow pull found the timeout expired.
+        self.driver_was_busy();
         let runners = self.on_pool.runners;
         let max_tokens = if self.helps() { runners - 1 } else { runners };
         let spawn = {
