@@ -385,15 +385,12 @@ where
         base,
         settled: false,
     };
-    let mut last_result = Instant::now();
     // A limit that passed: `(limit, true)` for the timeout (fails the call), `(budget, false)` for
     // the deadline (fails it only if a task was skipped).
     let mut timed_out = None;
     loop {
         let engine = &mut call.engine;
-        if engine.take_done(&mut call.chunks) {
-            last_result = Instant::now();
-        }
+        engine.take_done(&mut call.chunks);
         let done = engine
             .shared
             .tasks_done
@@ -415,19 +412,18 @@ where
         // Help: run the next tasks straight from the input, else a queued batch, else wait.
         if let Some(chunk) = engine.run_from_input() {
             call.chunks.push(chunk);
-            last_result = Instant::now();
             continue;
         }
         if engine.help() {
             continue;
         }
         // With a timeout the runners keep the time of the latest result (the driver's own
-        // batches included); the wait counts from there.
+        // batches included) and of the driver's last user code: the wait counts from there.
         let since = engine
             .shared
             .quiet
             .as_ref()
-            .map_or(last_result, |quiet| quiet.last_result());
+            .map(|quiet| quiet.last_result());
         if let Waited::Expired(limit, whole_call) = engine.wait(since) {
             timed_out = Some((limit, !whole_call));
             break;

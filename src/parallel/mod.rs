@@ -388,28 +388,35 @@ impl<'p> Parallel<'p> {
         )
     }
 
+    /// The call's limits, starting now (thread and process calls alike). A limit too large for an
+    /// `Instant` (`Duration::MAX`, the usual "no limit") is no limit at all: not the overflow
+    /// panic of `Instant + Duration`, and not a limited call either (which is scheduled
+    /// differently, see `Plan::new`; a process call with a timeout sends one task per batch).
+    /// The clock is read only for a call with a limit (tens of nanoseconds, on calls that
+    /// otherwise cost about a hundred).
+    pub(crate) fn limits(&self) -> Limits {
+        let now = (self.deadline.is_some() || self.timeout.is_some()).then(Instant::now);
+        Limits {
+            timeout: self
+                .timeout
+                .zip(now)
+                .and_then(|(t, now)| now.checked_add(t).map(|_| t)),
+            budget: self
+                .deadline
+                .zip(now)
+                .and_then(|(d, now)| now.checked_add(d).map(|at| (d, at))),
+        }
+    }
+
     /// Resolves this `Parallel` for one call: validates, picks the plan, sizes the window, starts
     /// the clocks. The one place where the settings become a call's configuration.
     fn setup(&self, total: Option<usize>) -> Result<Setup<'p>, ConfigError> {
         let (n_jobs, mut pre_dispatch) = self.validate()?;
-        // A limit too large for an `Instant` (`Duration::MAX`, the usual "no limit") is no
-        // limit at all: not the overflow panic of `Instant + Duration`, and not a limited call
-        // either (which changes how it is scheduled, see `Plan::new`).
-        // The clock is read only for a call with a limit (tens of nanoseconds on calls that
-        // otherwise cost about a hundred).
-        let now = (self.deadline.is_some() || self.timeout.is_some()).then(Instant::now);
-        let started = self
-            .deadline
-            .zip(now)
-            .and_then(|(d, now)| now.checked_add(d).map(|at| (d, at)));
-        let timeout = self
-            .timeout
-            .zip(now)
-            .and_then(|(t, now)| now.checked_add(t).map(|_| t));
+        let limits = self.limits();
         let plan = Plan::new(
             &self.backend,
             n_jobs,
-            timeout.is_some() || started.is_some(),
+            limits.timeout.is_some() || limits.budget.is_some(),
         );
         if let Plan::Pool { inside: true, .. } = &plan {
             // Nested call of known length, window not set: the whole input. A driver that is a
@@ -431,10 +438,7 @@ impl<'p> Parallel<'p> {
             plan,
             batcher: Batcher::new(self.batch_size),
             pre_dispatch,
-            limits: Limits {
-                timeout,
-                budget: started,
-            },
+            limits,
             progress,
             exact_len: total,
         })

@@ -51,19 +51,15 @@ impl<'p> Parallel<'p> {
                     // its tasks again at once, past the window: that moment can exceed it.)
                     window = window.min(workers);
                 }
-                // A limit too large for an `Instant` (`Duration::MAX`) is no limit: no overflow
-                // panic, and no timeout's one task per batch either.
-                let now = std::time::Instant::now();
+                // From the call's start, as on threads (`Duration::MAX` is no limit).
+                let limits = self.limits();
                 return Target::Processes(Settings {
                     pool,
                     workers,
                     batch: self.batch_size,
                     window,
-                    timeout: self.timeout.filter(|&t| now.checked_add(t).is_some()),
-                    // From the call's start, as on threads.
-                    deadline: self
-                        .deadline
-                        .and_then(|budget| now.checked_add(budget).map(|at| (budget, at))),
+                    timeout: limits.timeout,
+                    deadline: limits.budget,
                 });
             }
             _ => None,

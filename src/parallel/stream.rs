@@ -277,7 +277,7 @@ where
                     .map_or_else(Default::default, |(b, _)| b);
                 self.expire(budget, true);
             }
-            if let Waited::Expired(limit, whole_call) = engine.wait(self.since) {
+            if let Waited::Expired(limit, whole_call) = engine.wait(Some(self.since)) {
                 self.expire(limit, whole_call);
             }
         }

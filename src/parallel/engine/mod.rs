@@ -618,13 +618,15 @@ where
     }
 
     /// Waits until a chunk arrives, the call is closed, or a limit passes: the timeout counted
-    /// from `since` (when the driver began waiting for the next result), or the budget.
-    pub(crate) fn wait(&mut self, since: Instant) -> Waited {
+    /// from `since` (when the driver began waiting for the next result; `None`: the call has no
+    /// timeout), or the budget.
+    pub(crate) fn wait(&mut self, since: Option<Instant>) -> Waited {
         // A timeout past what an `Instant` can hold (`Duration::MAX`) never expires.
         let by_timeout = self
             .limits
             .timeout
-            .and_then(|t| since.checked_add(t).map(|at| (t, at, false)));
+            .zip(since)
+            .and_then(|(t, since)| since.checked_add(t).map(|at| (t, at, false)));
         let by_budget = self.limits.budget.map(|(b, at)| (b, at, true));
         let until = match (by_timeout, by_budget) {
             (Some(a), Some(b)) => Some(if a.1 <= b.1 { a } else { b }),
