@@ -2125,6 +2125,14 @@ fn sleeps_ms(ms: u64) -> Result<u64, String> {
     Ok(ms)
 }
 
+/// `n_jobs(2)` on `pool` with `budget` as the deadline.
+fn on_two_workers_within(pool: &ProcessPool, budget: Duration) -> Parallel<'static> {
+    Parallel::new()
+        .n_jobs(2)
+        .backend(Backend::ProcessPool(pool.clone()))
+        .deadline(budget)
+}
+
 /// `Parallel::deadline` under a process backend: once it has passed, no batch is sent (those
 /// waiting in the pool are skipped), and the call fails as on threads: `try_run_in_processes`
 /// with `Error::Timeout` (the budget, the tasks completed), `run_in_processes` and a process
@@ -2136,10 +2144,7 @@ fn the_deadline_stops_a_process_call_as_on_threads() {
     let _serial = serial();
     let pool = two_workers();
     let budget = Duration::from_millis(100);
-    let parallel = Parallel::new()
-        .n_jobs(2)
-        .backend(Backend::ProcessPool(pool.clone()))
-        .deadline(budget);
+    let parallel = on_two_workers_within(&pool, budget);
     // 40 tasks of 50 ms on 2 workers need a second; at most a window of them are sent at once.
     let tasks = || (0..40u64).map(|x| delayed_fn(sleeps_ms)(50 + x % 2));
     match parallel.try_run_in_processes(tasks()) {
@@ -2162,10 +2167,7 @@ fn the_deadline_stops_a_process_call_as_on_threads() {
     drop(iter);
     // Two tasks started at once, by two idle workers, and running past the deadline: nothing
     // was skipped, so the call succeeds.
-    let roomy = Parallel::new()
-        .n_jobs(2)
-        .backend(Backend::ProcessPool(pool.clone()))
-        .deadline(Duration::from_millis(500));
+    let roomy = on_two_workers_within(&pool, Duration::from_millis(500));
     let two = (0..2u64).map(|_| delayed_fn(sleeps_ms)(900));
     assert_eq!(roomy.try_run_in_processes(two).unwrap(), [900, 900]);
     drop((parallel, roomy));
@@ -2244,10 +2246,7 @@ fn a_worker_that_died_while_idle_is_replaced_not_blamed_on_the_next_task() {
 fn batches_queued_past_the_deadline_are_skipped() {
     let _serial = serial();
     let pool = two_workers();
-    let parallel = Parallel::new()
-        .n_jobs(2)
-        .backend(Backend::ProcessPool(pool.clone()))
-        .deadline(Duration::from_millis(100));
+    let parallel = on_two_workers_within(&pool, Duration::from_millis(100));
     let tasks = || (0..4u64).map(|_| delayed_fn(sleeps_ms)(400));
     match parallel.try_run_in_processes(tasks()) {
         Err(Error::Timeout { completed, .. }) => assert!(completed <= 2, "{completed}"),
@@ -2352,10 +2351,7 @@ fn sleeps_for(x: PanicsIfDroppedUnsent) -> Result<u64, String> {
 fn a_task_dropped_unrun_at_the_deadline_may_panic_in_its_drop() {
     let _serial = serial();
     let pool = two_workers();
-    let parallel = Parallel::new()
-        .n_jobs(2)
-        .backend(Backend::ProcessPool(pool.clone()))
-        .deadline(Duration::from_millis(100));
+    let parallel = on_two_workers_within(&pool, Duration::from_millis(100));
     let tasks = (0..40u64).map(|x| {
         delayed_fn(sleeps_for)(PanicsIfDroppedUnsent {
             x,

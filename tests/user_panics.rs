@@ -1042,3 +1042,64 @@ fn an_invalid_stream_configuration_with_an_input_whose_drop_panics_does_not_abor
         );
     }
 }
+
+/// With a timeout every runner checks it before each task and the driver restarts its clock
+/// after its own user code (round 13): the paths that run user code with a timeout set stay
+/// contained. A progress callback that panics, an input that panics, a task that panics with a
+/// `Bomb` payload, each among results whose `Drop` panics: the call ends with that first panic,
+/// every result is dropped exactly once, and the pool keeps working.
+#[test]
+fn user_panics_with_a_timeout_set_are_contained() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let pool = ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let made = AtomicUsize::new(0);
+    let timed = || {
+        Parallel::new()
+            .n_jobs(2)
+            .backend(Backend::Pool(pool.clone()))
+            .timeout(Duration::from_secs(60))
+    };
+    let task = || {
+        Delayed::new(|| {
+            made.fetch_add(1, Ordering::SeqCst);
+            PanicsOnDrop(&DROPPED)
+        })
+    };
+    for case in ["callback", "input", "task"] {
+        DROPPED.store(0, Ordering::SeqCst);
+        made.store(0, Ordering::SeqCst);
+        let caught = catch_unwind(AssertUnwindSafe(|| match case {
+            "callback" => timed()
+                .on_progress(|done, _| assert!(done < 10, "progress at 10"))
+                .run((0..64).map(|_| task())),
+            "input" => timed().run((0..64).map(|i| {
+                assert!(i != 40, "input at 40");
+                task()
+            })),
+            _ => timed().run((0..64).map(|i| {
+                let made = &made;
+                Delayed::new(move || {
+                    if i == 40 {
+                        std::panic::panic_any(Bomb);
+                    }
+                    made.fetch_add(1, Ordering::SeqCst);
+                    PanicsOnDrop(&DROPPED)
+                })
+            })),
+        }));
+        let payload = caught.expect_err(case);
+        match case {
+            "callback" => assert_eq!(message(&*payload), "progress at 10"),
+            "input" => assert_eq!(message(&*payload), "input at 40"),
+            _ => assert!(payload.is::<Bomb>(), "{case}"),
+        }
+        // A `Bomb` panics when dropped: contained here.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        assert_eq!(
+            DROPPED.load(Ordering::SeqCst),
+            made.load(Ordering::SeqCst),
+            "{case}: every result made is dropped once"
+        );
+    }
+    pool_works(&pool);
+}
